@@ -1,0 +1,188 @@
+"""The compliance team's policy bundle: ``policies/*.yaml`` turned into one chain per app.
+
+    version: 1
+    defaults:            # every tenant inherits these sections, in this order
+      residency: {...}
+    tenants:
+      hr:
+        residency: {...}   # overrides the default section key by key
+        apps:
+          chatbot:
+            pii_redaction: {...}
+
+The chain runs the sections in the order they first appear: defaults, then tenant, then app.
+Every section may set ``mode: enforce | shadow | off``. The bundle's content hash goes into
+every decision record and into ``/readyz``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from gateway.chain import Chain
+from gateway.config import Config
+from gateway.policies import REGISTRY
+from gateway.policy import Policy
+from gateway.yamlsrc import ConfigError, Source, dotted, load, problems_of
+
+MODES = ("enforce", "shadow", "off")
+
+
+@dataclass
+class Bundle:
+    hash: str
+    defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tenants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _chains: dict[tuple[str, str], Chain] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls) -> Bundle:
+        return cls(hash=hashlib.sha256(b"").hexdigest()[:16])
+
+    def sections_for(self, tenant: str, app: str) -> dict[str, dict[str, Any]]:
+        """The merged policy sections for one app, in chain order."""
+        merged = {name: dict(cfg) for name, cfg in self.defaults.items()}
+        t = self.tenants.get(tenant, {})
+        layers = [t.get("policies", {}), t.get("apps", {}).get(app, {})]
+        for layer in layers:
+            for name, cfg in layer.items():
+                merged[name] = {**merged.get(name, {}), **cfg}
+        return merged
+
+    def chain_for(self, tenant: str, app: str) -> Chain:
+        chain = self._chains.get((tenant, app))
+        if chain is None:
+            chain = Chain(_instantiate(self.sections_for(tenant, app)))
+            self._chains[(tenant, app)] = chain
+        return chain
+
+
+def _instantiate(sections: dict[str, dict[str, Any]]) -> list[Policy]:
+    policies = []
+    for name, raw in sections.items():
+        cfg = dict(raw)
+        mode = cfg.pop("mode", "enforce")
+        if mode == "off":
+            continue
+        cls = REGISTRY[name]
+        policies.append(cls(cls.Config.model_validate(cfg), mode=mode))
+    return policies
+
+
+class BundleHolder:
+    """Holds the current bundle; a reload swaps it atomically (one attribute assignment)."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.current = bundle
+
+    def swap(self, bundle: Bundle) -> None:
+        self.current = bundle
+
+
+def _check_sections(src: Source, sections: Any, loc: tuple[str | int, ...], problems: list[str]) -> dict[str, Any]:
+    if sections is None:
+        return {}
+    if not isinstance(sections, dict):
+        problems.append(f"{src.where(loc)}: {dotted(loc)}: expected a mapping of policy sections")
+        return {}
+    out: dict[str, Any] = {}
+    for name, raw in sections.items():
+        here = (*loc, name)
+        if name not in REGISTRY:
+            known = ", ".join(sorted(REGISTRY)) or "none installed"
+            problems.append(f"{src.where(here)}: {dotted(here)}: unknown policy {name!r} (known: {known})")
+            continue
+        raw = {} if raw is None else raw
+        if not isinstance(raw, dict):
+            problems.append(f"{src.where(here)}: {dotted(here)}: expected a mapping")
+            continue
+        cfg = dict(raw)
+        mode = cfg.pop("mode", "enforce")
+        if mode not in MODES:
+            problems.append(f"{src.where((*here, 'mode'))}: {dotted((*here, 'mode'))}: must be one of {MODES}")
+        out[name] = raw
+    return out
+
+
+def _validate_merged(src: Source, bundle: Bundle, problems: list[str]) -> None:
+    # Each app's merged sections must validate; report against the most specific layer.
+    targets = [("defaults", "")] + [(t, a) for t, spec in bundle.tenants.items() for a in [""] + list(spec.get("apps", {}))]
+    for tenant, app in targets:
+        merged = bundle.defaults if tenant == "defaults" else bundle.sections_for(tenant, app)
+        for name, raw in merged.items():
+            cfg = {k: v for k, v in raw.items() if k != "mode"}
+            try:
+                REGISTRY[name].Config.model_validate(cfg)
+            except ValidationError as exc:
+                if tenant == "defaults":
+                    prefix: tuple[str | int, ...] = ("defaults", name)
+                elif app:
+                    prefix = ("tenants", tenant, "apps", app, name)
+                else:
+                    prefix = ("tenants", tenant, name)
+                problems.extend(p for p in problems_of(exc, src, prefix) if p not in problems)
+
+
+def parse_bundle(sources: Iterable[Source]) -> Bundle:
+    """Merge and validate policy files; raise ConfigError listing every problem found."""
+    problems: list[str] = []
+    digest = hashlib.sha256()
+    defaults: dict[str, Any] = {}
+    tenants: dict[str, Any] = {}
+    srcs = list(sources)
+    for src in srcs:
+        digest.update(src.path.encode() + b"\0" + repr(src.data).encode())
+        data = src.data
+        if not isinstance(data, dict):
+            problems.append(f"{src.path}:1: <root>: expected a mapping")
+            continue
+        for key in data:
+            if key not in ("version", "defaults", "tenants"):
+                problems.append(f"{src.where((key,))}: {key}: unknown key (expected version, defaults, tenants)")
+        if data.get("version", 1) != 1:
+            problems.append(f"{src.where(('version',))}: version: unsupported version {data.get('version')!r}")
+        defaults.update(_check_sections(src, data.get("defaults"), ("defaults",), problems))
+        for tenant, spec in (data.get("tenants") or {}).items():
+            loc: tuple[str | int, ...] = ("tenants", tenant)
+            spec = spec or {}
+            if not isinstance(spec, dict):
+                problems.append(f"{src.where(loc)}: {dotted(loc)}: expected a mapping")
+                continue
+            apps = {}
+            for app, app_spec in (spec.get("apps") or {}).items():
+                apps[app] = _check_sections(src, app_spec, (*loc, "apps", app), problems)
+            policies = _check_sections(src, {k: v for k, v in spec.items() if k != "apps"}, loc, problems)
+            tenants[tenant] = {"policies": policies, "apps": apps}
+        if not problems:
+            _validate_merged(src, Bundle("", defaults, tenants), problems)
+    if problems:
+        raise ConfigError(problems)
+    return Bundle(hash=digest.hexdigest()[:16], defaults=defaults, tenants=tenants)
+
+
+def policy_files(paths: Iterable[str | Path]) -> list[Path]:
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(sorted(f for f in p.glob("*.yaml") if not f.name.endswith("_test.yaml")))
+        elif p.exists():
+            files.append(p)
+    return files
+
+
+def load_bundle(paths: Iterable[str | Path], config: Config | None = None) -> Bundle:
+    """Load a bundle from files or directories (``*_test.yaml`` files are test cases, not policy)."""
+    return parse_bundle(load(f, expand_env=False) for f in policy_files(paths))
+
+
+def load_holder(config: Config) -> BundleHolder:
+    directory = Path(config.server.policies_dir)
+    if not directory.exists():
+        return BundleHolder(Bundle.empty())
+    return BundleHolder(load_bundle([directory], config))

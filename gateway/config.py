@@ -1,0 +1,148 @@
+"""Operator configuration (``config.yaml``), validated once at start-up.
+
+Raw YAML is checked against pydantic models that reject unknown keys; every field has a
+description, and ``docs/configuration.md`` is generated from those descriptions.
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway import yamlsrc
+
+DEFAULT_CONFIG = "config.yaml"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeouts(Strict):
+    connect_s: float = Field(5.0, gt=0, le=600, description="Seconds to open a TCP/TLS connection to the upstream.")
+    read_s: float = Field(
+        60.0, gt=0, le=3600, description="Longest silence between two chunks of the upstream response, in seconds."
+    )
+    total_s: float = Field(
+        600.0, gt=0, le=7200, description="Upper bound for a whole upstream exchange, streaming included."
+    )
+
+
+class Price(Strict):
+    input_per_1m: Decimal = Field(..., ge=0, description="Price per one million prompt tokens.")
+    output_per_1m: Decimal = Field(..., ge=0, description="Price per one million completion tokens.")
+    currency: Literal["EUR", "USD"] = Field("EUR", description="Currency of the two prices above.")
+
+
+class Deployment(Strict):
+    kind: Literal["openai_compatible", "azure_openai", "litellm"] = Field(
+        ...,
+        description=(
+            "Wire protocol. `openai_compatible`: vLLM, llama.cpp, Ollama, Mistral API, OpenAI. "
+            "`azure_openai`: Azure OpenAI deployment URLs with `api-key`. `litellm`: any provider "
+            "litellm speaks (imported lazily, only when such a deployment exists)."
+        ),
+    )
+    base_url: str = Field(
+        ...,
+        description=(
+            "Upstream base URL. For openai_compatible it includes the version prefix (`https://api.mistral.ai/v1`); "
+            "for azure_openai it is the resource endpoint (`https://NAME.openai.azure.com`)."
+        ),
+    )
+    model: str = Field(..., description="Model id sent upstream (for Azure, the deployment name).")
+    api_key: str = Field("", description="Credential, normally an `${ENV_VAR}` reference; never logged.", repr=False)
+    api_version: str = Field("2024-10-21", description="Azure OpenAI `api-version` query parameter (azure_openai only).")
+    jurisdiction: str = Field(
+        ..., pattern=r"^[A-Z]{2,3}$", description="Legal jurisdiction of the upstream, e.g. `EU`, `US`, `CH`."
+    )
+    region: str = Field(..., min_length=1, description="Hosting region, e.g. `westeurope`, `fr-par`, `on-prem-fra`.")
+    dpa: bool = Field(False, description="True when a data processing agreement covers this upstream.")
+    timeouts: Timeouts = Field(default_factory=Timeouts, description="Connect, read and total timeouts.")
+    max_concurrency: int = Field(
+        256, ge=1, le=100_000, description="Concurrent requests this gateway worker sends to the deployment."
+    )
+    price: Price | None = Field(None, description="Price override; otherwise litellm's offline price map is used.")
+    litellm_model: str | None = Field(
+        None, description="litellm model string, e.g. `bedrock/...` (litellm kind only; defaults to `model`)."
+    )
+
+
+class Alias(Strict):
+    deployments: list[str] = Field(
+        ..., min_length=1, description="Deployments tried in this order; the first healthy one answers."
+    )
+    type: Literal["chat", "embeddings"] = Field("chat", description="Which endpoint the public model serves.")
+
+
+class Storage(Strict):
+    database_url: str = Field(
+        "sqlite:///./gateway.db",
+        description="SQLAlchemy URL. Default: a SQLite file. Production: `postgresql+psycopg://...`.",
+    )
+    redis_url: str | None = Field(
+        None, description="Redis URL for shared counters across workers. Unset: in-process counters."
+    )
+
+
+class Server(Strict):
+    host: str = Field("127.0.0.1", description="Listen address.")
+    port: int = Field(8080, ge=1, le=65535, description="Listen port.")
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest accepted request body; larger bodies get 413."
+    )
+    key_refresh_s: float = Field(
+        2.0, gt=0, le=5, description="How often each worker re-reads cached keys; bounds revocation delay."
+    )
+    policies_dir: str = Field("policies", description="Directory holding the compliance team's policy YAML.")
+    secret_key: str = Field(
+        "",
+        repr=False,
+        description=(
+            "HMAC key for subject pseudonyms and key hashing (`${GATEWAY_SECRET}`). Empty: a development key "
+            "is used and `/readyz` reports it."
+        ),
+    )
+
+
+class Config(Strict):
+    deployments: dict[str, Deployment] = Field(..., description="Upstream deployments by name.")
+    models: dict[str, Alias] = Field(..., description="Public model names mapped to ordered deployments.")
+    storage: Storage = Field(default_factory=Storage, description="Where state lives.")
+    server: Server = Field(default_factory=Server, description="HTTP server settings.")
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate the operator config; raise ConfigError naming file, line and path."""
+    path = Path(path or os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG))
+    if not path.exists():
+        raise yamlsrc.ConfigError([f"{path}: file not found"])
+    src = yamlsrc.load(path)
+    if not isinstance(src.data, dict):
+        raise yamlsrc.ConfigError([f"{path}:1: <root>: expected a mapping"])
+    data = dict(src.data)
+    storage = dict(data.get("storage") or {})
+    # The documented environment overrides win over the file, so one image serves every stage.
+    for key, env in (("database_url", "DATABASE_URL"), ("redis_url", "REDIS_URL")):
+        if os.environ.get(env):
+            storage[key] = os.environ[env]
+    data["storage"] = storage
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise yamlsrc.ConfigError(yamlsrc.problems_of(exc, src)) from None
+    problems = [
+        f"{src.where(('models', alias, 'deployments', i))}: models.{alias}.deployments[{i}]: "
+        f"unknown deployment {name!r}"
+        for alias, spec in config.models.items()
+        for i, name in enumerate(spec.deployments)
+        if name not in config.deployments
+    ]
+    if problems:
+        raise yamlsrc.ConfigError(problems)
+    return config

@@ -1,0 +1,118 @@
+"""The plugin contract every policy implements.
+
+A policy is one class with a ``name`` (its key in the policy YAML) and a ``Config`` model.
+The base class passes everything through; a policy overrides only the hooks it needs:
+
+    on_request(ctx, request)            -> request   once, before routing; may narrow ctx.candidates
+    on_attempt(ctx, target, request)    -> request   once per deployment tried (per-hop changes)
+    on_response(ctx, response)          -> response  non-streamed answer
+    on_stream(ctx, events)              -> events    async iterator of parsed SSE events
+    on_complete(ctx)                    -> None      after the last byte; accounting and audit
+
+Raising ``PolicyDenied`` rejects the request: before the first byte it becomes an OpenAI error,
+mid-stream a final SSE error event. Policies never talk to each other except through typed
+fields on ``Context``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from gateway.auth import Principal
+from gateway.config import Deployment
+from gateway.errors import PolicyDenied
+from gateway.sse import Event
+
+__all__ = ["Context", "Decision", "Policy", "PolicyDenied", "Target"]
+
+Mode = Literal["enforce", "shadow"]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A deployment the request may be sent to."""
+
+    name: str
+    deployment: Deployment
+
+    @property
+    def jurisdiction(self) -> str:
+        return self.deployment.jurisdiction
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    policy: str
+    action: str
+    facts: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Context:
+    """Everything known about one request; policies read and narrow typed fields only."""
+
+    principal: Principal
+    endpoint: Literal["chat", "embeddings"]
+    model: str
+    candidates: list[Target]
+    stream: bool = False
+    subject: str | None = None  # keyed pseudonym, never the raw id
+    bundle_hash: str = ""
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started: float = field(default_factory=time.perf_counter)
+    decisions: list[Decision] = field(default_factory=list)
+    attempts: list[tuple[str, str]] = field(default_factory=list)  # (deployment, outcome)
+    target: Target | None = None  # the deployment that answered
+    fallback_reason: str | None = None
+    status: int = 0
+    usage: dict[str, Any] | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)
+    first_byte_at: float | None = None
+    upstream_s: float = 0.0
+
+    def record(self, policy: str, action: str, **facts: Any) -> None:
+        """Record a decision. Facts hold counts and identifiers, never prompt text or PII."""
+        self.decisions.append(Decision(policy, action, facts))
+
+
+class Policy:
+    """Pass-through base class; see the module docstring for the hooks."""
+
+    name: ClassVar[str] = "policy"
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    def __init__(self, config: BaseModel | None = None, mode: Mode = "enforce") -> None:
+        self.config = config if config is not None else self.Config()
+        self.mode: Mode = mode
+
+    async def on_request(self, ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
+        return request
+
+    async def on_attempt(self, ctx: Context, target: Target, request: dict[str, Any]) -> dict[str, Any]:
+        return request
+
+    async def on_response(self, ctx: Context, response: dict[str, Any]) -> dict[str, Any]:
+        return response
+
+    def on_stream(self, ctx: Context, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+        return events
+
+    async def on_complete(self, ctx: Context) -> None:
+        return None
+
+    def reads_response(self, ctx: Context) -> bool:
+        """Whether this request's response must be parsed for this policy.
+
+        Default: the policy overrides ``on_response`` or ``on_stream``. When no policy reads
+        the response, the gateway relays upstream bytes untouched (the fast path).
+        """
+        cls = type(self)
+        return cls.on_response is not Policy.on_response or cls.on_stream is not Policy.on_stream

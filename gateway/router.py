@@ -1,0 +1,118 @@
+"""Tries the request's candidate deployments in order until one answers.
+
+Fallback happens only before the first byte reaches the client: on a connect error, a
+timeout, a 5xx or 429, or a context-length overflow. For streams the router waits for the
+upstream's first chunk before committing, so a stream that dies before producing anything
+still falls back. Each deployment has a circuit breaker that skips it for ``cooldown_s``
+after ``threshold`` consecutive failures.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from gateway.chain import Chain
+from gateway.errors import GatewayError, UpstreamError
+from gateway.policy import Context, Target
+from gateway.upstreams.base import Endpoint, Upstream, UpstreamFailure, UpstreamResponse
+
+
+class Breaker:
+    def __init__(self, threshold: int = 5, cooldown_s: float = 10.0) -> None:
+        self.threshold = threshold
+        self.cooldown_s = cooldown_s
+        self.failures = 0
+        self.open_until = 0.0
+
+    @property
+    def is_open(self) -> bool:
+        return self.failures >= self.threshold and time.monotonic() < self.open_until
+
+    def success(self) -> None:
+        self.failures = 0
+
+    def failure(self) -> None:
+        self.failures += 1
+        if self.failures >= self.threshold:
+            self.open_until = time.monotonic() + self.cooldown_s
+
+
+@dataclass
+class Committed:
+    """An upstream answer the gateway has committed to; nothing else will be tried."""
+
+    target: Target
+    response: UpstreamResponse
+    chunks: AsyncIterator[bytes] | None = None  # streams only; starts with the peeked first chunk
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
+class Router:
+    def __init__(self, upstreams: Mapping[str, Upstream]) -> None:
+        self.upstreams = upstreams
+        self.breakers = {name: Breaker() for name in upstreams}
+
+    async def send(
+        self, ctx: Context, chain: Chain, endpoint: Endpoint, request: dict[str, Any]
+    ) -> Committed:
+        """Return the first usable answer; raise UpstreamError when every candidate failed."""
+        if not ctx.candidates:
+            raise UpstreamError(503, "no_deployment", "No deployment is available for this model.")
+        # Open breakers are skipped while a closed one remains; if all are open, try them anyway.
+        order = [t for t in ctx.candidates if not self.breakers[t.name].is_open] or list(ctx.candidates)
+        last: UpstreamFailure | None = None
+        for target in order:
+            if last is not None and ctx.fallback_reason is None:
+                ctx.fallback_reason = last.reason
+            body = await chain.attempt(ctx, target, request)
+            began = time.perf_counter()
+            try:
+                committed = await self._try(target, endpoint, body, ctx.stream)
+            except UpstreamFailure as failure:
+                ctx.upstream_s += time.perf_counter() - began
+                ctx.attempts.append((target.name, failure.reason))
+                if failure.retryable:
+                    self.breakers[target.name].failure()
+                last = failure
+                if not failure.retryable:
+                    break
+                continue
+            ctx.upstream_s += time.perf_counter() - began
+            self.breakers[target.name].success()
+            ctx.attempts.append((target.name, "ok"))
+            ctx.target = target
+            return committed
+        assert last is not None
+        headers = {"Retry-After": str(int(last.retry_after or 1))} if last.status == 429 else {}
+        if last.reason == "timeout":
+            raise UpstreamError(504, "upstream_timeout", last.message, headers=headers)
+        if last.status < 500 and last.status != 429:
+            raise GatewayError(last.status, last.reason, last.message)
+        raise UpstreamError(last.status, last.reason, last.message, headers=headers)
+
+    async def _try(self, target: Target, endpoint: Endpoint, body: dict[str, Any], stream: bool) -> Committed:
+        response = await self.upstreams[target.name].send(endpoint, body, stream)
+        if not stream:
+            return Committed(target, response)
+        chunks = response.chunks()
+        try:
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            first = b""
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            response.close()
+            raise UpstreamFailure("timeout", 504, message="The upstream model timed out.") from None
+        except (aiohttp.ClientError, OSError):
+            response.close()
+            raise UpstreamFailure("upstream_5xx", 502, message="The upstream stream failed.") from None
+        return Committed(target, response, _prepend(first, chunks))
