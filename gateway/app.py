@@ -21,10 +21,12 @@ from sqlalchemy import text
 from gateway import metrics
 from gateway.auth import KeyStore, Principal
 from gateway.bundle import Bundle, BundleHolder
+from gateway.chain import Chain
 from gateway.config import Config
 from gateway.errors import GatewayError, PolicyDenied, UpstreamError, bad_request
 from gateway.policy import Context, Target
 from gateway.router import Committed, Router
+from gateway.services import Services
 from gateway.sse import Event, parse
 from gateway.store.db import make_engine
 from gateway.upstreams import build
@@ -46,6 +48,7 @@ _SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _DEV_SECRET = "execai-dev-secret-change-me"
+_EMPTY_CHAIN = Chain()
 
 
 class _Disconnected(Exception):
@@ -63,6 +66,8 @@ class Gateway:
         self.secret = (config.server.secret_key or _DEV_SECRET).encode()
         self.max_body = config.server.max_body_bytes
         self.redis: Any = None
+        self.services = Services(config=config, engine=self.engine, pseudonym=self.pseudonym, embed=self.embed)
+        self.bundle.bind(self.services)
         from gateway.admin import admin_app
 
         self.admin = admin_app(self)
@@ -86,6 +91,7 @@ class Gateway:
             import redis.asyncio as aioredis
 
             self.redis = aioredis.from_url(self.config.storage.redis_url, socket_timeout=2)
+            self.services.redis = self.redis
 
     async def shutdown(self) -> None:
         await self.keys.stop()
@@ -189,6 +195,20 @@ class Gateway:
     def pseudonym(self, subject: str) -> str:
         """Keyed HMAC of a data subject id; the raw id is never stored."""
         return hmac.new(self.secret, subject.encode(), hashlib.sha256).hexdigest()[:32]
+
+    async def embed(self, model: str, texts: list[str], allowed: frozenset[str] | None) -> list[list[float]]:
+        """Embed texts through the gateway's own routing (for RAG); only ``allowed`` jurisdictions."""
+        alias = self.config.models.get(model)
+        if alias is None or alias.type != "embeddings":
+            raise GatewayError(500, "embeddings_model_missing", "The configured embeddings model does not exist.")
+        internal = Principal(key_id="internal", tenant="internal", app="internal", models=frozenset({model}),
+                             scopes=frozenset({"embeddings"}))
+        targets = [Target(n, self.config.deployments[n]) for n in alias.deployments]
+        ctx = Context(principal=internal, endpoint="embeddings", model=model,
+                      candidates=[t for t in targets if allowed is None or t.jurisdiction in allowed])
+        committed = await self.router.send(ctx, _EMPTY_CHAIN, "embeddings", {"model": model, "input": texts})
+        data = orjson.loads(await committed.response.read())["data"]
+        return [d["embedding"] for d in sorted(data, key=lambda d: d["index"])]
 
     def _context(self, scope: Scope, principal: Principal, endpoint: Any, body: dict[str, Any]) -> Context:
         model = body["model"]

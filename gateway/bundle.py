@@ -29,6 +29,7 @@ from gateway.chain import Chain
 from gateway.config import Config
 from gateway.policies import REGISTRY
 from gateway.policy import Policy
+from gateway.services import Services
 from gateway.yamlsrc import ConfigError, Source, dotted, load, problems_of
 
 MODES = ("enforce", "shadow", "off")
@@ -39,6 +40,7 @@ class Bundle:
     hash: str
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     tenants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    services: Services | None = None  # set by the gateway before the first request
     _chains: dict[tuple[str, str], Chain] = field(default_factory=dict)
 
     @classmethod
@@ -58,12 +60,12 @@ class Bundle:
     def chain_for(self, tenant: str, app: str) -> Chain:
         chain = self._chains.get((tenant, app))
         if chain is None:
-            chain = Chain(_instantiate(self.sections_for(tenant, app)))
+            chain = Chain(_instantiate(self.sections_for(tenant, app), self.services))
             self._chains[(tenant, app)] = chain
         return chain
 
 
-def _instantiate(sections: dict[str, dict[str, Any]]) -> list[Policy]:
+def _instantiate(sections: dict[str, dict[str, Any]], services: Services | None) -> list[Policy]:
     policies = []
     for name, raw in sections.items():
         cfg = dict(raw)
@@ -71,17 +73,25 @@ def _instantiate(sections: dict[str, dict[str, Any]]) -> list[Policy]:
         if mode == "off":
             continue
         cls = REGISTRY[name]
-        policies.append(cls(cls.Config.model_validate(cfg), mode=mode))
+        policies.append(cls(cls.Config.model_validate(cfg), mode=mode, services=services))
     return policies
 
 
 class BundleHolder:
     """Holds the current bundle; a reload swaps it atomically (one attribute assignment)."""
 
-    def __init__(self, bundle: Bundle) -> None:
+    def __init__(self, bundle: Bundle, services: Services | None = None) -> None:
+        self.services = services
+        bundle.services = services
         self.current = bundle
 
+    def bind(self, services: Services) -> None:
+        self.services = services
+        self.current.services = services
+        self.current._chains.clear()
+
     def swap(self, bundle: Bundle) -> None:
+        bundle.services = self.services
         self.current = bundle
 
 

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from gateway.auth import Principal
 from gateway.config import Deployment
 from gateway.errors import PolicyDenied
+from gateway.services import Services
 from gateway.sse import Event
 
 __all__ = ["Context", "Decision", "Policy", "PolicyDenied", "Target"]
@@ -63,6 +64,8 @@ class Context:
     candidates: list[Target]
     stream: bool = False
     subject: str | None = None  # keyed pseudonym, never the raw id
+    # Set by the residency policy; later policies (RAG, PII) read it. None: unrestricted.
+    allowed_jurisdictions: frozenset[str] | None = None
     bundle_hash: str = ""
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started: float = field(default_factory=time.perf_counter)
@@ -89,9 +92,11 @@ class Policy:
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
-    def __init__(self, config: BaseModel | None = None, mode: Mode = "enforce") -> None:
+    def __init__(self, config: BaseModel | None = None, mode: Mode = "enforce",
+                 services: Services | None = None) -> None:
         self.config = config if config is not None else self.Config()
         self.mode: Mode = mode
+        self.services = services
 
     async def on_request(self, ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
         return request

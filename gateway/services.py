@@ -1,0 +1,28 @@
+"""Process-wide resources handed to policies when a bundle is instantiated.
+
+Policies get what they need from here (the database engine, Redis, the pseudonymiser, the
+gateway's own embeddings path) instead of importing each other or the app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+
+from gateway.config import Config
+
+# (public embeddings model, texts, allowed jurisdictions or None) -> one vector per text
+Embed = Callable[[str, list[str], frozenset[str] | None], Awaitable[list[list[float]]]]
+
+
+@dataclass
+class Services:
+    config: Config
+    engine: Engine | None = None
+    redis: Any = None  # redis.asyncio.Redis when storage.redis_url is set
+    pseudonym: Callable[[str], str] = str
+    embed: Embed | None = None  # the gateway's own embeddings path (router + upstreams)
+    extras: dict[str, Any] = field(default_factory=dict)
