@@ -111,7 +111,7 @@ class Gateway:
             if handler is not None:
                 await self._run(handler, scope, receive, send)
             elif path.startswith("/admin/") or path in ("/docs", "/openapi.json"):
-                await self.admin(scope, receive, send)
+                await self.admin(scope, receive, send)  # type: ignore[arg-type]
             elif path in self._paths or path.startswith("/v1/models/"):
                 if path.startswith("/v1/models/") and scope["method"] == "GET":
                     await self._run(self.model, scope, receive, send)

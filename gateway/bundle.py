@@ -122,7 +122,7 @@ def _check_sections(src: Source, sections: Any, loc: tuple[str | int, ...], prob
 
 def _validate_merged(src: Source, bundle: Bundle, problems: list[str]) -> None:
     # Each app's merged sections must validate; report against the most specific layer.
-    targets = [("defaults", "")] + [(t, a) for t, spec in bundle.tenants.items() for a in [""] + list(spec.get("apps", {}))]
+    targets = [("defaults", "")] + [(t, a) for t, spec in bundle.tenants.items() for a in ["", *list(spec.get("apps", {}))]]
     for tenant, app in targets:
         merged = bundle.defaults if tenant == "defaults" else bundle.sections_for(tenant, app)
         for name, raw in merged.items():

@@ -10,13 +10,18 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from gateway.yamlsrc import ConfigError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from gateway.config import Config
 
 app = typer.Typer(help="ExecAI Gateway: an OpenAI-compatible LLM gateway with EU compliance policies.",
                   no_args_is_help=True, add_completion=False)
@@ -36,7 +41,7 @@ ConfigOpt = Annotated[
 ]
 
 
-def _config(path: Path | None):  # type: ignore[no-untyped-def]
+def _config(path: Path | None) -> Config:
     from gateway.config import load_config
 
     try:
@@ -47,7 +52,7 @@ def _config(path: Path | None):  # type: ignore[no-untyped-def]
         raise typer.Exit(2) from None
 
 
-def _engine(path: Path | None):  # type: ignore[no-untyped-def]
+def _engine(path: Path | None) -> Engine:
     from gateway.store.db import make_engine, upgrade
 
     config = _config(path)
@@ -85,7 +90,7 @@ def serve(
         key, _ = auth.create_key(make_engine(cfg.storage.database_url), tenant="dev", app="dev",
                                  models=["*"], scopes=["chat", "embeddings", "admin"], name="dev")
         bind = f"http://{host or cfg.server.host}:{port or cfg.server.port}/v1"
-        out.print(f"[yellow]DEVELOPMENT upstream on http://127.0.0.1:9100/v1 (canned answers, not a model)[/yellow]")
+        out.print("[yellow]DEVELOPMENT upstream on http://127.0.0.1:9100/v1 (canned answers, not a model)[/yellow]")
         out.print(f"Gateway: {bind}\nAPI key (shown once): [bold]{key}[/bold]", highlight=False)
     from gateway import logs
 

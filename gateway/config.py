@@ -62,7 +62,7 @@ class Deployment(Strict):
     )
     region: str = Field(..., min_length=1, description="Hosting region, e.g. `westeurope`, `fr-par`, `on-prem-fra`.")
     dpa: bool = Field(False, description="True when a data processing agreement covers this upstream.")
-    timeouts: Timeouts = Field(default_factory=Timeouts, description="Connect, read and total timeouts.")
+    timeouts: Timeouts = Field(Timeouts(), description="Connect, read and total timeouts.")
     max_concurrency: int = Field(
         256, ge=1, le=100_000, description="Concurrent requests this gateway worker sends to the deployment."
     )
@@ -113,8 +113,8 @@ class Server(Strict):
 class Config(Strict):
     deployments: dict[str, Deployment] = Field(..., description="Upstream deployments by name.")
     models: dict[str, Alias] = Field(..., description="Public model names mapped to ordered deployments.")
-    storage: Storage = Field(default_factory=Storage, description="Where state lives.")
-    server: Server = Field(default_factory=Server, description="HTTP server settings.")
+    storage: Storage = Field(Storage(), description="Where state lives.")
+    server: Server = Field(Server(), description="HTTP server settings.")
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

@@ -56,6 +56,7 @@ class DevUpstream:
     _loop: asyncio.AbstractEventLoop | None = None
     _server: asyncio.base_events.Server | None = None
     _thread: threading.Thread | None = None
+    _protocols: set[_Protocol] = field(default_factory=set)
 
     @property
     def url(self) -> str:
@@ -94,7 +95,9 @@ class DevUpstream:
 
             async def close() -> None:
                 server.close()
-                server.close_clients()
+                for proto in list(self._protocols):
+                    if proto.transport is not None:
+                        proto.transport.close()
                 loop.stop()
 
             asyncio.run_coroutine_threadsafe(close(), loop)
@@ -209,9 +212,11 @@ class _Protocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.server._protocols.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.server._protocols.discard(self)
         if self.task is not None and not self.task.done():
             self.task.cancel()
 

@@ -17,7 +17,8 @@ def client(gw: RunningGateway, key: str | None = None, **kw: object) -> openai.O
 
 def test_chat_completion_round_trip(gw: RunningGateway, upstream: DevUpstream) -> None:
     resp = client(gw).chat.completions.with_raw_response.create(
-        model="mistral-7b", messages=[{"role": "user", "content": "Bonjour"}])
+        model="mistral-7b", messages=[{"role": "user", "content": "Bonjour"}]
+    )
     completion = resp.parse()
     assert completion.choices[0].message.content == upstream.reply
     assert completion.usage is not None and completion.usage.total_tokens > 0
@@ -31,32 +32,61 @@ def test_chat_completion_round_trip(gw: RunningGateway, upstream: DevUpstream) -
 
 def test_streaming_yields_the_same_text_as_non_streaming(gw: RunningGateway, upstream: DevUpstream) -> None:
     stream = client(gw).chat.completions.create(
-        model="mistral-7b", messages=[{"role": "user", "content": "hi"}], stream=True)
+        model="mistral-7b", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
     text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     assert text == upstream.reply
 
 
 def test_stream_usage_chunk_is_returned_when_requested(gw: RunningGateway) -> None:
-    chunks = list(client(gw).chat.completions.create(
-        model="mistral-7b", messages=[{"role": "user", "content": "hi"}], stream=True,
-        stream_options={"include_usage": True}))
+    chunks = list(
+        client(gw).chat.completions.create(
+            model="mistral-7b",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[-1].usage is not None and chunks[-1].choices == []
 
 
 def test_tools_and_unknown_fields_pass_through_untouched(gw: RunningGateway, upstream: DevUpstream) -> None:
-    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {
-        "type": "object", "properties": {"q": {"type": "string"}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "lookup",
+                "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+            },
+        }
+    ]
     completion = client(gw).chat.completions.create(
-        model="mistral-7b", messages=[{"role": "user", "content": "find it"}], tools=tools,
-        tool_choice="auto", response_format={"type": "text"}, n=2, seed=7, stop=["END"], logprobs=True,
-        extra_body={"guided_json": {"type": "object"}, "top_k": 5})
+        model="mistral-7b",
+        messages=[{"role": "user", "content": "find it"}],
+        tools=tools,
+        tool_choice="auto",
+        response_format={"type": "text"},
+        n=2,
+        seed=7,
+        stop=["END"],
+        logprobs=True,
+        extra_body={"guided_json": {"type": "object"}, "top_k": 5},
+    )
     call = completion.choices[0].message.tool_calls[0]  # type: ignore[index]
     assert call.function.name == "lookup"
     assert json.loads(call.function.arguments) == {"echo": "find it"}
     body = upstream.received[-1].body
     assert body["tools"] == tools
-    for key, value in {"tool_choice": "auto", "response_format": {"type": "text"}, "n": 2, "seed": 7,
-                       "stop": ["END"], "logprobs": True, "guided_json": {"type": "object"}, "top_k": 5}.items():
+    for key, value in {
+        "tool_choice": "auto",
+        "response_format": {"type": "text"},
+        "n": 2,
+        "seed": 7,
+        "stop": ["END"],
+        "logprobs": True,
+        "guided_json": {"type": "object"},
+        "top_k": 5,
+    }.items():
         assert body[key] == value
 
 
@@ -78,14 +108,17 @@ def test_models_lists_only_what_the_key_may_use(gw: RunningGateway) -> None:
 def test_missing_or_bad_key_raises_authentication_error(gw: RunningGateway) -> None:
     with pytest.raises(openai.AuthenticationError) as exc:
         client(gw, "sk-gw-000000000000-nope").chat.completions.create(
-            model="mistral-7b", messages=[{"role": "user", "content": "x"}])
+            model="mistral-7b", messages=[{"role": "user", "content": "x"}]
+        )
     assert exc.value.code == "invalid_api_key"
 
 
 def test_model_not_allowed_raises_permission_denied(gw: RunningGateway) -> None:
     key = gw.key(models=("mistral-embed",))
     with pytest.raises(openai.PermissionDeniedError) as exc:
-        client(gw, key).chat.completions.create(model="mistral-7b", messages=[{"role": "user", "content": "x"}])
+        client(gw, key).chat.completions.create(
+            model="mistral-7b", messages=[{"role": "user", "content": "x"}]
+        )
     assert exc.value.code == "model_not_allowed"
 
 
@@ -104,8 +137,9 @@ def test_unknown_model_raises_not_found(gw: RunningGateway) -> None:
 
 def test_wrong_parameter_type_raises_bad_request(gw: RunningGateway) -> None:
     with pytest.raises(openai.BadRequestError) as exc:
-        client(gw).chat.completions.create(model="mistral-7b", messages=[{"role": "user", "content": "x"}],
-                                           max_tokens="ten")  # type: ignore[arg-type]
+        client(gw).chat.completions.create(
+            model="mistral-7b", messages=[{"role": "user", "content": "x"}], max_tokens="ten"
+        )  # type: ignore[arg-type]
     assert exc.value.param == "max_tokens"
 
 
@@ -133,9 +167,16 @@ def test_upstream_timeout_raises_504(gateway_factory, upstream: DevUpstream) -> 
     from tests.conftest import make_config
 
     config = make_config(upstream)
-    slow = config.deployments["eu-primary"].model_copy(update={"timeouts": config.deployments[
-        "eu-primary"].timeouts.model_copy(update={"read_s": 0.3, "total_s": 0.5})})
-    gw = gateway_factory(config.model_copy(update={"deployments": {**config.deployments, "eu-primary": slow}}))
+    slow = config.deployments["eu-primary"].model_copy(
+        update={
+            "timeouts": config.deployments["eu-primary"].timeouts.model_copy(
+                update={"read_s": 0.3, "total_s": 0.5}
+            )
+        }
+    )
+    gw = gateway_factory(
+        config.model_copy(update={"deployments": {**config.deployments, "eu-primary": slow}})
+    )
     upstream.delay_s = 1.0
     with pytest.raises(openai.APIStatusError) as exc:
         client(gw).chat.completions.create(model="mistral-7b", messages=[{"role": "user", "content": "x"}])

@@ -7,6 +7,7 @@ of GitHub, no telemetry, tokenizers from the wheel.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -54,9 +55,7 @@ class _Buffered(UpstreamResponse):
 
     def close(self) -> None:
         if self._stream is not None and hasattr(self._stream, "aclose"):
-            import asyncio
-
-            asyncio.ensure_future(self._stream.aclose())
+            self._closing = asyncio.ensure_future(self._stream.aclose())
 
     async def release(self) -> None:
         return None

@@ -1,0 +1,27 @@
+# Two commands for newcomers (see README.md):
+#   make run    install, then start the gateway with the embedded defaults and a development upstream
+#   make test   install, then run the whole test suite (needs PostgreSQL and Redis on 127.0.0.1)
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test install lint bench
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip uv
+	$(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt -e '.[dev]'
+	touch $@
+
+run: install
+	$(BIN)/gateway serve --dev
+
+test: install
+	$(BIN)/ruff check gateway tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+bench: install
+	$(BIN)/python bench/overhead.py
