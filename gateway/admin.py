@@ -4,8 +4,7 @@ FastAPI serves these routes: they are rare, and typed bodies plus an OpenAPI sch
 more here than the microseconds they cost.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI resolves the local Annotated aliases at runtime.
 import asyncio
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
@@ -57,7 +56,7 @@ def _error(exc: GatewayError) -> Response:
     return Response(exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers)
 
 
-def admin_app(gw: Gateway) -> FastAPI:
+def admin_app(gw: "Gateway") -> FastAPI:
     app = FastAPI(title="ExecAI Gateway admin API", openapi_url="/admin/openapi.json", docs_url="/admin/docs")
 
     @app.exception_handler(GatewayError)
