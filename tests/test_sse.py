@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -34,7 +36,7 @@ def test_crlf_line_endings() -> None:
 @given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=20))
 def test_any_chunking_yields_the_same_events(cuts: list[int]) -> None:
     bounds = [0, *sorted(cuts), len(STREAM)]
-    chunks = [STREAM[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    chunks = [STREAM[a:b] for a, b in itertools.pairwise(bounds)]
     assert parse_all(chunks) == parse_all([STREAM])
 
 
