@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from gateway.chain import Chain
 from gateway.config import Config
-from gateway.policies import REGISTRY
+from gateway.policies import REGISTRY, load_all
 from gateway.policy import Policy
 from gateway.services import Services
 from gateway.yamlsrc import ConfigError, Source, dotted, load, problems_of
@@ -141,6 +141,7 @@ def _validate_merged(src: Source, bundle: Bundle, problems: list[str]) -> None:
 
 def parse_bundle(sources: Iterable[Source]) -> Bundle:
     """Merge and validate policy files; raise ConfigError listing every problem found."""
+    load_all()
     problems: list[str] = []
     digest = hashlib.sha256()
     defaults: dict[str, Any] = {}
