@@ -6,16 +6,18 @@ more here than the microseconds they cost.
 
 # No `from __future__ import annotations`: FastAPI resolves the local Annotated aliases at runtime.
 import asyncio
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Annotated
 
+import orjson
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from gateway import auth
+from gateway import audit, auth
 from gateway.errors import GatewayError
+from gateway.store import consent
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -50,6 +52,25 @@ def _out(row: auth.ApiKey) -> dict[str, object]:
         "models": [m for m in row.models.split(",") if m], "scopes": [s for s in row.scopes.split(",") if s],
         "name": row.name, "created_at": row.created_at, "revoked_at": row.revoked_at,
     }
+
+
+class ConsentGrant(BaseModel):
+    tenant: str = Field(..., min_length=1, max_length=128)
+    subject_id: str = Field(..., min_length=1, max_length=512, description="Raw id; only its pseudonym is stored.")
+    purpose: str = Field(..., min_length=1, max_length=128)
+    evidence_ref: str = Field("", max_length=256, description="Where the proof of consent is kept.")
+    expires_in_days: int | None = Field(None, ge=1, le=3650)
+
+
+class ConsentOut(BaseModel):
+    id: str
+    tenant: str
+    subject: str = Field(..., description="The subject's pseudonym.")
+    purpose: str
+    granted_at: datetime
+    expires_at: datetime | None
+    withdrawn_at: datetime | None
+    evidence_ref: str
 
 
 def _error(exc: GatewayError) -> Response:
@@ -98,5 +119,34 @@ def admin_app(gw: "Gateway") -> FastAPI:
         if not await asyncio.to_thread(auth.revoke_key, gw.engine, key_id):
             raise GatewayError(404, "key_not_found", "No active key with that id.")
         return Response(status_code=204)
+
+    @app.post("/admin/consents", response_model=ConsentOut, status_code=201)
+    async def grant_consent(body: ConsentGrant, _: Admin) -> consent.Consent:
+        return await asyncio.to_thread(
+            consent.grant, gw.engine, tenant=body.tenant, subject=gw.pseudonym(body.subject_id),
+            purpose=body.purpose, evidence_ref=body.evidence_ref,
+            expires_in=timedelta(days=body.expires_in_days) if body.expires_in_days else None,
+        )
+
+    @app.delete("/admin/consents")
+    async def withdraw_consent(tenant: str, subject_id: str, purpose: str, _: Admin) -> dict[str, int]:
+        n = await asyncio.to_thread(consent.withdraw, gw.engine, tenant=tenant,
+                                    subject=gw.pseudonym(subject_id), purpose=purpose)
+        return {"withdrawn": n}
+
+    @app.get("/admin/consents", response_model=list[ConsentOut])
+    async def list_consents(_: Admin, tenant: str | None = None, subject_id: str | None = None) -> list[consent.Consent]:
+        subject = gw.pseudonym(subject_id) if subject_id else None
+        return await asyncio.to_thread(consent.list_consents, gw.engine, tenant=tenant, subject=subject)
+
+    @app.get("/admin/audit/{request_id}")
+    async def audit_record(request_id: str, _: Admin) -> dict[str, object]:
+        row = await asyncio.to_thread(audit.fetch, gw.engine, request_id)
+        if row is None:
+            raise GatewayError(404, "audit_record_not_found", "No audit record for that request id (yet).")
+        out = row.model_dump()
+        out["decisions"] = orjson.loads(row.decisions)
+        out["attempts"] = orjson.loads(row.attempts)
+        return out
 
     return app

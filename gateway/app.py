@@ -13,14 +13,17 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
 from sqlalchemy import text
 
 from gateway import metrics
+from gateway.accounting import usage
+from gateway.audit import Auditor
 from gateway.auth import KeyStore, Principal
-from gateway.bundle import Bundle, BundleHolder
+from gateway.bundle import Bundle, BundleHolder, watch
 from gateway.chain import Chain
 from gateway.config import Config
 from gateway.errors import GatewayError, PolicyDenied, UpstreamError, bad_request
@@ -28,7 +31,9 @@ from gateway.policy import Context, Target
 from gateway.router import Committed, Router
 from gateway.services import Services
 from gateway.sse import Event, parse
+from gateway.store.consent import ConsentRegistry
 from gateway.store.db import make_engine
+from gateway.store.writer import Writer
 from gateway.upstreams import build
 from gateway.upstreams.base import Upstream
 from gateway.validation import validate_chat, validate_embeddings
@@ -63,10 +68,17 @@ class Gateway:
         self.upstreams: dict[str, Upstream] = {n: build(n, d) for n, d in config.deployments.items()}
         self.router = Router(self.upstreams)
         self.bundle = bundle or BundleHolder(Bundle.empty())
-        self.secret = (config.server.secret_key or _DEV_SECRET).encode()
+        self.pseudonym = pseudonymiser(config.server.secret_key)
         self.max_body = config.server.max_body_bytes
         self.redis: Any = None
         self.services = Services(config=config, engine=self.engine, pseudonym=self.pseudonym, embed=self.embed)
+        storage = config.storage
+        self.writer = Writer(self.engine, storage.spool_dir, batch_size=storage.writer_batch_size,
+                             flush_interval_s=storage.writer_flush_interval_s)
+        self.services.writer = self.writer
+        self.services.consents = ConsentRegistry(self.engine)
+        self.auditor = Auditor(self.writer)
+        metrics.configure_labels(config.accounting.metric_tenant_label, config.accounting.metric_app_label)
         self.bundle.bind(self.services)
         from gateway.admin import admin_app
 
@@ -87,6 +99,12 @@ class Gateway:
         for upstream in self.upstreams.values():
             await upstream.start()
         self.keys.start()
+        policies = Path(self.config.server.policies_dir)
+        self._stop_watch = asyncio.Event()
+        self._watch: asyncio.Task[None] | None = None
+        if policies.is_dir():
+            self._watch = asyncio.create_task(watch(self.bundle, policies, self.config, self._stop_watch))
+        await self.writer.start()
         if self.config.storage.redis_url:
             import redis.asyncio as aioredis
 
@@ -95,10 +113,14 @@ class Gateway:
 
     async def shutdown(self) -> None:
         await self.keys.stop()
+        self._stop_watch.set()
+        if self._watch is not None:
+            self._watch.cancel()
         for upstream in self.upstreams.values():
             await upstream.close()
         if self.redis is not None:
             await self.redis.aclose()
+        await self.writer.stop()  # after the upstreams: in-flight requests have queued their rows
         self.engine.dispose()
 
     # --- ASGI ------------------------------------------------------------------------------
@@ -192,10 +214,6 @@ class Gateway:
             raise bad_request("The request body must be a JSON object.", code="invalid_json")
         return body
 
-    def pseudonym(self, subject: str) -> str:
-        """Keyed HMAC of a data subject id; the raw id is never stored."""
-        return hmac.new(self.secret, subject.encode(), hashlib.sha256).hexdigest()[:32]
-
     async def embed(self, model: str, texts: list[str], allowed: frozenset[str] | None) -> list[list[float]]:
         """Embed texts through the gateway's own routing (for RAG); only ``allowed`` jurisdictions."""
         alias = self.config.models.get(model)
@@ -226,6 +244,7 @@ class Gateway:
             candidates=[Target(n, self.config.deployments[n]) for n in alias.deployments],
             stream=bool(body.get("stream")),
             subject=self.pseudonym(subject) if isinstance(subject, str) and subject else None,
+            data_class=_header(scope, b"x-data-class"),
             bundle_hash=self.bundle.current.hash,
         )
 
@@ -254,6 +273,8 @@ class Gateway:
         body = await self._body(scope, receive)
         validate(body)
         ctx = self._context(scope, principal, endpoint, body)
+        # Our own request extension never reaches an upstream, whether or not a policy reads it.
+        ctx.rag_hints = body.pop("gateway_rag", None)
         # Requests in flight keep the bundle they started with, even across a hot reload.
         chain = self.bundle.current.chain_for(principal.tenant, principal.app)
         watcher = _DisconnectWatcher(receive)
@@ -276,11 +297,13 @@ class Gateway:
             ctx.status = 499
         finally:
             watcher.stop()
-            self._finish(ctx)
+            # Completion hooks (accounting settle) run first so the audit record holds their decisions.
             await chain.complete(ctx)
+            self._finish(ctx)
 
     async def _relay_json(self, ctx: Context, chain: Any, committed: Committed, send: Send) -> None:
         raw = await committed.response.read()
+        ctx.usage = usage.from_body(raw)  # finds the usage object without decoding the body
         if chain.reads_response(ctx):
             try:
                 response = orjson.loads(raw)
@@ -334,12 +357,15 @@ class Gateway:
         target = ctx.target
         deployment, jurisdiction = (target.name, target.jurisdiction) if target else ("none", "none")
         p = ctx.principal
-        metrics.REQUESTS.labels(p.tenant, p.app, ctx.model, deployment, jurisdiction, str(ctx.status)).inc()
+        metrics.REQUESTS.labels(metrics.tenant_label(p.tenant), metrics.app_label(p.app), ctx.model, deployment,
+                                jurisdiction, str(ctx.status)).inc()
         if target is not None:
             metrics.UPSTREAM_LATENCY.labels(deployment).observe(ctx.upstream_s)
         metrics.OVERHEAD.observe(max(elapsed - ctx.upstream_s, 0.0))
+        self.auditor.record(ctx)
         if ctx.fallback_reason:
-            metrics.FALLBACKS.labels(ctx.fallback_reason).inc()
+            consented = target is not None and target.name in ctx.consents
+            metrics.FALLBACKS.labels(ctx.fallback_reason, "true" if consented else "false").inc()
         for d in ctx.decisions:
             metrics.DECISIONS.labels(d.policy, d.action).inc()
         if access.isEnabledFor(logging.INFO):
@@ -458,6 +484,12 @@ async def _send_error(send: Send, exc: GatewayError, extra: list[tuple[bytes, by
         "headers": [_JSON, (b"content-length", str(len(body)).encode()), *headers, *(extra or [])],
     })
     await send({"type": "http.response.body", "body": body})
+
+
+def pseudonymiser(secret_key: str) -> Callable[[str], str]:
+    """The subject pseudonym function for a configured secret (the CLI's view of Gateway.pseudonym)."""
+    key = (secret_key or _DEV_SECRET).encode()
+    return lambda subject: hmac.new(key, subject.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def create_app(config_path: str | None = None) -> Gateway:

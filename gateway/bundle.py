@@ -17,7 +17,9 @@ every decision record and into ``/readyz``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +32,16 @@ from gateway.config import Config
 from gateway.policies import REGISTRY, load_all
 from gateway.policy import Policy
 from gateway.services import Services
-from gateway.yamlsrc import ConfigError, Source, dotted, load, problems_of
+from gateway.yamlsrc import ConfigError, Source, dotted, load
 
 MODES = ("enforce", "shadow", "off")
+
+
+def mode_of(section: dict[str, Any]) -> Any:
+    """A section's mode; YAML reads a bare `off` as false, which means `off` here."""
+    mode = section.get("mode", "enforce")
+    return "off" if mode is False else mode
+log = logging.getLogger("gateway.policy")
 
 
 @dataclass
@@ -41,7 +50,15 @@ class Bundle:
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     tenants: dict[str, dict[str, Any]] = field(default_factory=dict)
     services: Services | None = None  # set by the gateway before the first request
+    sources: list[Source] = field(default_factory=list)
     _chains: dict[tuple[str, str], Chain] = field(default_factory=dict)
+
+    def where(self, loc: tuple[str | int, ...]) -> str:
+        """``file:line`` of the most specific source that defines ``loc``."""
+        for src in reversed(self.sources):
+            if loc in src.lines:
+                return src.where(loc)
+        return self.sources[0].where(loc) if self.sources else "<bundle>"
 
     @classmethod
     def empty(cls) -> Bundle:
@@ -68,8 +85,8 @@ class Bundle:
 def _instantiate(sections: dict[str, dict[str, Any]], services: Services | None) -> list[Policy]:
     policies = []
     for name, raw in sections.items():
-        cfg = dict(raw)
-        mode = cfg.pop("mode", "enforce")
+        cfg = {k: v for k, v in raw.items() if k != "mode"}
+        mode = mode_of(raw)
         if mode == "off":
             continue
         cls = REGISTRY[name]
@@ -112,31 +129,54 @@ def _check_sections(src: Source, sections: Any, loc: tuple[str | int, ...], prob
         if not isinstance(raw, dict):
             problems.append(f"{src.where(here)}: {dotted(here)}: expected a mapping")
             continue
-        cfg = dict(raw)
-        mode = cfg.pop("mode", "enforce")
+        mode = mode_of(raw)
         if mode not in MODES:
             problems.append(f"{src.where((*here, 'mode'))}: {dotted((*here, 'mode'))}: must be one of {MODES}")
         out[name] = raw
     return out
 
 
-def _validate_merged(src: Source, bundle: Bundle, problems: list[str]) -> None:
-    # Each app's merged sections must validate; report against the most specific layer.
-    targets = [("defaults", "")] + [(t, a) for t, spec in bundle.tenants.items() for a in ["", *list(spec.get("apps", {}))]]
-    for tenant, app in targets:
-        merged = bundle.defaults if tenant == "defaults" else bundle.sections_for(tenant, app)
+def _validate_merged(srcs: list[Source], bundle: Bundle, problems: list[str]) -> None:
+    """Validate every app's merged sections; report each error where the bad value is written."""
+    scopes: list[tuple[str, str]] = [("", "")]
+    for tenant, spec in bundle.tenants.items():
+        scopes += [(tenant, ""), *((tenant, app) for app in spec.get("apps", {}))]
+    for tenant, app in scopes:
+        merged = bundle.defaults if not tenant else bundle.sections_for(tenant, app)
+        layers: list[tuple[str | int, ...]] = [("defaults",)]
+        if tenant:
+            layers.insert(0, ("tenants", tenant))
+        if app:
+            layers.insert(0, ("tenants", tenant, "apps", app))
         for name, raw in merged.items():
-            cfg = {k: v for k, v in raw.items() if k != "mode"}
             try:
-                REGISTRY[name].Config.model_validate(cfg)
+                REGISTRY[name].Config.model_validate({k: v for k, v in raw.items() if k != "mode"})
             except ValidationError as exc:
-                if tenant == "defaults":
-                    prefix: tuple[str | int, ...] = ("defaults", name)
-                elif app:
-                    prefix = ("tenants", tenant, "apps", app, name)
-                else:
-                    prefix = ("tenants", tenant, name)
-                problems.extend(p for p in problems_of(exc, src, prefix) if p not in problems)
+                for err in exc.errors():
+                    loc = tuple(err["loc"])
+                    # The most specific layer that wrote the bad value, else (a missing key) the
+                    # most specific layer that has the section at all.
+                    layer = next((lay for lay in layers if _defined(srcs, (*lay, name, *loc[:1]))), None)
+                    layer = layer or next((lay for lay in layers if _defined(srcs, (*lay, name))), layers[-1])
+                    full = (*layer, name, *loc)
+                    msg = err["msg"].removeprefix("Value error, ")
+                    msg = "unknown key" if err["type"] == "extra_forbidden" else msg
+                    line = f"{_where(srcs, full)}: {dotted(full)}: {msg}"
+                    if line not in problems:
+                        problems.append(line)
+
+
+def _defined(srcs: list[Source], loc: tuple[str | int, ...]) -> bool:
+    return any(loc in src.lines for src in srcs)
+
+
+def _where(srcs: list[Source], loc: tuple[str | int, ...]) -> str:
+    """``file:line`` of the longest prefix of ``loc`` that some source defines."""
+    for i in range(len(loc), 0, -1):
+        for src in reversed(srcs):
+            if loc[:i] in src.lines:
+                return src.where(loc[:i])
+    return srcs[0].where(()) if srcs else "<bundle>"
 
 
 def parse_bundle(sources: Iterable[Source]) -> Bundle:
@@ -170,11 +210,11 @@ def parse_bundle(sources: Iterable[Source]) -> Bundle:
                 apps[app] = _check_sections(src, app_spec, (*loc, "apps", app), problems)
             policies = _check_sections(src, {k: v for k, v in spec.items() if k != "apps"}, loc, problems)
             tenants[tenant] = {"policies": policies, "apps": apps}
-        if not problems:
-            _validate_merged(src, Bundle("", defaults, tenants), problems)
+    if not problems:
+        _validate_merged(srcs, Bundle("", defaults, tenants), problems)
     if problems:
         raise ConfigError(problems)
-    return Bundle(hash=digest.hexdigest()[:16], defaults=defaults, tenants=tenants)
+    return Bundle(hash=digest.hexdigest()[:16], defaults=defaults, tenants=tenants, sources=srcs)
 
 
 def policy_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -190,6 +230,31 @@ def policy_files(paths: Iterable[str | Path]) -> list[Path]:
 def load_bundle(paths: Iterable[str | Path], config: Config | None = None) -> Bundle:
     """Load a bundle from files or directories (``*_test.yaml`` files are test cases, not policy)."""
     return parse_bundle(load(f, expand_env=False) for f in policy_files(paths))
+
+
+async def watch(holder: BundleHolder, directory: Path, config: Config, stop: asyncio.Event) -> None:
+    """Reload the bundle when a file under ``directory`` changes; keep the last good one on error."""
+    from watchfiles import awatch
+
+    from gateway import metrics
+
+    async for _changes in awatch(directory, stop_event=stop, debounce=200, step=50):
+        try:
+            bundle = await asyncio.to_thread(load_bundle, [directory], config)
+        except ConfigError as exc:
+            metrics.POLICY_RELOAD_FAILURES.inc()
+            log.error("policy reload rejected; keeping bundle %s", holder.current.hash,
+                      extra={"problems": exc.problems})
+            continue
+        except Exception as exc:
+            metrics.POLICY_RELOAD_FAILURES.inc()
+            log.error("policy reload failed; keeping bundle %s", holder.current.hash,
+                      extra={"exc_type": type(exc).__name__})
+            continue
+        if bundle.hash != holder.current.hash:
+            holder.swap(bundle)
+            metrics.POLICY_RELOADS.inc()
+            log.info("policy bundle reloaded", extra={"policy_hash": bundle.hash})
 
 
 def load_holder(config: Config) -> BundleHolder:

@@ -24,7 +24,8 @@ class Chain:
         self._reversed = tuple(reversed(self.policies))
 
     def _shadowed(self, policy: Policy, ctx: Context, exc: PolicyDenied) -> None:
-        ctx.record(policy.name, "would_deny", code=exc.code, status=exc.status)
+        # Denial messages are written by policies and never carry PII, so they may serve as the reason.
+        ctx.record(policy.name, "would_deny", code=exc.code, status=exc.status, reason=exc.message)
 
     async def request(self, ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
         for policy in self.policies:

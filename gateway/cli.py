@@ -19,8 +19,11 @@ from rich.table import Table
 from gateway.yamlsrc import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sqlalchemy import Engine
 
+    from gateway.bundle import Bundle
     from gateway.config import Config
 
 app = typer.Typer(help="ExecAI Gateway: an OpenAI-compatible LLM gateway with EU compliance policies.",
@@ -31,9 +34,20 @@ db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
+policy_app = typer.Typer(help="Lint, test and explain the compliance team's policy bundle.", no_args_is_help=True)
+consent_app = typer.Typer(help="The consent registry: grant, withdraw, list.", no_args_is_help=True)
+audit_app = typer.Typer(help="The hash-chained audit trail.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+app.add_typer(consent_app, name="consent")
+app.add_typer(audit_app, name="audit")
+rag_app = typer.Typer(help="RAG collections: ingest documents, count chunks, erase by subject.",
+                      no_args_is_help=True)
+app.add_typer(rag_app, name="rag")
+usage_app = typer.Typer(help="The usage ledger: tokens and cost per tenant.", no_args_is_help=True)
+app.add_typer(usage_app, name="usage")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[
     Path | None,
@@ -189,6 +203,278 @@ def db_upgrade(config: ConfigOpt = None,
     cfg = _config(config)
     upgrade(cfg.storage.database_url, revision)
     out.print("database is at", revision)
+
+
+@rag_app.command("ingest")
+def rag_ingest(
+    path: Annotated[Path, typer.Argument(help="A file or a folder (read recursively; hidden files skipped).")],
+    tenant: Annotated[str, typer.Option(help="Tenant that owns the chunks.")],
+    collection: Annotated[str, typer.Option(help="Collection (config.yaml rag.collections).")],
+    subject_id: Annotated[str | None, typer.Option(
+        help="Data subject the documents concern; only its HMAC pseudonym is stored.")] = None,
+    meta: Annotated[list[str] | None, typer.Option(help="Metadata key=value stored on every chunk (repeatable).")] = None,
+    chunk_tokens: Annotated[int, typer.Option(help="Tokens per chunk.")] = 400,
+    overlap: Annotated[int, typer.Option(help="Tokens shared by consecutive chunks.")] = 50,
+    batch: Annotated[int, typer.Option(help="Chunks per embeddings call and per write.")] = 64,
+    config: ConfigOpt = None,
+) -> None:
+    """Chunk, embed and store documents; re-running writes only what changed."""
+    from gateway.rag.cli import run_ingest
+
+    run_ingest(_config(config), path, tenant, collection, subject_id, meta or [], chunk_tokens, overlap, batch)
+
+
+@rag_app.command("count")
+def rag_count(tenant: Annotated[str, typer.Option(help="Tenant.")],
+              collection: Annotated[str, typer.Option(help="Collection.")], config: ConfigOpt = None) -> None:
+    """Print how many chunks a tenant has in a collection."""
+    from gateway.rag.cli import run_count
+
+    run_count(_config(config), tenant, collection)
+
+
+@rag_app.command("delete-subject")
+def rag_delete_subject(subject_id: Annotated[str, typer.Option(help="The data subject's id (pseudonymised).")],
+                       config: ConfigOpt = None) -> None:
+    """Delete every chunk concerning a data subject, in every collection (right to erasure)."""
+    from gateway.rag.cli import run_delete_subject
+
+    run_delete_subject(_config(config), subject_id)
+
+
+PathsArg = Annotated[list[Path] | None, typer.Argument(
+    help="Policy files or directories. Default: server.policies_dir from the config.")]
+
+
+def _bundle(config: Config, paths: list[Path] | None) -> Bundle:
+    from gateway.bundle import load_bundle
+
+    try:
+        return load_bundle(paths or [Path(config.server.policies_dir)], config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            err.print(f"[red]error[/red] {problem}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@policy_app.command("check")
+def policy_check(paths: PathsArg = None, config: ConfigOpt = None) -> None:
+    """Lint the bundle: schema errors, unknown deployments or models, contradictions. Exit 1 on errors."""
+    from gateway.policytest import lint
+
+    cfg = _config(config)
+    bundle = _bundle(cfg, paths)
+    problems = lint(cfg, bundle)
+    errors = [p for p in problems if ": warning: " not in p]
+    for problem in problems:
+        label = "[yellow]warning[/yellow]" if problem not in errors else "[red]error[/red]"
+        err.print(f"{label} {problem.replace(': warning: ', ': ')}", highlight=False)
+    if errors:
+        raise typer.Exit(1)
+    out.print(f"ok: policy bundle {bundle.hash}, {len(bundle.tenants)} tenants", highlight=False)
+
+
+@policy_app.command("test")
+def policy_test(paths: PathsArg = None, config: ConfigOpt = None,
+                verbose: Annotated[bool, typer.Option("-v", help="Print PASS lines too.")] = True) -> None:
+    """Run the `*_test.yaml` cases next to the policies, like `opa test`. Exit 1 when a case fails."""
+    import asyncio
+
+    from gateway.bundle import policy_files
+    from gateway.policytest import load_cases, run_cases
+
+    cfg = _config(config)
+    roots = paths or [Path(cfg.server.policies_dir)]
+    bundle = _bundle(cfg, [p for p in roots if p.is_dir() or not p.name.endswith("_test.yaml")] or roots)
+    files = [f for r in roots for f in (sorted(r.glob("*_test.yaml")) if r.is_dir() else [r])
+             if f.name.endswith("_test.yaml")]
+    del policy_files, load_cases
+    passed = failed = 0
+    for path in files:
+        try:
+            results = asyncio.run(run_cases(cfg, bundle, path))
+        except ConfigError as exc:
+            for problem in exc.problems:
+                err.print(f"[red]error[/red] {problem}", highlight=False)
+            raise typer.Exit(2) from None
+        for r in results:
+            if r.failures:
+                failed += 1
+                out.print(f"[red]FAIL[/red] {r.where}: {r.name}", highlight=False)
+                for f in r.failures:
+                    out.print(f"     {f}", highlight=False)
+            else:
+                passed += 1
+                if verbose:
+                    out.print(f"[green]PASS[/green] {r.where}: {r.name}", highlight=False)
+    out.print(f"{passed} passed, {failed} failed", highlight=False)
+    if failed or not files:
+        raise typer.Exit(1)
+
+
+@policy_app.command("explain")
+def policy_explain(
+    tenant: Annotated[str, typer.Option(help="Tenant of the calling key.")],
+    app_: Annotated[str, typer.Option("--app", help="App of the calling key.")],
+    model: Annotated[str, typer.Option(help="Public model name.")],
+    message: Annotated[str, typer.Option(help="The user message.")] = "Hello",
+    subject: Annotated[str | None, typer.Option(help="Data subject id (OpenAI `user`).")] = None,
+    consent: Annotated[list[str] | None, typer.Option(help="A purpose the subject consented to (repeatable).")] = None,
+    fail: Annotated[list[str] | None, typer.Option(help="Simulate this deployment failing (repeatable).")] = None,
+    data_class: Annotated[str | None, typer.Option(help="The X-Data-Class header.")] = None,
+    paths: PathsArg = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Dry-run one request: print each policy's decision and the route. Nothing is sent upstream."""
+    import asyncio
+
+    from gateway.policytest import SimRequest, simulate
+
+    cfg = _config(config)
+    bundle = _bundle(cfg, paths)
+    request = SimRequest(tenant=tenant, app=app_, model=model, message=message, subject=subject,
+                         data_class=data_class)
+    outcome = asyncio.run(simulate(cfg, bundle, request, consent or [], dict.fromkeys(fail or [], "upstream_5xx")))
+    out.print(f"policy bundle {bundle.hash}; chain for {tenant}/{app_}: "
+              f"{', '.join(bundle.sections_for(tenant, app_)) or '(empty)'}", highlight=False)
+    table = Table("policy", "decision", "facts")
+    for policy, action, facts in outcome.decisions:
+        table.add_row(policy, action, ", ".join(f"{k}={v}" for k, v in facts.items()))
+    out.print(table)
+    for name, result in outcome.attempts:
+        out.print(f"  tried {name}: {result}", highlight=False)
+    if outcome.denied:
+        out.print(f"[red]denied[/red] {outcome.denied} (HTTP {outcome.status})", highlight=False)
+    else:
+        out.print(f"[green]routed[/green] to {outcome.deployment} "
+                  f"({cfg.deployments[outcome.deployment or ''].jurisdiction})", highlight=False)
+
+
+@consent_app.command("grant")
+def consent_grant(
+    tenant: Annotated[str, typer.Option(help="Tenant.")],
+    subject: Annotated[str, typer.Option(help="Data subject id; only its pseudonym is stored.")],
+    purpose: Annotated[str, typer.Option(help="Purpose, e.g. llm_fallback_gpt4.")],
+    evidence: Annotated[str, typer.Option(help="Where the proof of consent is kept.")] = "",
+    days: Annotated[int | None, typer.Option(help="Expire after this many days.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Record an explicit consent."""
+    from datetime import timedelta
+
+    from gateway.store import consent
+
+    engine, pseudonym = _engine(config), _pseudonymiser(config)
+    row = consent.grant(engine, tenant=tenant, subject=pseudonym(subject), purpose=purpose, evidence_ref=evidence,
+                        expires_in=timedelta(days=days) if days else None)
+    out.print(f"granted {row.id}", highlight=False)
+
+
+@consent_app.command("withdraw")
+def consent_withdraw(
+    tenant: Annotated[str, typer.Option(help="Tenant.")],
+    subject: Annotated[str, typer.Option(help="Data subject id.")],
+    purpose: Annotated[str, typer.Option(help="Purpose.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Withdraw consent; new requests stop using it within 2 s in every worker."""
+    from gateway.store import consent
+
+    n = consent.withdraw(_engine(config), tenant=tenant, subject=_pseudonymiser(config)(subject), purpose=purpose)
+    out.print(f"withdrew {n} consent(s)")
+    if not n:
+        raise typer.Exit(1)
+
+
+@consent_app.command("list")
+def consent_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    subject: Annotated[str | None, typer.Option(help="Only this data subject.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """List consents (subjects are shown as pseudonyms)."""
+    from gateway.store import consent
+
+    table = Table("id", "tenant", "subject (pseudonym)", "purpose", "granted", "expires", "withdrawn", "evidence")
+    rows = consent.list_consents(_engine(config), tenant=tenant,
+                                 subject=_pseudonymiser(config)(subject) if subject else None)
+    for r in rows:
+        table.add_row(r.id, r.tenant, r.subject, r.purpose, f"{r.granted_at:%Y-%m-%d %H:%M}",
+                      f"{r.expires_at:%Y-%m-%d}" if r.expires_at else "", f"{r.withdrawn_at:%Y-%m-%d %H:%M}"
+                      if r.withdrawn_at else "", r.evidence_ref)
+    out.print(table)
+
+
+@audit_app.command("verify")
+def audit_verify(config: ConfigOpt = None) -> None:
+    """Recompute the audit hash chains; exit 1 if a record was modified or deleted."""
+    from gateway import audit
+
+    checked, problems = audit.verify(_engine(config))
+    for problem in problems:
+        err.print(f"[red]tampered[/red] {problem}", highlight=False)
+    out.print(f"{checked} records checked, {len(problems)} problems")
+    if problems:
+        raise typer.Exit(1)
+
+
+@audit_app.command("show")
+def audit_show(request_id: str, config: ConfigOpt = None) -> None:
+    """Print the decision record of one request as JSON."""
+    import orjson
+
+    from gateway import audit
+
+    row = audit.fetch(_engine(config), request_id)
+    if row is None:
+        err.print("no such record")
+        raise typer.Exit(1)
+    print(orjson.dumps(row.model_dump(), option=orjson.OPT_INDENT_2, default=str).decode())
+
+
+def _pseudonymiser(path: Path | None) -> Callable[[str], str]:
+    from gateway.app import pseudonymiser
+
+    return pseudonymiser(_config(path).server.secret_key)
+
+
+@usage_app.command("report")
+def usage_report(
+    tenant: Annotated[str, typer.Option(help="Tenant to report on.")],
+    since: Annotated[str, typer.Option(help="Window ending now: 30d, 12h, 2w.")] = "30d",
+    by: Annotated[str, typer.Option(help="Group by model, app, deployment, jurisdiction or key.")] = "model",
+    csv_: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Requests, tokens and cost (EUR) from the usage ledger, grouped and sorted by cost."""
+    import csv
+    from decimal import Decimal
+
+    from gateway.accounting.report import parse_since, report
+
+    if by not in ("model", "app", "deployment", "jurisdiction", "key"):
+        err.print(f"[red]error[/red] --by must be model, app, deployment, jurisdiction or key, not {by!r}")
+        raise typer.Exit(2)
+    try:
+        window = parse_since(since)
+    except ValueError as exc:
+        err.print(f"[red]error[/red] {exc}")
+        raise typer.Exit(2) from None
+    lines = report(_engine(config), tenant, window, by)  # type: ignore[arg-type]
+    header = [by, "requests", "prompt_tokens", "completion_tokens", "cost_eur", "estimated"]
+    rows = [[ln.group, str(ln.requests), str(ln.prompt_tokens), str(ln.completion_tokens),
+             f"{ln.cost_eur:.6f}", str(ln.estimated)] for ln in lines]
+    if csv_:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+        return
+    table = Table(*header, title=f"usage of tenant {tenant!r}, last {since}")
+    for row in rows:
+        table.add_row(*row)
+    total = sum((ln.cost_eur for ln in lines), start=Decimal(0))  # exact, as in the ledger
+    table.add_row("total", str(sum(ln.requests for ln in lines)), "", "", f"{total:.6f}", "")
+    out.print(table)
 
 
 def _split(value: str) -> list[str]:

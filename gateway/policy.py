@@ -64,8 +64,14 @@ class Context:
     candidates: list[Target]
     stream: bool = False
     subject: str | None = None  # keyed pseudonym, never the raw id
+    data_class: str | None = None  # from the X-Data-Class header; residency rules may depend on it
+    # The request's `gateway_rag` extension (read by rag_context); removed from the body before routing.
+    rag_hints: Any = None
     # Set by the residency policy; later policies (RAG, PII) read it. None: unrestricted.
     allowed_jurisdictions: frozenset[str] | None = None
+    # Set by consent_fallback: deployment name -> consent reference, for hops allowed only by consent.
+    consents: dict[str, str] = field(default_factory=dict)
+    pii_guard: bool = False  # a pii_redaction policy enforces on this request (consent_fallback reads it)
     bundle_hash: str = ""
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started: float = field(default_factory=time.perf_counter)

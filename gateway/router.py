@@ -1,5 +1,8 @@
 """Tries the request's candidate deployments in order until one answers.
 
+A policy may veto a hop by raising ``PolicyDenied`` from ``on_attempt``; the router then
+skips that deployment. If every hop was vetoed, the client gets the (first) veto.
+
 Fallback happens only before the first byte reaches the client: on a connect error, a
 timeout, a 5xx or 429, or a context-length overflow. For streams the router waits for the
 upstream's first chunk before committing, so a stream that dies before producing anything
@@ -17,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from gateway.chain import Chain
-from gateway.errors import GatewayError, UpstreamError
+from gateway.errors import GatewayError, PolicyDenied, UpstreamError
 from gateway.policy import Context, Target
 from gateway.upstreams.base import Endpoint, Upstream, UpstreamFailure, UpstreamResponse
 
@@ -71,10 +74,17 @@ class Router:
         # Open breakers are skipped while a closed one remains; if all are open, try them anyway.
         order = [t for t in ctx.candidates if not self.breakers[t.name].is_open] or list(ctx.candidates)
         last: UpstreamFailure | None = None
+        vetoed: PolicyDenied | None = None
         for target in order:
             if last is not None and ctx.fallback_reason is None:
                 ctx.fallback_reason = last.reason
-            body = await chain.attempt(ctx, target, request)
+            try:
+                body = await chain.attempt(ctx, target, request)
+            except PolicyDenied as denied:
+                # A policy vetoed this hop (e.g. no consent for a DPA fallback): skip it, keep trying.
+                ctx.attempts.append((target.name, denied.code))
+                vetoed = vetoed or denied
+                continue
             began = time.perf_counter()
             try:
                 committed = await self._try(target, endpoint, body, ctx.stream)
@@ -92,7 +102,9 @@ class Router:
             ctx.attempts.append((target.name, "ok"))
             ctx.target = target
             return committed
-        assert last is not None
+        if last is None:
+            assert vetoed is not None
+            raise vetoed
         headers = {"Retry-After": str(int(last.retry_after or 1))} if last.status == 429 else {}
         if last.reason == "timeout":
             raise UpstreamError(504, "upstream_timeout", last.message, headers=headers)

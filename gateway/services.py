@@ -25,4 +25,6 @@ class Services:
     redis: Any = None  # redis.asyncio.Redis when storage.redis_url is set
     pseudonym: Callable[[str], str] = str
     embed: Embed | None = None  # the gateway's own embeddings path (router + upstreams)
+    writer: Any = None  # gateway.store.writer.Writer: batched, off-the-hot-path SQL rows
+    consents: Any = None  # gateway.store.consent.ConsentRegistry (or a fake in `gateway policy test`)
     extras: dict[str, Any] = field(default_factory=dict)

@@ -60,3 +60,45 @@ def upgrade(url: str, revision: str = "head") -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     command.upgrade(cfg, revision)
+
+
+class Consent(SQLModel, table=True):
+    """An explicit consent of a data subject (by pseudonym) for one purpose."""
+
+    __tablename__ = "consents"
+
+    id: str = Field(primary_key=True, max_length=32)
+    tenant: str = Field(max_length=128)
+    subject: str = Field(max_length=64, description="keyed HMAC pseudonym, never the raw id")
+    purpose: str = Field(max_length=128)
+    granted_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime | None = Field(default=None)
+    withdrawn_at: datetime | None = Field(default=None)
+    evidence_ref: str = Field(default="", max_length=256, description="where the proof of consent lives")
+
+
+class AuditRecord(SQLModel, table=True):
+    """One decision record per request, hash-chained per writer process."""
+
+    __tablename__ = "audit_records"
+
+    request_id: str = Field(primary_key=True, max_length=32)
+    chain_id: str = Field(max_length=32)
+    seq: int
+    at: datetime
+    tenant: str = Field(max_length=128)
+    app: str = Field(max_length=128)
+    key_id: str = Field(max_length=32)
+    subject: str | None = Field(default=None, max_length=64)
+    model: str = Field(max_length=128)
+    endpoint: str = Field(max_length=16)
+    policy_hash: str = Field(max_length=64)
+    decisions: str = Field(description="JSON list of {policy, action, facts}; counts and ids only")
+    attempts: str = Field(description="JSON list of [deployment, outcome]")
+    deployment: str | None = Field(default=None, max_length=128)
+    jurisdiction: str | None = Field(default=None, max_length=8)
+    fallback: str | None = Field(default=None, max_length=64)
+    consent_ref: str | None = Field(default=None, max_length=64)
+    status: int
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)

@@ -1,0 +1,85 @@
+"""Keeps requests in the jurisdictions a tenant or app allows."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.errors import PolicyDenied
+from gateway.jurisdictions import Jurisdiction
+from gateway.policies import register
+from gateway.policy import Context, Policy, Target
+
+
+@register
+class Residency(Policy):
+    """Narrows the candidate deployments to the allowed jurisdictions (chat and embeddings).
+
+    The allowed set is written to ``ctx.allowed_jurisdictions`` for later policies (RAG, PII).
+    Every hop is checked again before it is sent: a deployment outside the allowed set is
+    vetoed unless ``consent_fallback`` recorded a consent for exactly that deployment.
+    """
+
+    name: ClassVar[str] = "residency"
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        allow: list[Jurisdiction] = Field(
+            ["EU"], min_length=1, description="Jurisdictions requests may be sent to, e.g. `[EU]` or `[EU, CH]`."
+        )
+        data_classes: dict[str, list[Jurisdiction]] = Field(
+            {},
+            description=(
+                "Per data class (request header `X-Data-Class`), the jurisdictions allowed instead of `allow`, "
+                "e.g. `{health: [EU], public: [EU, US]}`."
+            ),
+        )
+        unknown_data_class: str = Field(
+            "deny",
+            pattern="^(deny|default)$",
+            description="A data class not listed in `data_classes`: `deny` (403) or `default` (use `allow`).",
+        )
+        strict: bool = Field(
+            True,
+            description=(
+                "Strict residency: `gateway policy check` flags any fallback outside `allow` that does not "
+                "require consent."
+            ),
+        )
+
+    def allowed(self, data_class: str | None) -> frozenset[str]:
+        """The allowed jurisdictions for a data class; raises PolicyDenied for an unknown class."""
+        cfg: Residency.Config = self.config  # type: ignore[assignment]
+        if data_class is None:
+            return frozenset(cfg.allow)
+        if data_class in cfg.data_classes:
+            return frozenset(cfg.data_classes[data_class])
+        if cfg.unknown_data_class == "default":
+            return frozenset(cfg.allow)
+        raise PolicyDenied(403, "residency.unknown_data_class", "The request's data class has no residency rule.")
+
+    async def on_request(self, ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
+        allowed = self.allowed(ctx.data_class)
+        # Hops consent_fallback admitted by consent stay, whichever of the two runs first.
+        kept = [t for t in ctx.candidates if t.jurisdiction in allowed or t.name in ctx.consents]
+        removed = [t.name for t in ctx.candidates if t not in kept]
+        ctx.record(self.name, "narrow" if removed else "allow", allowed=sorted(allowed), removed=removed,
+                   data_class=ctx.data_class)
+        if not kept:
+            raise PolicyDenied(
+                403, "residency.no_allowed_deployment",
+                f"No deployment of model '{ctx.model}' is in an allowed jurisdiction ({', '.join(sorted(allowed))}).",
+            )
+        if self.mode == "enforce":
+            ctx.allowed_jurisdictions = allowed
+            ctx.candidates = kept
+        return request
+
+    async def on_attempt(self, ctx: Context, target: Target, request: dict[str, Any]) -> dict[str, Any]:
+        allowed = ctx.allowed_jurisdictions
+        if allowed is not None and target.jurisdiction not in allowed and target.name not in ctx.consents:
+            raise PolicyDenied(403, "residency.hop_outside_jurisdiction",
+                               f"Deployment '{target.name}' is outside the allowed jurisdictions.")
+        return request

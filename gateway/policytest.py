@@ -1,0 +1,280 @@
+"""Dry runs of the policy chain for ``gateway policy check | test | explain``.
+
+A simulated request runs through the real bundle, chain and router, but the upstreams are
+in-process stand-ins that answer with canned text or fail as the case says; nothing is sent
+anywhere. The consent registry is replaced by the case's list of consented purposes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.auth import Principal
+from gateway.bundle import Bundle, mode_of
+from gateway.config import Config
+from gateway.errors import GatewayError
+from gateway.policy import Context, Target
+from gateway.router import Router
+from gateway.services import Services
+from gateway.store.consent import ConsentRef
+from gateway.upstreams.base import Endpoint, Upstream, UpstreamFailure, UpstreamResponse
+from gateway.yamlsrc import ConfigError, Source, dotted, load, problems_of
+
+FailReason = Literal["connect_error", "timeout", "upstream_5xx", "rate_limited", "context_length"]
+_FAILURES: dict[str, tuple[int, str]] = {
+    "connect_error": (502, "unreachable"), "timeout": (504, "timed out"), "upstream_5xx": (502, "failed"),
+    "rate_limited": (429, "rate limited"), "context_length": (400, "context length exceeded"),
+}
+SIMULATED_REPLY = "Simulated reply."
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SimRequest(Strict):
+    tenant: str = Field(..., description="Tenant of the calling key.")
+    app: str = Field(..., description="App of the calling key.")
+    model: str = Field(..., description="Public model name.")
+    message: str = Field("Hello", description="The user message.")
+    subject: str | None = Field(None, description="Data subject id (the OpenAI `user` field).")
+    data_class: str | None = Field(None, description="The X-Data-Class header.")
+    endpoint: Literal["chat", "embeddings"] = Field("chat", description="Which endpoint is called.")
+    max_tokens: int | None = Field(None, ge=1, description="The request's `max_tokens`.")
+
+
+class Expect(Strict):
+    deployment: str | None = Field(None, description="The deployment that answers.")
+    denied: str | None = Field(None, description="The denial code, when the request is refused.")
+    redacted: list[str] | None = Field(None, description="Entity types redacted before sending.")
+    decisions: list[dict[str, str]] = Field([], description="{policy, action} pairs that must be recorded.")
+
+
+class Case(Strict):
+    name: str
+    request: SimRequest
+    consents: list[str] = Field([], description="Purposes the subject has consented to.")
+    fail: dict[str, FailReason] | list[str] = Field(
+        {}, description="Deployments that fail: a list (5xx) or a map deployment -> reason."
+    )
+    expect: Expect
+
+
+class CaseFile(Strict):
+    cases: list[Case]
+
+
+@dataclass
+class Outcome:
+    decisions: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    attempts: list[tuple[str, str]] = field(default_factory=list)
+    deployment: str | None = None
+    denied: str | None = None
+    status: int = 0
+    sent: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reply: str | None = None
+
+    @property
+    def redacted(self) -> list[str]:
+        types: set[str] = set()
+        for policy, action, facts in self.decisions:
+            if policy == "pii_redaction" and action in ("redact", "mask", "hash"):
+                entities = facts.get("entities") or {}
+                types.update(entities if isinstance(entities, dict | list) else [])
+        return sorted(types)
+
+
+class _Canned(UpstreamResponse):
+    def __init__(self, body: bytes, stream: bool) -> None:
+        self.status = 200
+        self.content_type = "application/json"
+        self._body = body
+
+    async def read(self) -> bytes:
+        return self._body
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        yield self._body
+
+    def close(self) -> None:
+        pass
+
+    async def release(self) -> None:
+        pass
+
+
+class SimUpstream(Upstream):
+    """Answers in-process; records what it would have been sent."""
+
+    def __init__(self, name: str, deployment: Any, outcome: Outcome, fail: str | None) -> None:
+        super().__init__(name, deployment)
+        self.outcome = outcome
+        self.fail = fail
+
+    async def send(self, endpoint: Endpoint, body: dict[str, Any], stream: bool) -> UpstreamResponse:
+        self.outcome.sent[self.name] = body
+        if self.fail:
+            status, what = _FAILURES[self.fail]
+            raise UpstreamFailure(self.fail, status, message=f"Simulated: upstream {what}.")
+        if endpoint == "embeddings":
+            return _Canned(orjson.dumps({"object": "list", "data": [{"index": 0, "embedding": [0.0]}]}), stream)
+        return _Canned(orjson.dumps({
+            "id": "sim", "object": "chat.completion", "model": self.deployment.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": SIMULATED_REPLY},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}), stream)
+
+
+class _Consents:
+    def __init__(self, purposes: list[str]) -> None:
+        self.purposes = set(purposes)
+
+    async def active(self, tenant: str, subject: str, purpose: str) -> ConsentRef | None:
+        return ConsentRef(f"sim-{purpose}", purpose, None) if purpose in self.purposes else None
+
+
+def _pseudonym(subject: str) -> str:
+    return hmac.new(b"policy-test", subject.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+async def simulate(config: Config, bundle: Bundle, request: SimRequest, consents: list[str] = (),  # type: ignore[assignment]
+                   fail: dict[str, str] | None = None) -> Outcome:
+    """Run one request through the bundle's chain and router against simulated upstreams."""
+    outcome = Outcome()
+    fail = fail or {}
+    services = Services(config=config, pseudonym=_pseudonym, consents=_Consents(list(consents)))
+    sim = Bundle(bundle.hash, bundle.defaults, bundle.tenants, services=services)
+    chain = sim.chain_for(request.tenant, request.app)
+    alias = config.models.get(request.model)
+    if alias is None:
+        outcome.denied, outcome.status = "model_not_found", 404
+        return outcome
+    router = Router({n: SimUpstream(n, d, outcome, fail.get(n)) for n, d in config.deployments.items()})
+    principal = Principal("sim", request.tenant, request.app, frozenset({"*"}), frozenset({"chat", "embeddings"}))
+    ctx = Context(principal=principal, endpoint=request.endpoint, model=request.model,
+                  candidates=[Target(n, config.deployments[n]) for n in alias.deployments],
+                  subject=_pseudonym(request.subject) if request.subject else None,
+                  data_class=request.data_class, bundle_hash=bundle.hash)
+    body: dict[str, Any] = (
+        {"model": request.model, "messages": [{"role": "user", "content": request.message}]}
+        if request.endpoint == "chat" else {"model": request.model, "input": request.message})
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
+    try:
+        body = await chain.request(ctx, body)
+        committed = await router.send(ctx, chain, request.endpoint, body)
+        response = await chain.response(ctx, orjson.loads(await committed.response.read()))
+        outcome.deployment, outcome.status = ctx.target.name if ctx.target else None, 200
+        if request.endpoint == "chat":
+            outcome.reply = response["choices"][0]["message"]["content"]
+    except GatewayError as exc:
+        outcome.denied, outcome.status = exc.code, exc.status
+    ctx.status = outcome.status
+    await chain.complete(ctx)
+    outcome.decisions = [(d.policy, d.action, d.facts) for d in ctx.decisions]
+    outcome.attempts = list(ctx.attempts)
+    return outcome
+
+
+# --- policy test -------------------------------------------------------------------------------
+
+@dataclass
+class CaseResult:
+    where: str
+    name: str
+    failures: list[str]
+
+
+def load_cases(path: Path) -> tuple[Source, CaseFile]:
+    src = load(path, expand_env=False)
+    try:
+        return src, CaseFile.model_validate(src.data)
+    except ValidationError as exc:
+        raise ConfigError(problems_of(exc, src)) from None
+
+
+def check_case(case: Case, outcome: Outcome) -> list[str]:
+    exp = case.expect
+    problems = []
+    if exp.denied is not None and outcome.denied != exp.denied:
+        problems.append(f"expected denial {exp.denied!r}, got {outcome.denied or 'no denial'!r}")
+    if exp.denied is None and outcome.denied is not None:
+        problems.append(f"unexpected denial {outcome.denied!r} (status {outcome.status})")
+    if exp.deployment is not None and outcome.deployment != exp.deployment:
+        problems.append(f"expected deployment {exp.deployment!r}, got {outcome.deployment!r}")
+    if exp.redacted is not None and sorted(exp.redacted) != outcome.redacted:
+        problems.append(f"expected redacted {sorted(exp.redacted)}, got {outcome.redacted}")
+    recorded = {(p, a) for p, a, _ in outcome.decisions}
+    for d in exp.decisions:
+        if (d.get("policy"), d.get("action")) not in recorded:
+            problems.append(f"expected decision {d}, recorded {sorted(recorded)}")
+    return problems
+
+
+async def run_cases(config: Config, bundle: Bundle, path: Path) -> list[CaseResult]:
+    src, cases = load_cases(path)
+    results = []
+    for i, case in enumerate(cases.cases):
+        fail = case.fail if isinstance(case.fail, dict) else {name: "upstream_5xx" for name in case.fail}
+        outcome = await simulate(config, bundle, case.request, case.consents, dict(fail))
+        results.append(CaseResult(src.where(("cases", i)), case.name, check_case(case, outcome)))
+    return results
+
+
+# --- policy check (lint) ---------------------------------------------------------------------
+
+def lint(config: Config, bundle: Bundle) -> list[str]:
+    """Semantic problems: unknown deployments or models, contradictions between sections."""
+    problems: list[str] = []
+    scopes: list[tuple[str, str, tuple[str, ...]]] = [("", "", ("defaults",))]
+    for tenant, spec in bundle.tenants.items():
+        scopes.append((tenant, "", ("tenants", tenant)))
+        scopes += [(tenant, app, ("tenants", tenant, "apps", app)) for app in spec.get("apps", {})]
+    seen: set[str] = set()
+    for tenant, app, loc in scopes:
+        sections = bundle.defaults if not tenant else bundle.sections_for(tenant, app)
+        where = f"{bundle.where(loc)}: {dotted(loc)}"
+        for problem in _lint_sections(config, sections):
+            line = f"{where}: {problem}"
+            if problem not in seen:
+                seen.add(problem)
+                problems.append(line)
+    return problems
+
+
+def _lint_sections(config: Config, sections: dict[str, dict[str, Any]]) -> list[str]:
+    out = []
+    active = {name: cfg for name, cfg in sections.items() if mode_of(cfg) != "off"}
+    residency = active.get("residency")
+    allowed = set((residency or {}).get("allow", ["EU"]))
+    fallback = active.get("consent_fallback")
+    if fallback:
+        target = fallback.get("target")
+        deployment = config.deployments.get(str(target))
+        if deployment is None:
+            out.append(f"consent_fallback.target: unknown deployment {target!r}")
+        for model in fallback.get("models", []):
+            if model not in config.models:
+                out.append(f"consent_fallback.models: unknown model {model!r}")
+        strict = (residency or {}).get("strict", True)
+        if (deployment is not None and residency and strict and deployment.jurisdiction not in allowed
+                and fallback.get("require_consent", True) is False):
+            out.append(f"contradiction: consent_fallback.target {target!r} is in {deployment.jurisdiction}, outside "
+                       f"residency.allow {sorted(allowed)}, with require_consent: false under strict residency")
+        pii = active.get("pii_redaction")
+        if not pii or mode_of(pii) == "shadow":
+            out.append("consent_fallback requires PII redaction but pii_redaction is off or in shadow mode: "
+                       "the fallback would always be refused")
+    if residency:
+        for name, alias in config.models.items():
+            if not any(config.deployments[d].jurisdiction in allowed for d in alias.deployments):
+                out.append(f"warning: residency.allow {sorted(allowed)} leaves model {name!r} with no deployment")
+    return out
