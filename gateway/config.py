@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway import yamlsrc
+from gateway.rag.settings import RagSettings
 
 DEFAULT_CONFIG = "config.yaml"
 
@@ -87,6 +88,14 @@ class Storage(Strict):
     redis_url: str | None = Field(
         None, description="Redis URL for shared counters across workers. Unset: in-process counters."
     )
+    spool_dir: str = Field(
+        "./spool",
+        description="Directory where the batched writer spools ledger and audit rows while the database is down.",
+    )
+    writer_batch_size: int = Field(500, ge=1, le=100_000, description="Rows per writer transaction.")
+    writer_flush_interval_s: float = Field(
+        0.5, gt=0, le=60, description="Longest time a queued row waits before the writer flushes it."
+    )
 
 
 class Server(Strict):
@@ -110,11 +119,30 @@ class Server(Strict):
     )
 
 
+class Accounting(Strict):
+    currency: Literal["EUR"] = Field("EUR", description="Ledger currency. Costs are exact decimals in EUR.")
+    usd_to_eur: Decimal = Field(
+        Decimal("0.92"), gt=0, le=10,
+        description="EUR per USD, applied to USD prices (litellm's price map, `price.currency: USD`); "
+        "recorded on every ledger row.",
+    )
+    metric_tenant_label: bool = Field(
+        True, description="Put the tenant name in metric labels; false: the label value reads `-`."
+    )
+    metric_app_label: bool = Field(
+        True, description="Put the app name in metric labels; false: the label value reads `-`."
+    )
+
+
 class Config(Strict):
     deployments: dict[str, Deployment] = Field(..., description="Upstream deployments by name.")
     models: dict[str, Alias] = Field(..., description="Public model names mapped to ordered deployments.")
     storage: Storage = Field(Storage(), description="Where state lives.")
     server: Server = Field(Server(), description="HTTP server settings.")
+    accounting: Accounting = Field(
+        Accounting(), description="Cost accounting and ledger settings (docs/accounting.md)."
+    )
+    rag: RagSettings = Field(RagSettings(), description="Vector store and RAG collections (docs/rag.md).")
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

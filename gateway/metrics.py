@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 __all__ = ["CONTENT_TYPE", "render"]
 
@@ -41,8 +41,83 @@ TTFT = Histogram(
 DECISIONS = Counter(
     "gateway_policy_decisions_total", "Policy decisions, by policy and action.", ["policy", "action"]
 )
+PII_ENTITIES = Counter(
+    "gateway_pii_entities_total",
+    "PII entities found in outgoing text per hop (or model output), by entity type and action taken.",
+    ["entity_type", "action"],
+)
 FALLBACKS = Counter(
-    "gateway_fallbacks_total", "Requests answered by a later candidate, by reason.", ["reason"]
+    "gateway_fallbacks_total",
+    "Requests answered by a later candidate, by reason and whether a recorded consent allowed the hop.",
+    ["reason", "consented"],
+)
+
+# --- accounting (token_accounting policy, usage ledger, batched writer) -------------------
+TOKENS = Counter(
+    "gateway_tokens_total",
+    "Tokens charged, by tenant, app, public model, deployment, jurisdiction and type (prompt/completion/cached).",
+    ["tenant", "app", "model", "deployment", "jurisdiction", "type"],
+)
+COST_EUR = Counter(
+    "gateway_cost_eur_total",
+    "Cost in EUR charged to requests, by tenant, app, public model, deployment and jurisdiction.",
+    ["tenant", "app", "model", "deployment", "jurisdiction"],
+)
+REJECTIONS = Counter(
+    "gateway_limit_rejections_total",
+    "Requests refused by a budget or rate limit, by tenant, app, kind (budget/rate_limit) and limit.",
+    ["tenant", "app", "kind", "limit"],
+)
+BUDGET_LIMIT = Gauge(
+    "gateway_budget_limit",
+    "Configured budget for the current period, by scope, owner, period and unit (eur/tokens).",
+    ["scope", "owner", "period", "unit"],
+    multiprocess_mode="mostrecent",
+)
+BUDGET_USED = Gauge(
+    "gateway_budget_used",
+    "Budget used (reserved and settled) in the current period, by scope, owner, period and unit.",
+    ["scope", "owner", "period", "unit"],
+    multiprocess_mode="mostrecent",
+)
+ACCOUNTING_BACKEND_ERRORS = Counter(
+    "gateway_accounting_backend_errors_total",
+    "Counter-store (Redis) failures seen by token_accounting, by the configured behaviour (fail_open/fail_closed).",
+    ["behaviour"],
+)
+WRITER_ROWS = Counter(
+    "gateway_writer_rows_total",
+    "Rows handled by the batched SQL writer, by outcome (written/spooled/replayed/rejected/lost).",
+    ["outcome"],
+)
+
+_LABEL_TENANT = True
+_LABEL_APP = True
+
+
+def configure_labels(tenant: bool = True, app: bool = True) -> None:
+    """Opt out of tenant and/or app label values (they then read ``-``)."""
+    global _LABEL_TENANT, _LABEL_APP
+    _LABEL_TENANT, _LABEL_APP = tenant, app
+
+
+def tenant_label(tenant: str) -> str:
+    return tenant if _LABEL_TENANT else "-"
+
+
+def app_label(app: str) -> str:
+    return app if _LABEL_APP else "-"
+
+RAG_RETRIEVALS = Counter(
+    "gateway_rag_retrievals_total",
+    "rag_context retrievals by outcome: injected, empty, skipped, denied, residency, timeout, error.",
+    ["outcome"],
+)
+
+
+POLICY_RELOADS = Counter("gateway_policy_reloads_total", "Policy bundles loaded by hot reload.")
+POLICY_RELOAD_FAILURES = Counter(
+    "gateway_policy_reload_failures_total", "Policy bundle reloads rejected as invalid; the last good bundle stays."
 )
 
 

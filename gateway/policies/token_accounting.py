@@ -1,0 +1,268 @@
+"""Counts tokens, enforces budgets and rate limits, settles cost, and writes the usage ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy.orm import configure_mappers
+
+from gateway import metrics, tokens
+from gateway.accounting import limits, usage
+from gateway.accounting.pricing import FREE, Price, price_table
+from gateway.accounting.settle import Settler
+from gateway.errors import PolicyDenied
+from gateway.policies import register
+from gateway.policy import Context, Policy
+from gateway.sse import Event
+from gateway.store.counters import Counters, MemoryCounters, RedisCounters
+from gateway.store.ledger import UsageRecord
+from gateway.store.resp import RespClient
+
+
+class Budget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scope: Literal["tenant", "app", "key"] = Field(..., description="Whose spending: the tenant, the app or the key.")
+    period: Literal["day", "month"] = Field(..., description="UTC calendar day or month.")
+    eur: Decimal | None = Field(None, gt=0, description="Most EUR this scope may spend per period.")
+    tokens: int | None = Field(None, gt=0, description="Most tokens (prompt + completion) per period.")
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> Budget:
+        if self.eur is None and self.tokens is None:
+            raise ValueError("a budget needs `eur`, `tokens` or both")
+        return self
+
+
+class RateLimit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scope: Literal["key", "app"] = Field(..., description="Counted per API key or per app.")
+    rpm: int | None = Field(None, gt=0, description="Requests per clock minute.")
+    tpm: int | None = Field(None, gt=0, description="Tokens (prompt + reserved completion) per clock minute.")
+
+
+@dataclass
+class _Pending:
+    prompt_tokens: int = 0
+    tokenizer: tokens.Tokenizer | None = None
+    strip_usage: bool = False
+    checks: list[limits.Check] = field(default_factory=list)
+    store: Counters | None = None
+    chunks: list[Event] = field(default_factory=list)
+
+
+@register
+class TokenAccounting(Policy):
+    """Reserves the estimated cost before forwarding, settles the actual cost after the answer,
+    refuses with 429 over a budget or rate limit, and writes one ledger row per request."""
+
+    name: ClassVar[str] = "token_accounting"
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        budgets: list[Budget] = Field([], description="Spending limits; each applies to every tenant/app/key in scope.")
+        rate_limits: list[RateLimit] = Field([], description="Request and token rates per key or app.")
+        default_max_tokens: int = Field(
+            1024, ge=0, description="Completion tokens reserved when a request sets no `max_tokens`.")
+        on_backend_error: Literal["fail_closed", "fail_open"] = Field(
+            "fail_closed", description="Redis unreachable: `fail_closed` answers 503; `fail_open` counts in-process.")
+        ledger: bool = Field(True, description="Write one usage-ledger row per request.")
+        key_prefix: str = Field("gw:acct", min_length=1, description="Prefix of the counter keys in Redis.")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cfg: TokenAccounting.Config = self.config  # type: ignore[assignment]
+        self._pending: dict[str, _Pending] = {}
+        configure_mappers()  # ledger rows are built with model_construct, which needs mapped classes
+
+    def _shared(self, name: str, make: Any) -> Any:
+        # Counters and prices outlive one chain instance: every app's chain and every reload share them.
+        extras = self.services.extras if self.services is not None else {}
+        key = f"token_accounting.{name}"
+        if key not in extras:
+            extras[key] = make()
+        return extras[key]
+
+    def _stores(self) -> tuple[Counters | None, MemoryCounters]:
+        memory = self._shared("memory", MemoryCounters)
+        redis = self.services.redis if self.services is not None else None
+        if redis is None:
+            return None, memory
+        return self._shared(f"redis.{self.cfg.key_prefix}", lambda: RedisCounters(redis, self.cfg.key_prefix,
+                                                                                  self._fast_client())), memory
+
+    def _fast_client(self) -> RespClient | None:
+        url = self.services.config.storage.redis_url if self.services is not None else None
+        try:
+            return self._shared(f"resp.{url}", lambda: RespClient(url)) if url else None
+        except ValueError:  # TLS and other URLs the lean client does not speak: redis-py only
+            return None
+
+    def _prices(self) -> dict[str, Price]:
+        return self._shared("prices", lambda: price_table(self.services.config) if self.services else {})
+
+    async def on_request(self, ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
+        pending = self._pending[ctx.request_id] = _Pending()
+        family = tokens.family_of(ctx.candidates[0].deployment) if ctx.candidates else "estimate"
+        tok = tokens.loaded(family)
+        if tok is None:  # first use of this family: loading takes up to a second
+            tok = await asyncio.to_thread(tokens.load, family)
+        pending.tokenizer = tok
+        if ctx.endpoint == "chat":
+            pending.prompt_tokens, _ = tokens.count_chat(tok, request)
+            out = request.get("max_completion_tokens") or request.get("max_tokens")
+            out = out if isinstance(out, int) and out > 0 else self.cfg.default_max_tokens
+            if ctx.stream and not (request.get("stream_options") or {}).get("include_usage"):
+                request = {**request, "stream_options": {**(request.get("stream_options") or {}), "include_usage": True}}
+                pending.strip_usage = True
+        else:
+            pending.prompt_tokens, out = tokens.count_embeddings(tok, request), 0
+        prices = self._prices()
+        cost = max((prices.get(t.name, FREE).cost(pending.prompt_tokens, out) for t in ctx.candidates), default=0)
+        pending.checks = self._checks(ctx, limits.nano_eur(Decimal(cost)), pending.prompt_tokens + out)
+        if pending.checks:
+            await self._reserve(ctx, pending)
+        return request
+
+    def _checks(self, ctx: Context, nano: int, est_tokens: int) -> list[limits.Check]:
+        p, now, out = ctx.principal, limits.utcnow(), []
+        for b in self.cfg.budgets:
+            who = limits.owner(b.scope, p.tenant, p.app, p.key_id)
+            if b.eur is not None:
+                out.append(limits.check("budget", b.scope, who, p.tenant, b.period, "eur",
+                                        limits.nano_eur(b.eur), nano, now))
+            if b.tokens is not None:
+                out.append(limits.check("budget", b.scope, who, p.tenant, b.period, "tokens", b.tokens, est_tokens, now))
+        for r in self.cfg.rate_limits:
+            who = limits.owner(r.scope, p.tenant, p.app, p.key_id)
+            if r.rpm is not None:
+                out.append(limits.check("rate_limit", r.scope, who, p.tenant, "minute", "requests", r.rpm, 1, now))
+            if r.tpm is not None:
+                out.append(limits.check("rate_limit", r.scope, who, p.tenant, "minute", "tokens", r.tpm, est_tokens, now))
+        return out
+
+    async def _reserve(self, ctx: Context, pending: _Pending) -> None:
+        redis, memory = self._stores()
+        store: Counters = redis or memory
+        settler = self._settler(store)
+        settle = settler.take()
+        try:
+            refused, values = await store.reserve([c.limit for c in pending.checks], settle)
+        except Exception as exc:
+            settler.restore(settle)
+            if store is memory:
+                raise
+            metrics.ACCOUNTING_BACKEND_ERRORS.labels(self.cfg.on_backend_error).inc()
+            ctx.record(self.name, "backend_error", behaviour=self.cfg.on_backend_error, error=type(exc).__name__)
+            if self.cfg.on_backend_error == "fail_closed":
+                raise PolicyDenied(503, "accounting.unavailable", "Budget accounting is unavailable; try again shortly.",
+                                   headers={"Retry-After": "5"}) from None
+            store = memory
+            refused, values = await store.reserve([c.limit for c in pending.checks])
+        if refused >= 0:
+            c = pending.checks[refused]
+            p = ctx.principal
+            metrics.REJECTIONS.labels(metrics.tenant_label(p.tenant), metrics.app_label(p.app), c.kind, c.name).inc()
+            ctx.record(self.name, "deny", kind=c.kind, limit=c.name, period=c.period)
+            code = "budget.exceeded" if c.kind == "budget" else "rate_limit.exceeded"
+            raise PolicyDenied(429, code, c.message(), headers={"Retry-After": str(c.retry_after(limits.utcnow()))})
+        pending.store = store
+        self._gauges(pending.checks, values)
+
+    def reads_response(self, ctx: Context) -> bool:
+        return ctx.stream  # non-streamed usage is found in the relayed bytes without parsing them
+
+    async def on_stream(self, ctx: Context, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+        pending = self._pending.get(ctx.request_id)
+        async for ev in events:
+            if b'"usage"' in ev.data and isinstance(ev.json, dict) and isinstance(ev.json.get("usage"), dict):
+                ctx.usage = ev.json["usage"]
+                if pending is not None and pending.strip_usage:
+                    if not ev.json.get("choices"):
+                        continue
+                    ev.json = {k: v for k, v in ev.json.items() if k != "usage"}
+            elif pending is not None and not ev.is_done:
+                pending.chunks.append(ev)  # counted only if the upstream never reports usage
+            yield ev
+
+    async def on_complete(self, ctx: Context) -> None:
+        pending = self._pending.pop(ctx.request_id, None) or _Pending()
+        target = ctx.target
+        price = self._prices().get(target.name, FREE) if target is not None else FREE
+        prompt = completion = cached = 0
+        estimated = False
+        if target is not None:
+            u = ctx.usage or {}
+            if u and not u.get("estimated"):
+                prompt, completion, cached = usage.tokens_of(u)
+            else:
+                estimated = True
+                text = u.get("completion_text") or "".join(t for ev in pending.chunks for t in usage.delta_texts(ev.json))
+                prompt = pending.prompt_tokens
+                completion = pending.tokenizer.count(text) if pending.tokenizer else len(text) // 4
+        cost = price.cost(prompt, completion, cached)
+        if target is not None:  # the "why was this charged" answer in the audit record and `policy explain`
+            ctx.record(self.name, "charge", prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached,
+                       cost_eur=str(cost), estimated=estimated, price_source=price.source)
+        if pending.store is not None:
+            self._settle(pending, limits.nano_eur(cost), prompt + completion)
+        p = ctx.principal
+        if target is not None:
+            series = self._series(p.tenant, p.app, ctx.model, target.name, target.jurisdiction)
+            series[0].inc(prompt)
+            series[1].inc(completion)
+            if cached:
+                series[2].inc(cached)
+            series[3].inc(float(cost))
+        writer = self.services.writer if self.services is not None else None
+        if self.cfg.ledger and writer is not None:
+            writer.put(UsageRecord.model_construct(  # fields are ours and typed: skip validation (35 µs)
+                request_id=ctx.request_id, tenant=p.tenant, app=p.app, key_id=p.key_id, subject=ctx.subject,
+                endpoint=ctx.endpoint, model=ctx.model, deployment=target.name if target else "none",
+                jurisdiction=target.jurisdiction if target else "none", prompt_tokens=prompt,
+                completion_tokens=completion, cached_tokens=cached, cost_eur=cost, estimated=estimated,
+                fx_rate=price.fx_rate, price_source=price.source, status=ctx.status,
+                latency_ms=round((time.perf_counter() - ctx.started) * 1000, 3)))
+
+    def _series(self, tenant: str, app: str, model: str, deployment: str, jurisdiction: str) -> tuple[Any, ...]:
+        # prometheus_client's labels() stringifies and locks on every call; the label sets are bounded.
+        cache = self._shared("series", dict)
+        key = (tenant, app, model, deployment, jurisdiction)
+        series = cache.get(key)
+        if series is None:
+            labels = (metrics.tenant_label(tenant), metrics.app_label(app), model, deployment, jurisdiction)
+            series = cache[key] = (*(metrics.TOKENS.labels(*labels, t) for t in ("prompt", "completion", "cached")),
+                                   metrics.COST_EUR.labels(*labels))
+        return series
+
+    def _settler(self, store: Counters) -> Settler:
+        return self._shared(f"settler.{id(store)}", lambda: Settler(store))
+
+    def _settle(self, pending: _Pending, nano: int, actual_tokens: int) -> None:
+        assert pending.store is not None
+        deltas = [(c.limit.key, (nano if c.unit == "eur" else actual_tokens) - c.limit.amount)
+                  for c in pending.checks if c.unit != "requests"]
+        self._settler(pending.store).add(deltas)  # sent with the next reservation (accounting/settle.py)
+
+    def _gauges(self, checks: list[limits.Check], values: list[int]) -> None:
+        # Budget gauges move with every request; refreshing them once a second per counter is enough.
+        last = self._shared("gauges", dict)
+        now = time.monotonic()
+        for c, v in zip(checks, values, strict=False):
+            if c.kind != "budget" or now - last.get(c.limit.key, 0.0) < 1.0:
+                continue
+            last[c.limit.key] = now
+            who = c.owner
+            if c.scope == "tenant":
+                who = metrics.tenant_label(who)
+            elif c.scope == "app":
+                tenant, _, app = who.partition("/")
+                who = f"{metrics.tenant_label(tenant)}/{metrics.app_label(app)}"
+            scale = float(limits.NANO) if c.unit == "eur" else 1.0
+            metrics.BUDGET_LIMIT.labels(c.scope, who, c.period, c.unit).set(c.limit.limit / scale)
+            metrics.BUDGET_USED.labels(c.scope, who, c.period, c.unit).set(v / scale)

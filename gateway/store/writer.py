@@ -1,0 +1,322 @@
+"""Batched, off-the-hot-path writes of SQL rows (usage ledger, audit records, ...).
+
+    writer = Writer(engine, spool_dir="./spool")
+    await writer.start()
+    writer.put(UsageRecord(...))   # never blocks, never raises
+    await writer.stop()            # drains the queue
+
+A background task flushes queued rows in batches, one transaction per batch, running the
+synchronous SQL in a thread. Every table written here must have a primary key: inserts skip
+rows whose key exists, so a row written twice (a replay after a half-failed flush) is stored
+once.
+
+When the database fails, the batch is appended to a spool file (JSON lines, one row each,
+with its table name) and the writer keeps trying; once a flush succeeds, spooled rows are
+replayed. A full queue also spills to the spool file instead of dropping rows. Several
+processes may share one spool directory: a file is claimed by renaming it, and appends
+check that the file they locked is still the one at the path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine, Table, insert
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlmodel import SQLModel
+
+from gateway import metrics
+
+log = logging.getLogger("gateway.writer")
+
+_SUFFIX = ".jsonl"
+
+
+class Writer:
+    def __init__(
+        self,
+        engine: Engine,
+        spool_dir: str | os.PathLike[str],
+        batch_size: int = 500,
+        flush_interval_s: float = 0.5,
+        max_queue: int = 100_000,
+        retry_s: float = 1.0,
+    ) -> None:
+        self.engine = engine
+        self.spool_dir = Path(spool_dir)
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self.max_queue = max_queue
+        self.retry_s = retry_s
+        self.healthy = True
+        self._id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._rows: deque[SQLModel] = deque()
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._next_retry = 0.0
+
+    # --- public API ------------------------------------------------------------------------
+
+    def put(self, row: SQLModel) -> None:
+        """Queue a row for writing. Never blocks the caller and never raises."""
+        try:
+            if len(self._rows) >= self.max_queue:
+                self._spool([row])
+                return
+            self._rows.append(row)
+            if self._wake is not None and len(self._rows) >= self.batch_size:
+                self._wake.set()
+        except Exception:  # the request path must not fail because bookkeeping did
+            log.exception("writer.put failed")
+
+    async def start(self) -> None:
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self._recover_claimed()
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="gateway-writer")
+
+    async def stop(self) -> None:
+        """Stop the background task and write (or spool) everything still queued."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._next_retry = 0.0  # one more try at the database before spooling what is left
+        while self._rows:
+            await self.flush()
+        if self.spooled_files():
+            await asyncio.to_thread(self.replay)  # what cannot be replayed now waits for the next start
+
+    @property
+    def pending(self) -> int:
+        return len(self._rows)
+
+    def spooled_files(self) -> list[Path]:
+        return sorted(self.spool_dir.glob(f"*{_SUFFIX}")) if self.spool_dir.is_dir() else []
+
+    async def flush(self) -> None:
+        """Write one batch now; on failure spool it."""
+        batch = [self._rows.popleft() for _ in range(min(self.batch_size, len(self._rows)))]
+        if not batch:
+            return
+        if not self.healthy and time.monotonic() < self._next_retry:
+            self._spool(batch)
+            return
+        try:
+            await asyncio.to_thread(self._write, batch)
+        except Exception as exc:
+            self._failed(exc)
+            self._spool(batch)
+            return
+        metrics.WRITER_ROWS.labels("written").inc(len(batch))
+        if not self.healthy:
+            self.healthy = True
+            await asyncio.to_thread(self.replay)
+
+    # --- background loop -------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        if self.spooled_files():
+            await asyncio.to_thread(self.replay)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
+            self._wake.clear()
+            try:
+                while self._rows:
+                    await self.flush()
+                if not self.healthy and time.monotonic() >= self._next_retry:
+                    await asyncio.to_thread(self.replay)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("writer loop error")
+
+    def _failed(self, exc: BaseException) -> None:
+        if self.healthy:
+            log.warning("database write failed (%s); spooling rows to %s", type(exc).__name__, self.spool_dir)
+        self.healthy = False
+        self._next_retry = time.monotonic() + self.retry_s
+
+    # --- SQL -------------------------------------------------------------------------------
+
+    def _write(self, rows: Iterable[SQLModel]) -> None:
+        by_table: dict[Table, list[dict[str, Any]]] = {}
+        for row in rows:
+            table = row.__table__  # type: ignore[attr-defined]
+            # The instance dict holds every set column; going through the ORM attributes costs 5x.
+            d = row.__dict__
+            by_table.setdefault(table, []).append(
+                {c.name: d[c.name] if c.name in d else getattr(row, c.name) for c in table.columns})
+        self._insert(by_table)
+
+    def _insert(self, by_table: dict[Table, list[dict[str, Any]]]) -> None:
+        with self.engine.begin() as conn:
+            for table, values in by_table.items():
+                conn.execute(_insert_ignoring_duplicates(table, conn.dialect.name), values)
+
+    # --- spool -----------------------------------------------------------------------------
+
+    def _spool(self, rows: list[SQLModel]) -> None:
+        lines = b"".join(
+            orjson.dumps({"table": r.__tablename__, "row": r.model_dump()}, default=_encode) + b"\n"
+            for r in rows
+        )
+        path = self.spool_dir / f"{self._id}{_SUFFIX}"
+        try:
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+            while True:
+                with open(path, "ab") as f:
+                    fcntl.flock(f, fcntl.LOCK_EX)
+                    # A replayer may have claimed (renamed) the file while we waited for the lock.
+                    try:
+                        same = os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
+                    except FileNotFoundError:
+                        same = False
+                    if not same:
+                        continue
+                    f.write(lines)
+                    f.flush()
+                    os.fsync(f.fileno())
+                    break
+            metrics.WRITER_ROWS.labels("spooled").inc(len(rows))
+        except Exception:
+            metrics.WRITER_ROWS.labels("lost").inc(len(rows))
+            log.exception("could not spool %d rows", len(rows))
+
+    def _recover_claimed(self) -> None:
+        """Files claimed by a replayer that died are put back for the next replay."""
+        for path in self.spool_dir.glob("*.replaying"):
+            with contextlib.suppress(OSError), open(path, "rb") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a live replayer holds the lock
+                os.rename(path, path.with_name(f"recovered-{uuid.uuid4().hex[:8]}{_SUFFIX}"))
+
+    def replay(self) -> int:
+        """Insert every spooled row (synchronous; call in a thread). Returns rows replayed."""
+        tables = {t.name: t for t in SQLModel.metadata.sorted_tables}
+        total = 0
+        for path in self.spooled_files():
+            claimed = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.replaying")
+            try:
+                os.rename(path, claimed)
+            except FileNotFoundError:
+                continue  # another process claimed it
+            with open(claimed, "rb") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)  # waits for an append in progress; held while replaying
+                lines = [line for line in f.read().splitlines() if line.strip()]
+                try:
+                    for i in range(0, len(lines), self.batch_size):
+                        by_table: dict[Table, list[dict[str, Any]]] = {}
+                        for line in lines[i:i + self.batch_size]:
+                            try:
+                                item = orjson.loads(line)
+                                table = tables[item["table"]]
+                                values = _decode(table, item["row"])
+                            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                                # A torn or foreign line must not block every row after it.
+                                log.error("skipping an unreadable spooled row in %s", path.name)
+                                metrics.WRITER_ROWS.labels("lost").inc()
+                                continue
+                            by_table.setdefault(table, []).append(values)
+                        try:
+                            self._insert(by_table)
+                        except _UNREACHABLE:
+                            raise
+                        except Exception:
+                            self._insert_one_by_one(by_table, path.name)
+                except Exception as exc:
+                    os.rename(claimed, path.with_name(f"recovered-{uuid.uuid4().hex[:8]}{_SUFFIX}"))
+                    self._failed(exc)
+                    break
+                os.unlink(claimed)
+            total += len(lines)
+            metrics.WRITER_ROWS.labels("replayed").inc(len(lines))
+        else:
+            if not self.healthy:
+                self.healthy = True  # every spooled row went in: the database is back
+                log.warning("database is back")
+        if total:
+            log.warning("replayed %d spooled rows", total)
+        return total
+
+    def _insert_one_by_one(self, by_table: dict[Table, list[dict[str, Any]]], source: str) -> None:
+        """The database is up but refused a batch: keep the good rows, quarantine the bad ones."""
+        for table, rows in by_table.items():
+            for values in rows:
+                try:
+                    self._insert({table: [values]})
+                except _UNREACHABLE:
+                    raise
+                except Exception as exc:
+                    log.error("quarantining a %s row the database refused (%s)", table.name, type(exc).__name__)
+                    metrics.WRITER_ROWS.labels("rejected").inc()
+                    line = orjson.dumps({"table": table.name, "row": values}, default=_encode) + b"\n"
+                    with open(self.spool_dir / f"rejected-{source}.bad", "ab") as f:
+                        f.write(line)
+
+
+_UNREACHABLE = (OperationalError, InterfaceError, DisconnectionError)
+
+
+def _insert_ignoring_duplicates(table: Table, dialect: str) -> Any:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing()
+    if dialect in ("mysql", "mariadb"):
+        return insert(table).prefix_with("IGNORE")
+    return insert(table)  # no portable "skip duplicates"; replays may then fail on the key
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(type(value).__name__)
+
+
+def _decode(table: Table, row: dict[str, Any]) -> dict[str, Any]:
+    """JSON values back to the column's Python type (datetimes and decimals travel as strings)."""
+    out: dict[str, Any] = {}
+    for column in table.columns:
+        value = row.get(column.name)
+        if value is not None:
+            kind = _python_type(column.type)
+            if kind is datetime and isinstance(value, str):
+                value = datetime.fromisoformat(value)
+            elif kind is date and isinstance(value, str):
+                value = date.fromisoformat(value)
+            elif kind is Decimal and not isinstance(value, Decimal):
+                value = Decimal(str(value))
+        out[column.name] = value
+    return out
+
+
+def _python_type(sql_type: Any) -> Any:
+    # A TypeDecorator (sqlmodel's UTCDateTime) may report ``object``; its impl knows better.
+    for t in (sql_type, getattr(sql_type, "impl_instance", None)):
+        try:
+            kind = t.python_type if t is not None else None
+        except NotImplementedError:
+            kind = None
+        if kind not in (None, object):
+            return kind
+    return None
