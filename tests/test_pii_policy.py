@@ -1,0 +1,146 @@
+"""pii_redaction's decisions, modes and actions, hook by hook."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from gateway import metrics
+from gateway.auth import Principal
+from gateway.config import Deployment
+from gateway.errors import PolicyDenied
+from gateway.policies.pii_redaction import PiiRedaction
+from gateway.policy import Context, Target
+from gateway.sse import Event
+from tests.pii_values import EMAIL, IBAN
+
+EU = Target("eu", Deployment(kind="openai_compatible", base_url="http://127.0.0.1:1/v1", model="m",
+                             jurisdiction="EU", region="fr-par"))
+US = Target("us", Deployment(kind="openai_compatible", base_url="http://127.0.0.1:1/v1", model="m",
+                             jurisdiction="US", region="us-east"))
+
+
+def policy(mode: Any = "enforce", **config: Any) -> PiiRedaction:
+    config.setdefault("entities", {"EMAIL_ADDRESS": "redact", "IBAN_CODE": "redact"})
+    return PiiRedaction(PiiRedaction.Config.model_validate(config), mode=mode)
+
+
+def context(tenant: str = "acme", endpoint: Any = "chat") -> Context:
+    principal = Principal("k", tenant, "app", frozenset({"*"}), frozenset({"chat"}))
+    return Context(principal=principal, endpoint=endpoint, model="m", candidates=[EU, US])
+
+
+def chat(text: str) -> dict[str, Any]:
+    return {"model": "m", "messages": [{"role": "user", "content": text}]}
+
+
+async def run(p: PiiRedaction, ctx: Context, request: dict[str, Any], target: Target = US) -> dict[str, Any]:
+    request = await p.on_request(ctx, request)
+    return await p.on_attempt(ctx, target, request)
+
+
+async def test_decisions_carry_entity_types_and_counts_never_values() -> None:
+    p, ctx = policy(), context()
+    sent = await run(p, ctx, chat(f"{EMAIL} and again {EMAIL}, IBAN {IBAN}"))
+    assert sent["messages"][0]["content"] == "<EMAIL_ADDRESS_1> and again <EMAIL_ADDRESS_1>, IBAN <IBAN_CODE_1>"
+    [decision] = ctx.decisions
+    assert (decision.policy, decision.action) == ("pii_redaction", "redact")
+    assert decision.facts == {"entities": {"EMAIL_ADDRESS": 2, "IBAN_CODE": 1}, "hop": "us", "jurisdiction": "US"}
+    assert ctx.pii_guard is True
+
+
+async def test_the_metric_counts_entities_by_type_and_action() -> None:
+    before = metrics.PII_ENTITIES.labels("EMAIL_ADDRESS", "redact")._value.get()
+    await run(policy(), context(), chat(f"{EMAIL} {EMAIL}"))
+    assert metrics.PII_ENTITIES.labels("EMAIL_ADDRESS", "redact")._value.get() == before + 2
+
+
+async def test_shadow_mode_records_what_it_would_redact_and_forwards_unchanged() -> None:
+    p, ctx = policy(mode="shadow"), context()
+    request = chat(f"write to {EMAIL}")
+    assert await run(p, ctx, request) == request
+    assert [d.action for d in ctx.decisions] == ["would_redact"]
+    assert ctx.pii_guard is False
+    assert not p.reads_response(ctx)
+
+
+async def test_hash_is_stable_per_tenant_and_differs_across_tenants() -> None:
+    p = policy(entities={"EMAIL_ADDRESS": "hash"})
+    one = (await run(p, context("acme"), chat(EMAIL)))["messages"][0]["content"]
+    two = (await run(p, context("acme"), chat(EMAIL)))["messages"][0]["content"]
+    other = (await run(p, context("globex"), chat(EMAIL)))["messages"][0]["content"]
+    assert one == two != other and one.startswith("<EMAIL_ADDRESS:") and EMAIL not in one
+
+
+async def test_mask_keeps_only_the_last_characters() -> None:
+    sent = await run(policy(entities={"IBAN_CODE": "mask"}, mask_keep_last=2), context(), chat(f"IBAN {IBAN}"))
+    assert sent["messages"][0]["content"] == "IBAN " + "*" * (len(IBAN) - 2) + "00"
+
+
+async def test_a_block_for_one_jurisdiction_rejects_only_on_that_hop() -> None:
+    p = policy(entities={"IBAN_CODE": {"action": "allow", "jurisdictions": {"US": "block"}}})
+    ctx = context()
+    request = await p.on_request(ctx, chat(f"IBAN {IBAN}"))
+    assert await p.on_attempt(ctx, EU, request) == request
+    with pytest.raises(PolicyDenied) as exc:
+        await p.on_attempt(ctx, US, request)
+    assert exc.value.code == "pii.blocked" and IBAN not in exc.value.message
+
+
+async def test_token_id_embeddings_input_is_refused() -> None:
+    with pytest.raises(PolicyDenied) as exc:
+        await policy().on_request(context(endpoint="embeddings"), {"model": "e", "input": [[1, 2, 3]]})
+    assert exc.value.code == "pii.unscannable_input"
+
+
+async def test_the_request_mapping_is_dropped_on_complete() -> None:
+    p, ctx = policy(), context()
+    await run(p, ctx, chat(EMAIL))
+    assert p.reads_response(ctx)
+    await p.on_complete(ctx)
+    assert p._requests == {}
+
+
+async def test_output_scanning_masks_pii_the_model_produced_in_a_stream() -> None:
+    p, ctx = policy(output={"enabled": True, "action": "mask"}), context()
+    await run(p, ctx, chat(f"mail {EMAIL}"))
+    other = "bob.miller@example.org"
+    text = f"Your mail <EMAIL_ADDRESS_1> differs from {other}, see you."
+
+    async def events() -> Any:
+        for i in range(0, len(text), 7):
+            yield Event.of({"id": "x", "choices": [{"index": 0, "delta": {"content": text[i:i + 7]}}]})
+        yield Event.of({"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        yield Event(b"[DONE]")
+
+    out = [e.json async for e in p.on_stream(ctx, events())]
+    streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in out if c)
+    assert streamed == f"Your mail {EMAIL} differs from " + "*" * (len(other) - 4) + ".org, see you."
+    assert [d.action for d in ctx.decisions][-1] == "mask"
+
+
+def test_unknown_entity_types_and_keys_are_rejected_with_their_path() -> None:
+    with pytest.raises(ValidationError, match="unknown entity types"):
+        PiiRedaction.Config.model_validate({"entities": {"EMAIL": "redact"}})
+    with pytest.raises(ValidationError, match="extra"):
+        PiiRedaction.Config.model_validate({"entities": {"EMAIL_ADDRESS": {"action": "redact", "score": 1}}})
+
+
+async def test_analysis_slower_than_the_timeout_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from gateway.pii.analyzer import Analyzer
+
+    real = Analyzer.analyze_text
+
+    def slow(self: Analyzer, text: str) -> Any:
+        time.sleep(0.3)
+        return real(self, text)
+
+    monkeypatch.setattr(Analyzer, "analyze_text", slow)
+    p = policy(timeout_ms=50)
+    with pytest.raises(PolicyDenied) as exc:
+        await p.on_request(context(), chat("long text " * 1000))  # long enough for the worker pool
+    assert (exc.value.status, exc.value.code) == (503, "pii.unavailable")
