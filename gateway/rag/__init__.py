@@ -1,0 +1,1 @@
+"""Retrieval-augmented generation: vector stores, embedders, chunking and ingestion."""

@@ -1,0 +1,473 @@
+"""The embedded vector store: one SQLite file on disk, exact search in numpy in memory.
+
+SQLite is the source of truth: each ``upsert`` batch is one transaction, so a crash never
+leaves half a batch. A collection is loaded into memory on first use as one float32 matrix
+per tenant (unit-normalised rows), so a search scans only the caller's tenant: another
+tenant's rows are not in the matrix it reads. Texts stay on disk; only the hits are read back.
+
+Another process (``gateway rag ingest``) may write the same file: ``PRAGMA data_version``
+changes when it does, and the next search reloads from disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from gateway.rag import int8scan
+from gateway.rag.base import Chunk, Hit, Query, Scalar, StoreError, VectorStore
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chunks (
+    collection TEXT NOT NULL, id TEXT NOT NULL, tenant TEXT NOT NULL, source TEXT NOT NULL,
+    text TEXT NOT NULL, content_hash TEXT NOT NULL, subject TEXT, ingested_at REAL NOT NULL,
+    metadata BLOB, vector BLOB NOT NULL, PRIMARY KEY (collection, id));
+CREATE INDEX IF NOT EXISTS chunks_source ON chunks (collection, tenant, source);
+CREATE INDEX IF NOT EXISTS chunks_subject ON chunks (subject) WHERE subject IS NOT NULL;
+"""
+_WORD = re.compile(r"\w+")
+# Below this many bytes scanned a search is cheaper inline than a hop to a worker thread.
+_INLINE_BYTES = 4_000_000
+# From this many floats a vector search pre-scans int8 codes (int8scan.py) instead of float32.
+_INT8_FLOATS = 1_000_000
+
+
+def _tokens(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def _key(value: Scalar) -> tuple[str, Any]:
+    # True == 1 in Python; a filter on a boolean must not match the integer 1.
+    kind = "b" if isinstance(value, bool) else "n" if isinstance(value, int | float) else "s"
+    return kind, value
+
+
+@dataclass
+class _BM25:
+    postings: dict[str, tuple[np.ndarray, np.ndarray]]
+    lengths: np.ndarray
+    avg: float
+
+    @classmethod
+    def build(cls, texts: list[str]) -> _BM25:
+        docs: dict[str, list[int]] = {}
+        freqs: dict[str, list[int]] = {}
+        lengths = np.zeros(len(texts), dtype=np.float32)
+        for row, text in enumerate(texts):
+            counts = Counter(_tokens(text))
+            lengths[row] = sum(counts.values())
+            for term, tf in counts.items():
+                docs.setdefault(term, []).append(row)
+                freqs.setdefault(term, []).append(tf)
+        postings = {
+            t: (np.asarray(d, dtype=np.int64), np.asarray(freqs[t], dtype=np.float32))
+            for t, d in docs.items()
+        }
+        return cls(postings, lengths, float(lengths.mean()) if len(texts) else 1.0)
+
+    def scores(self, query: str, k1: float = 1.2, b: float = 0.75) -> np.ndarray:
+        out = np.zeros(len(self.lengths), dtype=np.float32)
+        n = len(self.lengths)
+        norm = k1 * (1 - b + b * self.lengths / max(self.avg, 1e-9))
+        for term in set(_tokens(query)):
+            posting = self.postings.get(term)
+            if posting is None:
+                continue
+            rows, tf = posting
+            idf = math.log(1 + (n - len(rows) + 0.5) / (len(rows) + 0.5))
+            out[rows] += idf * tf * (k1 + 1) / (tf + norm[rows])
+        return out
+
+
+@dataclass
+class _Partition:
+    """One tenant's rows of one collection."""
+
+    dim: int
+    matrix: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    ids: list[str] = field(default_factory=list)
+    metadata: list[dict[str, Scalar]] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+    vocab: dict[str, dict[tuple[str, Any], int]] = field(default_factory=dict)
+    bm25: _BM25 | None = None
+    int8: int8scan.Int8Codes | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    def put(self, ids: list[str], vectors: np.ndarray, metadata: list[dict[str, Scalar]]) -> None:
+        new = [i for i, cid in enumerate(ids) if cid not in self.rows]
+        for i, cid in enumerate(ids):
+            if cid in self.rows:
+                row = self.rows[cid]
+                self.matrix[row] = vectors[i]
+                self.metadata[row] = metadata[i]
+        need = self.n + len(new)
+        if need > len(self.matrix):
+            grown = np.zeros((max(need, 2 * len(self.matrix), 64), self.dim), dtype=np.float32)
+            grown[: self.n] = self.matrix[: self.n]
+            self.matrix = grown
+        for i in new:
+            self.rows[ids[i]] = self.n
+            self.matrix[self.n] = vectors[i]
+            self.ids.append(ids[i])
+            self.metadata.append(metadata[i])
+        if self.int8 is not None:  # kept row for row with the matrix, re-encoding only these rows
+            self.int8.update(self.matrix, sorted({self.rows[cid] for cid in ids}))
+        self._invalidate()
+
+    def remove(self, ids: set[str]) -> None:
+        keep = [row for row, cid in enumerate(self.ids) if cid not in ids]
+        self.matrix = self.matrix[keep].copy()
+        if self.int8 is not None:
+            self.int8 = self.int8.take(keep)
+        self.ids = [self.ids[r] for r in keep]
+        self.metadata = [self.metadata[r] for r in keep]
+        self.rows = {cid: r for r, cid in enumerate(self.ids)}
+        self._invalidate()
+
+    def _invalidate(self) -> None:
+        self.columns.clear()
+        self.vocab.clear()
+        self.bm25 = None
+
+    def mask(self, filters: Any) -> np.ndarray | None:
+        """Rows matching every filter (None: no filter). Columns are built once per property."""
+        if not filters:
+            return None
+        mask = np.ones(self.n, dtype=bool)
+        for prop, wanted in filters.items():
+            if prop not in self.columns:
+                vocab: dict[tuple[str, Any], int] = {}
+                codes = np.fromiter(
+                    (vocab.setdefault(_key(m[prop]), len(vocab)) if prop in m else -1 for m in self.metadata),
+                    dtype=np.int32,
+                    count=self.n,
+                )
+                self.columns[prop], self.vocab[prop] = codes, vocab
+            values = wanted if isinstance(wanted, list | tuple) else [wanted]
+            codes_wanted = [self.vocab[prop][k] for k in map(_key, values) if k in self.vocab[prop]]
+            mask &= np.isin(self.columns[prop], codes_wanted)
+        return mask
+
+
+# In point look-ups by id, "+tenant" keeps SQLite on the primary key instead of the
+# (collection, tenant, source) index, which would scan every row of the tenant.
+
+
+class EmbeddedIndex(VectorStore):
+    name = "embedded"
+
+    def __init__(self, path: str | Path, jurisdiction: str = "EU") -> None:
+        self.jurisdiction = jurisdiction
+        directory = Path(path)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(directory / "index.sqlite3", check_same_thread=False, isolation_level=None)
+        self._db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;" + _SCHEMA)
+        self._lock = threading.RLock()
+        self._loaded: dict[str, dict[str, _Partition]] = {}
+        self._version = self._data_version()
+        _single_threaded_blas()
+
+    def _data_version(self) -> int:
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    async def _run(self, fn: Any, *args: Any, inline: bool = False) -> Any:
+        if inline:
+            return fn(*args)
+        return await asyncio.to_thread(fn, *args)
+
+    # --- loading ---------------------------------------------------------------------------
+
+    def _partitions(self, collection: str) -> dict[str, _Partition]:
+        version = self._data_version()
+        if version != self._version:  # another process wrote: reload lazily
+            self._version = version
+            self._loaded.clear()
+        parts = self._loaded.get(collection)
+        if parts is None:
+            parts = self._load(collection)
+            self._loaded[collection] = parts
+        return parts
+
+    def _load(self, collection: str) -> dict[str, _Partition]:
+        grouped: dict[str, tuple[list[str], list[bytes], list[dict[str, Scalar]]]] = {}
+        rows = self._db.execute(
+            "SELECT tenant, id, source, metadata, vector FROM chunks WHERE collection = ? ORDER BY rowid",
+            (collection,),
+        )
+        for tenant, cid, source, meta, vec in rows:
+            ids, vecs, metas = grouped.setdefault(tenant, ([], [], []))
+            ids.append(cid)
+            vecs.append(vec)
+            metas.append({**(orjson.loads(meta) if meta else {}), "source": source})
+        parts = {}
+        for tenant, (ids, vecs, metas) in grouped.items():
+            dim = len(vecs[0]) // 4
+            part = _Partition(
+                dim=dim, matrix=np.frombuffer(b"".join(vecs), dtype=np.float32).reshape(-1, dim).copy()
+            )
+            part.ids, part.metadata = ids, metas
+            part.rows = {cid: r for r, cid in enumerate(ids)}
+            parts[tenant] = part
+        return parts
+
+    # --- writes ----------------------------------------------------------------------------
+
+    async def upsert(self, collection: str, chunks: Sequence[Chunk]) -> int:
+        if not chunks:
+            return 0
+        return int(await self._run(self._upsert, collection, list(chunks)))
+
+    def _upsert(self, collection: str, chunks: list[Chunk]) -> int:
+        vectors = _normalise(np.asarray([c.vector for c in chunks], dtype=np.float32))
+        with self._lock:
+            parts = self._loaded.get(collection)
+            for tenant in {c.tenant for c in chunks}:
+                if parts and tenant in parts and parts[tenant].dim != vectors.shape[1]:
+                    raise StoreError(
+                        f"vector dimension {vectors.shape[1]} differs from the index's {parts[tenant].dim}"
+                    )
+            rows = [
+                (
+                    collection,
+                    c.id,
+                    c.tenant,
+                    c.source,
+                    c.text,
+                    c.content_hash,
+                    c.subject,
+                    c.ingested_at,
+                    orjson.dumps(dict(c.metadata)) if c.metadata else None,
+                    vectors[i].tobytes(),
+                )
+                for i, c in enumerate(chunks)
+            ]
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany("INSERT OR REPLACE INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._db.execute("ROLLBACK")
+                raise StoreError(f"embedded index write failed: {type(exc).__name__}") from None
+            if parts is not None:
+                for tenant in {c.tenant for c in chunks}:
+                    idx = [i for i, c in enumerate(chunks) if c.tenant == tenant]
+                    part = parts.setdefault(
+                        tenant,
+                        _Partition(dim=vectors.shape[1], matrix=np.zeros((0, vectors.shape[1]), np.float32)),
+                    )
+                    part.put([chunks[i].id for i in idx], vectors[idx], [_filterable(chunks[i]) for i in idx])
+        return len(rows)
+
+    def _delete(self, where: str, args: tuple[Any, ...]) -> int:
+        with self._lock:
+            found = self._db.execute(
+                f"SELECT collection, tenant, id FROM chunks WHERE {where}", args
+            ).fetchall()
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(f"DELETE FROM chunks WHERE {where}", args)
+            self._db.execute("COMMIT")
+            by_part: dict[tuple[str, str], set[str]] = {}
+            for collection, tenant, cid in found:
+                by_part.setdefault((collection, tenant), set()).add(cid)
+            for (collection, tenant), ids in by_part.items():
+                part = self._loaded.get(collection, {}).get(tenant)
+                if part is not None:
+                    part.remove(ids)
+            return len(found)
+
+    async def delete_by_source(
+        self, collection: str, tenant: str, source: str, keep: Sequence[str] = ()
+    ) -> int:
+        marks = ",".join("?" * len(keep))
+        where = "collection = ? AND tenant = ? AND source = ?" + (f" AND id NOT IN ({marks})" if keep else "")
+        return int(await self._run(self._delete, where, (collection, tenant, source, *keep)))
+
+    async def delete_by_subject(self, subject: str) -> int:
+        return int(await self._run(self._delete, "subject = ?", (subject,)))
+
+    # --- reads -----------------------------------------------------------------------------
+
+    async def count(self, collection: str, tenant: str) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM chunks WHERE collection = ? AND tenant = ?", (collection, tenant)
+            ).fetchone()
+        return int(row[0])
+
+    async def existing_ids(self, collection: str, tenant: str, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        with self._lock:
+            for i in range(0, len(ids), 500):
+                part = list(ids[i : i + 500])
+                found.update(
+                    r[0]
+                    for r in self._db.execute(
+                        f"SELECT id FROM chunks WHERE collection = ? AND +tenant = ? AND id IN ({','.join('?' * len(part))})",
+                        (collection, tenant, *part),
+                    )
+                )
+        return found
+
+    async def search(self, collection: str, query: Query) -> list[Hit]:
+        with self._lock:
+            part = self._partitions(collection).get(query.tenant)
+            size = 0 if part is None else part.n * part.dim
+        if part is None or size == 0:
+            return []
+        scanned = size if query.mode != "bm25" and _use_int8(size) and part.int8 is not None else 4 * size
+        return list(await self._run(self._search, collection, part, query, inline=scanned < _INLINE_BYTES))
+
+    def _search(self, collection: str, part: _Partition, q: Query) -> list[Hit]:
+        with self._lock:
+            mask = part.mask(q.filters)
+            candidates = np.arange(part.n) if mask is None else np.flatnonzero(mask)
+            if not len(candidates):
+                return []
+            vec_scores = bm_scores = None
+            if q.mode in ("bm25", "hybrid"):
+                if part.bm25 is None:
+                    part.bm25 = _BM25.build(self._texts(collection, q.tenant, part))
+                bm_scores = part.bm25.scores(q.text)[candidates]
+            if q.mode in ("vector", "hybrid"):
+                if q.vector is None:
+                    raise StoreError(f"mode {q.mode} needs a query vector")
+                qv = _normalise(np.asarray(q.vector, dtype=np.float32)[None, :])[0]
+                if len(qv) != part.dim:
+                    raise StoreError(f"query dimension {len(qv)} differs from the index's {part.dim}")
+                matrix = part.matrix[: part.n]
+                dense = mask is None or len(candidates) * 4 > part.n
+                found = None
+                if dense and _use_int8(part.n * part.dim):
+                    if part.int8 is None:
+                        part.int8 = int8scan.Int8Codes.build(part.matrix)
+                    want = q.top_k if bm_scores is None else _pool(q.top_k)
+                    found = int8scan.top_rows(matrix, part.int8, qv, want, mask)
+                if found is None:
+                    sims = matrix @ qv if dense else matrix[candidates] @ qv
+                    vec_scores = sims if len(sims) == len(candidates) else sims[candidates]
+                elif bm_scores is None:  # exact scores of the only rows that can make the top k
+                    candidates, vec_scores = found
+                else:
+                    # Hybrid fuses the vector side's top pool (all inside ``found``) with the
+                    # bm25 side's, whose rows also need their exact vector score (distance).
+                    rows, exact = found
+                    extra = candidates[[i for i in _top(bm_scores, _pool(q.top_k)) if bm_scores[i] > 0]]
+                    rows = np.concatenate([rows, extra])
+                    exact = np.concatenate([exact, matrix[extra] @ qv])
+                    vec_scores = np.full(len(candidates), -np.inf, dtype=np.float32)
+                    vec_scores[np.searchsorted(candidates, rows)] = exact
+                if q.max_distance is not None:
+                    keep = 1.0 - vec_scores <= q.max_distance
+                    vec_scores = np.where(keep, vec_scores, -np.inf)
+            ranked = _rank(q, vec_scores, bm_scores)
+            picked = [(int(candidates[i]), s, d) for i, s, d in ranked]
+            ids = [part.ids[r] for r, _, _ in picked]
+            texts = self._fetch(collection, q.tenant, ids)
+        return [
+            Hit(cid, *texts[cid], score=s, distance=d)
+            for cid, (_, s, d) in zip(ids, picked, strict=True)
+            if cid in texts
+        ]
+
+    def _texts(self, collection: str, tenant: str, part: _Partition) -> list[str]:
+        texts = [""] * part.n
+        for cid, text in self._db.execute(
+            "SELECT id, text FROM chunks WHERE collection = ? AND tenant = ?", (collection, tenant)
+        ):
+            row = part.rows.get(cid)
+            if row is not None:
+                texts[row] = text
+        return texts
+
+    def _fetch(self, collection: str, tenant: str, ids: list[str]) -> dict[str, tuple[str, str, str]]:
+        if not ids:
+            return {}
+        rows = self._db.execute(
+            f"SELECT id, source, text, content_hash FROM chunks WHERE collection = ? AND +tenant = ? "
+            f"AND id IN ({','.join('?' * len(ids))})",
+            (collection, tenant, *ids),
+        )
+        return {cid: (source, text, digest) for cid, source, text, digest in rows}
+
+    async def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _use_int8(floats: int) -> bool:
+    return floats >= _INT8_FLOATS and int8scan.available()
+
+
+def _filterable(c: Chunk) -> dict[str, Scalar]:
+    return {**c.metadata, "source": c.source}
+
+
+def _rank(q: Query, vec: np.ndarray | None, bm: np.ndarray | None) -> list[tuple[int, float, float | None]]:
+    """(candidate index, score, distance) best first; hybrid fuses min-max-normalised scores."""
+    k = q.top_k
+    if bm is None:
+        assert vec is not None
+        top = _top(vec, k)
+        return [(i, float(vec[i]), float(1.0 - vec[i])) for i in top if np.isfinite(vec[i])]
+    if vec is None:
+        top = _top(bm, k)
+        return [(i, float(bm[i]), None) for i in top if bm[i] > 0]
+    pool = _pool(k)
+    fused: dict[int, float] = {}
+    for scores, weight in ((vec, q.alpha), (bm, 1.0 - q.alpha)):
+        top = [i for i in _top(scores, pool) if np.isfinite(scores[i]) and (scores is vec or scores[i] > 0)]
+        if not top:
+            continue
+        chosen = scores[top]
+        lo, hi = float(chosen.min()), float(chosen.max())
+        for i, s in zip(top, chosen, strict=True):
+            fused[i] = fused.get(i, 0.0) + weight * ((float(s) - lo) / (hi - lo) if hi > lo else 1.0)
+    best = sorted(fused.items(), key=lambda kv: -kv[1])[:k]
+    return [(i, s, float(1.0 - vec[i]) if np.isfinite(vec[i]) else None) for i, s in best]
+
+
+def _pool(k: int) -> int:
+    """How many of each side's best hybrid fuses."""
+    return max(4 * k, 50)
+
+
+def _top(scores: np.ndarray, k: int) -> list[int]:
+    idx = np.argpartition(-scores, k - 1)[:k] if len(scores) > k else np.arange(len(scores))
+    return [int(i) for i in idx[np.argsort(-scores[idx], kind="stable")]]
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.asarray(vectors / np.where(norms == 0, 1.0, norms), dtype=np.float32)
+
+
+_blas_limited = False
+
+
+def _single_threaded_blas() -> None:
+    # One query is a memory-bound matrix-vector product: BLAS threads only add hand-off cost,
+    # and on a shared 2-core box they made a 10k search 30x slower (docs/rag.md).
+    global _blas_limited
+    if _blas_limited:
+        return
+    _blas_limited = True
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(1, user_api="blas")

@@ -1,0 +1,62 @@
+"""The process-wide RAG resources: one vector store and its embedders, built from ``config.rag``.
+
+Policies reach it through ``rag_for(services)``; it is created on first use and cached in
+``Services.extras["rag"]`` so every policy instance and bundle reload shares one connection.
+Tests put their own ``Rag`` there first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.rag.base import StoreError, VectorStore
+from gateway.rag.embedders import Embed, Embedder, GatewayEmbedder
+from gateway.rag.settings import RagSettings
+from gateway.services import Services
+
+
+@dataclass
+class Rag:
+    settings: RagSettings
+    store: VectorStore
+    embed: Embed | None = None
+    embedders: dict[str, Embedder] = field(default_factory=dict)
+
+    def allows(self, collection: str, tenant: str) -> bool:
+        """The collection ACL: only tenants the operator listed may use a collection."""
+        spec = self.settings.collections.get(collection)
+        return spec is not None and tenant in spec.tenants
+
+    @property
+    def needs_vectors(self) -> bool:
+        return not getattr(self.store, "server_vectorizer", False)
+
+    def embedder(self, collection: str) -> Embedder:
+        spec = self.settings.collections.get(collection)
+        model = (spec.embedding_model if spec else None) or self.settings.embedding_model
+        found = self.embedders.get(model)
+        if found is None:
+            if self.embed is None:
+                raise StoreError("no embeddings path is configured")
+            found = GatewayEmbedder(self.embed, model, frozenset(self.settings.embedding_jurisdictions))
+            self.embedders[model] = found
+        return found
+
+
+def open_store(settings: RagSettings) -> VectorStore:
+    if settings.backend == "weaviate":
+        from gateway.rag.weaviate_store import WeaviateStore
+
+        assert settings.weaviate is not None
+        return WeaviateStore(settings.weaviate)
+    from gateway.rag.embedded import EmbeddedIndex
+
+    return EmbeddedIndex(settings.embedded.path, settings.embedded.jurisdiction)
+
+
+def rag_for(services: Services) -> Rag:
+    rag = services.extras.get("rag")
+    if rag is None:
+        rag = Rag(services.config.rag, open_store(services.config.rag), services.embed)
+        services.extras["rag"] = rag
+    return rag
