@@ -29,6 +29,18 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 BODY = '{"model": "mistral-7b", "messages": [{"role": "user", "content": "Say hello in five words."}]}'
 STREAM_BODY = BODY[:-1] + ', "stream": true}'
+# Limits far above what a run can use, so every request reserves and settles all five counters.
+ACCOUNTING_BUNDLE = f"""\
+version: 1
+defaults:
+  token_accounting:
+    key_prefix: bench:{os.getpid()}
+    budgets:
+      - {{scope: tenant, period: day, eur: 1000000, tokens: 100000000000}}
+      - {{scope: app, period: month, eur: 1000000}}
+    rate_limits:
+      - {{scope: key, rpm: 100000000, tpm: 100000000000}}
+"""
 
 
 def free_port() -> int:
@@ -49,11 +61,10 @@ def wait_port(port: int, timeout: float = 30) -> None:
 
 
 def wrk(url: str, body: str, key: str | None, connections: int, seconds: int) -> dict[str, float]:
-    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
     auth = f'wrk.headers["Authorization"] = "Bearer {key}"\n' if key else ""
-    script.write(f'wrk.method = "POST"\nwrk.body = [[{body}]]\n'
-                 f'wrk.headers["Content-Type"] = "application/json"\n{auth}')
-    script.close()
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(f'wrk.method = "POST"\nwrk.body = [[{body}]]\n'
+                     f'wrk.headers["Content-Type"] = "application/json"\n{auth}')
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url],
                          capture_output=True, text=True, check=True).stdout
     os.unlink(script.name)
@@ -86,6 +97,8 @@ def main() -> None:
     ap.add_argument("--stream", action="store_true", help="benchmark streamed completions")
     ap.add_argument("--redis-url", default=None, help="storage.redis_url for the gateway")
     ap.add_argument("--label", default="empty chain")
+    ap.add_argument("--accounting", action="store_true",
+                    help="token_accounting active: Redis reserve/settle, ledger rows, cost metrics")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is required: apt-get install wrk")
@@ -94,7 +107,10 @@ def main() -> None:
     up_port, gw_port = free_port(), free_port()
     policies = args.policies or str(work / "policies")
     (work / "policies").mkdir()
-    (work / "policies" / "bundle.yaml").write_text("version: 1\ndefaults: {}\n")
+    bundle = ACCOUNTING_BUNDLE if args.accounting else "version: 1\ndefaults: {}\n"
+    (work / "policies" / "bundle.yaml").write_text(bundle)
+    if args.accounting and not args.redis_url:
+        args.redis_url = "redis://127.0.0.1:6379/0"
     redis_line = f"  redis_url: {args.redis_url}\n" if args.redis_url else ""
     (work / "config.yaml").write_text(f"""\
 deployments:
@@ -104,6 +120,7 @@ deployments:
     model: mistral-7b-instruct
     jurisdiction: EU
     region: fr-par
+    price: {{input_per_1m: "0.2", output_per_1m: "0.6", currency: EUR}}
 models:
   mistral-7b:
     deployments: [eu]

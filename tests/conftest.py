@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -20,6 +21,7 @@ from gateway.app import Gateway
 from gateway.bundle import BundleHolder, load_bundle
 from gateway.config import Config
 from gateway.devupstream import DevUpstream
+from gateway.logs import JsonFormatter
 from gateway.store.db import make_engine, upgrade
 
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -146,6 +148,9 @@ def gateway_factory(sqlite_url: str) -> Iterator[Callable[..., RunningGateway]]:
         if config.storage.database_url == "sqlite:///:memory:":
             config = config.model_copy(update={"storage": config.storage.model_copy(
                 update={"database_url": sqlite_url})})
+        if config.storage.spool_dir == "./spool":  # keep the writer's spool out of the work tree
+            config = config.model_copy(update={"storage": config.storage.model_copy(
+                update={"spool_dir": str(Path(sqlite_url.removeprefix("sqlite:///")).parent / "spool")})})
         holder = BundleHolder(load_bundle([policies], config)) if policies else None
         running = start_gateway(config, holder)
         started.append(running)
@@ -159,3 +164,35 @@ def gateway_factory(sqlite_url: str) -> Iterator[Callable[..., RunningGateway]]:
 @pytest.fixture
 def gw(gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream) -> RunningGateway:
     return gateway_factory(make_config(upstream))
+
+
+class _PiiLeakCheck(logging.Handler):
+    """Checks every record as it is emitted; keeps only where a leak happened, never the value."""
+
+    def __init__(self, values: list[str]) -> None:
+        super().__init__(logging.DEBUG)
+        self.values = values
+        self.formatter_ = JsonFormatter()
+        self.leaks: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.formatter_.format(record) + repr(record.args) + (record.exc_text or "")
+        except Exception:
+            text = repr(record.__dict__)
+        self.leaks.update(f"{record.name}: test PII value #{i}" for i, v in enumerate(self.values) if v in text)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_pii_in_logs() -> Iterator[None]:
+    """Every log record of the session, at DEBUG level, is checked for the tests' PII values."""
+    from tests.pii_values import PII_VALUES
+
+    root = logging.getLogger()
+    handler, old_level = _PiiLeakCheck(PII_VALUES), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+    assert not handler.leaks, f"PII in log records: {sorted(handler.leaks)}"

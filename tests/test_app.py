@@ -178,3 +178,10 @@ def test_admin_api_needs_admin_scope_and_manages_keys(gw: RunningGateway) -> Non
     assert httpx.delete(f"{gw.url}/admin/keys/{created.json()['key_id']}", headers=admin).status_code == 204
     bad = httpx.post(f"{gw.url}/admin/keys", headers=admin, json={"tenant": "hr", "app": "bot", "scopes": ["root"]})
     assert bad.status_code == 400 and "root" in bad.json()["error"]["message"]
+
+
+def test_the_gateway_rag_extension_never_reaches_an_upstream(gw: RunningGateway, upstream: DevUpstream) -> None:
+    resp = post(gw, "/v1/chat/completions", b'{"model": "mistral-7b", "gateway_rag": {"top_k": 2}, '
+                b'"messages": [{"role": "user", "content": "x"}]}')
+    assert resp.status_code == 200
+    assert "gateway_rag" not in upstream.received[-1].body
