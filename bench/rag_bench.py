@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/rag_bench.py                  # everything, 3 rounds
     .venv/bin/python bench/rag_bench.py --sizes 10000 --rounds 1
+    .venv/bin/python bench/rag_bench.py --float32-only   # without the int8 pre-scan, for comparison
 
 Retrieval + injection is ``RagContext.on_request`` end to end (search, hit fetch, dedupe,
 token counting, template, message rewrite) with a precomputed query vector, so the figure is
@@ -226,7 +227,14 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--weaviate-size", type=int, default=1000)
     parser.add_argument("--files", type=int, default=100)
+    parser.add_argument(
+        "--float32-only", action="store_true", help="embedded: full float32 scan, no int8 pre-scan"
+    )
     args = parser.parse_args()
+    if args.float32_only:
+        import gateway.rag.embedded
+
+        gateway.rag.embedded._INT8_FLOATS = sys.maxsize
     for n in map(int, args.sizes.split(",")):
         res = median_of([await embedded(n, args.runs) for _ in range(args.rounds)])
         print(

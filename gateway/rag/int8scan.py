@@ -114,6 +114,8 @@ def top_rows(
     """
     assert _simsimd is not None
     n = len(matrix)
+    if k < 1:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     peak = float(np.abs(q).max()) if len(q) else 0.0
     qscale = peak / 127.0 if peak > 0 else 1.0
     qcodes = np.clip(np.rint(q.astype(np.float64) / qscale), -127, 127).astype(np.int8)
