@@ -6,7 +6,7 @@ Presidio's lemma context enhancer is not used.
 Models are loaded from installed packages only; nothing is downloaded.
 
 The small English model often calls a (non-English) person name an ORG, GPE or LOC, or misses it.
-``entities`` corrects that with person cues around a name-shaped span: an honorific before it
+``labelled_entities`` corrects that with person cues around a name-shaped span: an honorific before it
 (``Mr``, ``Frau``, ``ms.``), a phrase before it (``my name is``, ``call me``, ``Dear``,
 ``last name:``, ``my daughter``), or a verb after it (``said``, ``lives``, ``'s wife``); and the
 same string elsewhere in the text already labelled PERSON. Only cue words are looked at, no
