@@ -154,11 +154,9 @@ def test_audit_verify_detects_modified_and_deleted_records(setup: tuple[Path, Pa
         ctx.status = 200
         ctx.record("residency", "allow", n=i)
         rows.append(auditor.build(ctx))
-    from sqlmodel import Session
+    from gateway.store.writer import Writer
 
-    with Session(engine) as s:
-        s.add_all(rows)
-        s.commit()
+    Writer(engine, config.parent / "spool")._write(rows)  # the path the gateway's rows take
     assert invoke("audit", "verify", "--config", str(config))[0] == 0
     with engine.begin() as conn:
         conn.execute(text("UPDATE audit_records SET status = 403 WHERE seq = 2"))
