@@ -29,6 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 BODY = '{"model": "mistral-7b", "messages": [{"role": "user", "content": "Say hello in five words."}]}'
 STREAM_BODY = BODY[:-1] + ', "stream": true}'
+# With --pii: two identifiers to redact, so the answer is parsed for placeholder restore too.
+PII_BODY = ('{"model": "mistral-7b", "messages": [{"role": "user", "content": '
+            '"Refund jan.kowalski@example.pl to DE89 3704 0044 0532 0130 00 and confirm by mail."}]}')
+PII_BUNDLE = "version: 1\ndefaults:\n  pii_redaction: {}\n"
 # Limits far above what a run can use, so every request reserves and settles all five counters.
 ACCOUNTING_BUNDLE = f"""\
 version: 1
@@ -97,6 +101,8 @@ def main() -> None:
     ap.add_argument("--stream", action="store_true", help="benchmark streamed completions")
     ap.add_argument("--redis-url", default=None, help="storage.redis_url for the gateway")
     ap.add_argument("--label", default="empty chain")
+    ap.add_argument("--pii", action="store_true",
+                    help="pii_redaction active (fast path, default entities) and a prompt with an email and IBAN")
     ap.add_argument("--accounting", action="store_true",
                     help="token_accounting active: Redis reserve/settle, ledger rows, cost metrics")
     args = ap.parse_args()
@@ -107,7 +113,7 @@ def main() -> None:
     up_port, gw_port = free_port(), free_port()
     policies = args.policies or str(work / "policies")
     (work / "policies").mkdir()
-    bundle = ACCOUNTING_BUNDLE if args.accounting else "version: 1\ndefaults: {}\n"
+    bundle = ACCOUNTING_BUNDLE if args.accounting else PII_BUNDLE if args.pii else "version: 1\ndefaults: {}\n"
     (work / "policies" / "bundle.yaml").write_text(bundle)
     if args.accounting and not args.redis_url:
         args.redis_url = "redis://127.0.0.1:6379/0"
@@ -140,7 +146,7 @@ storage:
     try:
         wait_port(up_port)
         wait_port(gw_port)
-        body = STREAM_BODY if args.stream else BODY
+        body = PII_BODY if args.pii else STREAM_BODY if args.stream else BODY
         direct_url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
         gw_url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
         wrk(gw_url, body, key, 4, 2)  # warm-up
