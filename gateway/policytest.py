@@ -17,6 +17,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gateway.accounting import usage
 from gateway.auth import Principal
 from gateway.bundle import Bundle, mode_of
 from gateway.config import Config
@@ -171,7 +172,9 @@ async def simulate(config: Config, bundle: Bundle, request: SimRequest, consents
     try:
         body = await chain.request(ctx, body)
         committed = await router.send(ctx, chain, request.endpoint, body)
-        response = await chain.response(ctx, orjson.loads(await committed.response.read()))
+        raw = await committed.response.read()
+        ctx.usage = usage.from_body(raw)  # as the gateway does for relayed answers
+        response = await chain.response(ctx, orjson.loads(raw))
         outcome.deployment, outcome.status = ctx.target.name if ctx.target else None, 200
         if request.endpoint == "chat":
             outcome.reply = response["choices"][0]["message"]["content"]
