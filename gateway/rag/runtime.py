@@ -32,6 +32,13 @@ class Rag:
         return not getattr(self.store, "server_vectorizer", False)
 
     def embedder(self, collection: str) -> Embedder:
+        if self.settings.embedder == "minilm":
+            local = self.embedders.get("minilm")
+            if local is None:
+                from gateway.rag.minilm import MiniLMEmbedder
+
+                local = self.embedders["minilm"] = MiniLMEmbedder()
+            return local
         spec = self.settings.collections.get(collection)
         model = (spec.embedding_model if spec else None) or self.settings.embedding_model
         found = self.embedders.get(model)

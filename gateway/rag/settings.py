@@ -64,6 +64,14 @@ class RagSettings(_Strict):
     backend: Literal["embedded", "weaviate"] = Field(
         "embedded", description="Vector store: the embedded file-backed index, or Weaviate."
     )
+    embedder: Literal["gateway", "minilm"] = Field(
+        "gateway",
+        description=(
+            "`gateway`: embeddings go through the gateway's own routing to `embedding_model`. "
+            "`minilm`: all-MiniLM-L6-v2 (384 dims) runs in-process on CPU, offline; needs the "
+            "`minilm` extra, and `embedding_model` / `embedding_jurisdictions` are then unused."
+        ),
+    )
     embedding_model: str = Field(
         "mistral-embed",
         description="Public embeddings model alias (in `models:`) used for chunks and queries.",
