@@ -102,6 +102,16 @@ def make_config(upstream: DevUpstream, **overrides: Any) -> Config:
     return Config.model_validate(base)
 
 
+def with_secondary(upstream: DevUpstream, secondary: DevUpstream, name: str = "eu-secondary",
+                   **overrides: Any) -> Config:
+    """make_config plus a second EU deployment on ``secondary``, tried after eu-primary."""
+    deployments = dict(make_config(upstream).model_dump()["deployments"])
+    deployments[name] = {**deployments["eu-primary"], "base_url": secondary.url}
+    models = {"mistral-7b": {"deployments": ["eu-primary", name]},
+              "mistral-embed": {"type": "embeddings", "deployments": ["eu-embed"]}}
+    return make_config(upstream, deployments=deployments, models=models, **overrides)
+
+
 @dataclass
 class RunningGateway:
     gateway: Gateway

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from gateway.devupstream import DevUpstream
-from tests.conftest import RunningGateway, make_config
+from tests.conftest import RunningGateway, make_config, with_secondary
 
 
 def post(gw: RunningGateway, path: str, content: bytes, key: str | None = None, **headers: str) -> httpx.Response:
@@ -100,12 +100,7 @@ def test_client_disconnect_mid_stream_cancels_the_upstream_request(gw: RunningGa
 def test_fallback_to_next_deployment_before_first_byte(
     gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream  # type: ignore[no-untyped-def]
 ) -> None:
-    config = make_config(upstream)
-    deployments = dict(config.model_dump()["deployments"])
-    deployments["eu-secondary"] = {**deployments["eu-primary"], "base_url": upstream_b.url}
-    gw = gateway_factory(make_config(upstream, deployments=deployments,
-                                     models={"mistral-7b": {"deployments": ["eu-primary", "eu-secondary"]},
-                                             "mistral-embed": {"type": "embeddings", "deployments": ["eu-embed"]}}))
+    gw = gateway_factory(with_secondary(upstream, upstream_b))
     upstream.fail_status = 503
     resp = post(gw, "/v1/chat/completions", b'{"model": "mistral-7b", "messages": [{"role": "user", "content": "x"}]}')
     assert resp.status_code == 200
@@ -127,11 +122,7 @@ def test_connect_error_falls_back_and_unreachable_only_is_a_502(gateway_factory,
 
 
 def test_upstream_client_errors_are_not_retried(gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream) -> None:  # type: ignore[no-untyped-def]
-    config = make_config(upstream)
-    deployments = dict(config.model_dump()["deployments"])
-    deployments["eu-secondary"] = {**deployments["eu-primary"], "base_url": upstream_b.url}
-    gw = gateway_factory(make_config(upstream, deployments=deployments,
-                                     models={"mistral-7b": {"deployments": ["eu-primary", "eu-secondary"]}}))
+    gw = gateway_factory(with_secondary(upstream, upstream_b))
     upstream.fail_status = 400
     upstream.fail_body = b'{"error": {"message": "temperature must be <= 2 (see http://internal:8000)"}}'
     resp = post(gw, "/v1/chat/completions", b'{"model": "mistral-7b", "messages": [{"role": "user", "content": "x"}]}')

@@ -38,6 +38,13 @@ def write_bundle(tmp_path: Path, body: str) -> Path:
     return directory
 
 
+def consent_for(gw: RunningGateway, subject: str) -> None:
+    from gateway.store import consent
+
+    consent.grant(gw.gateway.engine, tenant="acme", subject=gw.gateway.pseudonym(subject),
+                  purpose="llm_fallback_gpt4")
+
+
 def chat(gw: RunningGateway, key: str, model: str = "mistral-7b", **extra: Any) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}", **extra.pop("headers", {})}
     return httpx.post(f"{gw.base_url}/chat/completions", headers=headers, timeout=10,
@@ -146,10 +153,7 @@ def test_dpa_fallback_is_refused_when_pii_redaction_is_not_enforced(
     gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path, pii_mode: str  # type: ignore[no-untyped-def]
 ) -> None:
     gw = gateway_factory(two_region_config(upstream, upstream_b), write_bundle(tmp_path, FALLBACK.format(pii=pii_mode)))
-    from gateway.store import consent
-
-    consent.grant(gw.gateway.engine, tenant="acme", subject=gw.gateway.pseudonym("alice"),
-                  purpose="llm_fallback_gpt4")
+    consent_for(gw, "alice")
     upstream.fail_status = 503
     resp = chat(gw, gw.key(), user="alice")
     assert resp.status_code == 502
@@ -160,10 +164,7 @@ def test_pii_the_policy_allows_on_eu_hops_is_redacted_on_the_dpa_hop(
     gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
     gw = gateway_factory(two_region_config(upstream, upstream_b), write_bundle(tmp_path, FALLBACK.format(pii="enforce")))
-    from gateway.store import consent
-
-    consent.grant(gw.gateway.engine, tenant="acme", subject=gw.gateway.pseudonym("alice"),
-                  purpose="llm_fallback_gpt4")
+    consent_for(gw, "alice")
     message = {"role": "user", "content": "Mail jane.roe@example.org about it"}
     upstream.fail_status = 503
     resp = httpx.post(f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {gw.key()}"},
@@ -178,10 +179,7 @@ def test_audit_record_explains_the_route_without_prompt_text(
     gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
     gw = gateway_factory(two_region_config(upstream, upstream_b), write_bundle(tmp_path, FALLBACK.format(pii="enforce")))
-    from gateway.store import consent
-
-    consent.grant(gw.gateway.engine, tenant="acme", subject=gw.gateway.pseudonym("alice"),
-                  purpose="llm_fallback_gpt4")
+    consent_for(gw, "alice")
     upstream.fail_status = 503
     resp = chat(gw, gw.key(), user="alice")
     request_id = resp.headers["x-gateway-request-id"]

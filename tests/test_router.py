@@ -8,7 +8,7 @@ import httpx
 
 from gateway.devupstream import DevUpstream
 from gateway.router import Breaker
-from tests.conftest import make_config
+from tests.conftest import with_secondary
 
 
 def test_breaker_opens_after_threshold_and_closes_after_cooldown() -> None:
@@ -26,11 +26,7 @@ def test_breaker_opens_after_threshold_and_closes_after_cooldown() -> None:
 def test_context_length_overflow_falls_back_to_the_next_deployment(
     gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream  # type: ignore[no-untyped-def]
 ) -> None:
-    config = make_config(upstream)
-    deployments = dict(config.model_dump()["deployments"])
-    deployments["eu-long"] = {**deployments["eu-primary"], "base_url": upstream_b.url}
-    gw = gateway_factory(make_config(upstream, deployments=deployments,
-                                     models={"mistral-7b": {"deployments": ["eu-primary", "eu-long"]}}))
+    gw = gateway_factory(with_secondary(upstream, upstream_b, name="eu-long"))
     upstream.fail_status = 400
     upstream.fail_body = (b'{"error": {"message": "This model\'s maximum context length is 8192 tokens", '
                           b'"code": "context_length_exceeded"}}')
@@ -43,11 +39,7 @@ def test_context_length_overflow_falls_back_to_the_next_deployment(
 def test_an_open_breaker_skips_the_failing_deployment(
     gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream  # type: ignore[no-untyped-def]
 ) -> None:
-    config = make_config(upstream)
-    deployments = dict(config.model_dump()["deployments"])
-    deployments["eu-secondary"] = {**deployments["eu-primary"], "base_url": upstream_b.url}
-    gw = gateway_factory(make_config(upstream, deployments=deployments,
-                                     models={"mistral-7b": {"deployments": ["eu-primary", "eu-secondary"]}}))
+    gw = gateway_factory(with_secondary(upstream, upstream_b))
     upstream.fail_status = 503
     key = gw.key()
     for _ in range(5):
