@@ -71,13 +71,11 @@ class Gateway:
         self.bundle = bundle or BundleHolder(Bundle.empty())
         self.pseudonym = pseudonymiser(config.server.secret_key)
         self.max_body = config.server.max_body_bytes
-        self.redis: Any = None
-        self.services = Services(config=config, engine=self.engine, pseudonym=self.pseudonym, embed=self.embed)
         storage = config.storage
         self.writer = Writer(self.engine, storage.spool_dir, batch_size=storage.writer_batch_size,
                              flush_interval_s=storage.writer_flush_interval_s)
-        self.services.writer = self.writer
-        self.services.consents = ConsentRegistry(self.engine)
+        self.services = Services(config=config, engine=self.engine, pseudonym=self.pseudonym, embed=self.embed,
+                                 writer=self.writer, consents=ConsentRegistry(self.engine))
         self.auditor = Auditor(self.writer)
         metrics.configure_labels(config.accounting.metric_tenant_label, config.accounting.metric_app_label)
         self.bundle.bind(self.services)
@@ -113,8 +111,7 @@ class Gateway:
         if self.config.storage.redis_url:
             import redis.asyncio as aioredis
 
-            self.redis = aioredis.from_url(self.config.storage.redis_url, socket_timeout=2)
-            self.services.redis = self.redis
+            self.services.redis = aioredis.from_url(self.config.storage.redis_url, socket_timeout=2)
 
     async def shutdown(self) -> None:
         await self.keys.stop()
@@ -123,8 +120,8 @@ class Gateway:
             self._watch.cancel()
         for upstream in self.upstreams.values():
             await upstream.close()
-        if self.redis is not None:
-            await self.redis.aclose()
+        if self.services.redis is not None:
+            await self.services.redis.aclose()
         await self.writer.stop()  # after the upstreams: in-flight requests have queued their rows
         self.engine.dispose()
 
@@ -139,11 +136,10 @@ class Gateway:
                 await self._run(handler, scope, receive, send)
             elif path.startswith("/admin/") or path in ("/docs", "/openapi.json"):
                 await self.admin(scope, receive, send)  # type: ignore[arg-type]
+            elif path.startswith("/v1/models/") and scope["method"] == "GET":
+                await self._run(self.model, scope, receive, send)
             elif path in self._paths or path.startswith("/v1/models/"):
-                if path.startswith("/v1/models/") and scope["method"] == "GET":
-                    await self._run(self.model, scope, receive, send)
-                else:
-                    await _send_error(send, GatewayError(405, "method_not_allowed", "Method not allowed."))
+                await _send_error(send, GatewayError(405, "method_not_allowed", "Method not allowed."))
             else:
                 await _send_error(send, GatewayError(404, "not_found", f"Unknown path {path[:100]!r}."))
         elif kind == "lifespan":
@@ -316,9 +312,7 @@ class Gateway:
                 raise UpstreamError(502, "upstream_invalid_response", "The upstream returned invalid JSON.") from None
             raw = orjson.dumps(await chain.response(ctx, response))
         ctx.status = 200
-        headers = [_JSON, (b"content-length", str(len(raw)).encode()), *self._headers(ctx)]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": raw})
+        await _send_body(send, 200, raw, self._headers(ctx))
 
     async def _relay_stream(
         self, ctx: Context, chain: Any, committed: Committed, send: Send, watcher: _DisconnectWatcher
@@ -413,9 +407,9 @@ class Gateway:
             checks["database"] = "ok"
         except Exception as exc:
             checks["database"] = f"error: {type(exc).__name__}"
-        if self.redis is not None:
+        if self.services.redis is not None:
             try:
-                await asyncio.wait_for(self.redis.ping(), 2)
+                await asyncio.wait_for(self.services.redis.ping(), 2)
                 checks["redis"] = "ok"
             except Exception as exc:
                 checks["redis"] = f"error: {type(exc).__name__}"
@@ -474,20 +468,17 @@ def _error_event(exc: GatewayError) -> bytes:
 
 
 async def _send_json(send: Send, status: int, obj: Any, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    body = orjson.dumps(obj)
-    headers = [_JSON, (b"content-length", str(len(body)).encode()), *(extra or [])]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await _send_body(send, status, orjson.dumps(obj), extra)
 
 
 async def _send_error(send: Send, exc: GatewayError, extra: list[tuple[bytes, bytes]] | None = None) -> None:
     headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-    body = exc.body()
-    await send({
-        "type": "http.response.start",
-        "status": exc.status,
-        "headers": [_JSON, (b"content-length", str(len(body)).encode()), *headers, *(extra or [])],
-    })
+    await _send_body(send, exc.status, exc.body(), [*headers, *(extra or [])])
+
+
+async def _send_body(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [_JSON, (b"content-length", str(len(body)).encode()), *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

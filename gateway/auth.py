@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from collections.abc import Iterable
@@ -22,6 +23,7 @@ from sqlmodel import Session, col, select
 from gateway.errors import GatewayError
 from gateway.store.db import ApiKey, utcnow
 
+log = logging.getLogger("gateway.auth")
 PREFIX = "sk-gw-"
 SCOPES = frozenset({"chat", "embeddings", "models", "admin"})
 _ID_LEN = 12
@@ -178,9 +180,7 @@ class KeyStore:
             try:
                 await self.refresh()
             except Exception:  # the database may be briefly away; keep the last known state
-                import logging
-
-                logging.getLogger("gateway.auth").warning("key refresh failed", exc_info=True)
+                log.warning("key refresh failed", exc_info=True)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())

@@ -280,15 +280,13 @@ def policy_test(paths: PathsArg = None, config: ConfigOpt = None,
     """Run the `*_test.yaml` cases next to the policies, like `opa test`. Exit 1 when a case fails."""
     import asyncio
 
-    from gateway.bundle import policy_files
-    from gateway.policytest import load_cases, run_cases
+    from gateway.policytest import run_cases
 
     cfg = _config(config)
     roots = paths or [Path(cfg.server.policies_dir)]
     bundle = _bundle(cfg, [p for p in roots if p.is_dir() or not p.name.endswith("_test.yaml")] or roots)
     files = [f for r in roots for f in (sorted(r.glob("*_test.yaml")) if r.is_dir() else [r])
              if f.name.endswith("_test.yaml")]
-    del policy_files, load_cases
     passed = failed = 0
     for path in files:
         try:

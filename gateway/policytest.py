@@ -94,7 +94,7 @@ class Outcome:
 
 
 class _Canned(UpstreamResponse):
-    def __init__(self, body: bytes, stream: bool) -> None:
+    def __init__(self, body: bytes) -> None:
         self.status = 200
         self.content_type = "application/json"
         self._body = body
@@ -126,12 +126,12 @@ class SimUpstream(Upstream):
             status, what = _FAILURES[self.fail]
             raise UpstreamFailure(self.fail, status, message=f"Simulated: upstream {what}.")
         if endpoint == "embeddings":
-            return _Canned(orjson.dumps({"object": "list", "data": [{"index": 0, "embedding": [0.0]}]}), stream)
+            return _Canned(orjson.dumps({"object": "list", "data": [{"index": 0, "embedding": [0.0]}]}))
         return _Canned(orjson.dumps({
             "id": "sim", "object": "chat.completion", "model": self.deployment.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": SIMULATED_REPLY},
                          "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}), stream)
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}))
 
 
 class _Consents:
