@@ -16,8 +16,9 @@ fields on ``Context``.
 
 from __future__ import annotations
 
+import os
+import random
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -33,6 +34,16 @@ from gateway.sse import Event
 __all__ = ["Context", "Decision", "Policy", "PolicyDenied", "Target"]
 
 Mode = Literal["enforce", "shadow"]
+
+_ids = random.Random()  # seeded from os.urandom; reseeded in forked workers
+os.register_at_fork(after_in_child=_ids.seed)
+
+
+def new_request_id() -> str:
+    """128 random bits as 32 hex digits, like ``uuid4().hex``, but without a syscall per request:
+    os.urandom releases the GIL, and a busy worker then waits for the writer thread to give it back.
+    Request ids are unique, not secret."""
+    return f"{_ids.getrandbits(128):032x}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +84,7 @@ class Context:
     consents: dict[str, str] = field(default_factory=dict)
     pii_guard: bool = False  # a pii_redaction policy enforces on this request (consent_fallback reads it)
     bundle_hash: str = ""
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    request_id: str = field(default_factory=new_request_id)
     started: float = field(default_factory=time.perf_counter)
     decisions: list[Decision] = field(default_factory=list)
     attempts: list[tuple[str, str]] = field(default_factory=list)  # (deployment, outcome)
