@@ -156,7 +156,7 @@ def count_chat(tok: Tokenizer, body: dict[str, Any]) -> tuple[int, bool]:
     for message in body.get("messages") or ():
         if not isinstance(message, dict):
             continue
-        total += PER_MESSAGE + tok.count(str(message.get("role") or ""))
+        total += PER_MESSAGE + _role_tokens(tok, message.get("role"))
         if message.get("name"):
             total += PER_NAME + tok.count(str(message["name"]))
         content = message.get("content")
@@ -179,6 +179,21 @@ def count_chat(tok: Tokenizer, body: dict[str, Any]) -> tuple[int, bool]:
         total += tok.count(orjson.dumps(tools).decode())
         exact = False
     return total, exact
+
+
+def _role_tokens(tok: Tokenizer, role: Any) -> int:
+    # Roles are a handful of words; counting them once per tokenizer saves a call per message.
+    if not isinstance(role, str):
+        return tok.count(str(role or ""))
+    n = _ROLES.get((tok.family, tok.exact, role))
+    if n is None:
+        n = tok.count(role)
+        if len(_ROLES) < 256:
+            _ROLES[(tok.family, tok.exact, role)] = n
+    return n
+
+
+_ROLES: dict[tuple[str, bool, str], int] = {}
 
 
 def count_embeddings(tok: Tokenizer, body: dict[str, Any]) -> int:

@@ -42,7 +42,7 @@ async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
 
 async def test_reserve_adds_every_amount_when_all_fit(stores: Factory) -> None:
     s = stores()
-    ok, values = await s.reserve([Limit("a", 10, 3, 60), Limit("b", 100, 40, 60)])
+    ok, values, _ = await s.reserve([Limit("a", 10, 3, 60), Limit("b", 100, 40, 60)])
     assert ok == -1 and values == [3, 40]
     assert await s.values(["a", "b", "missing"]) == [3, 40, 0]
 
@@ -50,7 +50,7 @@ async def test_reserve_adds_every_amount_when_all_fit(stores: Factory) -> None:
 async def test_reserve_is_all_or_nothing_and_names_the_limit_that_refused(stores: Factory) -> None:
     s = stores()
     await s.reserve([Limit("a", 10, 8, 60)])
-    refused, _ = await s.reserve([Limit("b", 100, 5, 60), Limit("a", 10, 3, 60)])
+    refused, *_ = await s.reserve([Limit("b", 100, 5, 60), Limit("a", 10, 3, 60)])
     assert refused == 1
     assert await s.values(["a", "b"]) == [8, 0]
 
@@ -72,7 +72,7 @@ async def test_adjust_settles_to_the_actual_amount(stores: Factory) -> None:
 async def test_concurrent_reservations_from_several_workers_never_pass_the_limit(stores: Factory) -> None:
     workers = [stores() for _ in range(4)]
     results = await asyncio.gather(*(workers[i % 4].reserve([Limit("budget", 105, 10, 60)]) for i in range(60)))
-    assert sum(1 for refused, _ in results if refused == -1) == 10
+    assert sum(1 for r in results if r.refused == -1) == 10
     assert await workers[0].values(["budget"]) == [100]
 
 
@@ -100,7 +100,17 @@ async def test_redis_state_survives_a_new_client() -> None:
 async def test_settlements_piggybacked_on_a_reservation_apply_first_whatever_its_outcome(stores: Factory) -> None:
     s = stores()
     await s.reserve([Limit("budget", 100, 90, 60)])
-    refused, _ = await s.reserve([Limit("budget", 100, 50, 60)], settle=[("budget", -60)])
+    refused, *_ = await s.reserve([Limit("budget", 100, 50, 60)], settle=[("budget", -60)])
     assert refused == -1 and await s.values(["budget"]) == [80]
-    refused, _ = await s.reserve([Limit("budget", 100, 50, 60)], settle=[("budget", 5), ("gone", 3)])
+    refused, *_ = await s.reserve([Limit("budget", 100, 50, 60)], settle=[("budget", 5), ("gone", 3)])
     assert refused == 0 and await s.values(["budget", "gone"]) == [85, 0]
+
+
+async def test_a_lease_is_granted_only_as_far_as_it_fits_under_the_limit(stores: Factory) -> None:
+    s = stores()
+    first = await s.reserve([Limit("a", 100, 10, 60, lease=50), Limit("b", 1000, 10, 60, lease=50)])
+    assert first.refused == -1 and first.leased == [50, 50] and first.values == [60, 60]
+    second = await s.reserve([Limit("a", 100, 10, 60, lease=50)])
+    assert second.leased == [30] and second.values == [100]  # what was left after the amount
+    third = await s.reserve([Limit("a", 100, 1, 60, lease=50)])
+    assert third.refused == 0 and third.leased == [] and await s.values(["a"]) == [100]

@@ -50,17 +50,26 @@ def owner(scope: Scope, tenant: str, app: str, key_id: str) -> str:
     return f"{tenant}/{app}" if scope == "app" else key_id
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Check:
-    """One limit applied to one request: the counter, and how to explain a refusal."""
+    """One limit of one principal in the current window: the counter, and how to explain a refusal.
 
-    limit: Limit
+    Nothing in it depends on the request, so a principal's checks are built once per minute;
+    ``limit(amount)`` makes the per-request reservation.
+    """
+
+    key: str  # the counter, without the store's prefix
+    max: int
+    ttl_s: int
     kind: Literal["budget", "rate_limit"]
     scope: Scope
     owner: str
     period: Period
     unit: Literal["eur", "tokens", "requests"]
     resets_at: datetime
+
+    def limit(self, amount: int) -> Limit:
+        return Limit(self.key, self.max, amount, self.ttl_s)
 
     @property
     def name(self) -> str:
@@ -71,10 +80,7 @@ class Check:
         return max(1, int((self.resets_at - now).total_seconds() + 0.999))
 
     def message(self) -> str:
-        if self.unit == "eur":
-            amount = f"{Decimal(self.limit.limit) / NANO:.2f} EUR"
-        else:
-            amount = f"{self.limit.limit} {self.unit}"
+        amount = f"{Decimal(self.max) / NANO:.2f} EUR" if self.unit == "eur" else f"{self.max} {self.unit}"
         when = {"day": "daily", "month": "monthly", "minute": "per-minute"}[self.period]
         what = "budget" if self.kind == "budget" else "rate limit"
         return (f"The {when} {what} of {self.scope} '{self.owner}' ({amount}) does not allow this request; "
@@ -82,18 +88,13 @@ class Check:
 
 
 def check(kind: Literal["budget", "rate_limit"], scope: Scope, owner_: str, tenant: str, period: Period,
-          unit: Literal["eur", "tokens", "requests"], limit: int, amount: int, now: datetime) -> Check:
-    key, ttl, end = _slot(kind, scope, owner_, tenant, period, unit, now.replace(second=0, microsecond=0))
-    return Check(Limit(key, limit, amount, ttl), kind, scope, owner_, period, unit, end)
-
-
-@functools.lru_cache(maxsize=4096)
-def _slot(kind: str, scope: str, owner_: str, tenant: str, period: Period, unit: str,
-          minute: datetime) -> tuple[str, int, datetime]:
-    # Same counter for a whole minute at least: cached, the per-request cost is one dict lookup.
+          unit: Literal["eur", "tokens", "requests"], limit: int, now: datetime) -> Check:
+    """The check for the window containing ``now``; it stays valid until the next whole minute."""
+    minute = now.replace(second=0, microsecond=0)
     wid, end = _window(period, minute)
     ttl = int((end - minute).total_seconds()) + 3600  # settles arriving after the window ends still land
-    return f"{{{tenant}}}:{kind}:{scope}:{owner_}:{period}:{wid}:{unit}", ttl, end
+    key = f"{{{tenant}}}:{kind}:{scope}:{owner_}:{period}:{wid}:{unit}"
+    return Check(key, limit, ttl, kind, scope, owner_, period, unit, end)
 
 
 def utcnow() -> datetime:

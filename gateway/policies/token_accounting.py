@@ -14,13 +14,15 @@ from sqlalchemy.orm import configure_mappers
 
 from gateway import metrics, tokens
 from gateway.accounting import limits, usage
+from gateway.accounting.lease import Leases
 from gateway.accounting.pricing import FREE, Price, price_table
 from gateway.accounting.settle import Settler
 from gateway.errors import PolicyDenied
 from gateway.policies import register
 from gateway.policy import Context, Policy
 from gateway.sse import Event
-from gateway.store.counters import Counters, MemoryCounters, RedisCounters
+from gateway.store.counters import Counters, Limit, MemoryCounters, RedisCounters
+from gateway.store.db import utcnow
 from gateway.store.ledger import UsageRecord
 from gateway.store.resp import RespClient
 
@@ -39,6 +41,14 @@ class Budget(BaseModel):
         return self
 
 
+class Lease(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    fraction: float = Field(
+        0.01, ge=0, le=0.1, description="Most of a limit one worker may hold as a lease; 0 turns leases off.")
+    requests: int = Field(64, ge=1, description="Most requests' worth of a counter one lease may hold.")
+    seconds: float = Field(1.0, gt=0, le=60, description="An unused lease is given back after this long.")
+
+
 class RateLimit(BaseModel):
     model_config = ConfigDict(extra="forbid")
     scope: Literal["key", "app"] = Field(..., description="Counted per API key or per app.")
@@ -51,7 +61,8 @@ class _Pending:
     prompt_tokens: int = 0
     tokenizer: tokens.Tokenizer | None = None
     strip_usage: bool = False
-    checks: list[limits.Check] = field(default_factory=list)
+    checks: tuple[limits.Check, ...] = ()
+    limits: list[Limit] = field(default_factory=list)  # what was reserved, one per check
     store: Counters | None = None
     chunks: list[Event] = field(default_factory=list)
 
@@ -73,11 +84,16 @@ class TokenAccounting(Policy):
             "fail_closed", description="Redis unreachable: `fail_closed` answers 503; `fail_open` counts in-process.")
         ledger: bool = Field(True, description="Write one usage-ledger row per request.")
         key_prefix: str = Field("gw:acct", min_length=1, description="Prefix of the counter keys in Redis.")
+        lease: Lease = Field(default_factory=Lease, description=(
+            "Per-worker leases on Redis counters, so most requests reserve without a round trip "
+            "(see docs/accounting.md)."))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cfg: TokenAccounting.Config = self.config  # type: ignore[assignment]
         self._pending: dict[str, _Pending] = {}
+        # (key id, tenant, app) -> (minute, its checks): windows change on whole minutes at most.
+        self._checks_cache: dict[tuple[str, str, str], tuple[int, tuple[limits.Check, ...]]] = {}
         configure_mappers()  # ledger rows are built with model_construct, which needs mapped classes
 
     def _shared(self, name: str, make: Any) -> Any:
@@ -124,37 +140,55 @@ class TokenAccounting(Policy):
             pending.prompt_tokens, out = tokens.count_embeddings(tok, request), 0
         prices = self._prices()
         cost = max((prices.get(t.name, FREE).cost(pending.prompt_tokens, out) for t in ctx.candidates), default=0)
-        pending.checks = self._checks(ctx, limits.nano_eur(Decimal(cost)), pending.prompt_tokens + out)
+        pending.checks = self._checks(ctx)
         if pending.checks:
+            amounts = {"eur": limits.nano_eur(Decimal(cost)), "tokens": pending.prompt_tokens + out, "requests": 1}
+            pending.limits = [c.limit(amounts[c.unit]) for c in pending.checks]
             await self._reserve(ctx, pending)
         return request
 
-    def _checks(self, ctx: Context, nano: int, est_tokens: int) -> list[limits.Check]:
-        p, now, out = ctx.principal, limits.utcnow(), []
+    def _checks(self, ctx: Context) -> tuple[limits.Check, ...]:
+        p = ctx.principal
+        minute = int(time.time() // 60)
+        cached = self._checks_cache.get((p.key_id, p.tenant, p.app))
+        if cached is not None and cached[0] == minute:
+            return cached[1]
+        if len(self._checks_cache) > 10_000:
+            self._checks_cache.clear()
+        now, out = limits.utcnow(), []
         for b in self.cfg.budgets:
             who = limits.owner(b.scope, p.tenant, p.app, p.key_id)
             if b.eur is not None:
-                out.append(limits.check("budget", b.scope, who, p.tenant, b.period, "eur",
-                                        limits.nano_eur(b.eur), nano, now))
+                out.append(limits.check("budget", b.scope, who, p.tenant, b.period, "eur", limits.nano_eur(b.eur), now))
             if b.tokens is not None:
-                out.append(limits.check("budget", b.scope, who, p.tenant, b.period, "tokens", b.tokens, est_tokens, now))
+                out.append(limits.check("budget", b.scope, who, p.tenant, b.period, "tokens", b.tokens, now))
         for r in self.cfg.rate_limits:
             who = limits.owner(r.scope, p.tenant, p.app, p.key_id)
             if r.rpm is not None:
-                out.append(limits.check("rate_limit", r.scope, who, p.tenant, "minute", "requests", r.rpm, 1, now))
+                out.append(limits.check("rate_limit", r.scope, who, p.tenant, "minute", "requests", r.rpm, now))
             if r.tpm is not None:
-                out.append(limits.check("rate_limit", r.scope, who, p.tenant, "minute", "tokens", r.tpm, est_tokens, now))
-        return out
+                out.append(limits.check("rate_limit", r.scope, who, p.tenant, "minute", "tokens", r.tpm, now))
+        self._checks_cache[(p.key_id, p.tenant, p.app)] = (int(now.timestamp() // 60), tuple(out))
+        return tuple(out)
 
     async def _reserve(self, ctx: Context, pending: _Pending) -> None:
         redis, memory = self._stores()
         store: Counters = redis or memory
         settler = self._settler(store)
+        lease = self.cfg.lease
+        leases = self._leases(settler) if store is redis and lease.fraction > 0 else None
+        if leases is not None:
+            if leases.take(pending.limits):
+                pending.store = store
+                return
+            leases.ask(pending.limits, lease.fraction, lease.requests)
         settle = settler.take()
         try:
-            refused, values = await store.reserve([c.limit for c in pending.checks], settle)
+            refused, values, leased = await store.reserve(pending.limits, settle)
         except Exception as exc:
             settler.restore(settle)
+            if leases is not None:
+                leases.cancel(pending.limits)
             if store is memory:
                 raise
             metrics.ACCOUNTING_BACKEND_ERRORS.labels(self.cfg.on_backend_error).inc()
@@ -162,9 +196,11 @@ class TokenAccounting(Policy):
             if self.cfg.on_backend_error == "fail_closed":
                 raise PolicyDenied(503, "accounting.unavailable", "Budget accounting is unavailable; try again shortly.",
                                    headers={"Retry-After": "5"}) from None
-            store = memory
-            refused, values = await store.reserve([c.limit for c in pending.checks])
+            store, leases = memory, None
+            refused, values, leased = await store.reserve(pending.limits)
         if refused >= 0:
+            if leases is not None:
+                leases.cancel(pending.limits)
             c = pending.checks[refused]
             p = ctx.principal
             metrics.REJECTIONS.labels(metrics.tenant_label(p.tenant), metrics.app_label(p.app), c.kind, c.name).inc()
@@ -172,6 +208,8 @@ class TokenAccounting(Policy):
             code = "budget.exceeded" if c.kind == "budget" else "rate_limit.exceeded"
             raise PolicyDenied(429, code, c.message(), headers={"Retry-After": str(c.retry_after(limits.utcnow()))})
         pending.store = store
+        if leases is not None:
+            leases.granted(pending.limits, leased, lease.seconds)
         self._gauges(pending.checks, values)
 
     def reads_response(self, ctx: Context) -> bool:
@@ -227,7 +265,7 @@ class TokenAccounting(Policy):
                 jurisdiction=target.jurisdiction if target else "none", prompt_tokens=prompt,
                 completion_tokens=completion, cached_tokens=cached, cost_eur=cost, estimated=estimated,
                 fx_rate=price.fx_rate, price_source=price.source, status=ctx.status,
-                latency_ms=round((time.perf_counter() - ctx.started) * 1000, 3)))
+                at=utcnow(), latency_ms=round((time.perf_counter() - ctx.started) * 1000, 3)))
 
     def _series(self, tenant: str, app: str, model: str, deployment: str, jurisdiction: str) -> tuple[Any, ...]:
         # prometheus_client's labels() stringifies and locks on every call; the label sets are bounded.
@@ -243,20 +281,23 @@ class TokenAccounting(Policy):
     def _settler(self, store: Counters) -> Settler:
         return self._shared(f"settler.{id(store)}", lambda: Settler(store))
 
+    def _leases(self, settler: Settler) -> Leases:
+        return self._shared(f"leases.{id(settler)}", lambda: Leases(settler))
+
     def _settle(self, pending: _Pending, nano: int, actual_tokens: int) -> None:
         assert pending.store is not None
-        deltas = [(c.limit.key, (nano if c.unit == "eur" else actual_tokens) - c.limit.amount)
-                  for c in pending.checks if c.unit != "requests"]
+        deltas = [(lim.key, (nano if c.unit == "eur" else actual_tokens) - lim.amount)
+                  for c, lim in zip(pending.checks, pending.limits, strict=True) if c.unit != "requests"]
         self._settler(pending.store).add(deltas)  # sent with the next reservation (accounting/settle.py)
 
-    def _gauges(self, checks: list[limits.Check], values: list[int]) -> None:
+    def _gauges(self, checks: tuple[limits.Check, ...], values: list[int]) -> None:
         # Budget gauges move with every request; refreshing them once a second per counter is enough.
         last = self._shared("gauges", dict)
         now = time.monotonic()
         for c, v in zip(checks, values, strict=False):
-            if c.kind != "budget" or now - last.get(c.limit.key, 0.0) < 1.0:
+            if c.kind != "budget" or now - last.get(c.key, 0.0) < 1.0:
                 continue
-            last[c.limit.key] = now
+            last[c.key] = now
             who = c.owner
             if c.scope == "tenant":
                 who = metrics.tenant_label(who)
@@ -264,5 +305,5 @@ class TokenAccounting(Policy):
                 tenant, _, app = who.partition("/")
                 who = f"{metrics.tenant_label(tenant)}/{metrics.app_label(app)}"
             scale = float(limits.NANO) if c.unit == "eur" else 1.0
-            metrics.BUDGET_LIMIT.labels(c.scope, who, c.period, c.unit).set(c.limit.limit / scale)
+            metrics.BUDGET_LIMIT.labels(c.scope, who, c.period, c.unit).set(c.max / scale)
             metrics.BUDGET_USED.labels(c.scope, who, c.period, c.unit).set(v / scale)

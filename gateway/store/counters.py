@@ -1,7 +1,9 @@
 """Windowed counters for budgets and rate limits: Redis (shared, survives restarts) or in-process.
 
     reserve(limits)   add every limit's amount, all or nothing: if any counter would pass its
-                      limit, nothing changes and the index of that limit is returned
+                      limit, nothing changes and the index of that limit is returned; with
+                      the amounts, add up to each limit's ``lease`` where it still fits
+                      (capacity a worker holds for later requests, accounting/lease.py)
     adjust(deltas)    add signed deltas to counters that still exist (settling a reservation)
     values(keys)      current values (0 for a missing key)
 
@@ -19,11 +21,11 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.store.resp import RespClient
 
-__all__ = ["Counters", "Limit", "MemoryCounters", "RedisCounters"]
+__all__ = ["Counters", "Limit", "MemoryCounters", "RedisCounters", "Reserved"]
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 3x, and this is per request
@@ -32,13 +34,21 @@ class Limit:
     limit: int
     amount: int  # added by ``reserve``
     ttl_s: int  # the key's lifetime, set when it is created
+    lease: int = 0  # also add up to this much, as far as it fits under the limit
+
+
+class Reserved(NamedTuple):
+    refused: int  # -1: everything was added; otherwise the index of the first limit that refused
+    values: list[int]  # the counters' new values (on refusal: the refusing counter's value)
+    leased: list[int]  # per limit, how much of its ``lease`` was granted (empty on refusal)
 
 
 class Counters(ABC):
     @abstractmethod
-    async def reserve(self, limits: Sequence[Limit], settle: Sequence[tuple[str, int]] = ()) -> tuple[int, list[int]]:
-        """Return ``(-1, new values)`` when all amounts were added, otherwise ``(i, values)``
-        where ``limits[i]`` is the first limit the request would pass and nothing was added.
+    async def reserve(self, limits: Sequence[Limit], settle: Sequence[tuple[str, int]] = ()) -> Reserved:
+        """``refused`` is -1 when all amounts were added, otherwise the index of the first limit
+        the request would pass, and nothing was added. A granted lease is ``min(lease, limit -
+        value - amount)``, never negative.
 
         ``settle`` deltas (as for ``adjust``) are applied first, whatever the outcome: callers
         piggyback earlier requests' settlements on the next reservation, one round trip for both.
@@ -53,28 +63,33 @@ class Counters(ABC):
 
 
 _RESERVE = """
+-- ARGV: n, then per limit (limit, amount, ttl, lease), then one settle delta per extra key
 local n = tonumber(ARGV[1])
 for j = n + 1, #KEYS do
   if redis.call('EXISTS', KEYS[j]) == 1 then
-    redis.call('INCRBY', KEYS[j], ARGV[2 * n + j + 1])
+    redis.call('INCRBY', KEYS[j], ARGV[3 * n + j + 1])
   end
 end
-local vals = {}
+local cur = {}
 for i = 1, n do
-  local cur = tonumber(redis.call('GET', KEYS[i]) or '0')
-  local amount = tonumber(ARGV[3 * i])
-  if amount > 0 and cur + amount > tonumber(ARGV[3 * i - 1]) then
-    return {i - 1, cur}
+  cur[i] = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local amount = tonumber(ARGV[4 * i - 1])
+  if amount > 0 and cur[i] + amount > tonumber(ARGV[4 * i - 2]) then
+    return {i - 1, cur[i]}
   end
 end
+local out = {-1}
 for i = 1, n do
-  vals[i] = redis.call('INCRBY', KEYS[i], ARGV[3 * i])
+  local amount = tonumber(ARGV[4 * i - 1])
+  local granted = math.min(tonumber(ARGV[4 * i + 1]), tonumber(ARGV[4 * i - 2]) - cur[i] - amount)
+  if granted < 0 then granted = 0 end
+  out[i + 1] = redis.call('INCRBY', KEYS[i], amount + granted)
+  out[n + i + 1] = granted
   if redis.call('TTL', KEYS[i]) < 0 then
-    redis.call('EXPIRE', KEYS[i], ARGV[3 * i + 1])
+    redis.call('EXPIRE', KEYS[i], ARGV[4 * i])
   end
 end
-table.insert(vals, 1, -1)
-return vals
+return out
 """
 
 _ADJUST = """
@@ -117,18 +132,19 @@ class RedisCounters(Counters):
     def _k(self, key: str) -> str:
         return f"{self.prefix}:{key}"
 
-    async def reserve(self, limits: Sequence[Limit], settle: Sequence[tuple[str, int]] = ()) -> tuple[int, list[int]]:
+    async def reserve(self, limits: Sequence[Limit], settle: Sequence[tuple[str, int]] = ()) -> Reserved:
         if not limits and not settle:
-            return -1, []
+            return Reserved(-1, [], [])
         args: list[int] = [len(limits)]
         for lim in limits:
-            args += [lim.limit, lim.amount, lim.ttl_s]
+            args += [lim.limit, lim.amount, lim.ttl_s, lim.lease]
         args += [d for _, d in settle]
         keys = [self._k(lim.key) for lim in limits] + [self._k(k) for k, _ in settle]
-        out = await self._reserve(keys=keys, args=args)
-        if int(out[0]) >= 0:
-            return int(out[0]), [int(v) for v in out[1:]]
-        return -1, [int(v) for v in out[1:]]
+        out = [int(v) for v in await self._reserve(keys=keys, args=args)]
+        if out[0] >= 0:
+            return Reserved(out[0], out[1:], [])
+        n = len(limits)
+        return Reserved(-1, out[1:n + 1], out[n + 1:])
 
     async def adjust(self, deltas: Sequence[tuple[str, int]]) -> list[int]:
         if not deltas:
@@ -160,24 +176,26 @@ class MemoryCounters(Counters):
             return 0
         return int(item[0])
 
-    async def reserve(self, limits: Sequence[Limit], settle: Sequence[tuple[str, int]] = ()) -> tuple[int, list[int]]:
+    async def reserve(self, limits: Sequence[Limit], settle: Sequence[tuple[str, int]] = ()) -> Reserved:
         if settle:
             await self.adjust(settle)
         now = self._clock()
         current = [self._get(lim.key, now) for lim in limits]
         for i, (lim, cur) in enumerate(zip(limits, current, strict=True)):
             if lim.amount > 0 and cur + lim.amount > lim.limit:
-                return i, [cur]
-        out = []
-        for lim in limits:
+                return Reserved(i, [cur], [])
+        values, leased = [], []
+        for lim, cur in zip(limits, current, strict=True):
+            granted = max(0, min(lim.lease, lim.limit - cur - lim.amount))
             item = self._data.get(lim.key)
             if item is None:
                 item = self._data[lim.key] = [0, now + lim.ttl_s]
-            item[0] += lim.amount
-            out.append(int(item[0]))
+            item[0] += lim.amount + granted
+            values.append(int(item[0]))
+            leased.append(granted)
         if len(self._data) > 10_000:
             self._expire(now)
-        return -1, out
+        return Reserved(-1, values, leased)
 
     async def adjust(self, deltas: Sequence[tuple[str, int]]) -> list[int]:
         now = self._clock()
