@@ -31,19 +31,19 @@ async def test_requests_are_taken_from_the_lease_until_it_runs_out() -> None:
     leases = Leases(Settler(store), clock)
     first = limits()
     assert not leases.take(first)  # nothing held yet
-    leases.ask(first, fraction=0.01, requests=4)
+    topup = leases.ask(first, fraction=0.01, requests=4)
     assert [lim.lease for lim in first] == [40, 4]  # min(1% of the limit, 4 requests' worth)
     res = await store.reserve(first)
-    leases.granted(first, res.leased, seconds=1)
+    leases.granted(first, res.leased, seconds=1, topup=topup)
     assert await store.values(["eur", "rpm"]) == [50, 5]
     assert [leases.take(limits()) for _ in range(5)] == [True, True, True, True, False]
     top_up = limits()
-    leases.ask(top_up, fraction=0.01, requests=4)
+    pending = leases.ask(top_up, fraction=0.01, requests=4)
     assert [lim.lease for lim in top_up] == [40, 4]  # the eur lease is empty, the rpm lease too
     again = limits()
-    leases.ask(again, fraction=0.01, requests=4)
+    assert leases.ask(again, fraction=0.01, requests=4) is None
     assert [lim.lease for lim in again] == [0, 0]  # the top-up in flight already asks for it
-    leases.cancel(top_up)
+    leases.cancel(top_up, pending)
     leases.ask(again, fraction=0.01, requests=4)
     assert [lim.lease for lim in again] == [40, 4]
 
@@ -53,8 +53,8 @@ async def test_an_unused_lease_is_given_back_after_it_expires() -> None:
     settler = Settler(store, max_delay_s=0.01)
     leases = Leases(settler, clock)
     lims = limits()
-    leases.ask(lims, fraction=0.01, requests=4)
-    leases.granted(lims, (await store.reserve(lims)).leased, seconds=0.05)
+    topup = leases.ask(lims, fraction=0.01, requests=4)
+    leases.granted(lims, (await store.reserve(lims)).leased, seconds=0.05, topup=topup)
     assert leases.take(limits())
     clock.now += 1
     assert not leases.take(limits())  # expired: the rest is no longer usable
@@ -82,16 +82,16 @@ async def test_workers_with_leases_never_pass_the_limit_and_give_back_what_they_
         nonlocal served
         store, leases = stores[i % 4], workers[i % 4]
         lims = [Limit("budget", 1_000, 7, 60)]
-        if leases.take(lims):
+        if leases.take(lims) or await leases.wait(lims):
             served += 1
             return
-        leases.ask(lims, fraction=0.1, requests=8)
+        topup = leases.ask(lims, fraction=0.1, requests=8)
         res = await store.reserve(lims, settlers[i % 4].take())
         if res.refused == -1:
             served += 1
-            leases.granted(lims, res.leased, seconds=0.05)
+            leases.granted(lims, res.leased, seconds=0.05, topup=topup)
         else:
-            leases.cancel(lims)
+            leases.cancel(lims, topup)
 
     try:
         for wave in range(40):  # ten requests at a time, spread over the four workers
@@ -106,3 +106,31 @@ async def test_workers_with_leases_never_pass_the_limit_and_give_back_what_they_
         if keys:
             await client.delete(*keys)
         await client.aclose()
+
+
+async def test_requests_arriving_during_a_top_up_wait_for_it_instead_of_calling_redis() -> None:
+    calls = 0
+
+    class Counting(MemoryCounters):
+        async def reserve(self, limits, settle=()):  # type: ignore[no-untyped-def]
+            nonlocal calls
+            calls += 1
+            await asyncio.sleep(0.01)  # a round trip
+            return await super().reserve(limits, settle)
+
+    store = Counting()
+    leases = Leases(Settler(store))
+
+    async def request() -> None:
+        lims = [Limit("eur", 1_000_000, 10, 60), Limit("rpm", 100_000, 1, 60)]
+        if leases.take(lims) or await leases.wait(lims):
+            return
+        topup = leases.ask(lims, fraction=0.01, requests=64)
+        res = await store.reserve(lims)
+        assert res.refused == -1
+        leases.granted(lims, res.leased, seconds=1, topup=topup)
+
+    await asyncio.gather(*(request() for _ in range(32)))
+    # One request went to Redis and asked for the lease; 31 more requests would have, one by one.
+    assert calls == 1
+    assert await store.values(["eur", "rpm"]) == [10 + 640, 1 + 64]  # 64 requests' worth of each

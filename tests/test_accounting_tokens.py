@@ -80,6 +80,23 @@ def test_message_overhead_and_tool_definitions_count() -> None:
     assert with_tools > bare + 10 and not exact
 
 
+def test_prompt_counts_are_remembered_per_text_per_tokenizer_and_the_cache_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[str] = []
+    tok = tokens.load("o200k_base")
+    spy = tokens.Tokenizer(tok.family, tok.exact, lambda text: calls.append(text) or tok.count(text))
+    monkeypatch.setattr(tokens, "_PROMPTS", {})
+    monkeypatch.setattr(tokens, "_PROMPTS_MAX", 3)
+    texts = ["first turn", "second turn", "first turn", "third", "fourth", "first turn"]
+    assert [spy.count_prompt(t) for t in texts] == [tok.count(t) for t in texts]
+    assert calls == ["first turn", "second turn", "third", "fourth", "first turn"]  # evicted, then again
+    assert len(tokens._PROMPTS) == 3 and not any(isinstance(part, str) and "turn" in part
+                                                 for key in tokens._PROMPTS for part in key)
+    other = tokens.load("cl100k_base")
+    assert other.count_prompt("first turn") == other.count("first turn")  # its own entry
+
+
 def test_usage_is_found_without_decoding_the_body() -> None:
     body = orjson.dumps({"id": "x", "choices": [{"message": {"content": 'he said "usage": {"a": 1}'}}],
                          "usage": {"prompt_tokens": 7, "completion_tokens": 3,

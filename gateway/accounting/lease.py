@@ -4,7 +4,8 @@ A reservation that goes to Redis also asks, for each of its counters, for a leas
 added to the counter in the same atomic script (so no other worker can use it) but not yet
 used by any request. The worker's later requests take their amounts out of its leases in
 process, as long as every counter they touch has enough left; a request that does not fit
-goes to Redis, which tops the leases up in the same script.
+goes to Redis, which tops the leases up in the same script. Requests that arrive while a
+top-up is on its way wait for it instead of each going to Redis on their own.
 
   * No overspend. A lease is added under the limit by the same script that checks every
     reservation, so spent + reserved + leased never passes a limit (settling actual cost is
@@ -34,6 +35,7 @@ class Leases:
         self._clock = clock
         self._held: dict[str, list[float]] = {}  # counter key -> [left, expires at]
         self._asked: dict[str, int] = {}  # counter key -> lease asked for by reservations in flight
+        self._topups: dict[str, asyncio.Event] = {}  # counter key -> set when its latest top-up returns
         self._sweep: asyncio.TimerHandle | None = None
 
     def take(self, limits: Sequence[Limit]) -> bool:
@@ -48,10 +50,29 @@ class Leases:
             held[lim.key][0] -= lim.amount
         return True
 
-    def ask(self, limits: Sequence[Limit], fraction: float, requests: int) -> None:
-        """Set each limit's ``lease`` to what would bring this worker's lease up to its size,
-        counting what reservations still in flight asked for; ``granted`` or ``cancel`` must follow."""
+    async def wait(self, limits: Sequence[Limit]) -> bool:
+        """When top-ups already on their way cover every counter whose lease is short, wait for
+        them and take; False (without waiting) when some counter has none coming."""
         now = self._clock()
+        events = set()
+        for lim in limits:
+            lease = self._held.get(lim.key)
+            if lease is not None and lease[1] > now and lease[0] >= lim.amount:
+                continue
+            event = self._topups.get(lim.key)
+            if event is None:
+                return False
+            events.add(event)
+        for event in events:
+            await event.wait()
+        return self.take(limits)
+
+    def ask(self, limits: Sequence[Limit], fraction: float, requests: int) -> asyncio.Event | None:
+        """Set each limit's ``lease`` to what would bring this worker's lease up to its size,
+        counting what reservations still in flight asked for. When anything is asked for, the
+        returned top-up must be passed to ``granted`` or ``cancel``."""
+        now = self._clock()
+        topup = None
         for lim in limits:
             lease = self._held.get(lim.key)
             left = int(lease[0]) if lease is not None and lease[1] > now else 0
@@ -59,8 +80,11 @@ class Leases:
             lim.lease = max(0, size - left - self._asked.get(lim.key, 0)) if size >= lim.amount else 0
             if lim.lease:
                 self._asked[lim.key] = self._asked.get(lim.key, 0) + lim.lease
+                topup = topup or asyncio.Event()
+                self._topups[lim.key] = topup
+        return topup
 
-    def cancel(self, limits: Sequence[Limit]) -> None:
+    def cancel(self, limits: Sequence[Limit], topup: asyncio.Event | None) -> None:
         """The reservation failed or was refused: nothing of what it asked for was granted."""
         for lim in limits:
             if lim.lease:
@@ -69,12 +93,17 @@ class Leases:
                     self._asked[lim.key] = left
                 else:
                     self._asked.pop(lim.key, None)
+                if self._topups.get(lim.key) is topup:
+                    del self._topups[lim.key]
                 lim.lease = 0
+        if topup is not None:
+            topup.set()  # waiters try the leases again, or go to Redis themselves
 
-    def granted(self, limits: Sequence[Limit], leased: Sequence[int], seconds: float) -> None:
+    def granted(self, limits: Sequence[Limit], leased: Sequence[int], seconds: float,
+                topup: asyncio.Event | None) -> None:
         """Add what Redis granted; a topped-up lease lives ``seconds`` from now."""
         now = self._clock()
-        self.cancel(limits)  # no longer in flight
+        self.cancel(limits, topup)  # no longer in flight; waiters resume after this returns
         for lim, amount in zip(limits, leased, strict=True):
             if not amount:
                 continue

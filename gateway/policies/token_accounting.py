@@ -177,18 +177,19 @@ class TokenAccounting(Policy):
         settler = self._settler(store)
         lease = self.cfg.lease
         leases = self._leases(settler) if store is redis and lease.fraction > 0 else None
+        topup = None
         if leases is not None:
-            if leases.take(pending.limits):
+            if leases.take(pending.limits) or await leases.wait(pending.limits):
                 pending.store = store
                 return
-            leases.ask(pending.limits, lease.fraction, lease.requests)
+            topup = leases.ask(pending.limits, lease.fraction, lease.requests)
         settle = settler.take()
         try:
             refused, values, leased = await store.reserve(pending.limits, settle)
         except Exception as exc:
             settler.restore(settle)
             if leases is not None:
-                leases.cancel(pending.limits)
+                leases.cancel(pending.limits, topup)
             if store is memory:
                 raise
             metrics.ACCOUNTING_BACKEND_ERRORS.labels(self.cfg.on_backend_error).inc()
@@ -200,7 +201,7 @@ class TokenAccounting(Policy):
             refused, values, leased = await store.reserve(pending.limits)
         if refused >= 0:
             if leases is not None:
-                leases.cancel(pending.limits)
+                leases.cancel(pending.limits, topup)
             c = pending.checks[refused]
             p = ctx.principal
             metrics.REJECTIONS.labels(metrics.tenant_label(p.tenant), metrics.app_label(p.app), c.kind, c.name).inc()
@@ -209,7 +210,7 @@ class TokenAccounting(Policy):
             raise PolicyDenied(429, code, c.message(), headers={"Retry-After": str(c.retry_after(limits.utcnow()))})
         pending.store = store
         if leases is not None:
-            leases.granted(pending.limits, leased, lease.seconds)
+            leases.granted(pending.limits, leased, lease.seconds, topup)
         self._gauges(pending.checks, values)
 
     def reads_response(self, ctx: Context) -> bool:
