@@ -1,6 +1,6 @@
 """Throughput and latency with token_accounting active, against the empty chain, in one run.
 
-    .venv/bin/python bench/accounting.py [--rounds 5] [--seconds 5] [--stream]
+    .venv/bin/python bench/accounting.py [--rounds 5] [--seconds 5] [--stream] [--unique]
 
 Alternates ``bench/overhead.py --runs 1`` with the empty chain and with ``--accounting``
 (Redis reserve and settle on five counters, one ledger row per request through the batched
@@ -21,9 +21,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def one(seconds: int, stream: bool, accounting: bool) -> dict[str, float]:
+def one(seconds: int, stream: bool, accounting: bool, unique: bool) -> dict[str, float]:
     cmd = [sys.executable, str(HERE / "overhead.py"), "--runs", "1", "--seconds", str(seconds)]
     cmd += ["--stream"] if stream else []
+    cmd += ["--unique"] if unique else []
     cmd += ["--accounting", "--label", "accounting"] if accounting else []
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     raw = ast.literal_eval(out.split("raw runs:", 1)[1].strip())
@@ -35,6 +36,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--stream", action="store_true")
+    ap.add_argument("--unique", action="store_true", help="a different prompt in every request (no cached counts)")
     args = ap.parse_args()
     empty: list[dict[str, float]] = []
     acct: list[dict[str, float]] = []
@@ -42,7 +44,7 @@ def main() -> None:
         # Swap the order every round so neither setup always runs on a warmer or busier machine.
         order = (False, True) if i % 2 == 0 else (True, False)
         for accounting in order:
-            (acct if accounting else empty).append(one(args.seconds, args.stream, accounting))
+            (acct if accounting else empty).append(one(args.seconds, args.stream, accounting, args.unique))
         print(f"round {i + 1}: empty {empty[-1]['g_rps']:.0f} req/s, accounting {acct[-1]['g_rps']:.0f} req/s",
               file=sys.stderr)
 
@@ -51,7 +53,7 @@ def main() -> None:
 
     ratios = [a["g_rps"] / e["g_rps"] for a, e in zip(acct, empty, strict=True)]
     added = [a["g_p50"] - e["g_p50"] for a, e in zip(acct, empty, strict=True)]
-    kind = "streamed" if args.stream else "non-streamed"
+    kind = ("streamed" if args.stream else "non-streamed") + (", a different prompt per request" if args.unique else "")
     print(f"\n{kind}, {args.rounds} alternating rounds, wrk -t1 {args.seconds}s each\n")
     print("| metric | empty chain | token_accounting | accounting / empty |")
     print("|---|---|---|---|")

@@ -64,11 +64,15 @@ def wait_port(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"port {port} did not open")
 
 
-def wrk(url: str, body: str, key: str | None, connections: int, seconds: int) -> dict[str, float]:
+def wrk(url: str, body: str, key: str | None, connections: int, seconds: int, unique: bool = False) -> dict[str, float]:
     auth = f'wrk.headers["Authorization"] = "Bearer {key}"\n' if key else ""
+    # --unique: every request's last message ends with its own number, so nothing per-text is cached.
+    vary = ("n = 0\nrequest = function()\n  n = n + 1\n"
+            f"  return wrk.format(nil, nil, nil, (string.gsub([[{body}]], '\"}}]', ' #' .. n .. '\"}}]', 1)))\nend\n"
+            if unique else "")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(f'wrk.method = "POST"\nwrk.body = [[{body}]]\n'
-                     f'wrk.headers["Content-Type"] = "application/json"\n{auth}')
+                     f'wrk.headers["Content-Type"] = "application/json"\n{auth}{vary}')
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url],
                          capture_output=True, text=True, check=True).stdout
     os.unlink(script.name)
@@ -101,6 +105,8 @@ def main() -> None:
     ap.add_argument("--stream", action="store_true", help="benchmark streamed completions")
     ap.add_argument("--redis-url", default=None, help="storage.redis_url for the gateway")
     ap.add_argument("--label", default="empty chain")
+    ap.add_argument("--unique", action="store_true",
+                    help="a different prompt in every request (defeats per-text caches such as token counts)")
     ap.add_argument("--pii", action="store_true",
                     help="pii_redaction active (fast path, default entities) and a prompt with an email and IBAN")
     ap.add_argument("--accounting", action="store_true",
@@ -149,11 +155,12 @@ storage:
         body = PII_BODY if args.pii else STREAM_BODY if args.stream else BODY
         direct_url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
         gw_url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
-        wrk(gw_url, body, key, 4, 2)  # warm-up
+        wrk(gw_url, body, key, 4, 2, args.unique)  # warm-up
         rows: dict[str, list[float]] = {k: [] for k in ("d_p50", "d_p99", "d_rps", "g_p50", "g_p99", "g_rps")}
         for _ in range(args.runs):
-            d1, g1 = wrk(direct_url, body, None, 1, args.seconds), wrk(gw_url, body, key, 1, args.seconds)
-            d32, g32 = wrk(direct_url, body, None, 32, args.seconds), wrk(gw_url, body, key, 32, args.seconds)
+            d1, g1 = wrk(direct_url, body, None, 1, args.seconds), wrk(gw_url, body, key, 1, args.seconds, args.unique)
+            d32 = wrk(direct_url, body, None, 32, args.seconds)
+            g32 = wrk(gw_url, body, key, 32, args.seconds, args.unique)
             for prefix, one, many in (("d", d1, d32), ("g", g1, g32)):
                 rows[f"{prefix}_p50"].append(one["p50"])
                 rows[f"{prefix}_p99"].append(one["p99"])
