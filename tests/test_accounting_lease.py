@@ -134,3 +134,51 @@ async def test_requests_arriving_during_a_top_up_wait_for_it_instead_of_calling_
     # One request went to Redis and asked for the lease; 31 more requests would have, one by one.
     assert calls == 1
     assert await store.values(["eur", "rpm"]) == [10 + 640, 1 + 64]  # 64 requests' worth of each
+
+
+async def test_a_request_cancelled_during_its_top_up_does_not_leave_the_others_waiting() -> None:
+    from gateway.auth import Principal
+    from gateway.config import Config
+    from gateway.policies.token_accounting import TokenAccounting
+    from gateway.policy import Context, Target
+    from gateway.services import Services
+
+    config = Config.model_validate({
+        "deployments": {"eu": {"kind": "openai_compatible", "base_url": "http://127.0.0.1:9/v1",
+                               "model": "mistral-7b-instruct", "jurisdiction": "EU", "region": "fr-par"}},
+        "models": {"m": {"deployments": ["eu"]}}, "storage": {"redis_url": REDIS_URL}})
+    services = Services(config=config)
+    services.redis = aioredis.from_url(REDIS_URL)
+    prefix = f"test:{uuid.uuid4().hex}"
+    policy = TokenAccounting(TokenAccounting.Config.model_validate(
+        {"key_prefix": prefix, "rate_limits": [{"scope": "key", "rpm": 1_000_000}]}), services=services)
+    principal = Principal("k1", "t", "a", frozenset({"*"}), frozenset({"chat"}))
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    stuck = asyncio.Event()
+    original = RedisCounters.reserve
+
+    async def first_call_hangs(self, limits, settle=()):  # type: ignore[no-untyped-def]
+        if not stuck.is_set():
+            stuck.set()
+            await asyncio.sleep(3600)
+        return await original(self, limits, settle)
+
+    def ctx() -> Context:
+        return Context(principal, "chat", "m", [Target("eu", config.deployments["eu"])])
+
+    RedisCounters.reserve = first_call_hangs  # type: ignore[method-assign]
+    try:
+        first = asyncio.create_task(policy.on_request(ctx(), body))
+        await stuck.wait()  # it asked for the lease and waits for Redis
+        second = asyncio.create_task(policy.on_request(ctx(), body))  # waits for that top-up
+        await asyncio.sleep(0.05)
+        assert not second.done()
+        first.cancel()
+        await asyncio.wait_for(second, 5)  # goes to Redis itself instead of waiting forever
+        await asyncio.wait_for(policy.on_request(ctx(), body), 5)
+    finally:
+        RedisCounters.reserve = original  # type: ignore[method-assign]
+        keys = [k async for k in services.redis.scan_iter(f"{prefix}:*")]
+        if keys:
+            await services.redis.delete(*keys)
+        await services.redis.aclose()

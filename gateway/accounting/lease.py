@@ -15,8 +15,9 @@ top-up is on its way wait for it instead of each going to Redis on their own.
     down to nothing, and requests then reserve one by one exactly as without leases.
   * Lifetime. A lease not topped up for ``seconds`` expires, and what is left of it is given
     back (a negative settlement) within another ``seconds``. Until then that capacity counts as
-    used: near a limit, another worker may be refused while this one still holds a lease. Leases held by a worker that stops
-    stay counted until their window ends (at most ``fraction`` of each limit per worker).
+    used: near a limit, another worker may be refused while this one still holds a lease.
+    Leases held by a worker that stops stay counted until their window ends (at most
+    ``fraction`` of each limit per worker).
 """
 
 from __future__ import annotations

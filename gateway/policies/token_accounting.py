@@ -186,6 +186,10 @@ class TokenAccounting(Policy):
         settle = settler.take()
         try:
             refused, values, leased = await store.reserve(pending.limits, settle)
+        except asyncio.CancelledError:  # the client went away; whether Redis ran the script is unknown
+            if leases is not None:
+                leases.cancel(pending.limits, topup)  # requests waiting for this top-up must not hang
+            raise
         except Exception as exc:
             settler.restore(settle)
             if leases is not None:
