@@ -28,7 +28,7 @@ import os
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -299,7 +299,10 @@ class _Insert:
         self.sql = compiled.string
         self.positional = dialect.positional
         self.names = list(compiled.positiontup or ()) if self.positional else [c.key for c in table.columns]
-        self._get = operator.itemgetter(*self.names)
+        get = operator.itemgetter(*self.names)
+        # itemgetter of one name returns the value, of several a tuple: always make it a tuple.
+        self._get: Callable[[Mapping[str, Any]], tuple[Any, ...]] = (
+            get if len(self.names) > 1 else lambda d: (get(d),))
         processors = [table.columns[n].type.dialect_impl(dialect).bind_processor(dialect) for n in self.names]
         self._process = [(i, p) for i, p in enumerate(processors) if p is not None]
 
