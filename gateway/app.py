@@ -120,6 +120,7 @@ class Gateway:
             self._watch.cancel()
         for upstream in self.upstreams.values():
             await upstream.close()
+        await self.services.aclose()  # e.g. leases given back and settlements sent, before Redis closes
         if self.services.redis is not None:
             await self.services.redis.aclose()
         await self.writer.stop()  # after the upstreams: in-flight requests have queued their rows

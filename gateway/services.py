@@ -6,6 +6,7 @@ gateway's own embeddings path) instead of importing each other or the app.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,4 +28,17 @@ class Services:
     embed: Embed | None = None  # the gateway's own embeddings path (router + upstreams)
     writer: Any = None  # gateway.store.writer.Writer: batched, off-the-hot-path SQL rows
     consents: Any = None  # gateway.store.consent.ConsentRegistry (or a fake in `gateway policy test`)
+    # Shared state policies create on first use (counters, leases, the RAG store, ...). Objects
+    # with an async ``aclose`` are closed at shutdown, newest first, by ``aclose`` below.
     extras: dict[str, Any] = field(default_factory=dict)
+
+    async def aclose(self) -> None:
+        """Close the extras that can be closed, newest first (they may use older ones)."""
+        for name, extra in reversed(list(self.extras.items())):
+            close = getattr(extra, "aclose", None)
+            if close is None:
+                continue
+            try:
+                await close()
+            except Exception as exc:  # one failing must not keep the others open
+                logging.getLogger("gateway.services").warning("closing %s failed (%s)", name, type(exc).__name__)

@@ -182,3 +182,23 @@ def test_the_ledger_holds_no_prompt_text(gateway_factory: Factory, upstream: Dev
     chat(gw, gw.key(), {**CHAT, "messages": [{"role": "user", "content": "secret-project-zebra"}]})
     [row] = ledger(gw.gateway.engine, 1)
     assert b"zebra" not in orjson.dumps(row.model_dump(), default=str)
+
+
+def test_a_clean_shutdown_gives_leases_back_so_redis_holds_exactly_what_was_used(
+    gateway_factory: Factory, upstream: DevUpstream, tmp_path: Path
+) -> None:
+    import redis
+
+    policies, prefix = policy_file(tmp_path, budgets=[{"scope": "tenant", "period": "month", "tokens": 10_000_000}])
+    gw = gateway_factory(priced_config(upstream, storage={"redis_url": REDIS_URL}), policies)
+    key = gw.key(tenant="lease")
+    assert all(chat(gw, key).status_code == 200 for _ in range(3))
+    client = redis.Redis.from_url(REDIS_URL)
+    [counter] = client.keys(f"{prefix}:*")
+    rows = ledger(gw.gateway.engine, 3)
+    used = sum(r.prompt_tokens + r.completion_tokens for r in rows)
+    assert int(client.get(counter)) > used  # the worker holds a lease on top of what was used
+    gw.stop()
+    assert int(client.get(counter)) == used  # given back, and the settlements sent, at shutdown
+    client.delete(counter)
+    client.close()

@@ -16,8 +16,8 @@ top-up is on its way wait for it instead of each going to Redis on their own.
   * Lifetime. A lease not topped up for ``seconds`` expires, and what is left of it is given
     back (a negative settlement) within another ``seconds``. Until then that capacity counts as
     used: near a limit, another worker may be refused while this one still holds a lease.
-    Leases held by a worker that stops stay counted until their window ends (at most
-    ``fraction`` of each limit per worker).
+    A worker that shuts down cleanly gives its leases back; one that dies keeps them counted
+    until their window ends (at most ``fraction`` of each limit per worker).
 """
 
 from __future__ import annotations
@@ -118,6 +118,16 @@ class Leases:
                 lease[1] = now + seconds
         if self._held and self._sweep is None:
             self._sweep = asyncio.get_running_loop().call_later(seconds, self._expire, seconds)
+
+    async def aclose(self) -> None:
+        """Shutdown: give every lease back and send it (with pending settlements) now."""
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        for key, lease in self._held.items():
+            self._give_back(key, lease)
+        self._held.clear()
+        await self.settler.flush()
 
     def _expire(self, seconds: float) -> None:
         now = self._clock()

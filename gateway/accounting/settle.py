@@ -4,8 +4,8 @@ Settling a request (actual minus reserved) used to cost its own Redis round trip
 now summed per counter and sent with the next reservation, in the same Lua script; when no
 reservation comes within ``max_delay_s`` a timer sends them alone. Until then a counter can be
 over by what was reserved but not used (conservative) or under by what was used beyond the
-reservation, for at most ``max_delay_s``. Deltas pending at shutdown are lost; their
-reservations then stay counted until the window ends.
+reservation, for at most ``max_delay_s``. A clean shutdown sends what is pending; after a crash
+those reservations stay counted until the window ends.
 """
 
 from __future__ import annotations
@@ -42,6 +42,12 @@ class Settler:
     def restore(self, deltas: list[tuple[str, int]]) -> None:
         for key, delta in deltas:
             self._pending[key] = self._pending.get(key, 0) + delta
+
+    async def aclose(self) -> None:
+        """Shutdown: send what is pending now."""
+        if self._timer is not None:
+            self._timer.cancel()
+        await self.flush()
 
     async def flush(self) -> None:
         self._timer = None

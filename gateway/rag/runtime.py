@@ -27,6 +27,10 @@ class Rag:
         spec = self.settings.collections.get(collection)
         return spec is not None and tenant in spec.tenants
 
+    async def aclose(self) -> None:
+        """Shutdown: close the store's connections (Weaviate's REST and gRPC channels)."""
+        await self.store.close()
+
     @property
     def needs_vectors(self) -> bool:
         return not getattr(self.store, "server_vectorizer", False)

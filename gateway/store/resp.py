@@ -163,3 +163,5 @@ class RespClient:
         if self._proto is not None and self._proto.transport is not None:
             self._proto.transport.close()
         self._proto = None
+
+    aclose = close  # closed with the other shared extras at shutdown (Services.aclose)
