@@ -5,14 +5,15 @@
       residency: {...}
     tenants:
       hr:
-        residency: {...}   # overrides the default section key by key
+        residency: {...}   # merged over the default section, key by key at every depth
         apps:
           chatbot:
             pii_redaction: {...}
 
 The chain runs the sections in the order they first appear: defaults, then tenant, then app.
-Every section may set ``mode: enforce | shadow | off``. The bundle's content hash goes into
-every decision record and into ``/readyz``.
+Every section may set ``mode: enforce | shadow | off``, ``replace: true`` (tenant and app layers)
+and ``reason:``. How layers merge and what counts as loosening: ``gateway.layering``. The
+bundle's content hash goes into every decision record and into ``/readyz``.
 """
 
 from __future__ import annotations
@@ -25,23 +26,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from gateway.chain import Chain
 from gateway.config import Config
+from gateway.layering import Layer, Loc, Loosening, Resolved, body, mode_of, resolve
 from gateway.policies import REGISTRY, load_all
 from gateway.policy import Policy
 from gateway.services import Services
 from gateway.yamlsrc import ConfigError, Source, dotted, load
 
+__all__ = ["MODES", "Bundle", "BundleHolder", "load_bundle", "mode_of", "parse_bundle"]
+
 MODES = ("enforce", "shadow", "off")
-
-
-def mode_of(section: dict[str, Any]) -> Any:
-    """A section's mode; YAML reads a bare `off` as false, which means `off` here."""
-    mode = section.get("mode", "enforce")
-    return "off" if mode is False else mode
 log = logging.getLogger("gateway.policy")
+
+
+def _normalize(name: str, raw: dict[str, Any]) -> dict[str, Any]:
+    return REGISTRY[name].normalize(raw)
+
+
+def _validate(name: str, raw: dict[str, Any]) -> BaseModel:
+    return REGISTRY[name].Config.model_validate(raw)
+
+
+def _loosened(name: str, before: BaseModel | None, after: BaseModel) -> list[tuple[Loc, str]]:
+    return REGISTRY[name].loosened(before, after)
 
 
 @dataclass
@@ -52,45 +62,81 @@ class Bundle:
     services: Services | None = None  # set by the gateway before the first request
     sources: list[Source] = field(default_factory=list)
     _chains: dict[tuple[str, str], Chain] = field(default_factory=dict)
+    _resolved: dict[tuple[str, str], Resolved] = field(default_factory=dict)
 
-    def where(self, loc: tuple[str | int, ...]) -> str:
-        """``file:line`` of the most specific source that defines ``loc``."""
-        for src in reversed(self.sources):
-            if loc in src.lines:
-                return src.where(loc)
+    def where(self, loc: Loc) -> str:
+        """``file:line`` of the most specific source that defines ``loc`` (or its longest defined prefix)."""
+        for i in range(len(loc), 0, -1):
+            for src in reversed(self.sources):
+                if loc[:i] in src.lines:
+                    return src.where(loc[:i])
         return self.sources[0].where(loc) if self.sources else "<bundle>"
 
     @classmethod
     def empty(cls) -> Bundle:
         return cls(hash=hashlib.sha256(b"").hexdigest()[:16])
 
+    def scopes(self) -> list[tuple[str, str]]:
+        """Every layer combination the bundle names: ("", "") defaults, (t, "") tenant, (t, a) app."""
+        out: list[tuple[str, str]] = [("", "")]
+        for tenant, spec in self.tenants.items():
+            out += [(tenant, ""), *((tenant, app) for app in spec.get("apps", {}))]
+        return out
+
+    def layers(self, tenant: str, app: str) -> list[Layer]:
+        out = [Layer(("defaults",), self.defaults)]
+        spec = self.tenants.get(tenant)
+        if spec is not None:
+            out.append(Layer(("tenants", tenant), spec.get("policies", {})))
+            if app in spec.get("apps", {}):
+                out.append(Layer(("tenants", tenant, "apps", app), spec["apps"][app]))
+        return out
+
+    def resolve(self, tenant: str, app: str) -> Resolved:
+        """The app's effective policy: merged sections, shadow trials, origins and loosenings."""
+        key = (tenant, app)
+        resolved = self._resolved.get(key)
+        if resolved is None:
+            scope = f"{tenant or '*'}/{app or '*'}"
+            resolved = resolve(self.layers(tenant, app), scope, _normalize, _validate, _loosened, self.where)
+            self._resolved[key] = resolved
+        return resolved
+
+    def loosenings(self) -> list[Loosening]:
+        """Every loosening of an inherited value, once each (a tenant's shows under each of its apps too)."""
+        seen: dict[tuple[str, str, Loc, str], Loosening] = {}
+        for tenant, app in self.scopes():
+            for item in self.resolve(tenant, app).loosenings:
+                seen.setdefault((item.override_at, item.section, item.path, item.message), item)
+        return list(seen.values())
+
     def sections_for(self, tenant: str, app: str) -> dict[str, dict[str, Any]]:
-        """The merged policy sections for one app, in chain order."""
-        merged = {name: dict(cfg) for name, cfg in self.defaults.items()}
-        t = self.tenants.get(tenant, {})
-        layers = [t.get("policies", {}), t.get("apps", {}).get(app, {})]
-        for layer in layers:
-            for name, cfg in layer.items():
-                merged[name] = {**merged.get(name, {}), **cfg}
-        return merged
+        """The merged (enforced or off) policy sections for one app, in chain order."""
+        return self.resolve(tenant, app).sections
 
     def chain_for(self, tenant: str, app: str) -> Chain:
         chain = self._chains.get((tenant, app))
         if chain is None:
-            chain = Chain(_instantiate(self.sections_for(tenant, app), self.services))
+            chain = Chain(_instantiate(self.resolve(tenant, app), self.services))
             self._chains[(tenant, app)] = chain
         return chain
 
+    def with_services(self, services: Services) -> Bundle:
+        """The same bundle bound to other services (dry runs); resolutions are shared, chains are not."""
+        return Bundle(self.hash, self.defaults, self.tenants, services, self.sources, {}, self._resolved)
 
-def _instantiate(sections: dict[str, dict[str, Any]], services: Services | None) -> list[Policy]:
+
+def _instantiate(resolved: Resolved, services: Services | None) -> list[Policy]:
+    """Policies in chain order; a shadow trial runs right after the enforced section it varies."""
     policies = []
-    for name, raw in sections.items():
-        cfg = {k: v for k, v in raw.items() if k != "mode"}
-        mode = mode_of(raw)
-        if mode == "off":
-            continue
-        cls = REGISTRY[name]
-        policies.append(cls(cls.Config.model_validate(cfg), mode=mode, services=services))
+    for name, raw in resolved.sections.items():
+        variants = [raw, *([resolved.trials[name]] if name in resolved.trials else [])]
+        for section in variants:
+            mode = mode_of(section)
+            if mode == "off":
+                continue
+            cls = REGISTRY[name]
+            policies.append(cls(cls.Config.model_validate(body(section)), mode=mode, services=services))
     return policies
 
 
@@ -112,7 +158,21 @@ class BundleHolder:
         self.current = bundle
 
 
-def _check_sections(src: Source, sections: Any, loc: tuple[str | int, ...], problems: list[str]) -> dict[str, Any]:
+def _nested_meta(raw: Any, loc: Loc, depth: int = 0) -> list[Loc]:
+    """``replace`` keys below the top of a section, where they mean nothing."""
+    found: list[Loc] = []
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            if depth and key == "replace":
+                found.append((*loc, key))
+            found += _nested_meta(value, (*loc, key), depth + 1)
+    elif isinstance(raw, list):
+        for i, value in enumerate(raw):
+            found += _nested_meta(value, (*loc, i), depth + 1)
+    return found
+
+
+def _check_sections(src: Source, sections: Any, loc: Loc, problems: list[str]) -> dict[str, Any]:
     if sections is None:
         return {}
     if not isinstance(sections, dict):
@@ -121,6 +181,10 @@ def _check_sections(src: Source, sections: Any, loc: tuple[str | int, ...], prob
     out: dict[str, Any] = {}
     for name, raw in sections.items():
         here = (*loc, name)
+        if name == "replace":
+            problems.append(f"{src.where(here)}: {dotted(here)}: `replace` belongs at the top of a policy "
+                            "section, not here")
+            continue
         if name not in REGISTRY:
             known = ", ".join(sorted(REGISTRY)) or "none installed"
             problems.append(f"{src.where(here)}: {dotted(here)}: unknown policy {name!r} (known: {known})")
@@ -132,51 +196,71 @@ def _check_sections(src: Source, sections: Any, loc: tuple[str | int, ...], prob
         mode = mode_of(raw)
         if mode not in MODES:
             problems.append(f"{src.where((*here, 'mode'))}: {dotted((*here, 'mode'))}: must be one of {MODES}")
+        if "replace" in raw:
+            at = (*here, "replace")
+            if not isinstance(raw["replace"], bool):
+                problems.append(f"{src.where(at)}: {dotted(at)}: must be true or false")
+            elif loc == ("defaults",):
+                problems.append(f"{src.where(at)}: {dotted(at)}: defaults have nothing to replace; "
+                                "`replace` belongs in a tenant or app layer")
+        if "reason" in raw and not (isinstance(raw["reason"], str) and raw["reason"].strip()):
+            problems.append(f"{src.where((*here, 'reason'))}: {dotted((*here, 'reason'))}: must be a non-empty "
+                            "string")
+        for at in _nested_meta(raw, here):
+            problems.append(f"{src.where(at)}: {dotted(at)}: `replace` belongs at the top of a policy section, "
+                            "not here")
         out[name] = raw
     return out
 
 
-def _validate_merged(srcs: list[Source], bundle: Bundle, problems: list[str]) -> None:
-    """Validate every app's merged sections; report each error where the bad value is written."""
-    scopes: list[tuple[str, str]] = [("", "")]
-    for tenant, spec in bundle.tenants.items():
-        scopes += [(tenant, ""), *((tenant, app) for app in spec.get("apps", {}))]
-    for tenant, app in scopes:
-        merged = bundle.defaults if not tenant else bundle.sections_for(tenant, app)
-        layers: list[tuple[str | int, ...]] = [("defaults",)]
-        if tenant:
-            layers.insert(0, ("tenants", tenant))
-        if app:
-            layers.insert(0, ("tenants", tenant, "apps", app))
-        for name, raw in merged.items():
+def _claim(claims: dict[Loc, Source], src: Source, sections: dict[str, Any], loc: Loc, problems: list[str]) -> None:
+    """A section may be written once per layer; two files writing it would make the result depend on file order."""
+    for name in sections:
+        here = (*loc, name)
+        first = claims.setdefault(here, src)
+        if first is not src:
+            problems.append(f"{src.where(here)}: {dotted(here)}: already defined at {first.where(here)}; "
+                            "write each section once per layer")
+
+
+def _validate_merged(bundle: Bundle, problems: list[str]) -> None:
+    """Validate every app's merged sections and trials; report each error where the bad value is written."""
+    seen: set[tuple[str, Loc, str]] = set()
+    for tenant, app in bundle.scopes():
+        resolved = bundle.resolve(tenant, app)
+        sections = [(n, n, s) for n, s in resolved.sections.items()]
+        sections += [(n, f"{n}~trial", s) for n, s in resolved.trials.items()]
+        for name, key, raw in sections:
+            if key != name and not REGISTRY[name].shadow_trial:
+                at = (*resolved.origin[(key,)], "mode")
+                problems.append(f"{bundle.where(at)}: {dotted(at)}: a shadow {name} beside the inherited enforced "
+                                "one would run twice (charging twice); add `replace: true` to run only the shadow "
+                                "variant")
+                continue
             try:
-                REGISTRY[name].Config.model_validate({k: v for k, v in raw.items() if k != "mode"})
+                REGISTRY[name].Config.model_validate(body(raw))
             except ValidationError as exc:
                 for err in exc.errors():
-                    loc = tuple(err["loc"])
-                    # The most specific layer that wrote the bad value, else (a missing key) the
-                    # most specific layer that has the section at all.
-                    layer = next((lay for lay in layers if _defined(srcs, (*lay, name, *loc[:1]))), None)
-                    layer = layer or next((lay for lay in layers if _defined(srcs, (*lay, name))), layers[-1])
-                    full = (*layer, name, *loc)
+                    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
                     msg = err["msg"].removeprefix("Value error, ")
                     msg = "unknown key" if err["type"] == "extra_forbidden" else msg
-                    line = f"{_where(srcs, full)}: {dotted(full)}: {msg}"
-                    if line not in problems:
-                        problems.append(line)
+                    if (name, loc, msg) in seen:
+                        continue  # inherited from a layer already reported
+                    seen.add((name, loc, msg))
+                    full = _written_at(resolved, key, loc)
+                    problems.append(f"{bundle.where(full)}: {dotted(full)}: {msg}")
 
 
-def _defined(srcs: list[Source], loc: tuple[str | int, ...]) -> bool:
-    return any(loc in src.lines for src in srcs)
-
-
-def _where(srcs: list[Source], loc: tuple[str | int, ...]) -> str:
-    """``file:line`` of the longest prefix of ``loc`` that some source defines."""
-    for i in range(len(loc), 0, -1):
-        for src in reversed(srcs):
-            if loc[:i] in src.lines:
-                return src.where(loc[:i])
-    return srcs[0].where(()) if srcs else "<bundle>"
+def _written_at(resolved: Resolved, key: str, loc: Loc) -> Loc:
+    """The bundle location of the most specific layer that wrote ``loc`` (or the nearest thing above it)."""
+    for i in range(len(loc), -1, -1):
+        prefix = (key, *loc[:i])
+        hits = [(origin, k) for k, origin in resolved.origin.items() if k[:len(prefix)] == prefix]
+        if hits:
+            origin, k = max(hits, key=lambda h: len(h[0]) - len(h[1]))  # the deepest layer
+            section_loc = origin[:len(origin) - (len(k) - 1)]
+            return (*section_loc, *loc)
+    return ()
 
 
 def parse_bundle(sources: Iterable[Source]) -> Bundle:
@@ -186,6 +270,7 @@ def parse_bundle(sources: Iterable[Source]) -> Bundle:
     digest = hashlib.sha256()
     defaults: dict[str, Any] = {}
     tenants: dict[str, Any] = {}
+    claims: dict[Loc, Source] = {}
     srcs = list(sources)
     for src in srcs:
         digest.update(src.path.encode() + b"\0" + repr(src.data).encode())
@@ -198,23 +283,38 @@ def parse_bundle(sources: Iterable[Source]) -> Bundle:
                 problems.append(f"{src.where((key,))}: {key}: unknown key (expected version, defaults, tenants)")
         if data.get("version", 1) != 1:
             problems.append(f"{src.where(('version',))}: version: unsupported version {data.get('version')!r}")
-        defaults.update(_check_sections(src, data.get("defaults"), ("defaults",), problems))
-        for tenant, spec in (data.get("tenants") or {}).items():
-            loc: tuple[str | int, ...] = ("tenants", tenant)
+        sections = _check_sections(src, data.get("defaults"), ("defaults",), problems)
+        _claim(claims, src, sections, ("defaults",), problems)
+        defaults.update(sections)
+        raw_tenants = data.get("tenants") or {}
+        if not isinstance(raw_tenants, dict):
+            problems.append(f"{src.where(('tenants',))}: tenants: expected a mapping of tenants")
+            continue
+        for tenant, spec in raw_tenants.items():
+            loc: Loc = ("tenants", tenant)
             spec = spec or {}
             if not isinstance(spec, dict):
                 problems.append(f"{src.where(loc)}: {dotted(loc)}: expected a mapping")
                 continue
-            apps = {}
-            for app, app_spec in (spec.get("apps") or {}).items():
-                apps[app] = _check_sections(src, app_spec, (*loc, "apps", app), problems)
-            policies = _check_sections(src, {k: v for k, v in spec.items() if k != "apps"}, loc, problems)
-            tenants[tenant] = {"policies": policies, "apps": apps}
+            entry = tenants.setdefault(tenant, {"policies": {}, "apps": {}})
+            raw_apps = spec.get("apps") or {}
+            if not isinstance(raw_apps, dict):
+                problems.append(f"{src.where((*loc, 'apps'))}: {dotted((*loc, 'apps'))}: expected a mapping of apps")
+                raw_apps = {}
+            for app, app_spec in raw_apps.items():
+                app_loc = (*loc, "apps", app)
+                sections = _check_sections(src, app_spec, app_loc, problems)
+                _claim(claims, src, sections, app_loc, problems)
+                entry["apps"].setdefault(app, {}).update(sections)
+            sections = _check_sections(src, {k: v for k, v in spec.items() if k != "apps"}, loc, problems)
+            _claim(claims, src, sections, loc, problems)
+            entry["policies"].update(sections)
+    bundle = Bundle(hash=digest.hexdigest()[:16], defaults=defaults, tenants=tenants, sources=srcs)
     if not problems:
-        _validate_merged(srcs, Bundle("", defaults, tenants), problems)
+        _validate_merged(bundle, problems)
     if problems:
         raise ConfigError(problems)
-    return Bundle(hash=digest.hexdigest()[:16], defaults=defaults, tenants=tenants, sources=srcs)
+    return bundle
 
 
 def policy_files(paths: Iterable[str | Path]) -> list[Path]:

@@ -83,6 +83,9 @@ class Context:
     # Set by consent_fallback: deployment name -> consent reference, for hops allowed only by consent.
     consents: dict[str, str] = field(default_factory=dict)
     pii_guard: bool = False  # a pii_redaction policy enforces on this request (consent_fallback reads it)
+    # Hops a policy could have added but did not (a DPA fallback without consent), each as the refusal
+    # the client gets instead of an upstream error when every candidate that was allowed fails.
+    withheld: list[PolicyDenied] = field(default_factory=list)
     bundle_hash: str = ""
     request_id: str = field(default_factory=new_request_id)
     started: float = field(default_factory=time.perf_counter)
@@ -105,9 +108,23 @@ class Policy:
     """Pass-through base class; see the module docstring for the hooks."""
 
     name: ClassVar[str] = "policy"
+    # Whether a shadow trial may run beside the enforced section (False when running twice would
+    # have side effects twice, e.g. charging the ledger).
+    shadow_trial: ClassVar[bool] = True
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def normalize(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        """The section's YAML with shorthands expanded, so that layers merge key by key."""
+        return raw
+
+    @classmethod
+    def loosened(cls, before: Any, after: Any) -> list[tuple[tuple[str | int, ...], str]]:
+        """What the validated config ``after`` weakens compared with the inherited ``before`` (None when
+        the layer adds the section): ``(path inside the section, message)`` pairs; empty when nothing."""
+        return []
 
     def __init__(self, config: BaseModel | None = None, mode: Mode = "enforce",
                  services: Services | None = None) -> None:

@@ -87,7 +87,7 @@ class Outcome:
     def redacted(self) -> list[str]:
         types: set[str] = set()
         for policy, action, facts in self.decisions:
-            if policy == "pii_redaction" and action in ("redact", "mask", "hash"):
+            if policy == "pii_redaction" and action in ("redact", "mask", "hash", "floor_redact"):
                 entities = facts.get("entities") or {}
                 types.update(entities if isinstance(entities, dict | list) else [])
         return sorted(types)
@@ -152,7 +152,7 @@ async def simulate(config: Config, bundle: Bundle, request: SimRequest, consents
     outcome = Outcome()
     fail = fail or {}
     services = Services(config=config, pseudonym=_pseudonym, consents=_Consents(list(consents)))
-    sim = Bundle(bundle.hash, bundle.defaults, bundle.tenants, services=services)
+    sim = bundle.with_services(services)
     chain = sim.chain_for(request.tenant, request.app)
     alias = config.models.get(request.model)
     if alias is None:
@@ -243,7 +243,7 @@ def lint(config: Config, bundle: Bundle) -> list[str]:
         scopes += [(tenant, app, ("tenants", tenant, "apps", app)) for app in spec.get("apps", {})]
     seen: set[str] = set()
     for tenant, app, loc in scopes:
-        sections = bundle.defaults if not tenant else bundle.sections_for(tenant, app)
+        sections = bundle.sections_for(tenant, app)
         where = f"{bundle.where(loc)}: {dotted(loc)}"
         for problem in _lint_sections(config, sections):
             line = f"{where}: {problem}"

@@ -1,7 +1,10 @@
 """Tries the request's candidate deployments in order until one answers.
 
 A policy may veto a hop by raising ``PolicyDenied`` from ``on_attempt``; the router then
-skips that deployment. If every hop was vetoed, the client gets the (first) veto.
+skips that deployment. If every hop was vetoed, the client gets the (first) veto. If every
+other hop failed, the client gets that veto, or else a fallback a policy withheld
+(``ctx.withheld``, e.g. no consent for the DPA fallback), with Retry-After, instead of an
+upstream error that would hide why no fallback was tried.
 
 Fallback happens only before the first byte reaches the client: on a connect error, a
 timeout, a 5xx or 429, or a context-length overflow. For streams the router waits for the
@@ -105,6 +108,11 @@ class Router:
         if last is None:
             assert vetoed is not None
             raise vetoed
+        refusal = vetoed or (ctx.withheld[0] if ctx.withheld else None)
+        if last.retryable and refusal is not None:
+            # A fallback existed but policy did not allow it: say so, rather than look like an upstream failure.
+            raise PolicyDenied(refusal.status, refusal.code, refusal.message,
+                               headers={"Retry-After": str(int(last.retry_after or 1))})
         headers = {"Retry-After": str(int(last.retry_after or 1))} if last.status == 429 else {}
         if last.reason == "timeout":
             raise UpstreamError(504, "upstream_timeout", last.message, headers=headers)

@@ -114,7 +114,10 @@ def test_eu_prompt_never_reaches_us_upstream_without_consent(
     gw = gateway_factory(two_region_config(upstream, upstream_b), write_bundle(tmp_path, FALLBACK.format(pii="enforce")))
     upstream.fail_status = 503
     resp = chat(gw, gw.key(), user="subject-without-consent")
-    assert resp.status_code == 502
+    # Not an upstream-looking 502: the client learns that a fallback existed but was not allowed.
+    assert resp.status_code == 503 and resp.headers["retry-after"] == "1"
+    error = resp.json()["error"]
+    assert error["code"] == "consent.required" and "has not consented" in error["message"]
     assert upstream_b.received == []
 
 
@@ -132,8 +135,9 @@ def test_dpa_fallback_is_used_with_active_consent_and_stops_after_withdrawal(
     assert resp.status_code == 200
     assert resp.headers["x-gateway-deployment"] == "us-gpt4"
     assert resp.headers["x-gateway-fallback"] == "upstream_5xx"
-    assert chat(gw, key, user="bob").status_code == 502
-    assert chat(gw, key).status_code == 502  # no subject, no fallback
+    assert chat(gw, key, user="bob").json()["error"]["code"] == "consent.required"
+    no_subject = chat(gw, key)  # no subject, no fallback
+    assert no_subject.status_code == 503 and "names no data subject" in no_subject.json()["error"]["message"]
 
     withdrawn = httpx.delete(f"{gw.url}/admin/consents", headers=admin,
                              params={"tenant": "acme", "subject_id": "alice", "purpose": "llm_fallback_gpt4"})
@@ -144,8 +148,10 @@ def test_dpa_fallback_is_used_with_active_consent_and_stops_after_withdrawal(
         assert time.monotonic() < deadline, "withdrawal not effective within 5 s"
         time.sleep(0.2)
     count = len(upstream_b.received)
-    assert chat(gw, key, user="alice").status_code == 502
-    assert len(upstream_b.received) == count >= sent_before
+    refused = chat(gw, key, user="alice")
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "consent.required"
+    assert len(upstream_b.received) == count  # nothing more reached the US after the withdrawal took effect
+    assert count >= sent_before
 
 
 @pytest.mark.parametrize("pii_mode", ["shadow", "off"])
@@ -156,7 +162,8 @@ def test_dpa_fallback_is_refused_when_pii_redaction_is_not_enforced(
     consent_for(gw, "alice")
     upstream.fail_status = 503
     resp = chat(gw, gw.key(), user="alice")
-    assert resp.status_code == 502
+    assert resp.status_code == 403
+    assert resp.json()["error"]["code"] == "consent_fallback.pii_redaction_required"
     assert upstream_b.received == []
 
 

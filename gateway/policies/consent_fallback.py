@@ -9,6 +9,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.errors import PolicyDenied
 from gateway.policies import register
 from gateway.policy import Context, Policy, Target
+from gateway.store.consent import ConsentRef
+
+_FALLBACK_REFUSED = "Every allowed deployment failed. A DPA fallback exists for this model, but "
+_WITHHELD = {
+    "no_subject": PolicyDenied(503, "consent.required", _FALLBACK_REFUSED + (
+        "the request names no data subject (OpenAI `user` or X-Subject-Id), so it cannot be used.")),
+    "no_consent": PolicyDenied(503, "consent.required", _FALLBACK_REFUSED + (
+        "the data subject has not consented to it.")),
+    "registry_unavailable": PolicyDenied(503, "consent.unavailable", _FALLBACK_REFUSED + (
+        "the consent registry could not be read, so it was not used.")),
+}
 
 
 @register
@@ -38,6 +49,20 @@ class ConsentFallback(Policy):
             [], description="Public models (aliases) this fallback applies to; empty means every chat model."
         )
 
+    @classmethod
+    def loosened(cls, before: Any, after: Any) -> list[tuple[tuple[str | int, ...], str]]:
+        if before is None:
+            return [(("target",), f"adds a fallback to {after.target!r}, which may be outside the allowed "
+                                  "jurisdictions")]
+        out: list[tuple[tuple[str | int, ...], str]] = []
+        if after.target != before.target:
+            out.append((("target",), f"fallback target {before.target!r} -> {after.target!r}"))
+        if before.require_consent and not after.require_consent:
+            out.append((("require_consent",), "the fallback no longer needs consent"))
+        if before.models and (not after.models or set(after.models) - set(before.models)):
+            out.append((("models",), "the fallback applies to more models"))
+        return out
+
     async def on_request(self, ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
         cfg: ConsentFallback.Config = self.config  # type: ignore[assignment]
         if ctx.endpoint != "chat" or (cfg.models and ctx.model not in cfg.models):
@@ -49,20 +74,13 @@ class ConsentFallback(Policy):
             return request
         ref = "not-required"
         if cfg.require_consent:
-            if ctx.subject is None:
-                ctx.record(self.name, "not_eligible", reason="no_subject", target=cfg.target)
+            reason = await self._consent(ctx, cfg)
+            if isinstance(reason, str):
+                ctx.record(self.name, "not_eligible", reason=reason, target=cfg.target, purpose=cfg.purpose)
+                if self.mode == "enforce":
+                    ctx.withheld.append(_WITHHELD[reason])
                 return request
-            assert services is not None
-            try:
-                consent = await services.consents.active(ctx.principal.tenant, ctx.subject, cfg.purpose)
-            except Exception:
-                # Deny by default: an unreadable registry means no consent.
-                ctx.record(self.name, "not_eligible", reason="registry_unavailable", target=cfg.target)
-                return request
-            if consent is None:
-                ctx.record(self.name, "not_eligible", reason="no_consent", target=cfg.target, purpose=cfg.purpose)
-                return request
-            ref = consent.id
+            ref = reason.id
         if self.mode == "shadow":
             ctx.record(self.name, "would_add", target=cfg.target, consent_ref=ref)
             return request
@@ -71,6 +89,17 @@ class ConsentFallback(Policy):
             ctx.candidates = [*ctx.candidates, Target(cfg.target, deployment)]
         ctx.record(self.name, "eligible", target=cfg.target, consent_ref=ref, purpose=cfg.purpose)
         return request
+
+    async def _consent(self, ctx: Context, cfg: ConsentFallback.Config) -> ConsentRef | str:
+        """The subject's active consent, or why there is none."""
+        if ctx.subject is None:
+            return "no_subject"
+        assert self.services is not None
+        try:
+            consent = await self.services.consents.active(ctx.principal.tenant, ctx.subject, cfg.purpose)
+        except Exception:
+            return "registry_unavailable"  # deny by default: an unreadable registry means no consent
+        return "no_consent" if consent is None else consent
 
     async def on_attempt(self, ctx: Context, target: Target, request: dict[str, Any]) -> dict[str, Any]:
         cfg: ConsentFallback.Config = self.config  # type: ignore[assignment]

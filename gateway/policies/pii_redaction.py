@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from gateway import metrics
 from gateway.errors import PolicyDenied
 from gateway.pii.actions import Action, Applier
-from gateway.pii.analyzer import Analyzer, AnalyzerUnavailable, Span
+from gateway.pii.analyzer import Analyzer, AnalyzerUnavailable, Span, resolve_overlaps
 from gateway.pii.ner import NER_ENTITIES, model_installed
 from gateway.pii.placeholders import Vault, json_escape
 from gateway.pii.recognizers import DEFAULT_PHONE_REGIONS, STRUCTURED
@@ -33,6 +33,11 @@ from gateway.policy import Context, Policy, Target
 from gateway.sse import Event
 
 ENTITY_TYPES = (*STRUCTURED, *NER_ENTITIES)
+# The DPA floor: a hop allowed only by consent (the DPA fallback) gets every one of these redacted,
+# whatever the entity map says, unless a rule lifts it with `jurisdictions: {<there>: allow}` and a `reason`.
+DPA_FLOOR = ("EMAIL_ADDRESS", "PHONE_NUMBER", "IBAN_CODE", "CREDIT_CARD", "IP_ADDRESS", "EU_VAT", "DE_TAX_ID",
+             "FR_NIR", "IT_FISCAL_CODE", "ES_NIF", "ES_NIE", "NL_BSN", "PL_PESEL", "US_SSN", "US_DRIVER_LICENSE",
+             "DATE_OF_BIRTH")
 _KEY = secrets.token_bytes(32)  # only without Services (unit use): hashes stable per process only
 
 
@@ -43,12 +48,22 @@ _DEFAULT_ENTITIES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE"
                      "DATE_OF_BIRTH", "US_SSN")
 
 
+# Weakest first: `policy check` reports an override that moves a type down this order as a loosening.
+STRENGTH: dict[str, int] = {"allow": 0, "mask": 1, "hash": 2, "redact": 3, "block": 4}
+
+
 class EntityRule(BaseModel):
     model_config = ConfigDict(extra="forbid")
     action: Action = Field("redact", description="What happens to this type: redact, mask, hash, block or allow.")
     threshold: float = Field(0.5, ge=0, le=1, description="Lowest detection score that counts as a hit.")
     jurisdictions: dict[str, Action] = Field(
         default_factory=dict, description="Action per destination jurisdiction, overriding `action` (`{EU: allow}`).")
+    reason: str | None = Field(None, description=(
+        "Why this rule is weaker than what it overrides, or why `jurisdictions: {US: allow}` lifts the DPA "
+        "fallback's redaction floor; required by `gateway policy check --strict` for every loosening."))
+
+    def action_for(self, jurisdiction: str) -> Action:
+        return self.jurisdictions.get(jurisdiction, self.action)
 
 
 class OutputScan(BaseModel):
@@ -106,6 +121,45 @@ class PiiRedaction(Policy):
                     raise ValueError(f"spaCy model package(s) not installed: {', '.join(missing)}")
             return self
 
+    @classmethod
+    def normalize(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        entities = raw.get("entities")
+        if isinstance(entities, dict):
+            raw = {**raw, "entities": {k: {"action": v} if isinstance(v, str) else v for k, v in entities.items()}}
+        return raw
+
+    @classmethod
+    def loosened(cls, before: Any, after: Any) -> list[tuple[tuple[str | int, ...], str]]:
+        if before is None:
+            return []
+        out: list[tuple[tuple[str | int, ...], str]] = []
+        for entity, old in before.entities.items():
+            new = after.entities.get(entity)
+            if new is None:
+                out.append((("entities", entity), f"{entity} is no longer detected"))
+                continue
+            for j in sorted({"", *old.jurisdictions, *new.jurisdictions}):
+                was, now = old.action_for(j), new.action_for(j)
+                if STRENGTH[now] < STRENGTH[was]:
+                    path: tuple[str | int, ...] = ("entities", entity, "jurisdictions", j) if j else (
+                        "entities", entity, "action")
+                    out.append((path, f"{entity}: {was} -> {now}" + (f" for {j}" if j else "")))
+            if new.threshold > old.threshold:
+                out.append((("entities", entity, "threshold"),
+                            f"{entity}: threshold {old.threshold} -> {new.threshold} (fewer hits)"))
+        added = sorted({t.casefold() for t in after.allow_list} - {t.casefold() for t in before.allow_list})
+        if added:
+            out.append((("allow_list",), f"{len(added)} more term(s) never treated as PII"))
+        for key in ("languages", "phone_regions"):
+            dropped = sorted(set(getattr(before, key)) - set(getattr(after, key)))
+            if dropped:
+                out.append(((key,), f"no longer covers {', '.join(dropped)}"))
+        if before.output.enabled and not after.output.enabled:
+            out.append((("output", "enabled"), "answers are no longer scanned"))
+        elif after.output.enabled and STRENGTH[after.output.action] < STRENGTH[before.output.action]:
+            out.append((("output", "action"), f"output: {before.output.action} -> {after.output.action}"))
+        return out
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         cfg: PiiRedaction.Config = self.config  # type: ignore[assignment]
@@ -114,6 +168,33 @@ class PiiRedaction(Policy):
         self.analyzer = Analyzer({e: r.threshold for e, r in cfg.entities.items()}, allow_list=cfg.allow_list,
                                  phone_regions=cfg.phone_regions, ner_models=ner, timeout_s=cfg.timeout_ms / 1000)
         self._requests: dict[str, _Request] = {}
+        # Floor types the entity map does not name are looked for only on a consented hop (rare).
+        unnamed = {e: 0.5 for e in DPA_FLOOR if e not in cfg.entities}
+        self._floor_analyzer = Analyzer(unnamed, allow_list=cfg.allow_list, phone_regions=cfg.phone_regions,
+                                        timeout_s=cfg.timeout_ms / 1000) if unnamed else None
+
+    def _floor(self, actions: dict[str, Action], jurisdiction: str) -> tuple[dict[str, Action], set[str]]:
+        """The actions for a hop allowed only by consent, and the types the floor raised to `redact`."""
+        out = dict(actions)
+        raised: set[str] = set()
+        for entity in {*DPA_FLOOR, *actions}:
+            rule = self.cfg.entities.get(entity)
+            if rule is not None and rule.jurisdictions.get(jurisdiction) == "allow" and rule.reason:
+                continue  # lifted explicitly, with a documented reason
+            if out.get(entity, "allow") not in ("redact", "block"):
+                out[entity] = "redact"
+                raised.add(entity)
+        return out, raised
+
+    async def _floor_spans(self, ctx: Context, request: dict[str, Any],
+                           spans: dict[str, tuple[Span, ...]]) -> dict[str, tuple[Span, ...]]:
+        if self._floor_analyzer is None:
+            return spans
+        try:
+            extra = await self._floor_analyzer.analyze(collect(request, ctx.endpoint))
+        except AnalyzerUnavailable:
+            raise PolicyDenied(503, "pii.unavailable", "PII analysis is unavailable; nothing was sent.") from None
+        return {text: resolve_overlaps((*spans.get(text, ()), *found)) for text, found in extra.items()}
 
     def _actions(self, jurisdiction: str) -> dict[str, Action]:
         return {e: r.jurisdictions.get(jurisdiction, r.action) for e, r in self.cfg.entities.items()}
@@ -135,7 +216,8 @@ class PiiRedaction(Policy):
         return PolicyDenied(400, "pii.blocked", f"The request contains blocked PII types: {', '.join(sorted(types))}.")
 
     async def on_request(self, ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
-        ctx.pii_guard = self.mode == "enforce"
+        if self.mode == "enforce":
+            ctx.pii_guard = True
         spans = await self._analyze(ctx, request)
         self._requests[ctx.request_id] = _Request(Vault(ENTITY_TYPES), spans)
         found = {s.entity for found in spans.values() for s in found}
@@ -149,27 +231,32 @@ class PiiRedaction(Policy):
         state = self._requests.setdefault(ctx.request_id, _Request(Vault(ENTITY_TYPES), {}))
         state.spans.update(await self._analyze(ctx, request))  # cache hits unless a policy added text
         actions = self._actions(target.jurisdiction)
+        spans, raised = state.spans, set[str]()
         if target.name in ctx.consents:
             # A hop allowed only by consent (the DPA fallback) never gets a detected type in the clear.
-            actions = {e: "redact" if a == "allow" else a for e, a in actions.items()}
+            actions, raised = self._floor(actions, target.jurisdiction)
+            spans = await self._floor_spans(ctx, request, spans)
         shadow = self.mode == "shadow"
         apply = Applier(actions, Vault(ENTITY_TYPES) if shadow else state.vault, self._pseudonym(ctx),
                         self.cfg.mask_keep_last)
-        edited = map_request(request, ctx.endpoint, lambda t: apply(t, state.spans.get(t, ())))
-        self._record(ctx, apply.counts, shadow, hop=target.name, jurisdiction=target.jurisdiction)
+        edited = map_request(request, ctx.endpoint, lambda t: apply(t, spans.get(t, ())))
+        self._record(ctx, apply.counts, shadow, raised, hop=target.name, jurisdiction=target.jurisdiction)
         blocked = {e for e, action in apply.counts if action == "block"}
         if blocked:
             raise self._blocked(blocked)
         return request if shadow else edited
 
-    def _record(self, ctx: Context, counts: Counter[tuple[str, Action]], shadow: bool, **facts: Any) -> None:
+    def _record(self, ctx: Context, counts: Counter[tuple[str, Action]], shadow: bool,
+                floored: Collection[str] = (), **facts: Any) -> None:
+        """One decision per action; redactions the DPA floor added are recorded apart, as `floor_redact`."""
         by_action: dict[str, dict[str, int]] = {}
         for (entity, action), n in sorted(counts.items()):
-            label = f"would_{action}" if shadow else action
+            label: str = "floor_redact" if entity in floored and action == "redact" else action
+            label = f"would_{label}" if shadow else label
             by_action.setdefault(label, {})[entity] = n
             metrics.PII_ENTITIES.labels(entity, label).inc(n)
-        for label, entities in by_action.items():
-            ctx.record(self.name, label, entities=entities, **facts)
+        for decided, entities in by_action.items():
+            ctx.record(self.name, decided, entities=entities, **facts)
 
     def reads_response(self, ctx: Context) -> bool:
         state = self._requests.get(ctx.request_id)

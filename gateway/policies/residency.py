@@ -49,16 +49,44 @@ class Residency(Policy):
             ),
         )
 
-    def allowed(self, data_class: str | None) -> frozenset[str]:
-        """The allowed jurisdictions for a data class; raises PolicyDenied for an unknown class."""
-        cfg: Residency.Config = self.config  # type: ignore[assignment]
+    @staticmethod
+    def allowed_by(cfg: Residency.Config, data_class: str | None) -> frozenset[str] | None:
+        """The allowed jurisdictions for a data class; None when the class is refused."""
         if data_class is None:
             return frozenset(cfg.allow)
         if data_class in cfg.data_classes:
             return frozenset(cfg.data_classes[data_class])
-        if cfg.unknown_data_class == "default":
-            return frozenset(cfg.allow)
-        raise PolicyDenied(403, "residency.unknown_data_class", "The request's data class has no residency rule.")
+        return frozenset(cfg.allow) if cfg.unknown_data_class == "default" else None
+
+    def allowed(self, data_class: str | None) -> frozenset[str]:
+        """The allowed jurisdictions for a data class; raises PolicyDenied for an unknown class."""
+        allowed = self.allowed_by(self.config, data_class)  # type: ignore[arg-type]
+        if allowed is None:
+            raise PolicyDenied(403, "residency.unknown_data_class", "The request's data class has no residency rule.")
+        return allowed
+
+    @classmethod
+    def loosened(cls, before: Any, after: Any) -> list[tuple[tuple[str | int, ...], str]]:
+        if before is None:
+            return []
+        out: list[tuple[tuple[str | int, ...], str]] = []
+        # Every data class either config names, plus "no class" and "a class neither names".
+        classes: list[str | None] = [None, *sorted({*before.data_classes, *after.data_classes}), "\0other"]
+        for data_class in classes:
+            was = cls.allowed_by(before, data_class) or frozenset()
+            now = cls.allowed_by(after, data_class) or frozenset()
+            wider = sorted(now - was)
+            if not wider:
+                continue
+            if data_class is None:
+                out.append((("allow",), f"also allows {', '.join(wider)}"))
+            elif data_class == "\0other":
+                out.append((("unknown_data_class",), f"unlisted data classes now go to {', '.join(sorted(now))}"))
+            else:
+                out.append((("data_classes", data_class), f"data class {data_class!r} also allows {', '.join(wider)}"))
+        if before.strict and not after.strict:
+            out.append((("strict",), "strict residency turned off"))
+        return out
 
     async def on_request(self, ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
         allowed = self.allowed(ctx.data_class)

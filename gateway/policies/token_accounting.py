@@ -73,6 +73,7 @@ class TokenAccounting(Policy):
     refuses with 429 over a budget or rate limit, and writes one ledger row per request."""
 
     name: ClassVar[str] = "token_accounting"
+    shadow_trial: ClassVar[bool] = False  # two instances would write two ledger rows per request
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -87,6 +88,28 @@ class TokenAccounting(Policy):
         lease: Lease = Field(default_factory=Lease, description=(
             "Per-worker leases on Redis counters, so most requests reserve without a round trip "
             "(see docs/accounting.md)."))
+
+    @classmethod
+    def loosened(cls, before: Any, after: Any) -> list[tuple[tuple[str | int, ...], str]]:
+        if before is None:
+            return []
+        out: list[tuple[tuple[str | int, ...], str]] = []
+        for key, fields in (("budgets", ("eur", "tokens")), ("rate_limits", ("rpm", "tpm"))):
+            for old in getattr(before, key):
+                ident = (old.scope, getattr(old, "period", None))
+                same = [new for new in getattr(after, key) if (new.scope, getattr(new, "period", None)) == ident]
+                label = "/".join(str(p) for p in ident if p)
+                for f in fields:
+                    limit = getattr(old, f)
+                    kept = [getattr(new, f) for new in same if getattr(new, f) is not None]
+                    if limit is not None and (not kept or min(kept) > limit):
+                        what = f"raised to {min(kept)}" if kept else "dropped"
+                        out.append(((key,), f"{key[:-1].replace('_', ' ')} {label} {f} {limit} {what}"))
+        if before.on_backend_error == "fail_closed" and after.on_backend_error == "fail_open":
+            out.append((("on_backend_error",), "limits are no longer enforced while Redis is down"))
+        if before.ledger and not after.ledger:
+            out.append((("ledger",), "requests are no longer written to the usage ledger"))
+        return out
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
