@@ -27,12 +27,19 @@ class Chain:
         # Denial messages are written by policies and never carry PII, so they may serve as the reason.
         ctx.record(policy.name, "would_deny", code=exc.code, status=exc.status, reason=exc.message)
 
+    @staticmethod
+    def _denied(policy: Policy, ctx: Context, exc: PolicyDenied, **facts: Any) -> None:
+        # Every refusal is a decision (audit, explain, coverage), unless the policy recorded its own.
+        if not any(d.policy == policy.name and d.action == "deny" for d in ctx.decisions):
+            ctx.record(policy.name, "deny", code=exc.code, status=exc.status, **facts)
+
     async def request(self, ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
         for policy in self.policies:
             try:
                 request = await policy.on_request(ctx, request)
             except PolicyDenied as exc:
                 if policy.mode != "shadow":
+                    self._denied(policy, ctx, exc)
                     raise
                 self._shadowed(policy, ctx, exc)
         return request
@@ -43,6 +50,7 @@ class Chain:
                 request = await policy.on_attempt(ctx, target, request)
             except PolicyDenied as exc:
                 if policy.mode != "shadow":
+                    self._denied(policy, ctx, exc, hop=target.name)
                     raise
                 self._shadowed(policy, ctx, exc)
         return request

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -52,11 +52,19 @@ class SimRequest(Strict):
     max_tokens: int | None = Field(None, ge=1, description="The request's `max_tokens`.")
 
 
+class HopExpect(Strict):
+    redacted: list[str] | None = Field(None, description="Types redacted on this hop (by rule or DPA floor), exactly.")
+    floor: list[str] | None = Field(None, description="Of those, the types only the DPA floor redacted, exactly.")
+    clear: list[str] | None = Field(None, description="Types detected and sent to this hop in the clear, exactly.")
+    never_sees: list[str] = Field([], description="Text that must not appear in what this hop was sent.")
+
+
 class Expect(Strict):
     deployment: str | None = Field(None, description="The deployment that answers.")
     denied: str | None = Field(None, description="The denial code, when the request is refused.")
     redacted: list[str] | None = Field(None, description="Entity types redacted before sending.")
     decisions: list[dict[str, str]] = Field([], description="{policy, action} pairs that must be recorded.")
+    hops: dict[str, HopExpect] = Field({}, description="Per deployment tried: what it was sent.")
 
 
 class Case(Strict):
@@ -82,6 +90,14 @@ class Outcome:
     status: int = 0
     sent: dict[str, dict[str, Any]] = field(default_factory=dict)
     reply: str | None = None
+
+    def hop_types(self, hop: str, *actions: str) -> list[str]:
+        """Entity types the PII policy handled with one of ``actions`` on one hop."""
+        types: set[str] = set()
+        for policy, action, facts in self.decisions:
+            if policy == "pii_redaction" and action in actions and facts.get("hop") == hop:
+                types.update(facts.get("entities") or {})
+        return sorted(types)
 
     @property
     def redacted(self) -> list[str]:
@@ -146,12 +162,24 @@ def _pseudonym(subject: str) -> str:
     return hmac.new(b"policy-test", subject.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-async def simulate(config: Config, bundle: Bundle, request: SimRequest, consents: list[str] = (),  # type: ignore[assignment]
-                   fail: dict[str, str] | None = None) -> Outcome:
-    """Run one request through the bundle's chain and router against simulated upstreams."""
+@dataclass(frozen=True)
+class Registry:
+    """A real consent registry for dry runs (``policy explain``), with the gateway's own pseudonyms."""
+
+    consents: Any  # gateway.store.consent.ConsentRegistry
+    pseudonym: Callable[[str], str]
+
+
+async def simulate(config: Config, bundle: Bundle, request: SimRequest, consents: Sequence[str] = (),
+                   fail: dict[str, str] | None = None, *, registry: Registry | None = None) -> Outcome:
+    """Run one request through the bundle's chain and router against simulated upstreams.
+
+    Consent comes from ``consents`` (the purposes the subject has granted) unless ``registry`` is given."""
     outcome = Outcome()
     fail = fail or {}
-    services = Services(config=config, pseudonym=_pseudonym, consents=_Consents(list(consents)))
+    pseudonym = registry.pseudonym if registry is not None else _pseudonym
+    services = Services(config=config, pseudonym=pseudonym,
+                        consents=registry.consents if registry is not None else _Consents(list(consents)))
     sim = bundle.with_services(services)
     chain = sim.chain_for(request.tenant, request.app)
     alias = config.models.get(request.model)
@@ -162,7 +190,7 @@ async def simulate(config: Config, bundle: Bundle, request: SimRequest, consents
     principal = Principal("sim", request.tenant, request.app, frozenset({"*"}), frozenset({"chat", "embeddings"}))
     ctx = Context(principal=principal, endpoint=request.endpoint, model=request.model,
                   candidates=[Target(n, config.deployments[n]) for n in alias.deployments],
-                  subject=_pseudonym(request.subject) if request.subject else None,
+                  subject=pseudonym(request.subject) if request.subject else None,
                   data_class=request.data_class, bundle_hash=bundle.hash)
     body: dict[str, Any] = (
         {"model": request.model, "messages": [{"role": "user", "content": request.message}]}
@@ -194,6 +222,8 @@ class CaseResult:
     where: str
     name: str
     failures: list[str]
+    scope: tuple[str, str] = ("", "")
+    outcome: Outcome | None = None
 
 
 def load_cases(path: Path) -> tuple[Source, CaseFile]:
@@ -219,6 +249,18 @@ def check_case(case: Case, outcome: Outcome) -> list[str]:
     for d in exp.decisions:
         if (d.get("policy"), d.get("action")) not in recorded:
             problems.append(f"expected decision {d}, recorded {sorted(recorded)}")
+    for hop, want in exp.hops.items():
+        if hop not in outcome.sent:
+            problems.append(f"expected a request to {hop!r}, but it was never sent anything")
+            continue
+        got = {"redacted": outcome.hop_types(hop, "redact", "mask", "hash", "floor_redact"),
+               "floor": outcome.hop_types(hop, "floor_redact"), "clear": outcome.hop_types(hop, "allow")}
+        for what, types in got.items():
+            expected = getattr(want, what)
+            if expected is not None and sorted(expected) != types:
+                problems.append(f"{hop}: expected {what} {sorted(expected)}, got {types}")
+        sent = orjson.dumps(outcome.sent[hop]).decode()
+        problems += [f"{hop}: was sent {text!r}" for text in want.never_sees if text in sent]
     return problems
 
 
@@ -228,8 +270,40 @@ async def run_cases(config: Config, bundle: Bundle, path: Path) -> list[CaseResu
     for i, case in enumerate(cases.cases):
         fail = case.fail if isinstance(case.fail, dict) else {name: "upstream_5xx" for name in case.fail}
         outcome = await simulate(config, bundle, case.request, case.consents, dict(fail))
-        results.append(CaseResult(src.where(("cases", i)), case.name, check_case(case, outcome)))
+        results.append(CaseResult(src.where(("cases", i)), case.name, check_case(case, outcome),
+                                  scope_of(bundle, case.request.tenant, case.request.app), outcome))
     return results
+
+
+# --- policy test --coverage ------------------------------------------------------------------
+
+def scope_of(bundle: Bundle, tenant: str, app: str) -> tuple[str, str]:
+    """The bundle layer a request falls under: (tenant, app), (tenant, "") or the defaults ("", "")."""
+    spec = bundle.tenants.get(tenant)
+    if spec is None:
+        return "", ""
+    return (tenant, app) if app in spec.get("apps", {}) else (tenant, "")
+
+
+@dataclass
+class CoverageRow:
+    scope: str
+    policy: str
+    actions: list[str]
+
+
+def coverage(bundle: Bundle, results: list[CaseResult]) -> list[CoverageRow]:
+    """Per layer of the bundle and per policy in its chain: the decisions the cases exercised."""
+    rows = []
+    for tenant, app in bundle.scopes():
+        seen: dict[str, set[str]] = {}
+        for r in results:
+            if r.scope == (tenant, app) and r.outcome is not None:
+                for policy, action, _ in r.outcome.decisions:
+                    seen.setdefault(policy, set()).add(action)
+        names = dict.fromkeys(p.name for p in bundle.chain_for(tenant, app).policies)
+        rows += [CoverageRow(f"{tenant or '*'}/{app or '*'}", name, sorted(seen.get(name, ()))) for name in names]
+    return rows
 
 
 # --- policy check (lint) ---------------------------------------------------------------------
