@@ -182,10 +182,20 @@ def _loosenings(name: str, inherited: dict[str, Any] | None, merged: dict[str, A
             found += loosened(name, before, after)
     out = []
     for path, message in found:
-        inherited_at = "nothing (the section is new in this layer)" if inherited is None else next(
-            (where(origin[(name, *path[:i])]) for i in range(len(path), -1, -1) if (name, *path[:i]) in origin),
-            "a built-in default")
+        inherited_at = "nothing (the section is new in this layer)" if inherited is None else _inherited_at(
+            origin, (name, *path), where)
         override_loc = (*loc, *path)
         out.append(Loosening(scope, name, path, message, inherited_at, where(override_loc),
                              find_reason(raw, path)))
     return out
+
+
+def _inherited_at(origin: dict[Loc, Loc], key: Loc, where: Where) -> str:
+    """Where the inherited value at ``key`` (or the nearest mapping above it) was written."""
+    for i in range(len(key), 0, -1):
+        prefix = key[:i]
+        under = next((k for k in origin if k[:i] == prefix), None)
+        if under is not None:
+            written = origin[under]
+            return where(written[:len(written) - (len(under) - i)])
+    return "a built-in default"
