@@ -55,6 +55,7 @@ _SSE_HEADERS = [
 ]
 _DEV_SECRET = "execai-dev-secret-change-me"
 _EMPTY_CHAIN = Chain()
+_END_USER_IDS = ("user", "safety_identifier")  # OpenAI fields naming the end user
 
 
 class _Disconnected(Exception):
@@ -250,6 +251,17 @@ class Gateway:
             bundle_hash=self.bundle.current.hash,
         )
 
+    def _pseudonymise_ids(self, body: dict[str, Any]) -> None:
+        """End-user ids never leave raw: upstreams get a keyed pseudonym, distinct from the one the
+        gateway stores (so an upstream's logs cannot be joined with the audit trail either)."""
+        for name in _END_USER_IDS:
+            value = body.get(name)
+            if value is None:
+                continue
+            if not isinstance(value, str) or len(value) > 256:
+                raise bad_request(f"'{name}' must be a string of at most 256 characters.", param=name)
+            body[name] = self.pseudonym(f"upstream:{value}")
+
     def _headers(self, ctx: Context) -> list[tuple[bytes, bytes]]:
         h = [(b"x-gateway-request-id", ctx.request_id.encode())]
         if ctx.target is not None:
@@ -277,6 +289,7 @@ class Gateway:
         ctx = self._context(scope, principal, endpoint, body)
         # Our own request extension never reaches an upstream, whether or not a policy reads it.
         ctx.rag_hints = body.pop("gateway_rag", None)
+        self._pseudonymise_ids(body)
         # Requests in flight keep the bundle they started with, even across a hot reload.
         chain = self.bundle.current.chain_for(principal.tenant, principal.app)
         watcher = _DisconnectWatcher(receive)
