@@ -136,6 +136,7 @@ def resolve(layers: list[Layer], scope: str, normalize: Normalize, validate: Val
             where: Where) -> Resolved:
     """Merge ``layers`` in order; the first layer is the baseline and is never reported as loosening."""
     out = Resolved()
+    last_on: dict[str, dict[str, Any]] = {}  # per section, the last merged state that was not off
     for depth, layer in enumerate(layers):
         for name, raw in layer.sections.items():
             raw = normalize(name, dict(raw or {}))
@@ -155,9 +156,16 @@ def resolve(layers: list[Layer], scope: str, normalize: Normalize, validate: Val
             elif inherited is not None and not replace and "mode" in inherited:
                 merged["mode"] = inherited["mode"]
             if depth:
-                out.loosenings += _loosenings(name, inherited, merged, raw, loc, scope, out.origin, validate,
+                # A section switched off below is compared with what was last in force, so turning it off,
+                # changing it and turning it back on cannot hide a loosening.
+                base: dict[str, Any] | None = inherited
+                if inherited is not None and mode_of(inherited) == "off":
+                    base = last_on.get(name, inherited)
+                out.loosenings += _loosenings(name, base, merged, raw, loc, scope, out.origin, validate,
                                               loosened, where)
             out.sections[name] = merged
+            if mode_of(merged) != "off":
+                last_on[name] = merged
             _set_origins(out.origin, name, {**body(raw), **({"mode": raw["mode"]} if "mode" in raw else {})},
                          loc, replace)
     return out

@@ -62,8 +62,19 @@ class EntityRule(BaseModel):
         "Why this rule is weaker than what it overrides, or why `jurisdictions: {US: allow}` lifts the DPA "
         "fallback's redaction floor; required by `gateway policy check --strict` for every loosening."))
 
+    @field_validator("reason")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must be a non-empty string")
+        return value.strip() if value is not None else None
+
     def action_for(self, jurisdiction: str) -> Action:
         return self.jurisdictions.get(jurisdiction, self.action)
+
+    def lifts_floor(self, jurisdiction: str) -> bool:
+        """Whether this rule sends the type in the clear to a consented hop in ``jurisdiction`` (DPA floor)."""
+        return self.jurisdictions.get(jurisdiction) == "allow" and bool(self.reason)
 
 
 class OutputScan(BaseModel):
@@ -144,9 +155,14 @@ class PiiRedaction(Policy):
                     path: tuple[str | int, ...] = ("entities", entity, "jurisdictions", j) if j else (
                         "entities", entity, "action")
                     out.append((path, f"{entity}: {was} -> {now}" + (f" for {j}" if j else "")))
+            for j in sorted(j for j in new.jurisdictions if new.lifts_floor(j) and not old.lifts_floor(j)):
+                out.append((("entities", entity, "jurisdictions", j), f"{entity}: lifts the DPA floor for {j}"))
             if new.threshold > old.threshold:
                 out.append((("entities", entity, "threshold"),
                             f"{entity}: threshold {old.threshold} -> {new.threshold} (fewer hits)"))
+        for entity in sorted(set(after.entities) - set(before.entities) & set(DPA_FLOOR)):
+            for j in sorted(j for j in after.entities[entity].jurisdictions if after.entities[entity].lifts_floor(j)):
+                out.append((("entities", entity, "jurisdictions", j), f"{entity}: lifts the DPA floor for {j}"))
         added = sorted({t.casefold() for t in after.allow_list} - {t.casefold() for t in before.allow_list})
         if added:
             out.append((("allow_list",), f"{len(added)} more term(s) never treated as PII"))
@@ -179,7 +195,7 @@ class PiiRedaction(Policy):
         raised: set[str] = set()
         for entity in {*DPA_FLOOR, *actions}:
             rule = self.cfg.entities.get(entity)
-            if rule is not None and rule.jurisdictions.get(jurisdiction) == "allow" and rule.reason:
+            if rule is not None and rule.lifts_floor(jurisdiction):
                 continue  # lifted explicitly, with a documented reason
             if out.get(entity, "allow") not in ("redact", "block"):
                 out[entity] = "redact"
