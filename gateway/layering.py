@@ -158,10 +158,10 @@ def resolve(layers: list[Layer], scope: str, normalize: Normalize, validate: Val
             if depth:
                 # A section switched off below is compared with what was last in force, so turning it off,
                 # changing it and turning it back on cannot hide a loosening.
-                base: dict[str, Any] | None = inherited
+                compared: dict[str, Any] | None = inherited
                 if inherited is not None and mode_of(inherited) == "off":
-                    base = last_on.get(name, inherited)
-                out.loosenings += _loosenings(name, base, merged, raw, loc, scope, out.origin, validate,
+                    compared = last_on.get(name, inherited)
+                out.loosenings += _loosenings(name, compared, merged, raw, loc, scope, out.origin, validate,
                                               loosened, where)
             out.sections[name] = merged
             if mode_of(merged) != "off":

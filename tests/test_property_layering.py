@@ -175,6 +175,9 @@ def strongest_action(rule: dict[str, Any]) -> int:
 def stricter_bundle_texts(draw: st.DrawFn) -> str:
     """Overrides that only add types, raise actions or lower thresholds over explicit defaults."""
     defaults = draw(entity_map("defaults"))
+    for entity, value in defaults.items():
+        if isinstance(value, dict) and entity in DPA_FLOOR:
+            value.pop("reason", None)  # an inherited reason would let a later `<j>: allow` lift the floor
     # Per type, at least the strongest action and at most the lowest threshold any layer so far gave it:
     # an override at or above the one and at or below the other weakens nothing it inherits.
     strongest = {entity: strongest_action(as_rule(value)) for entity, value in defaults.items()}
