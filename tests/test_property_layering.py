@@ -176,7 +176,7 @@ def stricter_bundle_texts(draw: st.DrawFn) -> str:
     """Overrides that only add types, raise actions or lower thresholds over explicit defaults."""
     defaults = draw(entity_map("defaults"))
     for entity, value in defaults.items():
-        if isinstance(value, dict) and entity in DPA_FLOOR:
+        if isinstance(value, dict):  # the floor covers every configured type, not only DPA_FLOOR's
             value.pop("reason", None)  # an inherited reason would let a later `<j>: allow` lift the floor
     # Per type, at least the strongest action and at most the lowest threshold any layer so far gave it:
     # an override at or above the one and at or below the other weakens nothing it inherits.
@@ -188,7 +188,7 @@ def stricter_bundle_texts(draw: st.DrawFn) -> str:
         for entity in draw(st.lists(st.sampled_from(ENTITIES), unique=True, max_size=4)):
             if entity not in strongest:
                 rule = draw(entity_rule(layer, entity))  # a new type: anything but lifting the DPA floor
-                if isinstance(rule, dict) and entity in DPA_FLOOR:
+                if isinstance(rule, dict):
                     rule.pop("reason", None)  # without a reason (here or inherited) `<j>: allow` keeps the floor
                 entities[entity] = rule
                 continue
