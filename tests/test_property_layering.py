@@ -175,7 +175,7 @@ def strongest_action(rule: dict[str, Any]) -> int:
 def stricter_bundle_texts(draw: st.DrawFn) -> str:
     """Overrides that only add types, raise actions or lower thresholds over explicit defaults."""
     defaults = draw(entity_map("defaults"))
-    for entity, value in defaults.items():
+    for value in defaults.values():
         if isinstance(value, dict):  # the floor covers every configured type, not only DPA_FLOOR's
             value.pop("reason", None)  # an inherited reason would let a later `<j>: allow` lift the floor
     # Per type, at least the strongest action and at most the lowest threshold any layer so far gave it:
