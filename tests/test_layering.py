@@ -296,3 +296,26 @@ def test_the_dpa_floor_redacts_every_identifier_unless_a_reason_lifts_it(
     (policies / "bundle_test.yaml").write_text(FLOOR_CASES % (floor, clear))
     result = _run("policy", "test", str(policies))
     assert result.exit_code == 0, result.output
+
+
+def test_policy_explain_reads_the_consent_registry_unless_told_otherwise(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    db = tmp_path / "gateway.db"
+    config.write_text((ROOT / "config.yaml").read_text().replace("sqlite:///./gateway.db", f"sqlite:///{db}")
+                      .replace("policies_dir: policies", f"policies_dir: {ROOT / 'policies'}"))
+    explain = ["policy", "explain", "--tenant", "hr", "--app", "chatbot", "--model", "mistral-7b",
+               "--subject", "emp-1", "--fail", "mistral-7b-selfhosted", "--fail", "mistral-api", "--config", str(config)]
+    before = runner.invoke(app, explain)
+    assert "consent: the registry in sqlite:///" in before.output
+    assert "denied consent.required (HTTP 503)" in before.output
+    granted = runner.invoke(app, ["consent", "grant", "--tenant", "hr", "--subject", "emp-1",
+                                  "--purpose", "llm_fallback_gpt4", "--config", str(config)])
+    assert granted.exit_code == 0, granted.output
+    after = runner.invoke(app, explain)
+    assert "routed to openai-gpt4 (US)" in after.output, after.output
+    overridden = runner.invoke(app, [*explain, "--no-consent"])
+    assert "consent: none (--no-consent)" in overridden.output
+    assert "denied consent.required" in overridden.output
+    other = runner.invoke(app, [*explain[:8], "--subject", "emp-2", *explain[10:], "--consent", "llm_fallback_gpt4"])
+    assert "consent: --consent llm_fallback_gpt4 (command line)" in other.output
+    assert "routed to openai-gpt4 (US)" in other.output
