@@ -28,6 +28,7 @@ from gateway.bundle import Bundle, BundleHolder, watch
 from gateway.chain import Chain
 from gateway.config import Config
 from gateway.errors import GatewayError, PolicyDenied, UpstreamError, bad_request
+from gateway.openai_schema import PSEUDONYMISED
 from gateway.policy import Context, Target
 from gateway.router import Committed, Router
 from gateway.services import Services
@@ -37,7 +38,7 @@ from gateway.store.db import make_engine
 from gateway.store.writer import Writer
 from gateway.upstreams import build
 from gateway.upstreams.base import Upstream
-from gateway.validation import validate_chat, validate_embeddings
+from gateway.validation import validator
 
 log = logging.getLogger("gateway")
 access = logging.getLogger("gateway.access")
@@ -55,7 +56,6 @@ _SSE_HEADERS = [
 ]
 _DEV_SECRET = "execai-dev-secret-change-me"
 _EMPTY_CHAIN = Chain()
-_END_USER_IDS = ("user", "safety_identifier")  # OpenAI fields naming the end user
 
 
 class _Disconnected(Exception):
@@ -72,6 +72,10 @@ class Gateway:
         self.bundle = bundle or BundleHolder(Bundle.empty())
         self.pseudonym = pseudonymiser(config.server.secret_key)
         self.max_body = config.server.max_body_bytes
+        extensions = {f for d in config.deployments.values() for f in d.extra_fields}
+        self.validate_chat, self.validate_embeddings = (
+            validator(endpoint, unknown_fields=config.server.unknown_fields, max_n=config.server.max_n,
+                      extensions=extensions) for endpoint in ("chat", "embeddings"))
         storage = config.storage
         self.writer = Writer(self.engine, storage.spool_dir, batch_size=storage.writer_batch_size,
                              flush_interval_s=storage.writer_flush_interval_s)
@@ -234,8 +238,11 @@ class Gateway:
     def _context(self, scope: Scope, principal: Principal, endpoint: Any, body: dict[str, Any]) -> Context:
         model = body["model"]
         alias = self.config.models.get(model)
-        if alias is None or alias.type != endpoint:
-            raise GatewayError(404, "model_not_found", f"The model '{model[:100]}' does not exist.", param="model")
+        if alias is None:
+            raise GatewayError(404, "model_not_found", "The model does not exist.", param="model")
+        if alias.type != endpoint:
+            raise GatewayError(400, "model_wrong_endpoint", f"This is a {alias.type} model; it does not serve "
+                               f"{'chat completions' if endpoint == 'chat' else 'embeddings'}.", param="model")
         if not principal.may_use(model):
             raise GatewayError(403, "model_not_allowed", f"This API key may not use the model '{model}'.",
                                param="model")
@@ -251,16 +258,13 @@ class Gateway:
             bundle_hash=self.bundle.current.hash,
         )
 
-    def _pseudonymise_ids(self, body: dict[str, Any]) -> None:
-        """End-user ids never leave raw: upstreams get a keyed pseudonym, distinct from the one the
-        gateway stores (so an upstream's logs cannot be joined with the audit trail either)."""
-        for name in _END_USER_IDS:
+    def _pseudonymise_ids(self, body: dict[str, Any], fields: tuple[str, ...]) -> None:
+        """End-user ids (validated strings) never leave raw: upstreams get a keyed pseudonym, distinct from
+        the one the gateway stores (so an upstream's logs cannot be joined with the audit trail either)."""
+        for name in fields:
             value = body.get(name)
-            if value is None:
-                continue
-            if not isinstance(value, str) or len(value) > 256:
-                raise bad_request(f"'{name}' must be a string of at most 256 characters.", param=name)
-            body[name] = self.pseudonym(f"upstream:{value}")
+            if isinstance(value, str):
+                body[name] = self.pseudonym(f"upstream:{value}")
 
     def _headers(self, ctx: Context) -> list[tuple[bytes, bytes]]:
         h = [(b"x-gateway-request-id", ctx.request_id.encode())]
@@ -275,10 +279,10 @@ class Gateway:
     # --- OpenAI routes ---------------------------------------------------------------------
 
     async def chat(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._proxy(scope, receive, send, "chat", validate_chat)
+        await self._proxy(scope, receive, send, "chat", self.validate_chat)
 
     async def embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._proxy(scope, receive, send, "embeddings", validate_embeddings)
+        await self._proxy(scope, receive, send, "embeddings", self.validate_embeddings)
 
     async def _proxy(
         self, scope: Scope, receive: Receive, send: Send, endpoint: Any, validate: Callable[[dict[str, Any]], None]
@@ -289,7 +293,7 @@ class Gateway:
         ctx = self._context(scope, principal, endpoint, body)
         # Our own request extension never reaches an upstream, whether or not a policy reads it.
         ctx.rag_hints = body.pop("gateway_rag", None)
-        self._pseudonymise_ids(body)
+        self._pseudonymise_ids(body, PSEUDONYMISED[endpoint])
         # Requests in flight keep the bundle they started with, even across a hot reload.
         chain = self.bundle.current.chain_for(principal.tenant, principal.app)
         watcher = _DisconnectWatcher(receive)

@@ -63,6 +63,10 @@ class Deployment(Strict):
     )
     region: str = Field(..., min_length=1, description="Hosting region, e.g. `westeurope`, `fr-par`, `on-prem-fra`.")
     dpa: bool = Field(False, description="True when a data processing agreement covers this upstream.")
+    extra_fields: list[str] = Field([], description=(
+        "Provider extensions (top-level request fields outside the OpenAI API, e.g. vLLM's `top_k`) this "
+        "deployment accepts. Requests may carry them; their strings are scanned like text, and they are "
+        "sent to this deployment only."))
     timeouts: Timeouts = Field(Timeouts(), description="Connect, read and total timeouts.")
     max_concurrency: int = Field(
         256, ge=1, le=100_000, description="Concurrent requests this gateway worker sends to the deployment."
@@ -105,6 +109,12 @@ class Server(Strict):
     max_body_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest accepted request body; larger bodies get 413."
     )
+    max_n: int = Field(8, ge=1, le=128, description="Largest `n` (choices per chat request) accepted.")
+    unknown_fields: Literal["reject", "drop", "scan"] = Field("reject", description=(
+        "A top-level request field the OpenAI API does not define: `reject` (400 "
+        "`invalid_request.unknown_field`), `drop` (removed before forwarding) or `scan` (forwarded after "
+        "its strings went through PII redaction). Fields a deployment lists in `extra_fields` are always "
+        "accepted."))
     key_refresh_s: float = Field(
         2.0, gt=0, le=5, description="How often each worker re-reads cached keys; bounds revocation delay."
     )

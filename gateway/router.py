@@ -67,6 +67,9 @@ class Router:
     def __init__(self, upstreams: Mapping[str, Upstream]) -> None:
         self.upstreams = upstreams
         self.breakers = {name: Breaker() for name in upstreams}
+        # Provider extensions go only to the deployments that list them.
+        every = {f for u in upstreams.values() for f in u.deployment.extra_fields}
+        self._foreign = {name: frozenset(every - set(u.deployment.extra_fields)) for name, u in upstreams.items()}
 
     async def send(
         self, ctx: Context, chain: Chain, endpoint: Endpoint, request: dict[str, Any]
@@ -121,6 +124,9 @@ class Router:
         raise UpstreamError(last.status, last.reason, last.message, headers=headers)
 
     async def _try(self, target: Target, endpoint: Endpoint, body: dict[str, Any], stream: bool) -> Committed:
+        foreign = self._foreign.get(target.name)
+        if foreign and not foreign.isdisjoint(body):
+            body = {k: v for k, v in body.items() if k not in foreign}
         response = await self.upstreams[target.name].send(endpoint, body, stream)
         if not stream:
             return Committed(target, response)

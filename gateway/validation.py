@@ -1,89 +1,55 @@
-"""Shape checks for OpenAI request bodies.
+"""Shape checks for OpenAI request bodies: only fields the API defines, each by type and range.
 
-Only the types of parameters the gateway knows are checked; unknown fields pass through to
-the upstream untouched, as OpenAI-compatible servers add their own.
+The schema lives in ``gateway.openai_schema``. Nesting deeper than 32 levels is refused before
+anything walks the body. Unknown top-level fields follow ``server.unknown_fields``; provider
+extensions a deployment lists in ``extra_fields`` are accepted (and scanned like text).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from typing import Any
 
-from gateway.errors import bad_request
+from pydantic import ValidationError
 
-_NUM = (int, float)
-_NONE = type(None)
+from gateway.errors import GatewayError, bad_request
+from gateway.openai_schema import CHAT, EMBEDDINGS, MAX_DEPTH, TOP_LEVEL, depth, problem
 
-CHAT: dict[str, tuple[type, ...]] = {
-    "messages": (list,),
-    "stream": (bool, _NONE),
-    "n": (int, _NONE),
-    "max_tokens": (int, _NONE),
-    "max_completion_tokens": (int, _NONE),
-    "temperature": (*_NUM, _NONE),
-    "top_p": (*_NUM, _NONE),
-    "presence_penalty": (*_NUM, _NONE),
-    "frequency_penalty": (*_NUM, _NONE),
-    "seed": (int, _NONE),
-    "stop": (str, list, _NONE),
-    "tools": (list, _NONE),
-    "tool_choice": (str, dict, _NONE),
-    "parallel_tool_calls": (bool, _NONE),
-    "response_format": (dict, _NONE),
-    "logprobs": (bool, _NONE),
-    "top_logprobs": (int, _NONE),
-    "logit_bias": (dict, _NONE),
-    "user": (str, _NONE),
-    "stream_options": (dict, _NONE),
-    "metadata": (dict, _NONE),
-}
-
-EMBEDDINGS: dict[str, tuple[type, ...]] = {
-    "input": (str, list),
-    "encoding_format": (str, _NONE),
-    "dimensions": (int, _NONE),
-    "user": (str, _NONE),
-}
-
-_NAMES = {int: "integer", float: "number", bool: "boolean", str: "string", list: "array", dict: "object",
-          _NONE: "null"}
+GATEWAY_FIELDS = frozenset({"gateway_rag"})  # our own request extensions, removed before forwarding
+Validator = Callable[[dict[str, Any]], None]
 
 
-def _check_types(body: dict[str, Any], table: dict[str, tuple[type, ...]]) -> None:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("'model' is required and must be a string.", param="model")
-    for key, types in table.items():
-        if key not in body:
-            continue
-        value = body[key]
-        # bool is an int in Python; JSON true is not a valid integer parameter.
-        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
-        if not ok:
-            expected = " or ".join(dict.fromkeys(_NAMES[t] for t in types))
-            raise bad_request(f"Invalid type for '{key}': expected {expected}.", param=key,
-                              code="invalid_type")
+def validator(endpoint: str, *, unknown_fields: str = "reject", max_n: int = 8,
+              extensions: Collection[str] = ()) -> Validator:
+    """A function that checks (and, for ``drop``, trims) one request body in place; raises a 400."""
+    adapter = CHAT if endpoint == "chat" else EMBEDDINGS
+    known = TOP_LEVEL[endpoint] | GATEWAY_FIELDS | frozenset(extensions)
+    core = TOP_LEVEL[endpoint]
+
+    def validate(body: dict[str, Any]) -> None:
+        if depth(body) > MAX_DEPTH:
+            raise GatewayError(400, "invalid_request.too_deep", f"The request nests deeper than {MAX_DEPTH} levels.")
+        unknown = [k for k in body if k not in known]
+        if unknown and unknown_fields == "reject":
+            raise GatewayError(400, "invalid_request.unknown_field",
+                               f"Unknown field '{unknown[0][:64]}'.", param=unknown[0][:64])
+        if unknown and unknown_fields == "drop":
+            for k in unknown:
+                del body[k]
+        checked = body if all(k in core for k in body) else {k: v for k, v in body.items() if k in core}
+        try:
+            adapter.validate_python(checked)
+        except ValidationError as exc:
+            param, code, message = problem(exc, checked)
+            raise GatewayError(400, code, message, param=param or None) from None
+        n = body.get("n")
+        if isinstance(n, int) and n > max_n:
+            raise bad_request(f"'n' may be at most {max_n}.", param="n", code="invalid_request.invalid_value")
+        if body.get("stream_options") is not None and not body.get("stream"):
+            raise bad_request("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
+
+    return validate
 
 
-def validate_chat(body: dict[str, Any]) -> None:
-    """Raise a 400 GatewayError when a known chat parameter has the wrong type."""
-    _check_types(body, CHAT)
-    messages = body.get("messages")
-    if not messages:
-        raise bad_request("'messages' is required and must be a non-empty array.", param="messages")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise bad_request(f"messages[{i}] must be an object with a string 'role'.", param=f"messages[{i}]",
-                              code="invalid_type")
-    options = body.get("stream_options")
-    if options is not None and not body.get("stream"):
-        raise bad_request("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
-
-
-def validate_embeddings(body: dict[str, Any]) -> None:
-    """Raise a 400 GatewayError when the embeddings body is malformed."""
-    _check_types(body, EMBEDDINGS)
-    if "input" not in body:
-        raise bad_request("'input' is required.", param="input")
-    value = body["input"]
-    if isinstance(value, list) and not value:
-        raise bad_request("'input' must not be empty.", param="input")
+validate_chat = validator("chat")
+validate_embeddings = validator("embeddings")

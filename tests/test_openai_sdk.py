@@ -50,7 +50,7 @@ def test_stream_usage_chunk_is_returned_when_requested(gw: RunningGateway) -> No
     assert chunks[-1].usage is not None and chunks[-1].choices == []
 
 
-def test_tools_and_unknown_fields_pass_through_untouched(gw: RunningGateway, upstream: DevUpstream) -> None:
+def test_tools_and_every_known_field_pass_through_untouched(gw: RunningGateway, upstream: DevUpstream) -> None:
     tools = [
         {
             "type": "function",
@@ -70,7 +70,8 @@ def test_tools_and_unknown_fields_pass_through_untouched(gw: RunningGateway, ups
         seed=7,
         stop=["END"],
         logprobs=True,
-        extra_body={"guided_json": {"type": "object"}, "top_k": 5},
+        metadata={"ticket": "T-17"},
+        reasoning_effort="low",
     )
     call = completion.choices[0].message.tool_calls[0]  # type: ignore[index]
     assert call.function.name == "lookup"
@@ -84,8 +85,8 @@ def test_tools_and_unknown_fields_pass_through_untouched(gw: RunningGateway, ups
         "seed": 7,
         "stop": ["END"],
         "logprobs": True,
-        "guided_json": {"type": "object"},
-        "top_k": 5,
+        "metadata": {"ticket": "T-17"},
+        "reasoning_effort": "low",
     }.items():
         assert body[key] == value
 

@@ -90,9 +90,10 @@ class StreamEditor:
 
     async def _edit_delta(self, index: int, delta: dict[str, Any]) -> bool:
         changed = False
-        if isinstance(delta.get("content"), str):
-            new = await self._channel((index, "content", 0)).feed(delta["content"])
-            changed, delta["content"] = new != delta["content"], new
+        for key in ("content", "refusal"):
+            if isinstance(delta.get(key), str):
+                new = await self._channel((index, key, 0)).feed(delta[key])
+                changed, delta[key] = changed or new != delta[key], new
         for call in delta.get("tool_calls") or ():
             function = call.get("function") if isinstance(call, dict) else None
             if isinstance(function, dict) and isinstance(function.get("arguments"), str):
@@ -111,8 +112,8 @@ class StreamEditor:
             if not rest:
                 continue
             changed = True
-            if key[1] == "content":
-                delta["content"] = (delta.get("content") or "") + rest
+            if key[1] in ("content", "refusal"):
+                delta[key[1]] = (delta.get(key[1]) or "") + rest
             else:
                 delta.setdefault("tool_calls", []).append({"index": key[2], "function": {"arguments": rest}})
         return changed

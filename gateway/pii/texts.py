@@ -1,20 +1,25 @@
 """Where text sits in OpenAI requests and responses.
 
 ``map_request`` returns a copy of a request with every outgoing text passed through a
-function: message content (strings and ``text`` parts), system prompts, tool results,
-assistant tool-call and function-call arguments (each JSON string leaf; the whole string when
-it is not JSON) and ``/v1/embeddings`` input. Unchanged parts are shared, not copied.
-The caller's request is never mutated, so each hop can be transformed from the original.
+function: every field ``gateway.openai_schema`` marks as text (message content in every
+shape, names, refusals, tool and function definitions and call arguments, stop sequences,
+metadata values, predictions, response-format schemas, embeddings input) and any top-level
+field it does not know. Unchanged parts are shared, not copied. The caller's request is never
+mutated, so each hop can be transformed from the original.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 
+from gateway.openai_schema import FREE_JSON, JSON_TEXT, PLAN, TEXT, TOP_LEVEL, URL, Plan
+
 TextFn = Callable[[str], str]
+_URL_PARTS = re.compile(r"([?&=#]|/(?!/))")
 
 
 class Unscannable(ValueError):
@@ -52,52 +57,51 @@ def _map_leaves(node: Any, fn: TextFn) -> Any:
     return node
 
 
-def _map_message(msg: Any, fn: TextFn) -> Any:
-    if not isinstance(msg, dict):
-        return msg
-    out = dict(msg)
-    content = msg.get("content")
-    if isinstance(content, str):
-        out["content"] = fn(content)
-    elif isinstance(content, list):
-        out["content"] = [
-            {**part, "text": fn(part["text"])}
-            if isinstance(part, dict) and isinstance(part.get("text"), str) else part
-            for part in content
-        ]
-    if isinstance(msg.get("tool_calls"), list):
-        out["tool_calls"] = [_map_call(call, fn) for call in msg["tool_calls"]]
-    if isinstance(msg.get("function_call"), dict):
-        out["function_call"] = _map_function(msg["function_call"], fn)
-    return out
-
-
-def _map_call(call: Any, fn: TextFn) -> Any:
-    if isinstance(call, dict) and isinstance(call.get("function"), dict):
-        return {**call, "function": _map_function(call["function"], fn)}
-    return call
-
-
-def _map_function(function: dict[str, Any], fn: TextFn) -> dict[str, Any]:
-    args = function.get("arguments")
-    if isinstance(args, str):
-        return {**function, "arguments": map_json_text(args, fn)}
-    return function
+def _walk(node: Any, plan: Plan | None, fn: TextFn) -> Any:
+    """``node`` with ``fn`` applied to every string the plan marks as text; unchanged parts are shared."""
+    if plan is None:
+        return node
+    if isinstance(node, str):
+        kind = plan if isinstance(plan, str) else plan.get("")
+        if kind in (TEXT, FREE_JSON):
+            return fn(node)
+        if kind == JSON_TEXT:
+            return map_json_text(node, fn)
+        if kind == URL:
+            # base64 media stays; a URL is scanned piece by piece (an e-mail in a query is not a URL's whole).
+            return node if node.startswith("data:") else "".join(
+                part if i % 2 else fn(part) for i, part in enumerate(_URL_PARTS.split(node)))
+        return node  # an identifier, enum, pseudonym or base64 media: validated as not free text
+    if plan == FREE_JSON:
+        return _map_leaves(node, fn)
+    if not isinstance(plan, dict):
+        return node
+    if isinstance(node, dict):
+        each = plan.get("{}")
+        out = {k: _walk(v, plan.get(k, each), fn) for k, v in node.items()}
+        return node if all(out[k] is node[k] for k in node) else out
+    if isinstance(node, list):
+        item = plan.get("[]")
+        seq = [_walk(v, item, fn) for v in node]
+        return node if all(a is b for a, b in zip(seq, node, strict=True)) else seq
+    return node
 
 
 def map_request(request: dict[str, Any], endpoint: str, fn: TextFn) -> dict[str, Any]:
-    """A copy of ``request`` with ``fn`` applied to every text that leaves the gateway."""
+    """A copy of ``request`` with ``fn`` applied to every text that leaves the gateway.
+
+    Which fields are text is declared once, in ``gateway.openai_schema``; a top-level field the
+    schema does not know (a provider extension, or ``server.unknown_fields: scan``) is scanned
+    whole."""
+    plan = PLAN[endpoint]
+    assert isinstance(plan, dict)
     if endpoint == "embeddings":
         value = request.get("input")
-        if isinstance(value, str):
-            return {**request, "input": fn(value)}
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return {**request, "input": [fn(v) for v in value]}
-        raise Unscannable("token-id input cannot be scanned")
-    messages = request.get("messages")
-    if not isinstance(messages, list):
-        return request
-    return {**request, "messages": [_map_message(m, fn) for m in messages]}
+        if not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+            raise Unscannable("token-id input cannot be scanned")
+    known = TOP_LEVEL[endpoint]
+    out = {k: _walk(v, plan.get(k) if k in known else FREE_JSON, fn) for k, v in request.items()}
+    return request if all(out[k] is request[k] for k in request) else out
 
 
 def collect(request: dict[str, Any], endpoint: str) -> list[str]:
@@ -118,8 +122,9 @@ def map_response(response: dict[str, Any], fn: TextFn, json_fn: TextFn) -> dict[
         msg = choice.get("message") if isinstance(choice, dict) else None
         if not isinstance(msg, dict):
             continue
-        if isinstance(msg.get("content"), str):
-            msg["content"] = fn(msg["content"])
+        for key in ("content", "refusal"):
+            if isinstance(msg.get(key), str):
+                msg[key] = fn(msg[key])
         for call in msg.get("tool_calls") or ():
             function = call.get("function") if isinstance(call, dict) else None
             if isinstance(function, dict) and isinstance(function.get("arguments"), str):
