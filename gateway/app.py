@@ -12,6 +12,7 @@ import gc
 import hashlib
 import hmac
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -56,6 +57,7 @@ _SSE_HEADERS = [
 ]
 _DEV_SECRET = "execai-dev-secret-change-me"
 _EMPTY_CHAIN = Chain()
+_DATA_CLASS = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 class _Disconnected(Exception):
@@ -247,6 +249,12 @@ class Gateway:
             raise GatewayError(403, "model_not_allowed", f"This API key may not use the model '{model}'.",
                                param="model")
         subject = _header(scope, b"x-subject-id") or body.get("user")
+        if subject is not None and len(subject) > 256:
+            raise bad_request("X-Subject-Id may be at most 256 characters.", code="invalid_request.subject_id")
+        data_class = _header(scope, b"x-data-class")
+        if data_class is not None and not _DATA_CLASS.fullmatch(data_class):
+            raise bad_request("X-Data-Class must be a data class name: 1-64 letters, digits, '_', '-' or '.'.",
+                              code="invalid_request.data_class")
         return Context(
             principal=principal,
             endpoint=endpoint,
@@ -254,7 +262,7 @@ class Gateway:
             candidates=[Target(n, self.config.deployments[n]) for n in alias.deployments],
             stream=bool(body.get("stream")),
             subject=self.pseudonym(subject) if isinstance(subject, str) and subject else None,
-            data_class=_header(scope, b"x-data-class"),
+            data_class=data_class,
             bundle_hash=self.bundle.current.hash,
         )
 
@@ -314,6 +322,14 @@ class Gateway:
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             ctx.status = 499
+        except Exception as exc:
+            # A bug, not the client's fault: recorded as 500 (never status 0), answered in OpenAI's format.
+            log.error("request failed", extra={"request_id": ctx.request_id, "exc_type": type(exc).__name__})
+            if ctx.status:
+                raise
+            ctx.status = 500
+            await _send_error(send, GatewayError(500, "internal_error", "The gateway failed to handle the request."),
+                              self._headers(ctx))
         finally:
             watcher.stop()
             # Completion hooks (accounting settle) run first so the audit record holds their decisions.

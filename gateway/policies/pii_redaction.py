@@ -112,6 +112,11 @@ class PiiRedaction(Policy):
                                          description="Regions whose numbering plans validate phone numbers.")
         output: OutputScan = Field(default_factory=OutputScan, description="Scanning of the model's answer.")
         timeout_ms: int = Field(1000, ge=10, le=60_000, description="Analysis time limit; past it the request fails.")
+        max_chars: int = Field(200_000, ge=1_000, description=(
+            "Most characters of text analysed per request; more gets 413 `pii.too_large` before any analysis."))
+        max_inflight_chars_per_key: int = Field(1_000_000, ge=1_000, description=(
+            "Most characters one API key may have under analysis at once (per gateway process); more gets 429 "
+            "`pii.busy`, so one client cannot take the PII engine from everyone else."))
         mask_keep_last: int = Field(4, ge=0, le=8, description="Characters the mask action leaves visible at the end.")
 
         @field_validator("entities", mode="before")
@@ -184,6 +189,7 @@ class PiiRedaction(Policy):
         self.analyzer = Analyzer({e: r.threshold for e, r in cfg.entities.items()}, allow_list=cfg.allow_list,
                                  phone_regions=cfg.phone_regions, ner_models=ner, timeout_s=cfg.timeout_ms / 1000)
         self._requests: dict[str, _Request] = {}
+        self._inflight: dict[str, int] = {}  # API key id -> characters under analysis now
         # Floor types the entity map does not name are looked for only on a consented hop (rare).
         unnamed = {e: 0.5 for e in DPA_FLOOR if e not in cfg.entities}
         self._floor_analyzer = Analyzer(unnamed, allow_list=cfg.allow_list, phone_regions=cfg.phone_regions,
@@ -221,11 +227,29 @@ class PiiRedaction(Policy):
 
     async def _analyze(self, ctx: Context, request: dict[str, Any]) -> dict[str, tuple[Span, ...]]:
         try:
-            return await self.analyzer.analyze(collect(request, ctx.endpoint))
+            texts = collect(request, ctx.endpoint)
         except Unscannable:
             raise PolicyDenied(400, "pii.unscannable_input", "Token-id input cannot be checked for PII.") from None
+        size = sum(map(len, texts))
+        if size > self.cfg.max_chars:
+            raise PolicyDenied(413, "pii.too_large", f"The request has more than {self.cfg.max_chars} characters "
+                                                     "of text to check for PII.")
+        key = ctx.principal.key_id
+        busy = self._inflight.get(key, 0)
+        if busy and busy + size > self.cfg.max_inflight_chars_per_key:
+            raise PolicyDenied(429, "pii.busy", "This API key has too much text under PII analysis; retry shortly.",
+                               headers={"Retry-After": "1"})
+        self._inflight[key] = busy + size
+        try:
+            return await self.analyzer.analyze(texts)
         except AnalyzerUnavailable:
             raise PolicyDenied(503, "pii.unavailable", "PII analysis is unavailable; nothing was sent.") from None
+        finally:
+            left = self._inflight[key] - size
+            if left:
+                self._inflight[key] = left
+            else:
+                del self._inflight[key]
 
     @staticmethod
     def _blocked(types: set[str]) -> PolicyDenied:

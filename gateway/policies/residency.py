@@ -94,7 +94,7 @@ class Residency(Policy):
         kept = [t for t in ctx.candidates if t.jurisdiction in allowed or t.name in ctx.consents]
         removed = [t.name for t in ctx.candidates if t not in kept]
         ctx.record(self.name, "narrow" if removed else "allow", allowed=sorted(allowed), removed=removed,
-                   data_class=ctx.data_class)
+                   data_class=self._recorded(ctx.data_class))
         if not kept:
             raise PolicyDenied(
                 403, "residency.no_allowed_deployment",
@@ -104,6 +104,11 @@ class Residency(Policy):
             ctx.allowed_jurisdictions = allowed
             ctx.candidates = kept
         return request
+
+    def _recorded(self, data_class: str | None) -> str | None:
+        # A header value is stored only when it is a class the policy names (an enum), never as sent.
+        listed = data_class is None or data_class in self.config.data_classes  # type: ignore[attr-defined]
+        return data_class if listed else "unlisted"
 
     async def on_attempt(self, ctx: Context, target: Target, request: dict[str, Any]) -> dict[str, Any]:
         allowed = ctx.allowed_jurisdictions
