@@ -89,6 +89,17 @@ def wrk(url: str, body: str, key: str | None, connections: int, seconds: int, un
     return {"p50": ms("50%"), "p99": ms("99%"), "rps": rps}
 
 
+def stop(*procs: subprocess.Popen[bytes]) -> None:
+    """SIGINT (a clean shutdown) to each, then wait; kill what has not stopped after 10 s."""
+    for proc in procs:
+        proc.send_signal(signal.SIGINT)
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def rss_mb(pid: int) -> float:
     # uvicorn with one worker serves in the launched process itself.
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -181,13 +192,7 @@ storage:
         print(f"| gateway worker RSS after load | | {rss:.0f} MB | |")
         print(f"\nraw runs: {rows}")
     finally:
-        for proc in (gateway, upstream):
-            proc.send_signal(signal.SIGINT)
-        for proc in (gateway, upstream):
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(gateway, upstream)
         shutil.rmtree(work, ignore_errors=True)
 
 

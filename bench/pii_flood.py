@@ -17,7 +17,7 @@ import json
 import os
 import platform
 import re
-import signal
+import shutil
 import statistics
 import subprocess
 import sys
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import BIN, PII_BODY, free_port, wait_port, wrk
+from overhead import BIN, PII_BODY, free_port, stop, wait_port, wrk
 
 
 def main() -> None:
@@ -102,13 +102,8 @@ server:
         print(f"\nkey A's requests per run (refused: 429 pii.busy or 413 pii.too_large): {answers}")
         print(f"raw: alone={alone} flooded={flooded}")
     finally:
-        for proc in (gateway, upstream):
-            proc.send_signal(signal.SIGINT)
-        for proc in (gateway, upstream):
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(gateway, upstream)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
