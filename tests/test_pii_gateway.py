@@ -123,7 +123,7 @@ def test_an_analyzer_failure_fails_closed_and_sends_nothing(
 ) -> None:
     gw = start(gateway_factory, upstream, tmp_path, STRUCTURED_POLICY)
 
-    def broken(self: Analyzer, text: str) -> Any:
+    def broken(self: Analyzer, text: str, deadline: float | None = None) -> Any:
         raise RuntimeError("analyzer down")
 
     monkeypatch.setattr(Analyzer, "analyze_text", broken)

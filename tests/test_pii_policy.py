@@ -135,12 +135,44 @@ async def test_analysis_slower_than_the_timeout_fails_closed(monkeypatch: pytest
 
     real = Analyzer.analyze_text
 
-    def slow(self: Analyzer, text: str) -> Any:
+    def slow(self: Analyzer, text: str, deadline: float | None = None) -> Any:
         time.sleep(0.3)
-        return real(self, text)
+        return real(self, text, deadline)
 
     monkeypatch.setattr(Analyzer, "analyze_text", slow)
     p = policy(timeout_ms=50)
     with pytest.raises(PolicyDenied) as exc:
         await p.on_request(context(), chat("long text " * 1000))  # long enough for the worker pool
     assert (exc.value.status, exc.value.code) == (503, "pii.unavailable")
+
+
+def test_long_text_is_analysed_in_chunks_with_the_same_findings() -> None:
+    import time
+
+    from gateway.pii import analyzer as engine
+
+    a = engine.Analyzer({"EMAIL_ADDRESS": 0.5, "IBAN_CODE": 0.5, "PHONE_NUMBER": 0.5})
+    step, found = engine.CHUNK_CHARS - engine.CHUNK_OVERLAP, []
+    text = ""
+    for i in range(1, 13):
+        # Each identifier pair starts a few characters before a chunk boundary (or its overlap's end),
+        # so one chunk sees it whole and the next only its tail.
+        target = i * step - (5 + 3 * i) + (engine.CHUNK_OVERLAP if i % 3 == 0 else 0)
+        text += "x" * max(target - len(text), 1) + f" ann{i}@example.org DE89 3704 0044 0532 0130 00 +49 30 1234567 "
+        found += [("EMAIL_ADDRESS", f"ann{i}@example.org"), ("IBAN_CODE", "DE89 3704 0044 0532 0130 00"),
+                  ("PHONE_NUMBER", "+49 30 1234567")]
+    text += "y" * engine.CHUNK_CHARS
+    chunked = [(s.entity, text[s.start:s.end]) for s in a.analyze_text(text, deadline=time.monotonic() + 60)]
+    whole = [(s.entity, text[s.start:s.end]) for s in a._analyze_chunk(text)]
+    assert len(text) > 10 * engine.CHUNK_CHARS
+    assert chunked == whole == found
+
+
+def test_an_analysis_past_its_deadline_stops_between_chunks() -> None:
+    import time
+
+    from gateway.pii.analyzer import Analyzer
+
+    a = Analyzer({"EMAIL_ADDRESS": 0.5})
+    with pytest.raises(TimeoutError):
+        a.analyze_text("x " * 50_000, deadline=time.monotonic() - 1)
