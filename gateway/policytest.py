@@ -350,6 +350,12 @@ def _lint_sections(config: Config, sections: dict[str, dict[str, Any]]) -> list[
         if not pii or mode_of(pii) == "shadow":
             out.append("consent_fallback requires PII redaction but pii_redaction is off or in shadow mode: "
                        "the fallback would always be refused")
+    order = list(active)
+    if "token_accounting" in order:
+        costly = [n for n in ("rag_context", "pii_redaction") if n in order[:order.index("token_accounting")]]
+        if costly:
+            out.append(f"warning: {' and '.join(costly)} run before token_accounting, so a client over its rate "
+                       "limits still gets that work done; put token_accounting first after residency")
     if residency:
         for name, alias in config.models.items():
             if not any(config.deployments[d].jurisdiction in allowed for d in alias.deployments):

@@ -319,3 +319,14 @@ def test_policy_explain_reads_the_consent_registry_unless_told_otherwise(tmp_pat
     other = runner.invoke(app, [*explain[:8], "--subject", "emp-2", *explain[10:], "--consent", "llm_fallback_gpt4"])
     assert "consent: --consent llm_fallback_gpt4 (command line)" in other.output
     assert "routed to openai-gpt4 (US)" in other.output
+
+
+def test_policy_check_warns_when_expensive_work_comes_before_rate_limits(tmp_path: Path) -> None:
+    policies = _write(tmp_path, "version: 1\ndefaults:\n  pii_redaction: {}\n  token_accounting:\n"
+                                "    rate_limits: [{scope: key, rpm: 10}]\n")
+    result = _run("policy", "check", str(policies))
+    assert result.exit_code == 0
+    assert "pii_redaction run before token_accounting" in result.output
+    _write(tmp_path, "version: 1\ndefaults:\n  token_accounting:\n    rate_limits: [{scope: key, rpm: 10}]\n"
+                     "  pii_redaction: {}\n")
+    assert "run before token_accounting" not in _run("policy", "check", str(policies)).output

@@ -137,3 +137,33 @@ def test_pii_analysis_has_a_size_bound_and_a_per_key_bound(
     assert big.status_code == 413 and big.json()["error"]["code"] == "pii.too_large"
     assert upstream.received == []
     assert post(gw, {"model": "mistral-7b", "messages": [{"role": "user", "content": "a " * 2000}]}).status_code == 200
+
+
+def test_a_client_over_its_rate_limit_is_refused_before_any_pii_analysis(
+        gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.pii.analyzer import Analyzer
+
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "bundle.yaml").write_text(  # the shipped order: accounting, then PII
+        "version: 1\ndefaults:\n  token_accounting:\n    rate_limits: [{scope: key, rpm: 2}]\n"
+        "  pii_redaction:\n    entities: {EMAIL_ADDRESS: redact}\n")
+    gw = gateway_factory(make_config(upstream), tmp_path / "p")
+    analysed: list[int] = []
+    real = Analyzer.analyze
+
+    async def counting(self: Analyzer, texts: Any, **kw: Any) -> Any:
+        analysed.append(1)
+        return await real(self, texts, **kw)
+
+    monkeypatch.setattr(Analyzer, "analyze", counting)
+    key = gw.key()
+    body = {"model": "mistral-7b", "messages": [{"role": "user", "content": "mail ann@example.org " * 2000}]}
+    import time
+
+    if time.time() % 60 > 50:  # rpm windows are clock minutes: do not straddle one
+        time.sleep(61 - time.time() % 60)
+    statuses = [httpx.post(f"{gw.base_url}/chat/completions", json=body, timeout=10,
+                           headers={"Authorization": f"Bearer {key}"}).status_code for _ in range(4)]
+    assert statuses[:2] == [200, 200] and statuses[2:] == [429, 429]
+    assert 0 < len(analysed) <= 2 * 2  # request + hop analyses of the two admitted requests only
