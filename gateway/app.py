@@ -255,6 +255,7 @@ class Gateway:
         if data_class is not None and not _DATA_CLASS.fullmatch(data_class):
             raise bad_request("X-Data-Class must be a data class name: 1-64 letters, digits, '_', '-' or '.'.",
                               code="invalid_request.data_class")
+        self.bundle.current.check_header("x-data-class", data_class)
         return Context(
             principal=principal,
             endpoint=endpoint,

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.chain import Chain
 from gateway.config import Config
+from gateway.errors import GatewayError
 from gateway.layering import Layer, Loc, Loosening, Resolved, body, mode_of, resolve
 from gateway.policies import REGISTRY, load_all
 from gateway.policy import Policy
@@ -63,6 +64,7 @@ class Bundle:
     sources: list[Source] = field(default_factory=list)
     _chains: dict[tuple[str, str], Chain] = field(default_factory=dict)
     _resolved: dict[tuple[str, str], Resolved] = field(default_factory=dict)
+    _headers: dict[str, frozenset[str]] | None = None
 
     def where(self, loc: Loc) -> str:
         """``file:line`` of the most specific source that defines ``loc`` (or its longest defined prefix)."""
@@ -101,6 +103,28 @@ class Bundle:
             resolved = resolve(self.layers(tenant, app), scope, _normalize, _validate, _loosened, self.where)
             self._resolved[key] = resolved
         return resolved
+
+    def header_values(self) -> dict[str, frozenset[str]]:
+        """Per request header some policy reads, every value the bundle names for it (any tenant or app)."""
+        if self._headers is None:
+            found: dict[str, set[str]] = {}
+            for tenant, app in self.scopes():
+                resolved = self.resolve(tenant, app)
+                for name, section in [*resolved.sections.items(), *resolved.trials.items()]:
+                    if mode_of(section) == "off":
+                        continue
+                    config = REGISTRY[name].Config.model_validate(body(section))
+                    for header, values in REGISTRY[name].header_values(config).items():
+                        found.setdefault(header, set()).update(values)
+            self._headers = {h: frozenset(v) for h, v in found.items()}
+        return self._headers
+
+    def check_header(self, header: str, value: str | None) -> None:
+        """Raise a 400 when a declared header carries a value no policy names (it would reach records)."""
+        allowed = self.header_values().get(header)
+        if value is not None and allowed is not None and value not in allowed:
+            raise GatewayError(400, f"invalid_request.{header.removeprefix('x-').replace('-', '_')}",
+                               f"{header.title()} must be one of the configured values: {', '.join(sorted(allowed))}.")
 
     def loosenings(self) -> list[Loosening]:
         """Every loosening of an inherited value, once each (a tenant's shows under each of its apps too)."""

@@ -121,6 +121,12 @@ class Policy:
         return raw
 
     @classmethod
+    def header_values(cls, config: Any) -> dict[str, frozenset[str]]:
+        """Request headers this config reads, each with the values it names (lower-case header names).
+        A header some policy declares must carry one of the values any policy in the bundle names."""
+        return {}
+
+    @classmethod
     def loosened(cls, before: Any, after: Any) -> list[tuple[tuple[str | int, ...], str]]:
         """What the validated config ``after`` weakens compared with the inherited ``before`` (None when
         the layer adds the section): ``(path inside the section, message)`` pairs; empty when nothing."""

@@ -198,6 +198,7 @@ async def simulate(config: Config, bundle: Bundle, request: SimRequest, consents
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
     try:
+        bundle.check_header("x-data-class", request.data_class)
         body = await chain.request(ctx, body)
         committed = await router.send(ctx, chain, request.endpoint, body)
         raw = await committed.response.read()

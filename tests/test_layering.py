@@ -245,7 +245,7 @@ def test_policy_show_diff_defaults_lists_only_what_the_app_changes() -> None:
                   str(ROOT / "policies"))
     shown = json.loads(result.output)
     layers = {v["layer"] for s in shown["sections"] for v in s["values"]}
-    assert layers == {"app hr/chatbot"}
+    assert layers == {"app hr/chatbot", "tenant hr"}  # hr's own residency class, and the chatbot's changes
     paths = {v["path"] for s in shown["sections"] for v in s["values"]}
     assert "entities.PERSON.action" in paths and "entities.EMAIL_ADDRESS.action" not in paths
 

@@ -104,8 +104,8 @@ def test_data_class_rules_override_the_default(
     key = gw.key()
     assert chat(gw, key, "us-only", headers={"X-Data-Class": "public"}).status_code == 200
     assert chat(gw, key, "us-only", headers={"X-Data-Class": "health"}).status_code == 403
-    unknown = chat(gw, key, "mistral-7b", headers={"X-Data-Class": "secret"})
-    assert unknown.json()["error"]["code"] == "residency.unknown_data_class"
+    unknown = chat(gw, key, "mistral-7b", headers={"X-Data-Class": "secret"})  # no rule names it
+    assert unknown.status_code == 400 and unknown.json()["error"]["code"] == "invalid_request.data_class"
 
 
 def test_eu_prompt_never_reaches_us_upstream_without_consent(

@@ -431,7 +431,9 @@ def extra_hr_texts(draw: st.DrawFn) -> str:
     """A second file: a new app of tenant hr, and sometimes hr's own (tenant layer) sections."""
     spec: dict[str, Any] = {"apps": {"newapp": draw(layer_sections("app"))}}
     if maybe(draw, 50):
-        spec = {**draw(layer_sections("tenant")), **spec}  # the shipped bundle writes no hr tenant section
+        tenant = draw(layer_sections("tenant"))
+        tenant.pop("residency", None)  # the shipped file writes hr's residency; a section is written once per layer
+        spec = {**tenant, **spec}
     return dump({"version": 1, "tenants": {"hr": spec}})
 
 

@@ -167,3 +167,20 @@ def test_a_client_over_its_rate_limit_is_refused_before_any_pii_analysis(
                            headers={"Authorization": f"Bearer {key}"}).status_code for _ in range(4)]
     assert statuses[:2] == [200, 200] and statuses[2:] == [429, 429]
     assert 0 < len(analysed) <= 2 * 2  # request + hop analyses of the two admitted requests only
+
+
+def test_a_data_class_no_policy_names_is_refused(
+        gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream, tmp_path: Path) -> None:
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "bundle.yaml").write_text(
+        "version: 1\ndefaults:\n  residency: {allow: [EU], data_classes: {health: [EU]}}\n"
+        "tenants:\n  other:\n    residency: {data_classes: {internal: [EU]}}\n")
+    gw = gateway_factory(make_config(upstream), tmp_path / "p")
+    body = {"model": "mistral-7b", "messages": HELLO}
+    assert post(gw, body, headers={"X-Data-Class": "health"}).status_code == 200
+    refused = post(gw, body, headers={"X-Data-Class": "secret"})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_request.data_class"
+    assert "health, internal" in refused.json()["error"]["message"]
+    # Named by another tenant's rule: a class this tenant's residency does not list (unknown_data_class).
+    assert post(gw, body, headers={"X-Data-Class": "internal"}).json()["error"]["code"] == \
+        "residency.unknown_data_class"

@@ -66,6 +66,10 @@ class Residency(Policy):
         return allowed
 
     @classmethod
+    def header_values(cls, config: Any) -> dict[str, frozenset[str]]:
+        return {"x-data-class": frozenset(config.data_classes)}
+
+    @classmethod
     def loosened(cls, before: Any, after: Any) -> list[tuple[tuple[str | int, ...], str]]:
         if before is None:
             return []
