@@ -57,6 +57,7 @@ _SSE_HEADERS = [
 ]
 _DEV_SECRET = "execai-dev-secret-change-me"
 _EMPTY_CHAIN = Chain()
+_DONE = b"data: [DONE]"
 _DATA_CLASS = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
@@ -357,12 +358,18 @@ class Gateway:
         await send({"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, *self._headers(ctx)]})
         finished = False
         try:
+            # Once the client has the terminating [DONE], the answer is delivered: a hang-up after it is not
+            # an abort (the status stays 200), so the watcher stops before the upstream's own end is awaited.
             if chain.reads_response(ctx):
                 async for event in chain.stream(ctx, parse(committed.chunks)):
                     await self._stream_send(ctx, send, event.encode())
+                    if event.is_done:
+                        watcher.stop()
             else:
                 async for chunk in committed.chunks:
                     await self._stream_send(ctx, send, chunk)
+                    if _DONE in chunk:
+                        watcher.stop()
             finished = True
         except PolicyDenied as exc:
             ctx.status = exc.status
