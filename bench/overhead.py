@@ -153,7 +153,8 @@ storage:
   port: {gw_port}
   policies_dir: {Path(policies).resolve()}
 """)
-    env = {**os.environ, "GATEWAY_CONFIG": str(work / "config.yaml"), "GATEWAY_LOG_LEVEL": "INFO"}
+    env = {**os.environ, "GATEWAY_CONFIG": str(work / "config.yaml"), "GATEWAY_LOG_LEVEL": "INFO",
+           "GATEWAY_SECRET": os.environ.get("GATEWAY_SECRET") or "bench-" + "x" * 40}
     key = subprocess.run([BIN / "gateway", "keys", "create", "--tenant", "bench", "--app", "bench"],
                          env=env, capture_output=True, text=True, check=True).stdout.strip()
     upstream = subprocess.Popen([BIN / "gateway", "dev-upstream", "--port", str(up_port), "--chunk-delay-ms", "0"],

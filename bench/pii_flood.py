@@ -54,7 +54,8 @@ server:
   port: {gw_port}
   policies_dir: {work / "policies"}
 """)
-    env = {**os.environ, "GATEWAY_CONFIG": str(work / "config.yaml"), "GATEWAY_LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "GATEWAY_CONFIG": str(work / "config.yaml"), "GATEWAY_LOG_LEVEL": "WARNING",
+           "GATEWAY_SECRET": os.environ.get("GATEWAY_SECRET") or "bench-" + "x" * 40}
 
     def key(app: str) -> str:
         return subprocess.run([BIN / "gateway", "keys", "create", "--tenant", "bench", "--app", app], env=env,

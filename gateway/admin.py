@@ -10,10 +10,11 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Annotated
 
 import orjson
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
 
 from gateway import audit, auth
 from gateway.errors import GatewayError
@@ -23,12 +24,18 @@ if TYPE_CHECKING:
     from gateway.app import Gateway
 
 
+# Names are identifiers; free text may not carry NUL bytes (PostgreSQL refuses them, with a 500 before).
+Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")]
+Text = Annotated[str, Field(max_length=512, pattern=r"^[^\x00]*$")]
+ModelPattern = Annotated[str, Field(pattern=r"^([A-Za-z0-9._:/+-]+|\*)$", max_length=256)]
+
+
 class KeyCreate(BaseModel):
-    tenant: str = Field(..., min_length=1, max_length=128)
-    app: str = Field(..., min_length=1, max_length=128)
-    models: list[str] = Field(default_factory=list, description="Public model names; ['*'] for all.")
-    scopes: list[str] = Field(default_factory=lambda: ["chat", "embeddings"])
-    name: str = ""
+    tenant: Name
+    app: Name
+    models: list[ModelPattern] = Field(default_factory=list, description="Public model names; ['*'] for all.")
+    scopes: list[Name] = Field(default_factory=lambda: ["chat", "embeddings"])
+    name: Annotated[str, Field(max_length=128, pattern=r"^[^\x00]*$")] = ""
 
 
 class KeyOut(BaseModel):
@@ -55,10 +62,12 @@ def _out(row: auth.ApiKey) -> dict[str, object]:
 
 
 class ConsentGrant(BaseModel):
-    tenant: str = Field(..., min_length=1, max_length=128)
-    subject_id: str = Field(..., min_length=1, max_length=512, description="Raw id; only its pseudonym is stored.")
-    purpose: str = Field(..., min_length=1, max_length=128)
-    evidence_ref: str = Field("", max_length=256, description="Where the proof of consent is kept.")
+    tenant: Name
+    subject_id: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00]+$",
+                                     description="Raw id; only its pseudonym is stored.")]
+    purpose: Name
+    evidence_ref: Annotated[str, Field(max_length=256, pattern=r"^[^\x00]*$",
+                                       description="Where the proof of consent is kept.")] = ""
     expires_in_days: int | None = Field(None, ge=1, le=3650)
 
 
@@ -78,17 +87,33 @@ def _error(exc: GatewayError) -> Response:
 
 
 def admin_app(gw: "Gateway") -> FastAPI:
-    app = FastAPI(title="ExecAI Gateway admin API", openapi_url="/admin/openapi.json", docs_url="/admin/docs")
+    # No documentation page (it loads Swagger UI from a CDN); the schema only to admin keys, if enabled.
+    app = FastAPI(title="ExecAI Gateway admin API", openapi_url=None, docs_url=None, redoc_url=None)
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(_: Request, exc: GatewayError) -> Response:
         return _error(exc)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_: Request, exc: HTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
+        message = {404: "Unknown admin path.", 405: "Method not allowed."}.get(exc.status_code, "Invalid request.")
+        return _error(GatewayError(exc.status_code, code, message))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         param = ".".join(str(p) for p in first["loc"] if p != "body") or None
         return _error(GatewayError(400, "invalid_request", f"{param or 'body'}: {first['msg']}", param=param))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> Response:
+        from sqlalchemy.exc import OperationalError
+
+        if isinstance(exc, OperationalError):  # the database is down: try again, not a bug
+            return _error(GatewayError(503, "database_unavailable", "The database is unavailable; retry shortly.",
+                                       headers={"Retry-After": "5"}))
+        return _error(GatewayError(500, "internal_error", "The admin request failed."))
 
     async def admin(authorization: Annotated[str | None, Header()] = None) -> auth.Principal:
         principal = await gw.keys.authenticate(authorization)
@@ -97,6 +122,14 @@ def admin_app(gw: "Gateway") -> FastAPI:
         return principal
 
     Admin = Annotated[auth.Principal, Depends(admin)]
+    QueryName = Annotated[str | None, Query(max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")]
+
+    if gw.config.server.admin_docs:
+        @app.get("/admin/openapi.json", include_in_schema=False)
+        async def openapi(_: Admin) -> dict[str, object]:
+            from fastapi.openapi.utils import get_openapi
+
+            return get_openapi(title=app.title, version="1", routes=app.routes)
 
     @app.post("/admin/keys", response_model=KeyCreated, status_code=201)
     async def create_key(body: KeyCreate, _: Admin) -> dict[str, object]:
@@ -110,7 +143,7 @@ def admin_app(gw: "Gateway") -> FastAPI:
         return {**_out(row), "key": key}
 
     @app.get("/admin/keys", response_model=list[KeyOut])
-    async def list_keys(_: Admin, tenant: str | None = None) -> list[dict[str, object]]:
+    async def list_keys(_: Admin, tenant: QueryName = None) -> list[dict[str, object]]:
         rows = await asyncio.to_thread(auth.list_keys, gw.engine, tenant)
         return [_out(r) for r in rows]
 
@@ -129,13 +162,18 @@ def admin_app(gw: "Gateway") -> FastAPI:
         )
 
     @app.delete("/admin/consents")
-    async def withdraw_consent(tenant: str, subject_id: str, purpose: str, _: Admin) -> dict[str, int]:
+    async def withdraw_consent(tenant: Annotated[str, Query(max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")],
+                               subject_id: Annotated[str, Query(max_length=256, pattern=r"^[^\x00]+$")],
+                               purpose: Annotated[str, Query(max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")],
+                               _: Admin) -> dict[str, int]:
         n = await asyncio.to_thread(consent.withdraw, gw.engine, tenant=tenant,
                                     subject=gw.pseudonym(subject_id), purpose=purpose)
         return {"withdrawn": n}
 
     @app.get("/admin/consents", response_model=list[ConsentOut])
-    async def list_consents(_: Admin, tenant: str | None = None, subject_id: str | None = None) -> list[consent.Consent]:
+    async def list_consents(_: Admin, tenant: QueryName = None,
+                            subject_id: Annotated[str | None, Query(max_length=256, pattern=r"^[^\x00]+$")] = None,
+                            ) -> list[consent.Consent]:
         subject = gw.pseudonym(subject_id) if subject_id else None
         return await asyncio.to_thread(consent.list_consents, gw.engine, tenant=tenant, subject=subject)
 

@@ -143,8 +143,8 @@ class Gateway:
             handler = self._routes.get((scope["method"], path))
             if handler is not None:
                 await self._run(handler, scope, receive, send)
-            elif path.startswith("/admin/") or path in ("/docs", "/openapi.json"):
-                await self.admin(scope, receive, send)  # type: ignore[arg-type]
+            elif path.startswith("/admin/"):
+                await self._admin(scope, receive, send)
             elif path.startswith("/v1/models/") and scope["method"] == "GET":
                 await self._run(self.model, scope, receive, send)
             elif path in self._paths or path.startswith("/v1/models/"):
@@ -153,6 +153,38 @@ class Gateway:
                 await _send_error(send, GatewayError(404, "not_found", f"Unknown path {path[:100]!r}."))
         elif kind == "lifespan":
             await self._lifespan(receive, send)
+
+    async def _admin(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The admin app, with its body read here first and bounded, before anything authenticates."""
+        limit = self.config.server.max_admin_body_bytes
+        too_large = GatewayError(413, "request_too_large", f"Request body exceeds {limit} bytes.")
+        length = _header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            await _send_error(send, too_large)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await _send_error(send, too_large)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.admin(scope, replay, send)  # type: ignore[arg-type]
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -89,6 +89,11 @@ def serve(
     from gateway.store.db import upgrade
 
     cfg = _config(config)
+    if not dev and len(cfg.server.secret_key.encode()) < 32:
+        err.print("[red]error[/red] server.secret_key (GATEWAY_SECRET) must be at least 32 bytes outside --dev: "
+                  "subject pseudonyms are keyed with it. Set one, e.g. "
+                  "GATEWAY_SECRET=$(python -c 'import secrets; print(secrets.token_urlsafe(48))')", highlight=False)
+        raise typer.Exit(2)
     upgrade(cfg.storage.database_url)
     if config is not None:
         os.environ["GATEWAY_CONFIG"] = str(config)

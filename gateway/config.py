@@ -110,6 +110,11 @@ class Server(Strict):
         4 * 1024 * 1024, ge=1024, description="Largest accepted request body; larger bodies get 413."
     )
     max_n: int = Field(8, ge=1, le=128, description="Largest `n` (choices per chat request) accepted.")
+    max_admin_body_bytes: int = Field(1024 * 1024, ge=1024, description=(
+        "Largest accepted `/admin` request body; larger bodies get 413 before authentication reads anything."))
+    admin_docs: bool = Field(False, description=(
+        "Serve the admin API's OpenAPI document at `/admin/openapi.json`, to admin keys only. No documentation "
+        "page is served (it would load assets from a CDN)."))
     unknown_fields: Literal["reject", "drop", "scan"] = Field("reject", description=(
         "A top-level request field the OpenAI API does not define: `reject` (400 "
         "`invalid_request.unknown_field`), `drop` (removed before forwarding) or `scan` (forwarded after "

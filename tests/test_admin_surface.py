@@ -1,0 +1,74 @@
+"""The admin surface: bounded bodies before authentication, no public docs, OpenAI-shaped errors, clean inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from gateway.cli import app
+from gateway.devupstream import DevUpstream
+from tests.conftest import RunningGateway, make_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def admin_headers(gw: RunningGateway) -> dict[str, str]:
+    return {"Authorization": f"Bearer {gw.key(scopes=('admin',))}"}
+
+
+def test_an_unauthenticated_oversized_admin_body_is_refused_before_it_is_read(gw: RunningGateway) -> None:
+    resp = httpx.post(f"{gw.url}/admin/keys", content=b"x" * (2 * 1024 * 1024), timeout=10,
+                      headers={"Content-Type": "application/json"})
+    assert resp.status_code == 413 and resp.json()["error"]["code"] == "request_too_large"
+
+
+def test_a_chunked_admin_body_is_bounded_as_it_arrives(gw: RunningGateway) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(40):
+            yield b"x" * 65536  # 2.5 MiB, no Content-Length
+
+    resp = httpx.post(f"{gw.url}/admin/keys", content=chunks(), timeout=10)
+    assert resp.status_code == 413
+
+
+@pytest.mark.parametrize("path", ["/admin/docs", "/admin/openapi.json", "/docs", "/openapi.json", "/admin/nope"])
+def test_no_admin_documentation_is_public_and_unknown_paths_answer_in_openai_shape(
+        gw: RunningGateway, path: str) -> None:
+    resp = httpx.get(f"{gw.url}{path}", timeout=10)
+    assert resp.status_code == 404
+    assert resp.json()["error"]["code"] == "not_found"
+
+
+def test_the_admin_schema_is_served_only_to_admin_keys_when_enabled(
+        gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream) -> None:
+    gw = gateway_factory(make_config(upstream, server={"policies_dir": "/nonexistent", "admin_docs": True}))
+    assert httpx.get(f"{gw.url}/admin/openapi.json", timeout=10).status_code == 401
+    chat_key = httpx.get(f"{gw.url}/admin/openapi.json", headers={"Authorization": f"Bearer {gw.key()}"}, timeout=10)
+    assert chat_key.status_code == 403
+    schema = httpx.get(f"{gw.url}/admin/openapi.json", headers=admin_headers(gw), timeout=10).json()
+    assert "/admin/keys" in schema["paths"]
+
+
+@pytest.mark.parametrize("body", [
+    {"tenant": "hr\x00", "app": "a"},
+    {"tenant": "hr", "app": "a", "name": "bad\x00name"},
+    {"tenant": "hr", "app": "a", "models": ["mistral 7b; drop"]},
+    {"tenant": "hr", "app": "a", "scopes": ["chat\x00"]},
+])
+def test_admin_inputs_with_nul_bytes_or_bad_names_get_a_400(gw: RunningGateway, body: dict[str, object]) -> None:
+    resp = httpx.post(f"{gw.url}/admin/keys", json=body, headers=admin_headers(gw), timeout=10)
+    assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_request_error"
+    assert "\x00" not in resp.text
+
+
+def test_serve_refuses_to_start_without_a_real_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GATEWAY_SECRET", raising=False)
+    result = CliRunner().invoke(app, ["serve", "--config", str(ROOT / "config.yaml")])
+    assert result.exit_code == 2
+    assert "must be at least 32 bytes outside --dev" in result.output and "GATEWAY_SECRET=" in result.output
+    monkeypatch.setenv("GATEWAY_SECRET", "too-short")
+    assert CliRunner().invoke(app, ["serve", "--config", str(ROOT / "config.yaml")]).exit_code == 2
