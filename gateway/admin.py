@@ -117,9 +117,17 @@ def admin_app(gw: "Gateway") -> FastAPI:
 
     async def admin(authorization: Annotated[str | None, Header()] = None) -> auth.Principal:
         principal = await gw.keys.authenticate(authorization)
-        if "admin" not in principal.scopes:
+        if not principal.scopes & {"admin", "global_admin"}:
             raise GatewayError(403, "insufficient_scope", "This endpoint needs a key with the 'admin' scope.")
         return principal
+
+    def tenant_of(principal: auth.Principal, tenant: str | None) -> str | None:
+        """The tenant an admin call may act on: any (None = all) for a global admin, else only its own."""
+        if "global_admin" in principal.scopes:
+            return tenant
+        if tenant is not None and tenant != principal.tenant:
+            raise GatewayError(403, "admin.tenant_forbidden", "This admin key manages only its own tenant.")
+        return principal.tenant
 
     Admin = Annotated[auth.Principal, Depends(admin)]
     QueryName = Annotated[str | None, Query(max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")]
@@ -132,7 +140,10 @@ def admin_app(gw: "Gateway") -> FastAPI:
             return get_openapi(title=app.title, version="1", routes=app.routes)
 
     @app.post("/admin/keys", response_model=KeyCreated, status_code=201)
-    async def create_key(body: KeyCreate, _: Admin) -> dict[str, object]:
+    async def create_key(body: KeyCreate, principal: Admin) -> dict[str, object]:
+        tenant_of(principal, body.tenant)
+        if "global_admin" in body.scopes:
+            raise GatewayError(403, "admin.tenant_forbidden", "Global admin keys are issued with the CLI only.")
         try:
             key, row = await asyncio.to_thread(
                 auth.create_key, gw.engine, tenant=body.tenant, app=body.app, models=body.models,
@@ -143,18 +154,22 @@ def admin_app(gw: "Gateway") -> FastAPI:
         return {**_out(row), "key": key}
 
     @app.get("/admin/keys", response_model=list[KeyOut])
-    async def list_keys(_: Admin, tenant: QueryName = None) -> list[dict[str, object]]:
-        rows = await asyncio.to_thread(auth.list_keys, gw.engine, tenant)
+    async def list_keys(principal: Admin, tenant: QueryName = None) -> list[dict[str, object]]:
+        rows = await asyncio.to_thread(auth.list_keys, gw.engine, tenant_of(principal, tenant))
         return [_out(r) for r in rows]
 
     @app.delete("/admin/keys/{key_id}", status_code=204)
-    async def revoke(key_id: str, _: Admin) -> Response:
-        if not await asyncio.to_thread(auth.revoke_key, gw.engine, key_id):
+    async def revoke(key_id: str, principal: Admin) -> Response:
+        row = await asyncio.to_thread(auth.get_key, gw.engine, key_id)
+        if row is not None:
+            tenant_of(principal, row.tenant)
+        if row is None or not await asyncio.to_thread(auth.revoke_key, gw.engine, key_id):
             raise GatewayError(404, "key_not_found", "No active key with that id.")
         return Response(status_code=204)
 
     @app.post("/admin/consents", response_model=ConsentOut, status_code=201)
-    async def grant_consent(body: ConsentGrant, _: Admin) -> consent.Consent:
+    async def grant_consent(body: ConsentGrant, principal: Admin) -> consent.Consent:
+        tenant_of(principal, body.tenant)
         return await asyncio.to_thread(
             consent.grant, gw.engine, tenant=body.tenant, subject=gw.pseudonym(body.subject_id),
             purpose=body.purpose, evidence_ref=body.evidence_ref,
@@ -165,21 +180,25 @@ def admin_app(gw: "Gateway") -> FastAPI:
     async def withdraw_consent(tenant: Annotated[str, Query(max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")],
                                subject_id: Annotated[str, Query(max_length=256, pattern=r"^[^\x00]+$")],
                                purpose: Annotated[str, Query(max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")],
-                               _: Admin) -> dict[str, int]:
+                               principal: Admin) -> dict[str, int]:
+        tenant_of(principal, tenant)
         n = await asyncio.to_thread(consent.withdraw, gw.engine, tenant=tenant,
                                     subject=gw.pseudonym(subject_id), purpose=purpose)
         return {"withdrawn": n}
 
     @app.get("/admin/consents", response_model=list[ConsentOut])
-    async def list_consents(_: Admin, tenant: QueryName = None,
+    async def list_consents(principal: Admin, tenant: QueryName = None,
                             subject_id: Annotated[str | None, Query(max_length=256, pattern=r"^[^\x00]+$")] = None,
                             ) -> list[consent.Consent]:
         subject = gw.pseudonym(subject_id) if subject_id else None
-        return await asyncio.to_thread(consent.list_consents, gw.engine, tenant=tenant, subject=subject)
+        return await asyncio.to_thread(consent.list_consents, gw.engine, tenant=tenant_of(principal, tenant),
+                                       subject=subject)
 
     @app.get("/admin/audit/{request_id}")
-    async def audit_record(request_id: str, _: Admin) -> dict[str, object]:
+    async def audit_record(request_id: str, principal: Admin) -> dict[str, object]:
         row = await asyncio.to_thread(audit.fetch, gw.engine, request_id)
+        if row is not None:
+            tenant_of(principal, row.tenant)
         if row is None:
             raise GatewayError(404, "audit_record_not_found", "No audit record for that request id (yet).")
         out = row.model_dump()

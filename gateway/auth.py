@@ -25,7 +25,8 @@ from gateway.store.db import ApiKey, utcnow
 
 log = logging.getLogger("gateway.auth")
 PREFIX = "sk-gw-"
-SCOPES = frozenset({"chat", "embeddings", "models", "admin"})
+# `admin` manages its own tenant only; `global_admin` manages every tenant and is issued by the CLI only.
+SCOPES = frozenset({"chat", "embeddings", "models", "admin", "global_admin"})
 _ID_LEN = 12
 _NEGATIVE_TTL_S = 1.0
 
@@ -98,6 +99,11 @@ def list_keys(engine: Engine, tenant: str | None = None) -> list[ApiKey]:
         if tenant:
             q = q.where(ApiKey.tenant == tenant)
         return list(s.exec(q))
+
+
+def get_key(engine: Engine, key_id: str) -> ApiKey | None:
+    with Session(engine) as s:
+        return s.get(ApiKey, key_id)
 
 
 def revoke_key(engine: Engine, key_id: str) -> bool:

@@ -107,7 +107,7 @@ def serve(
 
         DevUpstream(port=9100, chunk_delay_s=0.05, record=False).start()
         key, _ = auth.create_key(make_engine(cfg.storage.database_url), tenant="dev", app="dev",
-                                 models=["*"], scopes=["chat", "embeddings", "admin"], name="dev")
+                                 models=["*"], scopes=["chat", "embeddings", "admin", "global_admin"], name="dev")
         bind = f"http://{host or cfg.server.host}:{port or cfg.server.port}/v1"
         out.print("[yellow]DEVELOPMENT upstream on http://127.0.0.1:9100/v1 (canned answers, not a model)[/yellow]")
         out.print(f"Gateway: {bind}\nAPI key (shown once): [bold]{key}[/bold]", highlight=False)
@@ -138,7 +138,9 @@ def keys_create(
     tenant: Annotated[str, typer.Option(help="Tenant the key belongs to.")],
     app_: Annotated[str, typer.Option("--app", help="Application the key belongs to.")],
     models: Annotated[str, typer.Option(help="Comma-separated public model names, or '*'.")] = "*",
-    scopes: Annotated[str, typer.Option(help="Comma-separated scopes: chat, embeddings, models, admin.")] = (
+    scopes: Annotated[str, typer.Option(help=(
+        "Comma-separated scopes: chat, embeddings, models, admin (its own tenant), global_admin (every tenant; "
+        "only this command issues it)."))] = (
         "chat,embeddings"),
     name: Annotated[str, typer.Option(help="Free-text label (no personal data).")] = "",
     config: ConfigOpt = None,

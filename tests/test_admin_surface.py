@@ -72,3 +72,53 @@ def test_serve_refuses_to_start_without_a_real_secret(monkeypatch: pytest.Monkey
     assert "must be at least 32 bytes outside --dev" in result.output and "GATEWAY_SECRET=" in result.output
     monkeypatch.setenv("GATEWAY_SECRET", "too-short")
     assert CliRunner().invoke(app, ["serve", "--config", str(ROOT / "config.yaml")]).exit_code == 2
+
+
+def test_an_admin_key_manages_only_its_own_tenant(gw: RunningGateway) -> None:
+    from gateway import auth
+
+    hr = {"Authorization": f"Bearer {gw.key(tenant='hr', scopes=('admin',))}"}
+    _, finance_row = auth.create_key(gw.gateway.engine, tenant="finance", app="a", models=["*"], scopes=["chat"])
+    own = httpx.post(f"{gw.url}/admin/keys", headers=hr, json={"tenant": "hr", "app": "bot"})
+    assert own.status_code == 201
+    foreign = [
+        httpx.get(f"{gw.url}/admin/keys", headers=hr, params={"tenant": "finance"}),
+        httpx.post(f"{gw.url}/admin/keys", headers=hr, json={"tenant": "finance", "app": "x", "models": ["*"],
+                                                             "scopes": ["admin"]}),
+        httpx.delete(f"{gw.url}/admin/keys/{finance_row.key_id}", headers=hr),
+        httpx.post(f"{gw.url}/admin/consents", headers=hr,
+                   json={"tenant": "marketing", "subject_id": "s", "purpose": "llm_fallback_gpt4"}),
+        httpx.delete(f"{gw.url}/admin/consents", headers=hr,
+                     params={"tenant": "marketing", "subject_id": "s", "purpose": "llm_fallback_gpt4"}),
+        httpx.get(f"{gw.url}/admin/consents", headers=hr, params={"tenant": "marketing"}),
+        httpx.post(f"{gw.url}/admin/keys", headers=hr, json={"tenant": "hr", "app": "x", "scopes": ["global_admin"]}),
+    ]
+    for resp in foreign:
+        assert resp.status_code == 403, (resp.request.method, resp.request.url, resp.text)
+        assert resp.json()["error"]["code"] == "admin.tenant_forbidden"
+    # Without a tenant filter, an hr admin sees hr's keys only; the finance key is still active.
+    listed = httpx.get(f"{gw.url}/admin/keys", headers=hr).json()
+    assert {k["tenant"] for k in listed} == {"hr"}
+    assert auth.get_key(gw.gateway.engine, finance_row.key_id).revoked_at is None  # type: ignore[union-attr]
+
+
+def test_an_admin_key_cannot_read_another_tenants_audit_record(gw: RunningGateway) -> None:
+    from gateway import audit
+
+    finance_user = gw.key(tenant="finance")
+    resp = httpx.post(f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {finance_user}"},
+                      json={"model": "mistral-7b", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+    request_id = resp.headers["x-gateway-request-id"]
+    hr = {"Authorization": f"Bearer {gw.key(tenant='hr', scopes=('admin',))}"}
+    finance = {"Authorization": f"Bearer {gw.key(tenant='finance', scopes=('admin',))}"}
+    import time
+
+    deadline = time.monotonic() + 5
+    while audit.fetch(gw.gateway.engine, request_id) is None:  # the writer flushes in the background
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert httpx.get(f"{gw.url}/admin/audit/{request_id}", headers=finance).status_code == 200
+    refused = httpx.get(f"{gw.url}/admin/audit/{request_id}", headers=hr)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "admin.tenant_forbidden"
+    glob = {"Authorization": f"Bearer {gw.key(tenant='ops', scopes=('global_admin',))}"}
+    assert httpx.get(f"{gw.url}/admin/audit/{request_id}", headers=glob).status_code == 200

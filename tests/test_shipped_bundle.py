@@ -110,7 +110,7 @@ def client(gw: RunningGateway, *, tenant: str = "hr", app: str = "chatbot") -> o
 
 
 def grant(gw: RunningGateway, *, tenant: str = "hr", subject: str = SUBJECT, purpose: str = PURPOSE) -> None:
-    admin = {"Authorization": f"Bearer {gw.key(tenant='ops', app='admin', scopes=('admin',))}"}
+    admin = {"Authorization": f"Bearer {gw.key(tenant='ops', app='admin', scopes=('global_admin',))}"}
     resp = httpx.post(f"{gw.url}/admin/consents", headers=admin, timeout=10, json={
         "tenant": tenant, "subject_id": subject, "purpose": purpose, "evidence_ref": "form-17"})
     assert resp.status_code == 201, resp.text
