@@ -31,7 +31,7 @@ from pydantic import BaseModel, ValidationError
 from gateway.chain import Chain
 from gateway.config import Config
 from gateway.errors import GatewayError
-from gateway.layering import Layer, Loc, Loosening, Resolved, body, mode_of, resolve
+from gateway.layering import Layer, Loc, Loosening, Resolved, body, mode_of, resolve, written_at
 from gateway.policies import REGISTRY, load_all
 from gateway.policy import Policy
 from gateway.services import Services
@@ -277,14 +277,8 @@ def _validate_merged(bundle: Bundle, problems: list[str]) -> None:
 
 def _written_at(resolved: Resolved, key: str, loc: Loc) -> Loc:
     """The bundle location of the most specific layer that wrote ``loc`` (or the nearest thing above it)."""
-    for i in range(len(loc), -1, -1):
-        prefix = (key, *loc[:i])
-        hits = [(origin, k) for k, origin in resolved.origin.items() if k[:len(prefix)] == prefix]
-        if hits:
-            origin, k = max(hits, key=lambda h: len(h[0]) - len(h[1]))  # the deepest layer
-            section_loc = origin[:len(origin) - (len(k) - 1)]
-            return (*section_loc, *loc)
-    return ()
+    at = written_at(resolved.origin, (key, *loc))
+    return () if at is None else (*at[0], *loc[at[1] - 1:])
 
 
 def parse_bundle(sources: Iterable[Source]) -> Bundle:

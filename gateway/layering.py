@@ -190,20 +190,22 @@ def _loosenings(name: str, inherited: dict[str, Any] | None, merged: dict[str, A
             found += loosened(name, before, after)
     out = []
     for path, message in found:
-        inherited_at = "nothing (the section is new in this layer)" if inherited is None else _inherited_at(
-            origin, (name, *path), where)
+        at = written_at(origin, (name, *path))
+        inherited_at = ("nothing (the section is new in this layer)" if inherited is None
+                        else where(at[0]) if at is not None else "a built-in default")
         override_loc = (*loc, *path)
         out.append(Loosening(scope, name, path, message, inherited_at, where(override_loc),
                              find_reason(raw, path)))
     return out
 
 
-def _inherited_at(origin: dict[Loc, Loc], key: Loc, where: Where) -> str:
-    """Where the inherited value at ``key`` (or the nearest mapping above it) was written."""
+def written_at(origin: dict[Loc, Loc], key: Loc) -> tuple[Loc, int] | None:
+    """Where the value at ``key`` (section, *path), or the nearest mapping above it, was written: the
+    bundle location and how many steps of ``key`` it covers; the latest layer when several wrote below it."""
     for i in range(len(key), 0, -1):
-        prefix = key[:i]
-        under = next((k for k in origin if k[:i] == prefix), None)
-        if under is not None:
-            written = origin[under]
-            return where(written[:len(written) - (len(under) - i)])
-    return "a built-in default"
+        hits = [k for k in origin if k[:i] == key[:i]]
+        if hits:
+            k = max(hits, key=lambda h: len(origin[h]) - len(h))
+            written = origin[k]
+            return written[:len(written) - (len(k) - i)], i
+    return None

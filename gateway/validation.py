@@ -49,7 +49,3 @@ def validator(endpoint: str, *, unknown_fields: str = "reject", max_n: int = 8,
             raise bad_request("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
 
     return validate
-
-
-validate_chat = validator("chat")
-validate_embeddings = validator("embeddings")
