@@ -81,7 +81,7 @@ class Gateway:
                       extensions=extensions) for endpoint in ("chat", "embeddings"))
         storage = config.storage
         self.writer = Writer(self.engine, storage.spool_dir, batch_size=storage.writer_batch_size,
-                             flush_interval_s=storage.writer_flush_interval_s)
+                             flush_interval_s=storage.writer_flush_interval_s, wal_fsync=storage.wal_fsync)
         self.services = Services(config=config, engine=self.engine, pseudonym=self.pseudonym, embed=self.embed,
                                  writer=self.writer, consents=ConsentRegistry(self.engine))
         self.auditor = Auditor(self.writer)
@@ -339,17 +339,29 @@ class Gateway:
         # Requests in flight keep the bundle they started with, even across a hot reload.
         chain = self.bundle.current.chain_for(principal.tenant, principal.app)
         watcher = _DisconnectWatcher(receive)
+        recorded = False
+
+        async def record() -> None:
+            """Ledger row and audit record, queued (and in the write-ahead file) before the response's last byte."""
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                # Completion hooks (accounting settle) run first so the audit record holds their decisions.
+                await chain.complete(ctx)
+                self._finish(ctx)
+
         try:
             request = await chain.request(ctx, body)
             committed = await self.router.send(ctx, chain, endpoint, request)
             if ctx.stream:
-                await self._relay_stream(ctx, chain, committed, send, watcher)
+                await self._relay_stream(ctx, chain, committed, send, watcher, record, _abort_of(scope))
             else:
-                await self._relay_json(ctx, chain, committed, send)
+                await self._relay_json(ctx, chain, committed, send, record)
         except GatewayError as exc:
             if ctx.status:  # the response has started; nothing more can be said
                 raise
             ctx.status = exc.status
+            await record()
             await _send_error(send, exc, self._headers(ctx))
         except asyncio.CancelledError:
             if not watcher.fired:
@@ -362,15 +374,16 @@ class Gateway:
             if ctx.status:
                 raise
             ctx.status = 500
+            await record()
             await _send_error(send, GatewayError(500, "internal_error", "The gateway failed to handle the request."),
                               self._headers(ctx))
         finally:
             watcher.stop()
-            # Completion hooks (accounting settle) run first so the audit record holds their decisions.
-            await chain.complete(ctx)
-            self._finish(ctx)
+            await record()
 
-    async def _relay_json(self, ctx: Context, chain: Any, committed: Committed, send: Send) -> None:
+    async def _relay_json(
+        self, ctx: Context, chain: Any, committed: Committed, send: Send, record: Callable[[], Awaitable[None]]
+    ) -> None:
         raw = await committed.response.read()
         ctx.usage = usage.from_body(raw)  # finds the usage object without decoding the body
         if chain.reads_response(ctx):
@@ -380,50 +393,108 @@ class Gateway:
                 raise UpstreamError(502, "upstream_invalid_response", "The upstream returned invalid JSON.") from None
             raw = orjson.dumps(await chain.response(ctx, response))
         ctx.status = 200
+        await record()
         await _send_body(send, 200, raw, self._headers(ctx))
 
     async def _relay_stream(
-        self, ctx: Context, chain: Any, committed: Committed, send: Send, watcher: _DisconnectWatcher
+        self, ctx: Context, chain: Any, committed: Committed, send: Send, watcher: _DisconnectWatcher,
+        record: Callable[[], Awaitable[None]], abort: Callable[[], None] | None,
     ) -> None:
-        assert committed.chunks is not None
-        ctx.status = 200
-        await send({"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, *self._headers(ctx)]})
-        finished = False
+        """Relay the upstream's events; bounded by the deployment's total_s and by a write timeout per send.
+
+        A client that stops reading makes ``send`` wait (uvicorn's flow control); after
+        ``stream_write_timeout_s`` the client is disconnected (499), and the upstream connection and
+        the key's concurrency slot are released. Past total_s the client gets an error event (504).
+        """
+        assert committed.chunks is not None and ctx.target is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ctx.target.deployment.timeouts.total_s - (time.perf_counter() - committed.began)
+        write_timeout = self.config.server.stream_write_timeout_s
+        finished = writing = False
         try:
-            # Once the client has the terminating [DONE], the answer is delivered: a hang-up after it is not
-            # an abort (the status stays 200), so the watcher stops before the upstream's own end is awaited.
-            if chain.reads_response(ctx):
-                async for event in chain.stream(ctx, parse(committed.chunks)):
-                    await self._stream_send(ctx, send, event.encode())
-                    if event.is_done:
-                        watcher.stop()
+            async with asyncio.timeout_at(deadline) as limit:
+
+                async def out(data: bytes, more: bool = True) -> None:
+                    nonlocal writing
+                    writing = True
+                    limit.reschedule(min(deadline, loop.time() + write_timeout))
+                    await send({"type": "http.response.body", "body": data, "more_body": more})
+                    limit.reschedule(deadline)
+                    writing = False
+
+                ctx.status = 200
+                writing = True
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [*_SSE_HEADERS, *self._headers(ctx)]})
+                writing = False
+                try:
+                    # Once the client has the terminating [DONE], the answer is delivered: a hang-up after it is not
+                    # an abort (the status stays 200), so the watcher stops before the upstream's own end is awaited.
+                    # The records are queued just before [DONE] goes out.
+                    if chain.reads_response(ctx):
+                        async for event in chain.stream(ctx, parse(committed.chunks)):
+                            if event.is_done:
+                                await record()
+                            self._first_byte(ctx)
+                            await out(event.encode())
+                            if event.is_done:
+                                watcher.stop()
+                    else:
+                        async for chunk in committed.chunks:
+                            done = _DONE in chunk
+                            if done:
+                                await record()
+                            self._first_byte(ctx)
+                            await out(chunk)
+                            if done:
+                                watcher.stop()
+                    finished = True
+                except PolicyDenied as exc:
+                    ctx.status = exc.status
+                    await record()
+                    await out(_error_event(exc))
+                except TimeoutError:
+                    raise  # ours (total_s, write timeout) or the upstream's read timeout: handled below
+                except Exception as exc:
+                    ctx.status = 502
+                    log.warning("upstream stream failed",
+                                extra={"request_id": ctx.request_id, "exc_type": type(exc).__name__})
+                    await record()
+                    await out(_error_event(UpstreamError(502, "upstream_stream_error",
+                                                         "The upstream stream ended with an error.")))
+                watcher.stop()
+                await record()
+                await out(b"", more=False)
+        except TimeoutError:
+            if writing:
+                # The client stopped reading: nothing more can reach it. Cut it off.
+                log.warning("client stopped reading a stream", extra={"request_id": ctx.request_id})
+                ctx.status = 499
+                if abort is not None:
+                    abort()
             else:
-                async for chunk in committed.chunks:
-                    await self._stream_send(ctx, send, chunk)
-                    if _DONE in chunk:
-                        watcher.stop()
-            finished = True
-        except PolicyDenied as exc:
-            ctx.status = exc.status
-            await send({"type": "http.response.body", "body": _error_event(exc), "more_body": True})
-        except Exception as exc:
-            ctx.status = 502
-            log.warning("upstream stream failed", extra={"request_id": ctx.request_id, "exc_type": type(exc).__name__})
-            err = UpstreamError(502, "upstream_stream_error", "The upstream stream ended with an error.")
-            await send({"type": "http.response.body", "body": _error_event(err), "more_body": True})
+                # The upstream ran past total_s (or its reads stalled): tell the client, then end the stream.
+                ctx.status = 504
+                log.warning("upstream stream exceeded total_s", extra={"request_id": ctx.request_id})
+                await record()
+                err = UpstreamError(504, "upstream_timeout", "The upstream model timed out.")
+                try:
+                    async with asyncio.timeout(write_timeout):
+                        await send({"type": "http.response.body", "body": _error_event(err), "more_body": False})
+                except TimeoutError:
+                    if abort is not None:
+                        abort()
         finally:
+            watcher.stop()
             if finished:
                 await committed.response.release()
             else:
                 committed.response.close()
-        watcher.stop()
-        await send({"type": "http.response.body", "body": b""})
 
-    async def _stream_send(self, ctx: Context, send: Send, data: bytes) -> None:
+    def _first_byte(self, ctx: Context) -> None:
         if ctx.first_byte_at is None:
             ctx.first_byte_at = time.perf_counter()
             metrics.TTFT.labels(ctx.model).observe(ctx.first_byte_at - ctx.started)
-        await send({"type": "http.response.body", "body": data, "more_body": True})
 
     def _finish(self, ctx: Context) -> None:
         elapsed = time.perf_counter() - ctx.started
@@ -524,6 +595,12 @@ class _DisconnectWatcher:
         if self._task is not None:
             task, self._task = self._task, None
             task.cancel()
+
+
+def _abort_of(scope: Scope) -> Callable[[], None] | None:
+    """The server's way to drop the connection at once (gateway/httpserver.py puts it in the scope)."""
+    extensions = scope.get("extensions")
+    return extensions.get("gateway.abort") if extensions else None
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -16,7 +16,7 @@ after ``threshold`` consecutive failures.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,8 @@ from gateway.chain import Chain
 from gateway.errors import GatewayError, PolicyDenied, UpstreamError
 from gateway.policy import Context, Target
 from gateway.upstreams.base import Endpoint, Upstream, UpstreamFailure, UpstreamResponse
+
+_KEY_BUSY = "concurrency.exceeded"
 
 
 class Breaker:
@@ -48,6 +50,66 @@ class Breaker:
             self.open_until = time.monotonic() + self.cooldown_s
 
 
+class KeySlots:
+    """Requests in flight per (deployment, API key), so one key cannot hold every slot of a deployment."""
+
+    def __init__(self, caps: Mapping[str, int]) -> None:
+        self.caps = caps
+        self.held: dict[tuple[str, str], int] = {}
+
+    def acquire(self, deployment: str, key_id: str) -> bool:
+        k = (deployment, key_id)
+        n = self.held.get(k, 0)
+        if n >= self.caps[deployment]:
+            return False
+        self.held[k] = n + 1
+        return True
+
+    def release(self, deployment: str, key_id: str) -> None:
+        k = (deployment, key_id)
+        n = self.held.get(k, 0) - 1
+        if n > 0:
+            self.held[k] = n
+        else:
+            self.held.pop(k, None)
+
+
+class _Slotted(UpstreamResponse):
+    """An upstream response that gives its key slot back once, however it ends (read, close, release)."""
+
+    def __init__(self, inner: UpstreamResponse, give_back: Callable[[], None]) -> None:
+        self._inner = inner
+        self._give_back: Callable[[], None] | None = give_back
+        self.status = inner.status
+        self.content_type = inner.content_type
+
+    def _done(self) -> None:
+        if self._give_back is not None:
+            give_back, self._give_back = self._give_back, None
+            give_back()
+
+    async def read(self) -> bytes:
+        try:
+            return await self._inner.read()
+        finally:
+            self._done()
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self._inner.chunks()
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            self._done()
+
+    async def release(self) -> None:
+        try:
+            await self._inner.release()
+        finally:
+            self._done()
+
+
 @dataclass
 class Committed:
     """An upstream answer the gateway has committed to; nothing else will be tried."""
@@ -55,6 +117,7 @@ class Committed:
     target: Target
     response: UpstreamResponse
     chunks: AsyncIterator[bytes] | None = None  # streams only; starts with the peeked first chunk
+    began: float = 0.0  # perf_counter when the committed hop was sent (its total_s runs from here)
 
 
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -70,6 +133,8 @@ class Router:
         # Provider extensions go only to the deployments that list them.
         every = {f for u in upstreams.values() for f in u.deployment.extra_fields}
         self._foreign = {name: frozenset(every - set(u.deployment.extra_fields)) for name, u in upstreams.items()}
+        self.slots = KeySlots({name: u.deployment.max_concurrency_per_key or max(1, u.deployment.max_concurrency // 2)
+                               for name, u in upstreams.items()})
 
     async def send(
         self, ctx: Context, chain: Chain, endpoint: Endpoint, request: dict[str, Any]
@@ -93,11 +158,11 @@ class Router:
                 continue
             began = time.perf_counter()
             try:
-                committed = await self._try(target, endpoint, body, ctx.stream)
+                committed = await self._try(target, endpoint, body, ctx.stream, ctx.principal.key_id)
             except UpstreamFailure as failure:
                 ctx.upstream_s += time.perf_counter() - began
                 ctx.attempts.append((target.name, failure.reason))
-                if failure.retryable:
+                if failure.retryable and failure.reason != _KEY_BUSY:  # the key's fault, not the deployment's
                     self.breakers[target.name].failure()
                 last = failure
                 if not failure.retryable:
@@ -112,7 +177,7 @@ class Router:
             assert vetoed is not None
             raise vetoed
         refusal = vetoed or (ctx.withheld[0] if ctx.withheld else None)
-        if last.retryable and refusal is not None:
+        if last.retryable and refusal is not None and last.reason != _KEY_BUSY:
             # A fallback existed but policy did not allow it: say so, rather than look like an upstream failure.
             raise PolicyDenied(refusal.status, refusal.code, refusal.message,
                                headers={"Retry-After": str(int(last.retry_after or 1))})
@@ -123,13 +188,23 @@ class Router:
             raise GatewayError(last.status, last.reason, last.message)
         raise UpstreamError(last.status, last.reason, last.message, headers=headers)
 
-    async def _try(self, target: Target, endpoint: Endpoint, body: dict[str, Any], stream: bool) -> Committed:
+    async def _try(self, target: Target, endpoint: Endpoint, body: dict[str, Any], stream: bool,
+                   key_id: str) -> Committed:
         foreign = self._foreign.get(target.name)
         if foreign and not foreign.isdisjoint(body):
             body = {k: v for k, v in body.items() if k not in foreign}
-        response = await self.upstreams[target.name].send(endpoint, body, stream)
+        if not self.slots.acquire(target.name, key_id):
+            raise UpstreamFailure(_KEY_BUSY, 429, retry_after=1, message=(
+                "This API key has too many requests in flight on this deployment; retry when one finishes."))
+        began = time.perf_counter()
+        try:
+            response = await self.upstreams[target.name].send(endpoint, body, stream)
+        except BaseException:
+            self.slots.release(target.name, key_id)
+            raise
+        response = _Slotted(response, lambda: self.slots.release(target.name, key_id))
         if not stream:
-            return Committed(target, response)
+            return Committed(target, response, began=began)
         chunks = response.chunks()
         try:
             first = await anext(chunks)
@@ -141,4 +216,7 @@ class Router:
         except (aiohttp.ClientError, OSError):
             response.close()
             raise UpstreamFailure("upstream_5xx", 502, message="The upstream stream failed.") from None
-        return Committed(target, response, _prepend(first, chunks))
+        except BaseException:
+            response.close()  # cancelled while waiting for the first chunk: the slot goes back
+            raise
+        return Committed(target, response, _prepend(first, chunks), began)

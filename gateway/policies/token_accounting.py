@@ -254,6 +254,13 @@ class TokenAccounting(Policy):
                     ev.json = {k: v for k, v in ev.json.items() if k != "usage"}
             elif pending is not None and not ev.is_done:
                 pending.chunks.append(ev)  # counted only if the upstream never reports usage
+            elif pending is not None and ctx.usage is None and not pending.strip_usage and ctx.target is not None:
+                # [DONE], the client asked for usage (stream_options.include_usage) and the upstream sent none
+                # (llama.cpp, for one): the client gets the gateway's own count, marked as an estimate.
+                prompt, completion = self._estimate(pending, {})
+                ctx.usage = {"prompt_tokens": prompt, "completion_tokens": completion,
+                             "total_tokens": prompt + completion, "estimated": True}
+                yield Event.of(_usage_chunk(pending.chunks, ctx.usage))
             yield ev
 
     async def on_complete(self, ctx: Context) -> None:
@@ -268,9 +275,7 @@ class TokenAccounting(Policy):
                 prompt, completion, cached = usage.tokens_of(u)
             else:
                 estimated = True
-                text = u.get("completion_text") or "".join(t for ev in pending.chunks for t in usage.delta_texts(ev.json))
-                prompt = pending.prompt_tokens
-                completion = pending.tokenizer.count(text) if pending.tokenizer else len(text) // 4
+                prompt, completion = self._estimate(pending, u)
         cost = price.cost(prompt, completion, cached)
         if target is not None:  # the "why was this charged" answer in the audit record and `policy explain`
             ctx.record(self.name, "charge", prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached,
@@ -294,6 +299,12 @@ class TokenAccounting(Policy):
                 completion_tokens=completion, cached_tokens=cached, cost_eur=cost, estimated=estimated,
                 fx_rate=price.fx_rate, price_source=price.source, status=ctx.status,
                 at=utcnow(), latency_ms=round((time.perf_counter() - ctx.started) * 1000, 3)))
+
+    @staticmethod
+    def _estimate(pending: _Pending, u: dict[str, Any]) -> tuple[int, int]:
+        """(prompt, completion) tokens counted by the gateway, for answers that carry no usage."""
+        text = u.get("completion_text") or "".join(t for ev in pending.chunks for t in usage.delta_texts(ev.json))
+        return pending.prompt_tokens, pending.tokenizer.count(text) if pending.tokenizer else len(text) // 4
 
     def _series(self, tenant: str, app: str, model: str, deployment: str, jurisdiction: str) -> tuple[Any, ...]:
         # prometheus_client's labels() stringifies and locks on every call; the label sets are bounded.
@@ -335,3 +346,12 @@ class TokenAccounting(Policy):
             scale = float(limits.NANO) if c.unit == "eur" else 1.0
             metrics.BUDGET_LIMIT.labels(c.scope, who, c.period, c.unit).set(c.max / scale)
             metrics.BUDGET_USED.labels(c.scope, who, c.period, c.unit).set(v / scale)
+
+
+def _usage_chunk(chunks: list[Event], counted: dict[str, Any]) -> dict[str, Any]:
+    """The final usage chunk OpenAI sends (empty ``choices``), carrying the gateway's estimate."""
+    last = next((ev.json for ev in reversed(chunks) if isinstance(ev.json, dict)), {})
+    return {"id": last.get("id", ""), "object": "chat.completion.chunk", "created": last.get("created", 0),
+            "model": last.get("model", ""), "choices": [],
+            "usage": {k: counted[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
+            "x-gateway-usage": "estimated"}

@@ -10,6 +10,13 @@ synchronous SQL in a thread. Every table written here must have a primary key: i
 rows whose key exists, so a row written twice (a replay after a half-failed flush) is stored
 once.
 
+Every row is also appended to a write-ahead file (``wal-*.wal``) when it is queued, with one
+``write(2)``, before the request's response ends: a process killed by SIGKILL or the OOM killer
+loses no row, because the next start-up replays the files no live process holds (each process
+keeps an exclusive ``flock`` on its open files). The file rotates at each flush, and a file is
+deleted once every row in it is in SQL or the spool. ``wal_fsync`` adds an fsync per append,
+for machine crashes too.
+
 When the database fails, the batch is appended to a spool file (JSON lines, one row each,
 with its table name) and the writer keeps trying; once a flush succeeds, spooled rows are
 replayed. A full queue also spills to the spool file instead of dropping rows. Several
@@ -44,6 +51,32 @@ from gateway import metrics
 log = logging.getLogger("gateway.writer")
 
 _SUFFIX = ".jsonl"
+_WAL = ".wal"
+
+
+class _Segment:
+    """One write-ahead file: rows appended in queue order, ``remaining`` not yet in SQL or the spool."""
+
+    __slots__ = ("fd", "keep", "path", "remaining")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # Locked before it appears under its name: another process's start-up must never take a live file.
+        making = path.with_suffix(".new")
+        self.fd = os.open(making, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)  # "a live process owns this file"; released when the process dies
+        os.rename(making, path)
+        self.remaining = 0
+        self.keep = False  # some of its rows could not be written or spooled: replay it at the next start
+
+    def retire(self) -> None:
+        if self.keep:
+            with contextlib.suppress(OSError):
+                os.rename(self.path, self.path.with_name(f"recovered-{uuid.uuid4().hex[:8]}{_SUFFIX}"))
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+        os.close(self.fd)
 
 
 class Writer:
@@ -55,6 +88,7 @@ class Writer:
         flush_interval_s: float = 0.5,
         max_queue: int = 100_000,
         retry_s: float = 1.0,
+        wal_fsync: bool = False,
     ) -> None:
         self.engine = engine
         self.spool_dir = Path(spool_dir)
@@ -62,6 +96,7 @@ class Writer:
         self.flush_interval_s = flush_interval_s
         self.max_queue = max_queue
         self.retry_s = retry_s
+        self.wal_fsync = wal_fsync
         self.healthy = True
         self._id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._rows: deque[SQLModel] = deque()
@@ -70,15 +105,26 @@ class Writer:
         self._next_retry = 0.0
         self._statements: dict[tuple[str, str], _Insert] = {}
         self._column_names: dict[Table, frozenset[str]] = {}
+        self._segments: deque[_Segment] = deque()  # oldest first; the last one takes appends
+        self._wal_seq = 0
 
     # --- public API ------------------------------------------------------------------------
 
     def put(self, row: SQLModel) -> None:
-        """Queue a row for writing. Never blocks the caller and never raises."""
+        """Queue a row for writing, after appending it to the write-ahead file. Never blocks the caller
+        for more than that append and never raises."""
         try:
+            segment = self._segments[-1] if self._segments else None
+            if segment is not None:
+                os.write(segment.fd, self._line(row))
+                if self.wal_fsync:
+                    os.fsync(segment.fd)
             if len(self._rows) >= self.max_queue:
-                self._spool([row])
+                if not self._spool([row]) and segment is not None:
+                    segment.keep = True
                 return
+            if segment is not None:
+                segment.remaining += 1
             self._rows.append(row)
             if self._wake is not None and len(self._rows) >= self.batch_size:
                 self._wake.set()
@@ -88,6 +134,8 @@ class Writer:
     async def start(self) -> None:
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         self._recover_claimed()
+        self._recover_wal()
+        self._rotate()
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="gateway-writer")
 
@@ -101,6 +149,8 @@ class Writer:
         self._next_retry = 0.0  # one more try at the database before spooling what is left
         while self._rows:
             await self.flush()
+        while self._segments:
+            self._segments.popleft().retire()
         if self.spooled_files():
             await asyncio.to_thread(self.replay)  # what cannot be replayed now waits for the next start
 
@@ -116,19 +166,71 @@ class Writer:
         batch = [self._rows.popleft() for _ in range(min(self.batch_size, len(self._rows)))]
         if not batch:
             return
+        if self._segments and self._segments[-1].remaining:
+            self._rotate()  # rows queued from now on go to a new file, so this one can be deleted sooner
         if not self.healthy and time.monotonic() < self._next_retry:
-            self._spool(batch)
+            self._settled(len(batch), self._spool(batch))
             return
         try:
             await asyncio.to_thread(self._write, batch)
         except Exception as exc:
             self._failed(exc)
-            self._spool(batch)
+            self._settled(len(batch), self._spool(batch))
             return
+        self._settled(len(batch), True)
         metrics.WRITER_ROWS.labels("written").inc(len(batch))
         if not self.healthy:
             self.healthy = True
             await asyncio.to_thread(self.replay)
+
+    # --- write-ahead file ------------------------------------------------------------------
+
+    def _line(self, row: SQLModel) -> bytes:
+        table = row.__table__  # type: ignore[attr-defined]
+        names = self._column_names.get(table)
+        if names is None:
+            names = self._column_names[table] = frozenset(c.name for c in table.columns)
+        d = row.__dict__
+        values = {n: d[n] for n in names} if d.keys() >= names else {n: getattr(row, n) for n in names}
+        return orjson.dumps({"table": table.name, "row": values}, default=_encode) + b"\n"
+
+    def _rotate(self) -> None:
+        try:
+            self._wal_seq += 1
+            self._segments.append(_Segment(self.spool_dir / f"wal-{self._id}-{self._wal_seq}{_WAL}"))
+        except OSError:
+            log.exception("could not open a write-ahead file in %s", self.spool_dir)
+        while len(self._segments) > 1 and self._segments[0].remaining == 0:
+            self._segments.popleft().retire()
+
+    def _settled(self, n: int, ok: bool) -> None:
+        """The oldest ``n`` queued rows are in SQL or the spool (``ok``), or were lost: in that case their
+        write-ahead files are kept for the next start-up to replay."""
+        for segment in self._segments:
+            if n <= 0:
+                break
+            take = min(n, segment.remaining)
+            segment.remaining -= take
+            n -= take
+            segment.keep = segment.keep or (take > 0 and not ok)
+        while len(self._segments) > 1 and self._segments[0].remaining == 0:
+            self._segments.popleft().retire()
+
+    def _recover_wal(self) -> None:
+        """Write-ahead files no live process holds (it was killed) go to the spool, to be replayed."""
+        for path in self.spool_dir.glob(f"wal-*{_WAL}"):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.rename(path, path.with_name(f"recovered-{uuid.uuid4().hex[:8]}{_SUFFIX}"))
+                log.warning("recovering %s, left by a process that did not stop cleanly", path.name)
+            except OSError:
+                pass  # held by a live process
+            finally:
+                os.close(fd)
 
     # --- background loop -------------------------------------------------------------------
 
@@ -184,11 +286,8 @@ class Writer:
 
     # --- spool -----------------------------------------------------------------------------
 
-    def _spool(self, rows: list[SQLModel]) -> None:
-        lines = b"".join(
-            orjson.dumps({"table": r.__tablename__, "row": r.model_dump()}, default=_encode) + b"\n"
-            for r in rows
-        )
+    def _spool(self, rows: list[SQLModel]) -> bool:
+        lines = b"".join(self._line(r) for r in rows)
         path = self.spool_dir / f"{self._id}{_SUFFIX}"
         try:
             self.spool_dir.mkdir(parents=True, exist_ok=True)
@@ -207,9 +306,11 @@ class Writer:
                     os.fsync(f.fileno())
                     break
             metrics.WRITER_ROWS.labels("spooled").inc(len(rows))
+            return True
         except Exception:
             metrics.WRITER_ROWS.labels("lost").inc(len(rows))
-            log.exception("could not spool %d rows", len(rows))
+            log.exception("could not spool %d rows (their write-ahead file is kept for the next start)", len(rows))
+            return False
 
     def _recover_claimed(self) -> None:
         """Files claimed by a replayer that died are put back for the next replay."""
