@@ -472,6 +472,7 @@ class Gateway:
                 ctx.status = 499
                 if abort is not None:
                     abort()
+                    await asyncio.sleep(0)  # the server sees the connection lost before this request returns
             else:
                 # The upstream ran past total_s (or its reads stalled): tell the client, then end the stream.
                 ctx.status = 504
