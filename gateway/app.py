@@ -85,6 +85,7 @@ class Gateway:
         self.services = Services(config=config, engine=self.engine, pseudonym=self.pseudonym, embed=self.embed,
                                  writer=self.writer, consents=ConsentRegistry(self.engine))
         self.auditor = Auditor(self.writer)
+        self.writer.on_recover = self.auditor.recovered_marks
         metrics.configure_labels(config.accounting.metric_tenant_label, config.accounting.metric_app_label)
         self.bundle.bind(self.services)
         from gateway.admin import admin_app
@@ -112,6 +113,7 @@ class Gateway:
         if policies.is_dir():
             self._watch = asyncio.create_task(watch(self.bundle, policies, self.config, self._stop_watch))
         await self.writer.start()
+        self.auditor.start()
         # Library modules (Presidio, spaCy, weaviate) leave ~200 MB of long-lived objects; moving
         # them out of the collector's view keeps full collections from pausing requests for ~50 ms.
         gc.collect()
@@ -131,6 +133,7 @@ class Gateway:
         await self.services.aclose()  # e.g. leases given back and settlements sent, before Redis closes
         if self.services.redis is not None:
             await self.services.redis.aclose()
+        self.auditor.close()
         await self.writer.stop()  # after the upstreams: in-flight requests have queued their rows
         self.engine.dispose()
 

@@ -22,7 +22,7 @@ from sqlalchemy.orm import configure_mappers
 from sqlmodel import Session, col, select
 
 from gateway.policy import Context
-from gateway.store.db import AuditRecord, utcnow
+from gateway.store.db import AuditChainMark, AuditRecord, utcnow
 
 GENESIS = "0" * 64
 _HASHED = ("request_id", "chain_id", "seq", "at", "tenant", "app", "key_id", "subject", "model", "endpoint",
@@ -72,6 +72,27 @@ class Auditor:
     def record(self, ctx: Context) -> None:
         self.writer.put(self.build(ctx))
 
+    def start(self) -> None:
+        """Mark where this process's chain begins (verify then knows the chain exists even if empty)."""
+        self.writer.put(AuditChainMark(chain_id=self.chain_id, kind="start", seq=0, at=utcnow()))
+
+    def close(self) -> None:
+        """Mark the chain's last record at a clean stop: verify reports any record up to it that is missing."""
+        self.writer.put(AuditChainMark(chain_id=self.chain_id, kind="end", seq=self.seq, at=utcnow()))
+
+    @staticmethod
+    def recovered_marks(items: list[dict[str, Any]]) -> list[AuditChainMark]:
+        """End marks for the chains of a killed process, from the write-ahead file it left: the newest
+        record of each chain in that file is the last one the process made."""
+        last: dict[str, int] = {}
+        for item in items:
+            row = item.get("row")
+            if item.get("table") == AuditRecord.__tablename__ and isinstance(row, dict):
+                chain, seq = row.get("chain_id"), row.get("seq")
+                if isinstance(chain, str) and isinstance(seq, int) and seq > last.get(chain, 0):
+                    last[chain] = seq
+        return [AuditChainMark(chain_id=c, kind="recovered", seq=n, at=utcnow()) for c, n in last.items()]
+
 
 def fetch(engine: Engine, request_id: str) -> AuditRecord | None:
     with Session(engine) as s:
@@ -79,16 +100,36 @@ def fetch(engine: Engine, request_id: str) -> AuditRecord | None:
 
 
 def verify(engine: Engine) -> tuple[int, list[str]]:
-    """Check every chain; return (records checked, problems)."""
+    """Check every chain; return (records checked, problems).
+
+    Within a chain, sequence numbers must run 1, 2, 3... with no gap, each record must link to the
+    previous one and hash to its stored hash. A chain whose process stopped cleanly (an ``end``
+    mark) or whose write-ahead file was recovered after a kill (``recovered``) must also reach
+    the marked sequence number: a lost tail is then reported too.
+    """
     problems: list[str] = []
     checked = 0
     with Session(engine) as s:
+        marks: dict[str, int] = {}
+        for mark in s.exec(select(AuditChainMark).where(col(AuditChainMark.kind) != "start")):
+            marks[mark.chain_id] = max(marks.get(mark.chain_id, 0), mark.seq)
         rows = s.exec(select(AuditRecord).order_by(col(AuditRecord.chain_id), col(AuditRecord.seq)))
-        chain, expected_seq, prev = None, 1, GENESIS
+        chain: str | None = None
+        expected_seq, prev = 1, GENESIS
+        seen: set[str] = set()
+
+        def tail(chain: str, last: int) -> None:
+            end = marks.get(chain, 0)
+            if end > last:
+                problems.append(f"chain {chain}: records {last + 1}..{end} are missing (end of chain)")
+
         for row in rows:
             checked += 1
             if row.chain_id != chain:
+                if chain is not None:
+                    tail(chain, expected_seq - 1)
                 chain, expected_seq, prev = row.chain_id, 1, GENESIS
+                seen.add(chain)
             if row.seq != expected_seq:
                 problems.append(f"chain {row.chain_id}: records {expected_seq}..{row.seq - 1} are missing")
             elif row.prev_hash != prev:
@@ -96,4 +137,24 @@ def verify(engine: Engine) -> tuple[int, list[str]]:
             if _digest(row.model_dump()) != row.hash:
                 problems.append(f"chain {row.chain_id} seq {row.seq} (request {row.request_id}): record was modified")
             expected_seq, prev = row.seq + 1, row.hash
+        if chain is not None:
+            tail(chain, expected_seq - 1)
+        for lost in sorted(set(marks) - seen):
+            tail(lost, 0)
     return checked, problems
+
+
+def open_chains(engine: Engine) -> list[tuple[str, int]]:
+    """Chains with a start mark and no end: their process is running, or was killed and its write-ahead
+    file not yet recovered. Their newest records cannot be checked yet. Returns (chain, last stored seq)."""
+    with Session(engine) as s:
+        kinds: dict[str, set[str]] = {}
+        for mark in s.exec(select(AuditChainMark)):
+            kinds.setdefault(mark.chain_id, set()).add(mark.kind)
+        started = sorted(c for c, k in kinds.items() if k == {"start"})
+        out = []
+        for c in started:
+            last = s.exec(select(AuditRecord.seq).where(AuditRecord.chain_id == c)
+                          .order_by(col(AuditRecord.seq).desc()).limit(1)).first()
+            out.append((c, last or 0))
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -167,3 +168,46 @@ def test_audit_verify_detects_modified_and_deleted_records(setup: tuple[Path, Pa
         conn.execute(text("DELETE FROM audit_records WHERE seq = 3"))
     code, out = invoke("audit", "verify", "--config", str(config))
     assert code == 1 and "records 3..3 are missing" in out
+
+
+def test_audit_verify_sees_a_lost_tail_once_the_chain_is_closed_and_lists_open_chains(
+        setup: tuple[Path, Path]) -> None:
+    from sqlalchemy import text
+
+    from gateway import audit
+    from gateway.auth import Principal
+    from gateway.policy import Context
+    from gateway.store.db import make_engine, upgrade
+    from gateway.store.writer import Writer
+
+    config, _ = setup
+    url = f"sqlite:///{config.parent / 'gw.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+
+    class Rows:
+        def __init__(self) -> None:
+            self.rows: list[Any] = []
+
+        def put(self, row: Any) -> None:
+            self.rows.append(row)
+
+    sink = Rows()
+    auditor = audit.Auditor(writer=sink)
+    auditor.start()
+    for _ in range(3):
+        ctx = Context(principal=Principal("k", "hr", "bot", frozenset(), frozenset()), endpoint="chat",
+                      model="chat", candidates=[])
+        ctx.status = 200
+        auditor.record(ctx)
+    Writer(engine, config.parent / "spool")._write(sink.rows)
+    code, out = invoke("audit", "verify", "--config", str(config))
+    assert code == 0 and f"open chain {auditor.chain_id}" in out and "after seq 3" in out
+    auditor.close()
+    Writer(engine, config.parent / "spool")._write(sink.rows[-1:])
+    code, out = invoke("audit", "verify", "--config", str(config))
+    assert code == 0 and "open chain" not in out, out
+    with engine.begin() as conn:  # the newest record is gone: nothing after it links to it, the end mark does
+        conn.execute(text("DELETE FROM audit_records WHERE seq = 3"))
+    code, out = invoke("audit", "verify", "--config", str(config))
+    assert code == 1 and "records 3..3 are missing (end of chain)" in out

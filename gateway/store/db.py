@@ -102,3 +102,15 @@ class AuditRecord(SQLModel, table=True):
     status: int
     prev_hash: str = Field(max_length=64)
     hash: str = Field(max_length=64)
+
+
+class AuditChainMark(SQLModel, table=True):
+    """Where a process's audit chain started and ended (``end`` at a clean stop, or ``recovered`` from the
+    write-ahead file a killed process left), so that ``gateway audit verify`` can see a lost tail."""
+
+    __tablename__ = "audit_chain_marks"
+
+    chain_id: str = Field(primary_key=True, max_length=32)
+    kind: str = Field(primary_key=True, max_length=16)  # start | end | recovered
+    seq: int
+    at: datetime
