@@ -278,12 +278,13 @@ class Gateway:
         alias = self.config.models.get(model)
         if alias is None:
             raise GatewayError(404, "model_not_found", "The model does not exist.", param="model")
-        if alias.type != endpoint:
-            raise GatewayError(400, "model_wrong_endpoint", f"This is a {alias.type} model; it does not serve "
-                               f"{'chat completions' if endpoint == 'chat' else 'embeddings'}.", param="model")
         if not principal.may_use(model):
             raise GatewayError(403, "model_not_allowed", f"This API key may not use the model '{model}'.",
                                param="model")
+        if alias.type != endpoint:
+            fit = [m for m, a in self.config.models.items() if a.type == endpoint and principal.may_use(m)]
+            raise GatewayError(400, "model_wrong_endpoint", f"{model} is a {alias.type} model; {endpoint} models: "
+                               f"{', '.join(fit) or 'none this key may use'}.", param="model")
         subject = _header(scope, b"x-subject-id") or body.get("user")
         if subject is not None and len(subject) > 256:
             raise bad_request("X-Subject-Id may be at most 256 characters.", code="invalid_request.subject_id")
