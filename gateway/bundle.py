@@ -10,7 +10,10 @@
           chatbot:
             pii_redaction: {...}
 
-The chain runs the sections in the order they first appear: defaults, then tenant, then app.
+The chain runs the sections in the canonical order (``CANONICAL_ORDER``: residency,
+consent_fallback, rag_context, pii_redaction, token_accounting), whatever layer each comes
+from. A bundle that wants another order says so with a top-level ``order:`` list, written in
+one file; policies it does not name run after those it names, in canonical order.
 Every section may set ``mode: enforce | shadow | off``, ``replace: true`` (tenant and app layers)
 and ``reason:``. How layers merge and what counts as loosening: ``gateway.layering``. The
 bundle's content hash goes into every decision record and into ``/readyz``.
@@ -40,6 +43,10 @@ from gateway.yamlsrc import ConfigError, Source, dotted, load
 __all__ = ["MODES", "Bundle", "BundleHolder", "load_bundle", "mode_of", "parse_bundle"]
 
 MODES = ("enforce", "shadow", "off")
+# Where each policy reads what the one before it decided: residency narrows the candidates, consent may add
+# the DPA hop, retrieved context is injected before PII redaction scans the prompt, and accounting prices
+# the final prompt against every candidate hop.
+CANONICAL_ORDER = ("residency", "consent_fallback", "rag_context", "pii_redaction", "token_accounting")
 log = logging.getLogger("gateway.policy")
 
 
@@ -65,6 +72,7 @@ class Bundle:
     _chains: dict[tuple[str, str], Chain] = field(default_factory=dict)
     _resolved: dict[tuple[str, str], Resolved] = field(default_factory=dict)
     _headers: dict[str, frozenset[str]] | None = None
+    order: tuple[str, ...] = CANONICAL_ORDER
 
     def where(self, loc: Loc) -> str:
         """``file:line`` of the most specific source that defines ``loc`` (or its longest defined prefix)."""
@@ -101,8 +109,16 @@ class Bundle:
         if resolved is None:
             scope = f"{tenant or '*'}/{app or '*'}"
             resolved = resolve(self.layers(tenant, app), scope, _normalize, _validate, _loosened, self.where)
+            rank = {name: i for i, name in enumerate(self.position())}
+            resolved.sections = dict(sorted(resolved.sections.items(), key=lambda item: rank[item[0]]))
             self._resolved[key] = resolved
         return resolved
+
+    def position(self) -> list[str]:
+        """Every installed policy in chain order: the bundle's ``order:``, then the rest in canonical order."""
+        rest = [n for n in CANONICAL_ORDER if n not in self.order]
+        rest += sorted(n for n in REGISTRY if n not in self.order and n not in CANONICAL_ORDER)
+        return [*self.order, *rest]
 
     def header_values(self) -> dict[str, frozenset[str]]:
         """Per request header some policy reads, every value the bundle names for it (any tenant or app)."""
@@ -147,7 +163,8 @@ class Bundle:
 
     def with_services(self, services: Services) -> Bundle:
         """The same bundle bound to other services (dry runs); resolutions are shared, chains are not."""
-        return Bundle(self.hash, self.defaults, self.tenants, services, self.sources, {}, self._resolved)
+        return Bundle(self.hash, self.defaults, self.tenants, services, self.sources, {}, self._resolved,
+                      order=self.order)
 
 
 def _instantiate(resolved: Resolved, services: Services | None) -> list[Policy]:
@@ -237,6 +254,30 @@ def _check_sections(src: Source, sections: Any, loc: Loc, problems: list[str]) -
     return out
 
 
+def _check_order(src: Source, raw: Any, problems: list[str]) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(n, str) for n in raw):
+        problems.append(f"{src.where(('order',))}: order: expected a list of policy names")
+        return CANONICAL_ORDER
+    for i, name in enumerate(raw):
+        if name not in REGISTRY:
+            problems.append(f"{src.where(('order', i))}: order[{i}]: unknown policy {name!r} "
+                            f"(known: {', '.join(sorted(REGISTRY))})")
+        elif name in raw[:i]:
+            problems.append(f"{src.where(('order', i))}: order[{i}]: {name!r} is listed twice")
+    return tuple(raw)
+
+
+def order_warnings(bundle: Bundle) -> list[str]:
+    """Orders that defeat a promise: retrieved context that PII redaction would not scan."""
+    position = bundle.position()
+    used = {name for t, a in bundle.scopes() for name in bundle.sections_for(t, a)}
+    if {"rag_context", "pii_redaction"} <= used and position.index("rag_context") > position.index("pii_redaction"):
+        where = next((s.where(("order",)) for s in bundle.sources if ("order",) in s.lines), "<bundle>")
+        return [f"{where}: order: rag_context runs after pii_redaction, so retrieved context reaches the model "
+                "without PII redaction; put rag_context first"]
+    return []
+
+
 def _claim(claims: dict[Loc, Source], src: Source, sections: dict[str, Any], loc: Loc, problems: list[str]) -> None:
     """A section may be written once per layer; two files writing it would make the result depend on file order."""
     for name in sections:
@@ -289,6 +330,8 @@ def parse_bundle(sources: Iterable[Source]) -> Bundle:
     defaults: dict[str, Any] = {}
     tenants: dict[str, Any] = {}
     claims: dict[Loc, Source] = {}
+    order: tuple[str, ...] | None = None
+    order_at: Source | None = None
     srcs = list(sources)
     for src in srcs:
         digest.update(src.path.encode() + b"\0" + repr(src.data).encode())
@@ -297,8 +340,15 @@ def parse_bundle(sources: Iterable[Source]) -> Bundle:
             problems.append(f"{src.path}:1: <root>: expected a mapping")
             continue
         for key in data:
-            if key not in ("version", "defaults", "tenants"):
-                problems.append(f"{src.where((key,))}: {key}: unknown key (expected version, defaults, tenants)")
+            if key not in ("version", "order", "defaults", "tenants"):
+                problems.append(f"{src.where((key,))}: {key}: unknown key (expected version, order, defaults, "
+                                "tenants)")
+        if "order" in data:
+            if order_at is not None:
+                problems.append(f"{src.where(('order',))}: order: already set at {order_at.where(('order',))}; "
+                                "write it in one file")
+            order_at = src
+            order = _check_order(src, data["order"], problems)
         if data.get("version", 1) != 1:
             problems.append(f"{src.where(('version',))}: version: unsupported version {data.get('version')!r}")
         sections = _check_sections(src, data.get("defaults"), ("defaults",), problems)
@@ -327,7 +377,8 @@ def parse_bundle(sources: Iterable[Source]) -> Bundle:
             sections = _check_sections(src, {k: v for k, v in spec.items() if k != "apps"}, loc, problems)
             _claim(claims, src, sections, loc, problems)
             entry["policies"].update(sections)
-    bundle = Bundle(hash=digest.hexdigest()[:16], defaults=defaults, tenants=tenants, sources=srcs)
+    bundle = Bundle(hash=digest.hexdigest()[:16], defaults=defaults, tenants=tenants, sources=srcs,
+                    order=order or CANONICAL_ORDER)
     if not problems:
         _validate_merged(bundle, problems)
     if problems:

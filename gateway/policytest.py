@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.accounting import usage
 from gateway.auth import Principal
-from gateway.bundle import Bundle, mode_of
+from gateway.bundle import Bundle, mode_of, order_warnings
 from gateway.config import Config
 from gateway.errors import GatewayError
 from gateway.policy import Context, Target
@@ -317,6 +317,7 @@ def lint(config: Config, bundle: Bundle) -> list[str]:
         scopes.append((tenant, "", ("tenants", tenant)))
         scopes += [(tenant, app, ("tenants", tenant, "apps", app)) for app in spec.get("apps", {})]
     seen: set[str] = set()
+    problems += [w.replace(": order: ", ": warning: order: ", 1) for w in order_warnings(bundle)]
     for tenant, app, loc in scopes:
         sections = bundle.sections_for(tenant, app)
         where = f"{bundle.where(loc)}: {dotted(loc)}"
@@ -351,12 +352,6 @@ def _lint_sections(config: Config, sections: dict[str, dict[str, Any]]) -> list[
         if not pii or mode_of(pii) == "shadow":
             out.append("consent_fallback requires PII redaction but pii_redaction is off or in shadow mode: "
                        "the fallback would always be refused")
-    order = list(active)
-    if "token_accounting" in order:
-        costly = [n for n in ("rag_context", "pii_redaction") if n in order[:order.index("token_accounting")]]
-        if costly:
-            out.append(f"warning: {' and '.join(costly)} run before token_accounting, so a client over its rate "
-                       "limits still gets that work done; put token_accounting first after residency")
     if residency:
         for name, alias in config.models.items():
             if not any(config.deployments[d].jurisdiction in allowed for d in alias.deployments):

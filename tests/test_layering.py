@@ -321,12 +321,36 @@ def test_policy_explain_reads_the_consent_registry_unless_told_otherwise(tmp_pat
     assert "routed to openai-gpt4 (US)" in other.output
 
 
-def test_policy_check_warns_when_expensive_work_comes_before_rate_limits(tmp_path: Path) -> None:
-    policies = _write(tmp_path, "version: 1\ndefaults:\n  pii_redaction: {}\n  token_accounting:\n"
-                                "    rate_limits: [{scope: key, rpm: 10}]\n")
+def test_the_chain_runs_in_canonical_order_whatever_layer_a_section_comes_from(tmp_path: Path) -> None:
+    bundle = parse_bundle([loads("version: 1\ndefaults:\n  token_accounting: {}\n  pii_redaction: {}\n"
+                                "tenants:\n  hr:\n    apps:\n      bot:\n        rag_context: {collection: hb}\n"
+                                "  fin:\n    residency: {allow: [EU]}\n", "bundle.yaml")])
+    assert list(bundle.sections_for("hr", "bot")) == ["rag_context", "pii_redaction", "token_accounting"]
+    assert list(bundle.sections_for("fin", "")) == ["residency", "pii_redaction", "token_accounting"]
+    assert [p.name for p in bundle.chain_for("hr", "bot").policies] == [
+        "rag_context", "pii_redaction", "token_accounting"]
+
+
+def test_an_explicit_order_is_honoured_and_policy_check_warns_when_rag_follows_pii(tmp_path: Path) -> None:
+    text = ("version: 1\norder: [token_accounting, pii_redaction]\ndefaults:\n  pii_redaction: {}\n"
+            "  token_accounting: {}\n  residency: {allow: [EU]}\n")
+    bundle = parse_bundle([loads(text, "bundle.yaml")])
+    assert list(bundle.sections_for("", "")) == ["token_accounting", "pii_redaction", "residency"]
+    policies = _write(tmp_path, text)
+    assert "rag_context runs after pii_redaction" not in _run("policy", "check", str(policies)).output
+    _write(tmp_path, text.replace("[token_accounting, pii_redaction]", "[pii_redaction, rag_context]")
+           + "tenants: {hr: {apps: {bot: {rag_context: {collection: hb}}}}}\n")
     result = _run("policy", "check", str(policies))
     assert result.exit_code == 0
-    assert "pii_redaction run before token_accounting" in result.output
-    _write(tmp_path, "version: 1\ndefaults:\n  token_accounting:\n    rate_limits: [{scope: key, rpm: 10}]\n"
-                     "  pii_redaction: {}\n")
-    assert "run before token_accounting" not in _run("policy", "check", str(policies)).output
+    assert "bundle.yaml:2: order: rag_context runs after pii_redaction" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(("order", "message"), [
+    ("[pii_redaction, nonsense]", "order[1]: unknown policy 'nonsense'"),
+    ("[pii_redaction, pii_redaction]", "order[1]: 'pii_redaction' is listed twice"),
+    ("pii_redaction", "order: expected a list of policy names"),
+])
+def test_a_bad_order_is_a_one_line_error(tmp_path: Path, order: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_bundle([loads(f"version: 1\norder: {order}\ndefaults: {{pii_redaction: {{}}}}\n", "bundle.yaml")])
+    assert any(message in p and "bundle.yaml:2" in p for p in err.value.problems), err.value.problems
