@@ -1,8 +1,13 @@
 """A DEVELOPMENT upstream that speaks the OpenAI wire format. Not a model.
 
 It answers ``/v1/chat/completions`` (JSON and SSE), ``/v1/embeddings`` and ``/v1/models``
-with deterministic canned data, so the gateway can be tried without any API key, and tests
-and benchmarks get a real HTTP server on loopback. Azure-style paths
+with deterministic data, so the gateway can be tried without any API key, and tests and
+benchmarks get a real HTTP server on loopback. With ``echo`` (what ``gateway serve --dev`` and
+``gateway dev-upstream`` run) a chat answer is a short report of what arrived: the model, the
+message roles, the last user message as received (placeholders shown as ``«EMAIL_ADDRESS_1»``,
+which the gateway leaves alone, and once more as sent, which it restores) and any system
+context, abbreviated. Embeddings hash words and character trigrams into buckets, so texts
+that share words land near each other and retrieval over them means something. Azure-style paths
 (``/openai/deployments/<name>/...``) are answered too.
 
 Tests steer it through attributes (``fail_status``, ``delay_s``, ``chunk_delay_s``...) and
@@ -13,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import struct
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,6 +45,7 @@ class DevUpstream:
     host: str = "127.0.0.1"
     port: int = 0
     reply: str = "Hello from the ExecAI development upstream. This is canned text, not a model."
+    echo: bool = False  # answer with a report of what arrived instead of ``reply``
     chunks: int = 5
     chunk_delay_s: float = 0.0
     delay_s: float = 0.0
@@ -125,7 +131,8 @@ class DevUpstream:
 
     def completion(self, body: dict[str, Any]) -> dict[str, Any]:
         model = body.get("model", "dev")
-        message: dict[str, Any] = {"role": "assistant", "content": self.reply}
+        reply = self.answer(body)
+        message: dict[str, Any] = {"role": "assistant", "content": reply}
         finish = "stop"
         if body.get("tools"):
             tool = body["tools"][0]["function"]["name"]
@@ -139,13 +146,16 @@ class DevUpstream:
             "id": "chatcmpl-dev", "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": i, "message": message, "finish_reason": finish, "logprobs": None}
                         for i in range(n)],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": len(self.reply.split()),
-                      "total_tokens": prompt + len(self.reply.split())},
+            "usage": {"prompt_tokens": prompt, "completion_tokens": len(reply.split()),
+                      "total_tokens": prompt + len(reply.split())},
         }
+
+    def answer(self, body: dict[str, Any]) -> str:
+        return report(body) if self.echo else self.reply
 
     def stream_events(self, body: dict[str, Any]) -> list[bytes]:
         model = body.get("model", "dev")
-        words = self.reply.split(" ")
+        words = self.answer(body).split(" ")
         per = max(1, -(-len(words) // max(1, self.chunks)))
         pieces = [" ".join(words[i:i + per]) + (" " if i + per < len(words) else "")
                   for i in range(0, len(words), per)]
@@ -172,15 +182,44 @@ class DevUpstream:
 
 
 def embed(text: str, dim: int) -> list[float]:
-    """A deterministic unit vector derived from the text (not semantic)."""
-    raw = b""
-    counter = 0
-    while len(raw) < dim * 4:
-        raw += hashlib.sha256(f"{counter}:{text}".encode()).digest()
-        counter += 1
-    values = [v / 2**31 - 1.0 for v in struct.unpack(f"<{dim}I", raw[: dim * 4])]
-    norm = sum(v * v for v in values) ** 0.5 or 1.0
-    return [round(v / norm, 6) for v in values]
+    """A deterministic unit vector: each word, and each character trigram of a word, adds a signed unit to
+    one of ``dim`` buckets, so texts that share words (or word stems) are near. Not a language model."""
+    out = [0.0] * dim
+    for word in _WORDS.findall(text.lower()):
+        padded = f" {word} "
+        for feature, weight in ((word, 1.0), *((padded[i:i + 3], 0.5) for i in range(len(padded) - 2))):
+            h = int.from_bytes(hashlib.blake2b(feature.encode(), digest_size=8).digest(), "little")
+            out[h % dim] += weight if (h >> 32) & 1 else -weight
+    norm = sum(v * v for v in out) ** 0.5
+    if not norm:
+        return [1.0] + [0.0] * (dim - 1)
+    return [round(v / norm, 6) for v in out]
+
+
+def report(body: dict[str, Any]) -> str:
+    """What the echo mode answers: what arrived, for a newcomer to see the gateway's work."""
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    roles = ", ".join(str(m.get("role")) for m in messages)
+    last = _last_user(body)
+    lines = [f"DEVELOPMENT upstream, not a model. It received {len(messages)} message(s) for "
+             f"{body.get('model', '?')}: {roles}.",
+             f"Last user message as it arrived here: {_shown(last)}",
+             f"The same, echoed for the gateway to restore: {last}"]
+    for m in messages:
+        if m.get("role") == "system" and isinstance(m.get("content"), str):
+            content = " ".join(m["content"].split())
+            cut = content if len(content) <= 160 else content[:157] + "..."
+            lines.append(f"System message ({len(content)} chars): {_shown(cut)}")
+    return "\n".join(lines)
+
+
+def _shown(text: str) -> str:
+    """Placeholders in a form the gateway does not restore, so the report shows what the model saw."""
+    return _PLACEHOLDER.sub(lambda m: f"«{m.group(1)}»", text)
+
+
+_WORDS = re.compile(r"\w+")
+_PLACEHOLDER = re.compile(r"[<\[{]\s*([A-Za-z][A-Za-z_ -]*?[ _-]?\d+)\s*[>\]}]")
 
 
 def _last_user(body: dict[str, Any]) -> str:
@@ -300,12 +339,13 @@ class _Protocol(asyncio.Protocol):
             srv.streams_aborted += 1
 
 
-def main(host: str = "127.0.0.1", port: int = 9100, chunk_delay_s: float = 0.05) -> None:
-    server = DevUpstream(host=host, port=port, chunk_delay_s=chunk_delay_s, record=False)
+def main(host: str = "127.0.0.1", port: int = 9100, chunk_delay_s: float = 0.05, echo: bool = True) -> None:
+    server = DevUpstream(host=host, port=port, chunk_delay_s=chunk_delay_s, record=False, echo=echo,
+                         embedding_dim=256)
 
     async def run() -> None:
         await server.serve()
-        print(f"DEVELOPMENT upstream (canned answers, not a model) on {server.url}", flush=True)
+        print(f"DEVELOPMENT upstream (reports what it received, not a model) on {server.url}", flush=True)
         await asyncio.Event().wait()
 
     try:
