@@ -26,12 +26,11 @@ from gateway.accounting import usage
 from gateway.audit import Auditor
 from gateway.auth import KeyStore, Principal
 from gateway.bundle import Bundle, BundleHolder, watch
-from gateway.chain import Chain
 from gateway.config import Config
 from gateway.errors import GatewayError, PolicyDenied, UpstreamError, bad_request
 from gateway.openai_schema import PSEUDONYMISED
 from gateway.policy import Context, Target
-from gateway.router import Committed, Router
+from gateway.router import Committed, Router, embed_via
 from gateway.services import Services
 from gateway.sse import Event, parse
 from gateway.store.consent import ConsentRegistry
@@ -56,7 +55,6 @@ _SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _DEV_SECRET = "execai-dev-secret-change-me"
-_EMPTY_CHAIN = Chain()
 _DONE = b"data: [DONE]"
 _DATA_CLASS = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
@@ -261,17 +259,7 @@ class Gateway:
 
     async def embed(self, model: str, texts: list[str], allowed: frozenset[str] | None) -> list[list[float]]:
         """Embed texts through the gateway's own routing (for RAG); only ``allowed`` jurisdictions."""
-        alias = self.config.models.get(model)
-        if alias is None or alias.type != "embeddings":
-            raise GatewayError(500, "embeddings_model_missing", "The configured embeddings model does not exist.")
-        internal = Principal(key_id="internal", tenant="internal", app="internal", models=frozenset({model}),
-                             scopes=frozenset({"embeddings"}))
-        targets = [Target(n, self.config.deployments[n]) for n in alias.deployments]
-        ctx = Context(principal=internal, endpoint="embeddings", model=model,
-                      candidates=[t for t in targets if allowed is None or t.jurisdiction in allowed])
-        committed = await self.router.send(ctx, _EMPTY_CHAIN, "embeddings", {"model": model, "input": texts})
-        data = orjson.loads(await committed.response.read())["data"]
-        return [d["embedding"] for d in sorted(data, key=lambda d: d["index"])]
+        return await embed_via(self.config, self.router, model, texts, allowed)
 
     def _context(self, scope: Scope, principal: Principal, endpoint: Any, body: dict[str, Any]) -> Context:
         model = body["model"]

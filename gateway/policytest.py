@@ -24,7 +24,7 @@ from gateway.config import Config
 from gateway.errors import GatewayError
 from gateway.policy import Context, Target
 from gateway.router import Router
-from gateway.services import Services
+from gateway.services import Embed, Services
 from gateway.store.consent import ConsentRef
 from gateway.upstreams.base import Endpoint, Upstream, UpstreamFailure, UpstreamResponse
 from gateway.yamlsrc import ConfigError, Source, dotted, load, problems_of
@@ -171,14 +171,16 @@ class Registry:
 
 
 async def simulate(config: Config, bundle: Bundle, request: SimRequest, consents: Sequence[str] = (),
-                   fail: dict[str, str] | None = None, *, registry: Registry | None = None) -> Outcome:
+                   fail: dict[str, str] | None = None, *, registry: Registry | None = None,
+                   embed: Embed | None = None) -> Outcome:
     """Run one request through the bundle's chain and router against simulated upstreams.
 
-    Consent comes from ``consents`` (the purposes the subject has granted) unless ``registry`` is given."""
+    Consent comes from ``consents`` (the purposes the subject has granted) unless ``registry`` is given.
+    RAG retrieval reads the configured vector store when ``embed`` (the real embeddings path) is given."""
     outcome = Outcome()
     fail = fail or {}
     pseudonym = registry.pseudonym if registry is not None else _pseudonym
-    services = Services(config=config, pseudonym=pseudonym,
+    services = Services(config=config, pseudonym=pseudonym, embed=embed,
                         consents=registry.consents if registry is not None else _Consents(list(consents)))
     sim = bundle.with_services(services)
     chain = sim.chain_for(request.tenant, request.app)

@@ -21,8 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 
+from gateway.auth import Principal
 from gateway.chain import Chain
+from gateway.config import Config
 from gateway.errors import GatewayError, PolicyDenied, UpstreamError
 from gateway.policy import Context, Target
 from gateway.upstreams.base import Endpoint, Upstream, UpstreamFailure, UpstreamResponse
@@ -220,3 +223,21 @@ class Router:
             response.close()  # cancelled while waiting for the first chunk: the slot goes back
             raise
         return Committed(target, response, _prepend(first, chunks), began)
+
+
+async def embed_via(config: Config, router: Router, model: str, texts: list[str],
+                    allowed: frozenset[str] | None) -> list[list[float]]:
+    """Embed texts through ``router`` to the deployments of the embeddings model ``model`` in ``allowed``
+    jurisdictions, with no policy chain: the gateway's internal embeddings path (RAG queries, ingest,
+    ``policy explain``)."""
+    alias = config.models.get(model)
+    if alias is None or alias.type != "embeddings":
+        raise GatewayError(500, "embeddings_model_missing", "The configured embeddings model does not exist.")
+    internal = Principal(key_id="internal", tenant="internal", app="internal", models=frozenset({model}),
+                         scopes=frozenset({"embeddings"}))
+    targets = [Target(n, config.deployments[n]) for n in alias.deployments]
+    ctx = Context(principal=internal, endpoint="embeddings", model=model,
+                  candidates=[t for t in targets if allowed is None or t.jurisdiction in allowed])
+    committed = await router.send(ctx, Chain(), "embeddings", {"model": model, "input": texts})
+    data = orjson.loads(await committed.response.read())["data"]
+    return [d["embedding"] for d in sorted(data, key=lambda d: d["index"])]
