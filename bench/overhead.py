@@ -152,6 +152,7 @@ storage:
 {redis_line}server:
   port: {gw_port}
   policies_dir: {Path(policies).resolve()}
+  secret_key: ${{GATEWAY_SECRET}}
 """)
     env = {**os.environ, "GATEWAY_CONFIG": str(work / "config.yaml"), "GATEWAY_LOG_LEVEL": "INFO",
            "GATEWAY_SECRET": os.environ.get("GATEWAY_SECRET") or "bench-" + "x" * 40}

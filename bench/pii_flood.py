@@ -53,6 +53,7 @@ storage:
 server:
   port: {gw_port}
   policies_dir: {work / "policies"}
+  secret_key: ${{GATEWAY_SECRET}}
 """)
     env = {**os.environ, "GATEWAY_CONFIG": str(work / "config.yaml"), "GATEWAY_LOG_LEVEL": "WARNING",
            "GATEWAY_SECRET": os.environ.get("GATEWAY_SECRET") or "bench-" + "x" * 40}

@@ -158,7 +158,8 @@ class Gateway:
     async def _admin(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The admin app, with its body read here first and bounded, before anything authenticates."""
         limit = self.config.server.max_admin_body_bytes
-        too_large = GatewayError(413, "request_too_large", f"Request body exceeds {limit} bytes.")
+        too_large = GatewayError(413, "request_too_large", f"Request body exceeds {limit} bytes.",
+                                 headers={"Connection": "close"})  # the rest of the body is not read
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             await _send_error(send, too_large)

@@ -114,10 +114,13 @@ def serve(
     from gateway import logs
 
     logs.setup(os.environ.get("GATEWAY_LOG_LEVEL", "INFO"))
+    from gateway.httpserver import server_options
+
+    # The gateway's HTTP protocol (head size, head and body timeouts, connection cap) with uvloop,
+    # no access log (the app writes its own), uvicorn's keep-alive set from server.keep_alive_s.
     uvicorn.run(
         "gateway.app:create_app", factory=True, host=host or cfg.server.host, port=port or cfg.server.port,
-        workers=n, loop="uvloop", http="httptools", access_log=False, log_config=None,
-        timeout_graceful_shutdown=30,
+        workers=n, timeout_graceful_shutdown=30, **server_options(cfg.server),
     )
 
 
@@ -415,13 +418,14 @@ def policy_explain(
     paths: PathsArg = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Dry-run one request: print each policy's decision and the route. Nothing is sent upstream.
+    """Dry-run one request: print each policy's decision and the route. Nothing is sent to a chat upstream;
+    RAG retrieval embeds the query through the embeddings deployment, as the gateway would.
 
     Consent is read from the configured database's registry, as the gateway would, unless
     --consent or --no-consent says otherwise."""
     import asyncio
 
-    from gateway.policytest import Registry, SimRequest, simulate
+    from gateway.policytest import Outcome, Registry, SimRequest, simulate
 
     cfg = _config(config)
     bundle = _bundle(cfg, paths)
@@ -444,8 +448,25 @@ def policy_explain(
 
         registry = Registry(ConsentRegistry(_engine(config), ttl_s=0), _pseudonymiser(config))
         source = f"the registry in {make_url(cfg.storage.database_url).render_as_string(hide_password=True)}"
-    outcome = asyncio.run(simulate(cfg, bundle, request, consent or [], dict.fromkeys(fail or [], "upstream_5xx"),
-                                   registry=registry))
+
+    async def run() -> Outcome:
+        failing = dict.fromkeys(fail or [], "upstream_5xx")
+        if "rag_context" not in bundle.sections_for(tenant, app_) or cfg.rag.embedder != "gateway":
+            return await simulate(cfg, bundle, request, consent or [], failing, registry=registry)
+        # Retrieval needs the query's embedding: through the gateway's own embeddings path, as it would be.
+        from gateway.router import Router, embed_via
+        from gateway.upstreams import build
+
+        names = {d for alias in cfg.models.values() if alias.type == "embeddings" for d in alias.deployments}
+        router = Router({n: build(n, cfg.deployments[n]) for n in names})
+        try:
+            return await simulate(cfg, bundle, request, consent or [], failing, registry=registry,
+                                  embed=lambda model, texts, allowed: embed_via(cfg, router, model, texts, allowed))
+        finally:
+            for upstream in router.upstreams.values():
+                await upstream.close()
+
+    outcome = asyncio.run(run())
     chain = bundle.chain_for(tenant, app_).policies
     out.print(f"policy bundle {bundle.hash}; chain for {tenant}/{app_}: "
               f"{', '.join(p.name + (' (shadow)' if p.mode == 'shadow' else '') for p in chain) or '(empty)'}",
@@ -521,12 +542,17 @@ def consent_list(
 
 @audit_app.command("verify")
 def audit_verify(config: ConfigOpt = None) -> None:
-    """Recompute the audit hash chains; exit 1 if a record was modified or deleted."""
+    """Recompute the audit hash chains; exit 1 if a record was modified, deleted or never written."""
     from gateway import audit
 
-    checked, problems = audit.verify(_engine(config))
+    engine = _engine(config)
+    checked, problems = audit.verify(engine)
     for problem in problems:
-        err.print(f"[red]tampered[/red] {problem}", highlight=False)
+        err.print(f"[red]problem[/red] {problem}", highlight=False)
+    for chain, last in audit.open_chains(engine):
+        err.print(f"[yellow]open[/yellow] chain {chain}: no end mark yet (its process is running, or was killed "
+                  f"and no gateway has started since to recover its write-ahead file); records after seq {last} "
+                  "cannot be checked yet", highlight=False)
     out.print(f"{checked} records checked, {len(problems)} problems")
     if problems:
         raise typer.Exit(1)

@@ -21,6 +21,7 @@ from gateway.app import Gateway
 from gateway.bundle import BundleHolder, load_bundle
 from gateway.config import Config
 from gateway.devupstream import DevUpstream
+from gateway.httpserver import uvicorn_config
 from gateway.logs import JsonFormatter
 from gateway.store.db import make_engine, upgrade
 
@@ -137,8 +138,7 @@ def start_gateway(config: Config, bundle: BundleHolder | None = None) -> Running
     upgrade(config.storage.database_url)
     gateway = Gateway(config, bundle=bundle)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(gateway, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
-                                           access_log=False, log_config=None, lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(gateway, config.server, host="127.0.0.1", port=port, lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
