@@ -112,7 +112,7 @@ class Gateway:
             self._watch = asyncio.create_task(watch(self.bundle, policies, self.config, self._stop_watch))
         await self.writer.start()
         self.auditor.start()
-        # Library modules (Presidio, spaCy, weaviate) leave ~200 MB of long-lived objects; moving
+        # Library modules (spaCy, weaviate, numpy) can leave ~200 MB of long-lived objects; moving
         # them out of the collector's view keeps full collections from pausing requests for ~50 ms.
         gc.collect()
         gc.freeze()

@@ -27,7 +27,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -37,8 +37,10 @@ from gateway.errors import GatewayError
 from gateway.layering import Layer, Loc, Loosening, Resolved, body, mode_of, resolve, written_at
 from gateway.policies import REGISTRY, load_all
 from gateway.policy import Policy
-from gateway.services import Services
 from gateway.yamlsrc import ConfigError, Source, dotted, load
+
+if TYPE_CHECKING:
+    from gateway.services import Services
 
 __all__ = ["MODES", "Bundle", "BundleHolder", "load_bundle", "mode_of", "parse_bundle"]
 

@@ -21,15 +21,17 @@ import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from gateway.auth import Principal
 from gateway.config import Deployment
 from gateway.errors import PolicyDenied
-from gateway.services import Services
 from gateway.sse import Event
+
+if TYPE_CHECKING:
+    from gateway.services import Services
 
 __all__ = ["Context", "Decision", "Policy", "PolicyDenied", "Target"]
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-from sqlalchemy import Engine
+from typing import TYPE_CHECKING, Any
 
 from gateway.config import Config
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 # (public embeddings model, texts, allowed jurisdictions or None) -> one vector per text
 Embed = Callable[[str, list[str], frozenset[str] | None], Awaitable[list[list[float]]]]

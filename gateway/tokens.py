@@ -54,6 +54,10 @@ _MISTRAL_FILES = {
     "mistral-v3": "mistral_instruct_tokenizer_240323.model.v3",
     "mistral-v1": "tokenizer.model.v1",
 }
+# SentencePiece models: mistral-common's tokenizer for these is SentencePieceProcessor.encode plus
+# optional BOS/EOS, so they are loaded with sentencepiece alone (mistral-common's import, about
+# 0.5 s and 30 MB with numpy and its request models, is only needed for tekken).
+_SENTENCEPIECE = frozenset({"mistral-v3", "mistral-v1"})
 # Per-message framing (role and separators) and the reply primer, as OpenAI documents them
 # for its chat models; Mistral's [INST] framing costs about the same.
 PER_MESSAGE = 3
@@ -155,15 +159,30 @@ def _load(family: str) -> Tokenizer:
         return _tiktoken(family, family, True)
     if family in _MISTRAL_FILES:
         try:
-            import mistral_common
+            path = _mistral_data() / _MISTRAL_FILES[family]
+            if family in _SENTENCEPIECE:
+                from sentencepiece import SentencePieceProcessor
+
+                spm = SentencePieceProcessor(model_file=str(path))
+                return Tokenizer(family, True, lambda text: len(spm.encode(text)))
             from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-            path = Path(mistral_common.__file__).parent / "data" / _MISTRAL_FILES[family]
             inner = MistralTokenizer.from_file(str(path)).instruct_tokenizer.tokenizer
             return Tokenizer(family, True, lambda text: len(inner.encode(text, bos=False, eos=False)))
         except Exception:  # mistral-common or sentencepiece missing: estimate instead
             return _tiktoken("cl100k_base", family, False)
     return _tiktoken("cl100k_base", family, False)
+
+
+def _mistral_data() -> Path:
+    """mistral-common's tokenizer files, found without importing the package."""
+    spec = importlib.util.find_spec("mistral_common")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("mistral-common is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data"
+    if not path.is_dir():
+        raise FileNotFoundError(path)
+    return path
 
 
 def count_chat(tok: Tokenizer, body: dict[str, Any]) -> tuple[int, bool]:

@@ -213,7 +213,7 @@ def test_the_shipped_bundle_passes_its_own_strict_check_and_full_coverage() -> N
     assert check.exit_code == 0, check.output
     tested = _run("policy", "test", "--coverage", "--min-coverage", "100", policies)
     assert tested.exit_code == 0, tested.output
-    assert "coverage: 13/13 (tenant/app, policy) pairs, 100%" in tested.output
+    assert "coverage: 14/14 (tenant/app, policy) pairs, 100%" in tested.output
 
 
 def test_min_coverage_fails_when_an_app_has_no_test(tmp_path: Path) -> None:

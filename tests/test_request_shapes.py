@@ -146,7 +146,8 @@ def test_a_client_over_its_rate_limit_is_refused_before_any_pii_analysis(
 
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "bundle.yaml").write_text(  # the shipped order: accounting, then PII
-        "version: 1\ndefaults:\n  token_accounting:\n    rate_limits: [{scope: key, rpm: 2}]\n"
+        "version: 1\norder: [token_accounting, pii_redaction]\n"
+        "defaults:\n  token_accounting:\n    rate_limits: [{scope: key, rpm: 2}]\n"
         "  pii_redaction:\n    entities: {EMAIL_ADDRESS: redact}\n")
     gw = gateway_factory(make_config(upstream), tmp_path / "p")
     analysed: list[int] = []

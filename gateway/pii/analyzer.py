@@ -1,8 +1,12 @@
-"""PII detection for the gateway: Presidio's AnalyzerEngine with the gateway's recognizers.
+"""PII detection for the gateway: the fast structured-identifier recognizer and, only when NER
+types are asked for, a spaCy NER recognizer.
 
-The engine runs the fast structured-identifier recognizer and, only when NER types are asked
-for, a spaCy NER recognizer, on Presidio's no-op NLP engine (no lemmas, no context enhancer).
-``Analyzer.analyze`` is the async entry point:
+The two are combined as Presidio's ``AnalyzerEngine`` combined them on its no-op NLP engine (no
+lemmas, no context enhancer), without importing Presidio: per language, the recognizers that
+serve the asked-for types run, duplicates and same-type results contained in a better one are
+dropped (``EntityRecognizer.remove_duplicates``), then thresholds and the allow list apply and
+overlaps are resolved. ``tests/test_pii_presidio_parity.py`` checks the findings against Presidio's
+engine. ``Analyzer.analyze`` is the async entry point:
 
 - results are cached per text content hash, so chat history is analysed once;
 - new text that may take more than about 2 ms (NER, or long text) runs in a worker thread,
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import os
 import time
@@ -22,16 +27,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
-os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")  # never fetch the suffix list
+from gateway.pii.entities import DEFAULT_PHONE_REGIONS, NER_ENTITIES
+from gateway.pii.ner import SpacyNerRecognizer
+from gateway.pii.recognizers import FastRecognizer, Hit
 
-from presidio_analyzer import AnalyzerEngine, EntityRecognizer, RecognizerRegistry
-from presidio_analyzer.nlp_engine import NoOpNlpEngine
-
-from gateway.pii.ner import NER_ENTITIES, SpacyNerRecognizer
-from gateway.pii.recognizers import DEFAULT_PHONE_REGIONS, FastRecognizer
-
-# Presidio logs every operation at DEBUG; kept quiet so an operator's DEBUG level cannot put
-# detection details next to request ids, and so the hot path does not format log records.
+# Presidio is not used, but it is installed, and a spaCy model that needs a component from a
+# package's entry point imports it (gateway.pii.ner): then too, nothing is fetched (its e-mail
+# recognizer's suffix list) and its DEBUG logs stay quiet.
+os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 for _name in ("presidio-analyzer", "presidio-anonymizer"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
@@ -62,6 +65,23 @@ def pool() -> ThreadPoolExecutor:
     return _pool
 
 
+def remove_duplicates(hits: Iterable[Hit]) -> list[Hit]:
+    """Presidio's ``EntityRecognizer.remove_duplicates``: drop repeated and zero-score results, and a
+    result contained in another of the same type with an equal or higher score."""
+    ordered = sorted(set(hits), key=lambda h: (h[0], h[1], -(h[2] - h[1]), -h[3]))
+    kept: list[Hit] = []
+    for _, group in itertools.groupby(ordered, key=lambda h: h[0]):
+        active: list[Hit] = []
+        for hit in group:
+            if hit[3] == 0:
+                continue
+            active = [a for a in active if a[2] >= hit[1]]  # only these can contain it
+            if not any(hit[1] >= a[1] and hit[2] <= a[2] and hit[3] <= a[3] for a in active):
+                kept.append(hit)
+                active.append(hit)
+    return kept
+
+
 def resolve_overlaps(spans: Iterable[Span]) -> tuple[Span, ...]:
     """Keep the best of overlapping spans, returned in text order: validated structured hits beat
     NER guesses (spaCy often calls a URL or an e-mail an ORG), then higher score, then longer."""
@@ -73,6 +93,9 @@ def resolve_overlaps(spans: Iterable[Span]) -> tuple[Span, ...]:
 
 
 class Analyzer:
+    _fast_types = frozenset(FastRecognizer.supported_entities)
+    _ner_types = frozenset(SpacyNerRecognizer.supported_entities)
+
     def __init__(
         self,
         thresholds: Mapping[str, float],
@@ -95,19 +118,12 @@ class Analyzer:
         self.fast_entities = sorted(wanted - set(NER_ENTITIES))
         self._fast = FastRecognizer(phone_regions)
         self._wanted = frozenset(self.fast_entities)
-        recognizers: list[EntityRecognizer] = [self._fast]
+        self._ner: dict[str, SpacyNerRecognizer] = {}
         self.ner_languages: list[str] = []
         if self.ner_entities:
             for lang, model in (ner_models or {}).items():
-                recognizers.append(SpacyNerRecognizer(model, supported_language=lang))
+                self._ner[lang] = SpacyNerRecognizer(model, supported_language=lang)
                 self.ner_languages.append(lang)
-        languages = sorted({"en", *self.ner_languages})
-        nlp = NoOpNlpEngine(models=[{"lang_code": lang, "model_name": "none"} for lang in languages])
-        nlp.load()
-        self.engine = AnalyzerEngine(
-            nlp_engine=nlp, registry=RecognizerRegistry(recognizers, supported_languages=languages),
-            supported_languages=languages,
-        )
 
     @property
     def uses_ner(self) -> bool:
@@ -139,19 +155,29 @@ class Analyzer:
             return resolve_overlaps(
                 Span(e, s, t, score) for e, s, t, score in self._fast.scan(text, self._wanted)
                 if score >= self.thresholds.get(e, 1.1) and text[s:t].casefold() not in self.allow)
-        results = []
+        results: list[Hit] = []
         if self.fast_entities or "en" in self.ner_languages:
             entities = self.fast_entities + (self.ner_entities if "en" in self.ner_languages else [])
-            results += self.engine.analyze(text, language="en", entities=entities)
+            results += self._recognize(text, "en", entities)
         for lang in self.ner_languages:
             if lang != "en":
-                results += self.engine.analyze(text, language=lang, entities=self.ner_entities + self.ner_extra)
+                results += self._recognize(text, lang, self.ner_entities + self.ner_extra)
         spans = (
-            Span(r.entity_type, r.start, r.end, r.score) for r in results
-            if r.score >= self.thresholds.get(r.entity_type, 1.1)
-            and text[r.start:r.end].casefold() not in self.allow
+            Span(e, s, t, score) for e, s, t, score in results
+            if score >= self.thresholds.get(e, 1.1) and text[s:t].casefold() not in self.allow
         )
         return resolve_overlaps(spans)
+
+    def _recognize(self, text: str, language: str, entities: list[str]) -> list[Hit]:
+        """One language's pass, as ``AnalyzerEngine.analyze(text, language, entities)`` made it: every
+        recognizer of the language serving one of ``entities`` runs, then duplicates are removed."""
+        hits: list[Hit] = []
+        if language == self._fast.supported_language and not self._fast_types.isdisjoint(entities):
+            hits += self._fast.scan(text, frozenset(entities))
+        ner = self._ner.get(language)
+        if ner is not None and not self._ner_types.isdisjoint(entities):
+            hits += ner.analyze(text, entities)
+        return remove_duplicates(hits)
 
     def _analyze_many(self, texts: Sequence[str], deadline: float | None = None) -> list[tuple[Span, ...]]:
         return [self.analyze_text(t, deadline) for t in texts]

@@ -1,9 +1,10 @@
-"""Named entities (people, places, organisations) from a spaCy model, as a Presidio recognizer.
+"""Named entities (people, places, organisations) from a spaCy model.
 
 Only the pipeline steps NER needs run: the model is loaded without tagger, parser, attribute
 ruler, lemmatizer and senter, the shared tok2vec is dropped when NER does not listen to it, and
 Presidio's lemma context enhancer is not used.
-Models are loaded from installed packages only; nothing is downloaded.
+Models are loaded from installed packages only; nothing is downloaded. spaCy itself is imported
+only when a model is loaded (a policy that asks for an NER type), never by importing this module.
 
 The small English model often calls a (non-English) person name an ORG, GPE or LOC, or misses it.
 ``labelled_entities`` corrects that with person cues around a name-shaped span: an honorific before it
@@ -16,15 +17,17 @@ gazetteer, so the cost is a few regex passes per text.
 from __future__ import annotations
 
 import bisect
-import importlib.util
+import contextlib
 import re
 import threading
+from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
-from presidio_analyzer import EntityRecognizer, RecognizerResult
+from gateway.pii.entities import NER_ENTITIES, model_installed
 
-NER_ENTITIES = ("PERSON", "LOCATION", "ORGANIZATION", "NRP")
+__all__ = ["NER_ENTITIES", "SpacyNerRecognizer", "labelled_entities", "load_model", "model_installed"]
+
 _LABELS = {"PERSON": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION", "FAC": "LOCATION",
            "ORG": "ORGANIZATION", "NORP": "NRP", "DATE": "DATE_TIME", "TIME": "DATE_TIME"}
 _UNNEEDED = ["tagger", "parser", "attribute_ruler", "lemmatizer", "senter"]
@@ -134,8 +137,24 @@ def labelled_entities(doc: Any) -> list[tuple[str, int, int]]:
     return out
 
 
-def model_installed(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
+@contextlib.contextmanager
+def _without_entry_point_factories() -> Iterator[None]:
+    """Every new spaCy pipeline imports each installed package that declares a ``spacy_factories``
+    entry point, to register its components (``Language.__init__``). The pipelines loaded here use
+    spaCy's own components only; Presidio (installed, though the gateway no longer imports it; tests
+    and benchmarks compare against it) declares one, and importing it costs about 0.5 s and 13 MB
+    here. Within this block such packages are not imported."""
+    from spacy.util import registry
+
+    factories = getattr(registry, "_entry_point_factories", None)
+    if factories is None or getattr(factories, "entry_points", None) is not True:
+        yield  # another spaCy than the one this was written for: load as spaCy does
+        return
+    factories.entry_points = False
+    try:
+        yield
+    finally:
+        factories.entry_points = True
 
 
 @cache
@@ -145,7 +164,11 @@ def load_model(name: str) -> Any:
 
     if not model_installed(name):
         raise RuntimeError(f"spaCy model package {name!r} is not installed")
-    nlp = spacy.load(name, exclude=_UNNEEDED)
+    try:
+        with _without_entry_point_factories():
+            nlp = spacy.load(name, exclude=_UNNEEDED)
+    except ValueError:  # a component from another package's entry point (E002): load as spaCy does
+        nlp = spacy.load(name, exclude=_UNNEEDED)
     # In the small English pipelines NER embeds its own tok2vec; the shared one then only costs time
     # (about a third of the NER path, measured in bench/pii_speed.py).
     if "tok2vec" in nlp.pipe_names and "ner" not in getattr(nlp.get_pipe("tok2vec"), "listening_components", []):
@@ -153,20 +176,27 @@ def load_model(name: str) -> Any:
     return nlp
 
 
-class SpacyNerRecognizer(EntityRecognizer):
-    """PERSON, LOCATION, ORGANIZATION and NRP from spaCy NER, person cues applied."""
+class SpacyNerRecognizer:
+    """PERSON, LOCATION, ORGANIZATION and NRP from spaCy NER, person cues applied.
+
+    The model is loaded when the recognizer is made (with the chain that holds the policy), once per
+    process."""
+
+    supported_entities = (*NER_ENTITIES, "DATE_TIME")
 
     def __init__(self, model: str, supported_language: str = "en") -> None:
         self.model_name = model
+        self.name = f"spacy_ner_{model}"
+        self.supported_language = supported_language
         # spaCy pipelines are not documented as thread-safe; one document at a time per model.
         self._lock = threading.Lock()
-        super().__init__(supported_entities=[*NER_ENTITIES, "DATE_TIME"], name=f"spacy_ner_{model}",
-                         supported_language=supported_language)
+        self.load()
 
     def load(self) -> None:
         self.nlp = load_model(self.model_name)
 
-    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[RecognizerResult]:
+    def analyze(self, text: str, entities: list[str]) -> list[tuple[str, int, int, float]]:
+        """``(entity, start, end, score)`` for every entity of the ``entities`` types (all NER types if empty)."""
         wanted = set(entities or NER_ENTITIES)
         with self._lock:
             doc = self.nlp(text)
@@ -176,5 +206,5 @@ class SpacyNerRecognizer(EntityRecognizer):
             if label in wanted:
                 # spaCy dates are guesses; any validated structured hit on the same text wins.
                 score = DATE_SCORE if label == "DATE_TIME" else SCORE
-                out.append(RecognizerResult(label, start, end, score))
+                out.append((label, start, end, score))
         return out

@@ -6,8 +6,7 @@ then checked with the library that knows its format (python-stdnum check digits,
 in the 48 characters before a candidate raise the score of weakly validated types (BSN,
 PESEL, Steuer-ID, phones without a country code).
 
-``FastRecognizer`` is a Presidio ``EntityRecognizer``, so it plugs into any
-``AnalyzerEngine``; the gateway calls it through ``gateway.pii.analyzer``.
+``FastRecognizer`` is called through ``gateway.pii.analyzer``; it has no Presidio dependency.
 """
 
 from __future__ import annotations
@@ -15,10 +14,8 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import phonenumbers
-from presidio_analyzer import EntityRecognizer, RecognizerResult
 from stdnum import iban, luhn
 from stdnum.de import idnr
 from stdnum.es import dni, nie
@@ -28,12 +25,9 @@ from stdnum.it import codicefiscale
 from stdnum.nl import bsn
 from stdnum.pl import pesel
 
-STRUCTURED = (
-    "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "URL", "US_SSN", "US_DRIVER_LICENSE",
-    "DATE_TIME", "DATE_OF_BIRTH", "EU_VAT", "DE_TAX_ID", "FR_NIR", "IT_FISCAL_CODE", "ES_NIF", "ES_NIE",
-    "NL_BSN", "PL_PESEL",
-)
-DEFAULT_PHONE_REGIONS = ("DE", "FR", "IT", "ES", "NL", "PL", "AT", "BE", "GB", "IE", "PT", "SE", "CH", "US")
+from gateway.pii.entities import DEFAULT_PHONE_REGIONS, STRUCTURED
+
+__all__ = ["DEFAULT_PHONE_REGIONS", "STRUCTURED", "FastRecognizer", "Hit"]
 
 _MONTHS = (
     "jan(?:uary|uar|vier|naio|eiro)?|feb(?:ruary|ruar)?|févr(?:ier)?|fevr(?:ier)?|febbraio|febrero|mar(?:ch|s|zo)?|"
@@ -112,19 +106,15 @@ def _digits(s: str) -> str:
 Hit = tuple[str, int, int, float]  # (entity, start, end, score)
 
 
-class FastRecognizer(EntityRecognizer):
+class FastRecognizer:
     """Every structured type in one regex pass; validators decide what a candidate is."""
+
+    name = "gateway_fast"
+    supported_entities = STRUCTURED
 
     def __init__(self, phone_regions: Iterable[str] = DEFAULT_PHONE_REGIONS, supported_language: str = "en") -> None:
         self.phone_regions = tuple(r.upper() for r in phone_regions)
-        super().__init__(supported_entities=list(STRUCTURED), name="gateway_fast", supported_language=supported_language)
-
-    def load(self) -> None:
-        return None
-
-    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[RecognizerResult]:
-        wanted = frozenset(entities) if entities else frozenset(STRUCTURED)
-        return [RecognizerResult(e, s, t, score) for e, s, t, score in self.scan(text, wanted)]
+        self.supported_language = supported_language
 
     def scan(self, text: str, wanted: frozenset[str]) -> list[Hit]:
         """Validated hits for the ``wanted`` types, in text order; overlaps already resolved."""

@@ -1,4 +1,10 @@
-"""Policy plugins, one module each. ``REGISTRY`` maps a YAML section name to its class."""
+"""Policy plugins, one module each. ``REGISTRY`` maps a YAML section name to its class.
+
+``load_all`` imports every module here, and `gateway config check` and `policy check` only validate
+Configs, so a policy module must be cheap to import: engines and storage clients (spaCy, SQLAlchemy,
+Redis, numpy, ...) are imported by the instance that uses them, or live in another module that the
+policy's ``__new__`` imports (``pii_redaction``). tests/test_startup_imports.py checks this.
+"""
 
 from __future__ import annotations
 

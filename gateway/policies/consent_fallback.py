@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.errors import PolicyDenied
 from gateway.policies import register
 from gateway.policy import Context, Policy, Target
-from gateway.store.consent import ConsentRef
+
+if TYPE_CHECKING:
+    from gateway.store.consent import ConsentRef
 
 _FALLBACK_REFUSED = "Every allowed deployment failed. A DPA fallback exists for this model, but "
 _WITHHELD = {

@@ -1,4 +1,9 @@
-"""Counts tokens, enforces budgets and rate limits, settles cost, and writes the usage ledger."""
+"""Counts tokens, enforces budgets and rate limits, settles cost, and writes the usage ledger.
+
+SQLAlchemy and the ledger's table model are imported only by an instance that writes the ledger
+(the gateway's), so validating the Config (`gateway config check`) and dry runs without a
+database (`gateway policy test`) do not load them.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,6 @@ from decimal import Decimal
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy.orm import configure_mappers
 
 from gateway import metrics, tokens
 from gateway.accounting import limits, usage
@@ -22,8 +26,6 @@ from gateway.policies import register
 from gateway.policy import Context, Policy
 from gateway.sse import Event
 from gateway.store.counters import Counters, Limit, MemoryCounters, RedisCounters
-from gateway.store.db import utcnow
-from gateway.store.ledger import UsageRecord
 from gateway.store.resp import RespClient
 
 
@@ -117,7 +119,17 @@ class TokenAccounting(Policy):
         self._pending: dict[str, _Pending] = {}
         # (key id, tenant, app) -> (minute, its checks): windows change on whole minutes at most.
         self._checks_cache: dict[tuple[str, str, str], tuple[int, tuple[limits.Check, ...]]] = {}
+        self._mapped = False
+        if self.cfg.ledger and self.services is not None and self.services.writer is not None:
+            self._map_ledger()
+
+    def _map_ledger(self) -> None:
+        from sqlalchemy.orm import configure_mappers
+
+        import gateway.store.ledger  # noqa: F401  (the table model whose rows on_complete builds)
+
         configure_mappers()  # ledger rows are built with model_construct, which needs mapped classes
+        self._mapped = True
 
     def _shared(self, name: str, make: Any) -> Any:
         # Counters and prices outlive one chain instance: every app's chain and every reload share them.
@@ -292,6 +304,11 @@ class TokenAccounting(Policy):
             series[3].inc(float(cost))
         writer = self.services.writer if self.services is not None else None
         if self.cfg.ledger and writer is not None:
+            from gateway.store.db import utcnow
+            from gateway.store.ledger import UsageRecord
+
+            if not self._mapped:  # a writer attached after this instance was made
+                self._map_ledger()
             writer.put(UsageRecord.model_construct(  # fields are ours and typed: skip validation (35 µs)
                 request_id=ctx.request_id, tenant=p.tenant, app=p.app, key_id=p.key_id, subject=ctx.subject,
                 endpoint=ctx.endpoint, model=ctx.model, deployment=target.name if target else "none",

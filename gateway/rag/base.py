@@ -15,9 +15,10 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 SearchMode = Literal["vector", "hybrid", "bm25"]
 Scalar = str | int | float | bool

@@ -8,11 +8,14 @@ Tests put their own ``Rag`` there first.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gateway.rag.base import StoreError, VectorStore
-from gateway.rag.embedders import Embed, Embedder, GatewayEmbedder
 from gateway.rag.settings import RagSettings
-from gateway.services import Services
+
+if TYPE_CHECKING:
+    from gateway.rag.embedders import Embed, Embedder
+    from gateway.services import Services
 
 
 @dataclass
@@ -49,6 +52,8 @@ class Rag:
         if found is None:
             if self.embed is None:
                 raise StoreError("no embeddings path is configured")
+            from gateway.rag.embedders import GatewayEmbedder
+
             found = GatewayEmbedder(self.embed, model, frozenset(self.settings.embedding_jurisdictions))
             self.embedders[model] = found
         return found

@@ -12,11 +12,24 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine
-from sqlmodel import Session, col, select
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
-from gateway.store.db import Consent, utcnow
+    from gateway.store.db import Consent
+
+# SQLModel and the table models are imported where they are used: ``ConsentRef`` is needed by
+# `gateway policy test`, which never opens a database.
+
+
+def __getattr__(name: str) -> object:
+    # ``consent.Consent`` (the admin API's response annotations), imported on first use.
+    if name == "Consent":
+        from gateway.store.db import Consent
+
+        return Consent
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +41,8 @@ class ConsentRef:
 
 def _aware(value: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes; they were written as UTC.
+    from gateway.store.db import utcnow
+
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=utcnow().tzinfo)
     return value
@@ -36,6 +51,10 @@ def _aware(value: datetime | None) -> datetime | None:
 def grant(engine: Engine, *, tenant: str, subject: str, purpose: str, evidence_ref: str = "",
           expires_in: timedelta | None = None) -> Consent:
     """Record a consent; ``subject`` is already a pseudonym."""
+    from sqlmodel import Session
+
+    from gateway.store.db import Consent, utcnow
+
     row = Consent(id=secrets.token_hex(8), tenant=tenant, subject=subject, purpose=purpose,
                   evidence_ref=evidence_ref, expires_at=(utcnow() + expires_in) if expires_in else None)
     with Session(engine) as s:
@@ -47,6 +66,10 @@ def grant(engine: Engine, *, tenant: str, subject: str, purpose: str, evidence_r
 
 def withdraw(engine: Engine, *, tenant: str, subject: str, purpose: str) -> int:
     """Withdraw every active consent of the subject for the purpose; return how many."""
+    from sqlmodel import Session, col, select
+
+    from gateway.store.db import Consent, utcnow
+
     now = utcnow()
     with Session(engine) as s:
         rows = list(s.exec(select(Consent).where(
@@ -60,6 +83,10 @@ def withdraw(engine: Engine, *, tenant: str, subject: str, purpose: str) -> int:
 
 
 def list_consents(engine: Engine, *, tenant: str | None = None, subject: str | None = None) -> list[Consent]:
+    from sqlmodel import Session, col, select
+
+    from gateway.store.db import Consent
+
     with Session(engine) as s:
         q = select(Consent).order_by(col(Consent.granted_at))
         if tenant:
@@ -70,6 +97,10 @@ def list_consents(engine: Engine, *, tenant: str | None = None, subject: str | N
 
 
 def find_active(engine: Engine, tenant: str, subject: str, purpose: str) -> ConsentRef | None:
+    from sqlmodel import Session, col, select
+
+    from gateway.store.db import Consent, utcnow
+
     now = utcnow()
     with Session(engine) as s:
         for row in s.exec(select(Consent).where(
@@ -101,6 +132,8 @@ class ConsentRegistry:
             if len(self._cache) > 50_000:
                 self._cache.clear()
             self._cache[key] = (now + self.ttl_s, ref)
+        from gateway.store.db import utcnow
+
         if ref is not None and ref.expires_at is not None and ref.expires_at <= utcnow():
             return None
         return ref

@@ -21,9 +21,10 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from gateway.store.resp import RespClient
+if TYPE_CHECKING:
+    from gateway.store.resp import RespClient
 
 __all__ = ["Counters", "Limit", "MemoryCounters", "RedisCounters", "Reserved"]
 

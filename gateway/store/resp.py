@@ -20,7 +20,6 @@ from collections import deque
 from typing import Any
 
 import hiredis
-from redis.connection import parse_url
 
 
 class RespError(Exception):
@@ -107,6 +106,8 @@ class _Protocol(asyncio.Protocol):
 
 class RespClient:
     def __init__(self, url: str, timeout_s: float = 2.0) -> None:
+        from redis.connection import parse_url  # ~0.3 s to import: only when Redis is configured
+
         opts = parse_url(url)
         if opts.get("connection_class") is not None and "Unix" not in str(opts["connection_class"]):
             raise ValueError("only redis:// and unix:// URLs are supported")
