@@ -11,7 +11,11 @@ that share words land near each other and retrieval over them means something. A
 (``/openai/deployments/<name>/...``) are answered too.
 
 Tests steer it through attributes (``fail_status``, ``delay_s``, ``chunk_delay_s``...) and
-read what it received from ``received``.
+read what it received from ``received``. Stream shapes beyond the default one (a single choice of
+content ending in ``finish_reason: stop``) are opt-in, so nothing changes unless a test asks:
+``stream_tool_calls`` (tool-call deltas, arguments split across chunks), ``stream_choices`` (``n``
+choices, their events interleaved), ``finish_reason=False`` (a stream that ends without one) and
+``legacy_function_call`` (a request with ``functions`` answered with ``function_call``).
 """
 
 from __future__ import annotations
@@ -54,6 +58,13 @@ class DevUpstream:
     fail_times: int | None = None  # fail only the first N requests; None: always while fail_status is set
     embedding_dim: int = 16
     include_usage: bool = True
+    # Opt-in answer shapes (see the module docstring); reset() turns them off again.
+    stream_tool_calls: bool = False  # a streamed request with ``tools`` gets ``delta.tool_calls``
+    tool_calls: int = 1  # tool calls per streamed choice (arguments ``{"call": i, "echo": <last user message>}``)
+    arguments_chunk: int = 5  # characters of a streamed tool call's (or function call's) arguments per chunk
+    stream_choices: bool = False  # a streamed request with ``n`` > 1 gets n choices, events interleaved by index
+    finish_reason: bool = True  # False: streams end ([DONE]) without any chunk carrying a finish_reason
+    legacy_function_call: bool = False  # a request with ``functions`` gets ``function_call``, streamed or not
     record: bool = True
     received: list[Received] = field(default_factory=list)
     streams_started: int = 0
@@ -115,6 +126,9 @@ class DevUpstream:
         self.fail_status = None
         self.fail_times = None
         self.delay_s = self.chunk_delay_s = 0.0
+        self.stream_tool_calls = self.stream_choices = self.legacy_function_call = False
+        self.finish_reason = True
+        self.tool_calls, self.arguments_chunk = 1, 5
         self.streams_started = self.streams_completed = self.streams_aborted = 0
 
     # --- answers -----------------------------------------------------------------------------
@@ -140,6 +154,11 @@ class DevUpstream:
                 {"id": "call_dev_1", "type": "function",
                  "function": {"name": tool, "arguments": orjson.dumps({"echo": _last_user(body)}).decode()}}]}
             finish = "tool_calls"
+        function = self._legacy_function(body)
+        if function is not None:
+            message = {"role": "assistant", "content": None,
+                       "function_call": {"name": function, "arguments": _arguments(body)}}
+            finish = "function_call"
         n = body.get("n") or 1
         prompt = _count(body)
         return {
@@ -153,23 +172,75 @@ class DevUpstream:
     def answer(self, body: dict[str, Any]) -> str:
         return report(body) if self.echo else self.reply
 
+    def _legacy_function(self, body: dict[str, Any]) -> str | None:
+        functions = body.get("functions")
+        if not self.legacy_function_call or not functions or not isinstance(functions[0], dict):
+            return None
+        return str(functions[0].get("name", "fn"))
+
     def stream_events(self, body: dict[str, Any]) -> list[bytes]:
         model = body.get("model", "dev")
         words = self.answer(body).split(" ")
-        per = max(1, -(-len(words) // max(1, self.chunks)))
-        pieces = [" ".join(words[i:i + per]) + (" " if i + per < len(words) else "")
-                  for i in range(0, len(words), per)]
         base = {"id": "chatcmpl-dev", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
-        events = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                        "finish_reason": None}]}]
-        events += [{**base, "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}
-                   for p in pieces]
-        events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        n = max(1, int(body.get("n") or 1)) if self.stream_choices else 1
+        function = self._legacy_function(body)
+        tools = [t["function"]["name"] for t in body.get("tools") or () if isinstance(t, dict)
+                 and isinstance(t.get("function"), dict)] if self.stream_tool_calls else []
+        per_choice: list[list[tuple[dict[str, Any], str | None]]] = []
+        for index in range(n):
+            if function is not None:
+                deltas = self._function_deltas(body, function)
+            elif tools:
+                deltas = self._tool_deltas(body, tools)
+            else:
+                deltas = self._content_deltas(words, self.chunks + index)
+            per_choice.append(deltas)
+        events: list[dict[str, Any]] = []
+        for step in range(max(len(d) for d in per_choice)):  # interleaved: index 0..n-1, then the next step
+            for index, deltas in enumerate(per_choice):
+                if step < len(deltas):
+                    delta, finish = deltas[step]
+                    if finish is not None and not self.finish_reason:
+                        if not delta:
+                            continue
+                        finish = None
+                    events.append({**base, "choices": [{"index": index, "delta": delta, "finish_reason": finish}]})
         if (body.get("stream_options") or {}).get("include_usage") and self.include_usage:
             prompt = _count(body)
             events.append({**base, "choices": [], "usage": {"prompt_tokens": prompt,
                            "completion_tokens": len(words), "total_tokens": prompt + len(words)}})
         return [b"data: " + orjson.dumps(e) + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
+
+    @staticmethod
+    def _content_deltas(words: list[str], chunks: int) -> list[tuple[dict[str, Any], str | None]]:
+        per = max(1, -(-len(words) // max(1, chunks)))
+        pieces = [" ".join(words[i:i + per]) + (" " if i + per < len(words) else "")
+                  for i in range(0, len(words), per)]
+        return [({"role": "assistant", "content": ""}, None), *(({"content": p}, None) for p in pieces),
+                ({}, "stop")]
+
+    def _split(self, text: str) -> list[str]:
+        size = max(1, self.arguments_chunk)
+        return [text[i:i + size] for i in range(0, len(text), size)]
+
+    def _tool_deltas(self, body: dict[str, Any], tools: list[str]) -> list[tuple[dict[str, Any], str | None]]:
+        """OpenAI's shape: per call, a chunk with its index, id, type and name (arguments ""), then
+        chunks carrying only ``index`` and a piece of ``function.arguments``."""
+        out: list[tuple[dict[str, Any], str | None]] = [({"role": "assistant", "content": None}, None)]
+        for i in range(max(1, self.tool_calls)):
+            out.append(({"tool_calls": [{"index": i, "id": f"call_dev_{i + 1}", "type": "function",
+                                         "function": {"name": tools[i % len(tools)], "arguments": ""}}]}, None))
+            out += [({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}, None)
+                    for piece in self._split(_arguments(body, i))]
+        out.append(({}, "tool_calls"))
+        return out
+
+    def _function_deltas(self, body: dict[str, Any], name: str) -> list[tuple[dict[str, Any], str | None]]:
+        out: list[tuple[dict[str, Any], str | None]] = [
+            ({"role": "assistant", "content": None, "function_call": {"name": name, "arguments": ""}}, None)]
+        out += [({"function_call": {"arguments": piece}}, None) for piece in self._split(_arguments(body))]
+        out.append(({}, "function_call"))
+        return out
 
     def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
         inputs = body.get("input")
@@ -227,6 +298,12 @@ def _last_user(body: dict[str, Any]) -> str:
         if m.get("role") == "user" and isinstance(m.get("content"), str):
             return str(m["content"])
     return ""
+
+
+def _arguments(body: dict[str, Any], call: int | None = None) -> str:
+    """A tool or function call's arguments: the last user message, echoed for the gateway to restore."""
+    args: dict[str, Any] = {"echo": _last_user(body)} if call is None else {"call": call, "echo": _last_user(body)}
+    return orjson.dumps(args).decode()
 
 
 def _count(body: dict[str, Any]) -> int:

@@ -91,7 +91,9 @@ def test_a_spent_budget_refuses_with_429_retry_after_and_a_clear_message(
     gw = gateway_factory(priced_config(upstream), policies)
     key = gw.key(tenant="acme")
     statuses = [chat(gw, key).status_code for _ in range(12)]
-    assert statuses[0] == 200 and statuses[-1] == 429
+    admitted = expected_admissions(gw, upstream, budget=300, max_tokens=100)
+    assert 2 <= admitted < 12  # settling matters (one reservation alone would allow 2), and the budget ends
+    assert statuses == [200] * admitted + [429] * (12 - admitted)
     resp = chat(gw, key)
     err = resp.json()["error"]
     assert err["code"] == "budget.exceeded" and err["type"] == "rate_limit_error"
@@ -104,6 +106,20 @@ def test_a_spent_budget_refuses_with_429_retry_after_and_a_clear_message(
     metrics = httpx.get(f"{gw.url}/metrics").text
     assert 'gateway_limit_rejections_total{app="chat",kind="budget",limit="tenant:day:tokens",tenant="acme"}' in metrics
     assert 'gateway_budget_limit{owner="acme",period="day",scope="tenant",unit="tokens"} 300.0' in metrics
+
+
+def expected_admissions(gw: RunningGateway, upstream: DevUpstream, *, budget: int, max_tokens: int) -> int:
+    """How many identical CHAT requests in a row a token budget admits: each reserves its counted prompt
+    plus ``max_tokens``, and is settled to what the upstream reported before the next one arrives, so
+    request k+1 is admitted while k * used + reserved <= budget."""
+    from gateway import tokens
+
+    deployment = priced_config(upstream).deployments["eu-primary"]
+    prompt, _ = tokens.count_chat(tokens.load(tokens.family_of(deployment)), CHAT)
+    reserved = prompt + max_tokens
+    used = {r.prompt_tokens + r.completion_tokens for r in ledger(gw.gateway.engine, 1) if r.status == 200}
+    assert len(used) == 1, used  # the same request, the same usage
+    return (budget - reserved) // used.pop() + 1
 
 
 def test_settling_frees_what_the_reservation_overestimated(
@@ -134,15 +150,27 @@ def test_rpm_limit_per_key_refuses_with_rate_limit_exceeded(
 def test_budget_state_in_redis_survives_a_gateway_restart(
     gateway_factory: Factory, upstream: DevUpstream, tmp_path: Path
 ) -> None:
-    policies, _ = policy_file(tmp_path, budgets=[{"scope": "tenant", "period": "day", "eur": "0.00005"}])
+    import redis
+
+    # Room for several requests (a one-request budget would refuse on any gateway, Redis or not).
+    policies, prefix = policy_file(tmp_path, default_max_tokens=100,
+                                   budgets=[{"scope": "tenant", "period": "day", "tokens": 300}])
     config = priced_config(upstream, storage={"redis_url": REDIS_URL})
     first = gateway_factory(config, policies)
     key = first.key(tenant="restart")
-    while chat(first, key).status_code == 200:
-        pass
+    statuses = [chat(first, key).status_code for _ in range(12)]  # bounded: the budget ends long before
+    admitted = expected_admissions(first, upstream, budget=300, max_tokens=100)
+    assert admitted >= 2 and statuses == [200] * admitted + [429] * (12 - admitted)
     first.stop()
     second = gateway_factory(config, policies)
-    assert chat(second, second.key(tenant="restart")).status_code == 429
+    try:
+        assert chat(second, second.key(tenant="restart")).status_code == 429  # the spent budget survived
+        assert chat(second, second.key(tenant="fresh")).status_code == 200  # the new gateway admits others
+    finally:
+        client = redis.Redis.from_url(REDIS_URL)
+        for counter in client.scan_iter(f"{prefix}:*"):
+            client.delete(counter)
+        client.close()
 
 
 def test_redis_down_fails_closed_with_503_by_default(

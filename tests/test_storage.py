@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from sqlalchemy import Engine, inspect, text
 
 from gateway import auth
 from gateway.devupstream import DevUpstream
@@ -21,9 +22,34 @@ def test_keys_round_trip_on_postgres(postgres_url: str) -> None:
     assert not auth.revoke_key(engine, row.key_id)
 
 
+def _schema(engine: Engine) -> dict[str, list[str]]:
+    inspector = inspect(engine)
+    return {t: sorted(c["name"] for c in inspector.get_columns(t)) for t in sorted(inspector.get_table_names())}
+
+
 def test_migrations_are_idempotent(postgres_url: str) -> None:
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+    from sqlmodel import SQLModel
+
+    from gateway.store.db import MIGRATIONS
+
     upgrade(postgres_url)
-    upgrade(postgres_url)
+    engine = make_engine(postgres_url)
+    before = _schema(engine)
+    _, row = auth.create_key(engine, tenant="migrations", app="bot", models=["m"], scopes=["chat"])
+    upgrade(postgres_url)  # again, on a database already at head and holding data
+    assert _schema(engine) == before
+    assert set(SQLModel.metadata.tables) <= set(before)  # every table model has its table
+    for name, table in SQLModel.metadata.tables.items():
+        assert set(before[name]) >= {c.name for c in table.columns}, name
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.connect() as conn:
+        versions = list(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
+    assert versions == [ScriptDirectory.from_config(cfg).get_current_head()]
+    assert [r.key_id for r in auth.list_keys(engine, "migrations")] == [row.key_id]  # data kept
+    engine.dispose()
 
 
 def test_gateway_serves_from_postgres_and_reports_redis_ready(

@@ -70,7 +70,7 @@ class StreamEditor:
         ch = self._channels.get(key)
         if ch is None:
             scanner = self._scanner() if self._scanner is not None else None
-            ch = self._channels[key] = Channel(self._vault, scanner, json=key[1] == "tool")
+            ch = self._channels[key] = Channel(self._vault, scanner, json=key[1] in ("tool", "function"))
         return ch
 
     async def edit(self, chunk: dict[str, Any]) -> bool:
@@ -100,6 +100,11 @@ class StreamEditor:
                 new = await self._channel((index, "tool", call.get("index", 0))).feed(function["arguments"])
                 changed |= new != function["arguments"]
                 function["arguments"] = new
+        legacy = delta.get("function_call")  # the deprecated single function call
+        if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
+            new = await self._channel((index, "function", 0)).feed(legacy["arguments"])
+            changed |= new != legacy["arguments"]
+            legacy["arguments"] = new
         return changed
 
     async def _flush_into(self, index: int, delta: dict[str, Any]) -> bool:
@@ -114,6 +119,9 @@ class StreamEditor:
             changed = True
             if key[1] in ("content", "refusal"):
                 delta[key[1]] = (delta.get(key[1]) or "") + rest
+            elif key[1] == "function":
+                legacy = delta.setdefault("function_call", {})
+                legacy["arguments"] = (legacy.get("arguments") or "") + rest
             else:
                 delta.setdefault("tool_calls", []).append({"index": key[2], "function": {"arguments": rest}})
         return changed

@@ -1,0 +1,198 @@
+"""``audit.verify`` reports every kind of tampering, on SQLite and on PostgreSQL.
+
+A chain of four records (with its start and end marks) is written the way the gateway writes
+it (``Auditor`` rows through the batched writer's insert), then changed in SQL: every hashed
+field of a record one at a time, the stored hash, ``prev_hash`` (with and without a recomputed
+record hash, as a forger who knows the unkeyed hash function would do), the first, a middle and
+the last record deleted, and two records' sequence numbers swapped. Each must be reported.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, delete, update
+from sqlmodel import Session, select
+
+from gateway import audit
+from gateway.auth import Principal
+from gateway.config import Deployment
+from gateway.policy import Context, Target
+from gateway.store.db import AuditRecord, make_engine, upgrade
+from gateway.store.writer import Writer
+
+RECORDS = 4
+US = Target("us-gpt4", Deployment(kind="openai_compatible", base_url="http://127.0.0.1:9/v1", model="gpt-4o",
+                                  jurisdiction="US", region="us-east"))
+# A changed value for every hashed field, valid for its column; "chain_id" and "request_id" get fresh ids.
+TAMPERED: dict[str, Any] = {
+    "tenant": "evil", "app": "other", "key_id": "k" * 32, "subject": "someone-else", "model": "gpt-4o",
+    "endpoint": "embeddings", "policy_hash": "0" * 16, "decisions": "[]",
+    "attempts": '[["eu-primary", "ok"]]', "deployment": "eu-primary", "jurisdiction": "EU", "fallback": None,
+    "consent_ref": None, "status": 403, "prev_hash": "f" * 64,
+}
+
+
+# Every column but the hash itself must be covered by it; taken from the table, not from audit._HASHED,
+# so a field dropped from the hash (or a column added without it) fails here.
+FIELDS = tuple(c.name for c in AuditRecord.__table__.columns if c.name != "hash")  # type: ignore[attr-defined]
+
+
+def test_the_hash_covers_every_column() -> None:
+    assert set(audit._HASHED) == set(FIELDS) == {*TAMPERED, "request_id", "chain_id", "seq", "at"}
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.rows: list[Any] = []
+
+    def put(self, row: Any) -> None:
+        self.rows.append(row)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    url = f"sqlite:///{tmp_path / 'audit.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    upgrade(url)
+    engine = make_engine(url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def chain(engine: Engine, tmp_path: Path) -> str:
+    """A closed chain of RECORDS records, every field set, written through the writer's insert path."""
+    sink = _Sink()
+    auditor = audit.Auditor(writer=sink)
+    auditor.start()
+    for i in range(RECORDS):
+        ctx = Context(principal=Principal("k1", "acme", "chat", frozenset(), frozenset()), endpoint="chat",
+                      model="mistral-7b", candidates=[US], subject=f"subject-{i}")
+        ctx.bundle_hash = "a" * 16
+        ctx.record("residency", "allow", allowed=["EU"])
+        ctx.record("consent_fallback", "fallback", target="us-gpt4")
+        ctx.record("pii_redaction", "floor_redact", entities={"EMAIL_ADDRESS": 1})
+        ctx.attempts = [("eu-primary", "503"), ("us-gpt4", "ok")]
+        ctx.target, ctx.fallback_reason, ctx.consents = US, "upstream_5xx", {"us-gpt4": f"consent-{i}"}
+        ctx.status = 200
+        auditor.record(ctx)
+    auditor.close()
+    Writer(engine, tmp_path / "spool")._write(sink.rows)
+    assert problems(engine, auditor.chain_id) == []
+    return auditor.chain_id
+
+
+def problems(engine: Engine, *chains: str) -> list[str]:
+    """What verify reports about these chains (a shared database may hold other tests' chains)."""
+    _, found = audit.verify(engine)
+    return [p for p in found if any(c in p for c in chains)]
+
+
+def record(engine: Engine, chain: str, seq: int) -> AuditRecord:
+    with Session(engine) as s:
+        row = s.exec(select(AuditRecord).where(AuditRecord.chain_id == chain, AuditRecord.seq == seq)).one()
+        s.expunge(row)
+        return row
+
+
+def change(engine: Engine, chain: str, at: int, values: dict[str, Any], rehash: bool = False) -> None:
+    """Change the stored record ``at`` that seq; with ``rehash`` also store the hash of its new content."""
+    if rehash:
+        values = {**values, "hash": audit._digest({**record(engine, chain, at).model_dump(), **values})}
+    with engine.begin() as conn:
+        conn.execute(update(AuditRecord).where(
+            AuditRecord.chain_id == chain, AuditRecord.seq == at).values(**values))  # type: ignore[arg-type]
+
+
+def tampered(engine: Engine, chain: str, seq: int, name: str) -> dict[str, Any]:
+    if name in ("request_id", "chain_id"):
+        return {name: uuid.uuid4().hex}
+    if name == "seq":
+        return {"seq": seq + 10}
+    if name == "at":
+        return {"at": record(engine, chain, seq).at + timedelta(seconds=1)}
+    return {name: TAMPERED[name]}
+
+
+@pytest.mark.parametrize("seq", [2, RECORDS], ids=["middle", "last"])
+@pytest.mark.parametrize("name", FIELDS)
+def test_a_change_to_any_hashed_field_is_reported(engine: Engine, chain: str, name: str, seq: int) -> None:
+    values = tampered(engine, chain, seq, name)
+    change(engine, chain, seq, values)
+    assert problems(engine, chain, str(values.get("chain_id", chain))), f"{name} changed unnoticed"
+
+
+def test_a_changed_stored_hash_is_reported(engine: Engine, chain: str) -> None:
+    change(engine, chain, RECORDS, {"hash": "e" * 64})
+    assert any("was modified" in p for p in problems(engine, chain))
+
+
+@pytest.mark.parametrize("seq", [1, 2, 3])
+def test_a_rewritten_prev_hash_is_reported(engine: Engine, chain: str, seq: int) -> None:
+    change(engine, chain, seq, {"prev_hash": "f" * 64})
+    assert any(f"seq {seq}" in p for p in problems(engine, chain))
+
+
+@pytest.mark.parametrize("seq", [1, 2, 3])
+def test_a_rewritten_prev_hash_with_a_recomputed_hash_breaks_the_link(engine: Engine, chain: str, seq: int) -> None:
+    # The record is self-consistent again: only the link from it to the record before catches it.
+    change(engine, chain, seq, {"prev_hash": record(engine, chain, seq).hash[::-1]}, rehash=True)
+    assert any(f"seq {seq}: link to the previous record is broken" in p for p in problems(engine, chain))
+
+
+@pytest.mark.parametrize("name", ["decisions", "status", "consent_ref", "jurisdiction"])
+def test_a_forged_record_with_a_recomputed_hash_breaks_the_next_records_link(
+    engine: Engine, chain: str, name: str
+) -> None:
+    change(engine, chain, 2, tampered(engine, chain, 2, name), rehash=True)
+    assert any("seq 3: link to the previous record is broken" in p for p in problems(engine, chain))
+
+
+@pytest.mark.parametrize("seq", [1, 2, RECORDS], ids=["first", "middle", "last"])
+def test_a_deleted_record_is_reported(engine: Engine, chain: str, seq: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(delete(AuditRecord).where(
+            AuditRecord.chain_id == chain, AuditRecord.seq == seq))  # type: ignore[arg-type]
+    found = problems(engine, chain)
+    expected = f"records {seq}..{seq} are missing" + (" (end of chain)" if seq == RECORDS else "")
+    assert any(expected in p for p in found), found
+
+
+def test_a_deleted_tail_of_several_records_is_reported(engine: Engine, chain: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(delete(AuditRecord).where(
+            AuditRecord.chain_id == chain, AuditRecord.seq >= 3))  # type: ignore[arg-type]
+    assert any(f"records 3..{RECORDS} are missing (end of chain)" in p for p in problems(engine, chain))
+
+
+def test_every_record_deleted_is_reported(engine: Engine, chain: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(delete(AuditRecord).where(AuditRecord.chain_id == chain))  # type: ignore[arg-type]
+    assert any(f"records 1..{RECORDS} are missing (end of chain)" in p for p in problems(engine, chain))
+
+
+@pytest.mark.parametrize("pair", [(1, 2), (2, 3), (3, RECORDS), (1, RECORDS)])
+def test_swapped_records_are_reported(engine: Engine, chain: str, pair: tuple[int, int]) -> None:
+    a, b = pair
+    change(engine, chain, a, {"seq": -1})
+    change(engine, chain, b, {"seq": a})
+    change(engine, chain, -1, {"seq": b})
+    found = problems(engine, chain)
+    assert any(f"seq {a}" in p for p in found) and any(f"seq {b}" in p for p in found), found
+
+
+@pytest.mark.parametrize("pair", [(1, 2), (2, 3), (3, RECORDS)])
+def test_swapped_records_with_recomputed_hashes_are_reported(
+    engine: Engine, chain: str, pair: tuple[int, int]
+) -> None:
+    # Each moved record re-hashed with its new seq: its content is consistent, its link is not.
+    a, b = pair
+    change(engine, chain, a, {"seq": -1})
+    change(engine, chain, b, {"seq": a}, rehash=True)
+    change(engine, chain, -1, {"seq": b}, rehash=True)
+    assert any("link to the previous record is broken" in p for p in problems(engine, chain))
