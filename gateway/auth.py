@@ -4,6 +4,9 @@ A key reads ``sk-gw-<key_id>-<secret>``. Only ``sha256(secret)`` is stored; the 
 the row and the hashes are compared in constant time. Each worker caches resolved keys and
 re-reads the cached rows every ``key_refresh_s`` seconds, so a revocation reaches every worker
 within that interval without putting SQL on the request path.
+
+SQLAlchemy and the table models are imported by the functions that use them, so importing this
+module (``Principal``, for every policy) costs nothing.
 """
 
 from __future__ import annotations
@@ -16,12 +19,24 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-
-from sqlalchemy import Engine
-from sqlmodel import Session, col, select
+from typing import TYPE_CHECKING
 
 from gateway.errors import GatewayError
-from gateway.store.db import ApiKey, utcnow
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from gateway.store.db import ApiKey
+
+
+def __getattr__(name: str) -> object:
+    # ``auth.ApiKey`` (the admin API's response annotations), imported on first use.
+    if name == "ApiKey":
+        from gateway.store.db import ApiKey
+
+        return ApiKey
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 log = logging.getLogger("gateway.auth")
 PREFIX = "sk-gw-"
@@ -76,6 +91,10 @@ def create_key(
         raise ValueError(f"unknown scope(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(SCOPES))}")
     if not tenant or not app:
         raise ValueError("tenant and app must not be empty")
+    from sqlmodel import Session
+
+    from gateway.store.db import ApiKey
+
     key_id, secret = secrets.token_hex(_ID_LEN // 2), secrets.token_urlsafe(32)
     row = ApiKey(
         key_id=key_id,
@@ -94,6 +113,10 @@ def create_key(
 
 
 def list_keys(engine: Engine, tenant: str | None = None) -> list[ApiKey]:
+    from sqlmodel import Session, col, select
+
+    from gateway.store.db import ApiKey
+
     with Session(engine) as s:
         q = select(ApiKey).order_by(col(ApiKey.created_at))
         if tenant:
@@ -102,12 +125,20 @@ def list_keys(engine: Engine, tenant: str | None = None) -> list[ApiKey]:
 
 
 def get_key(engine: Engine, key_id: str) -> ApiKey | None:
+    from sqlmodel import Session
+
+    from gateway.store.db import ApiKey
+
     with Session(engine) as s:
         return s.get(ApiKey, key_id)
 
 
 def revoke_key(engine: Engine, key_id: str) -> bool:
     """Mark a key revoked; return False when no such active key exists."""
+    from sqlmodel import Session
+
+    from gateway.store.db import ApiKey, utcnow
+
     with Session(engine) as s:
         row = s.get(ApiKey, key_id)
         if row is None or row.revoked_at is not None:
@@ -148,7 +179,12 @@ class KeyStore:
         now = time.monotonic()
         if self._negative.get(key_id, 0.0) > now:
             return None
-        row = await asyncio.to_thread(self._fetch, key_id)
+        try:
+            row = await asyncio.to_thread(self._fetch, key_id)
+        except Exception as exc:  # the database is down: the caller may retry, it is not a gateway bug
+            log.warning("key lookup failed", extra={"exc_type": type(exc).__name__})
+            raise GatewayError(503, "key_store_unavailable", "API keys cannot be checked right now; retry shortly.",
+                               headers={"Retry-After": "5"}) from None
         if row is None or row.revoked_at is not None:
             if len(self._negative) > 10_000:
                 self._negative.clear()
@@ -159,10 +195,18 @@ class KeyStore:
         return entry
 
     def _fetch(self, key_id: str) -> ApiKey | None:
+        from sqlmodel import Session
+
+        from gateway.store.db import ApiKey
+
         with Session(self.engine) as s:
             return s.get(ApiKey, key_id)
 
     def _refresh_rows(self, key_ids: list[str]) -> dict[str, ApiKey]:
+        from sqlmodel import Session, col, select
+
+        from gateway.store.db import ApiKey
+
         with Session(self.engine) as s:
             rows = s.exec(select(ApiKey).where(col(ApiKey.key_id).in_(key_ids)))
             return {r.key_id: r for r in rows}

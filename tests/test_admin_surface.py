@@ -122,3 +122,28 @@ def test_an_admin_key_cannot_read_another_tenants_audit_record(gw: RunningGatewa
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "admin.tenant_forbidden"
     glob = {"Authorization": f"Bearer {gw.key(tenant='ops', scopes=('global_admin',))}"}
     assert httpx.get(f"{gw.url}/admin/audit/{request_id}", headers=glob).status_code == 200
+
+
+def test_a_database_outage_gives_503_with_retry_after_for_unknown_keys_not_500(
+        gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream, postgres_url: str) -> None:
+    from tests.tcpproxy import TcpProxy
+
+    proxy = TcpProxy("127.0.0.1", 5432).start()
+    try:
+        url = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        gw = gateway_factory(make_config(upstream, storage={"database_url": url}))
+        known = gw.key()
+        unknown = gw.key()  # valid, but never used: this worker has not cached it
+        hello = {"model": "mistral-7b", "messages": [{"role": "user", "content": "hi"}]}
+        assert httpx.post(f"{gw.base_url}/chat/completions", json=hello, timeout=10,
+                          headers={"Authorization": f"Bearer {known}"}).status_code == 200
+        proxy.cut()
+        assert httpx.post(f"{gw.base_url}/chat/completions", json=hello, timeout=10,
+                          headers={"Authorization": f"Bearer {known}"}).status_code == 200
+        for path, method in (("/v1/chat/completions", "POST"), ("/v1/models", "GET"), ("/admin/keys", "GET")):
+            resp = httpx.request(method, f"{gw.url}{path}", json=hello if method == "POST" else None, timeout=15,
+                                 headers={"Authorization": f"Bearer {unknown}"})
+            assert resp.status_code == 503, (path, resp.text)
+            assert resp.headers["retry-after"] and resp.json()["error"]["type"] == "server_error"
+    finally:
+        proxy.stop()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select
@@ -164,3 +166,50 @@ def test_rows_of_a_one_column_table_are_inserted_too() -> None:
     with engine.begin() as conn:
         conn.exec_driver_sql(insert.sql, insert.params([{"k": "a"}, {"k": "b"}, {"k": "a"}]))  # type: ignore[arg-type]
         assert sorted(conn.exec_driver_sql("SELECT k FROM just_keys").scalars()) == ["a", "b"]
+
+
+async def test_stop_lets_a_flush_in_progress_finish_and_deletes_no_write_ahead_file_too_early(
+        sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGTERM stop arrived while a batch was in the database thread: it used to cancel the flush and delete
+    the write-ahead files holding that batch, so the rows were lost when the process then exited."""
+    writer = Writer(sqlite_engine, tmp_path / "spool", batch_size=100, flush_interval_s=0.01)
+    real = writer._write
+    started = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def slow(rows: Any) -> None:
+        loop.call_soon_threadsafe(started.set)
+        time.sleep(0.5)
+        real(rows)
+
+    monkeypatch.setattr(writer, "_write", slow)
+    await writer.start()
+    ids = [uuid.uuid4().hex for _ in range(30)]
+    for i in ids:
+        writer.put(_row(i))
+    await asyncio.wait_for(started.wait(), 5)
+    await writer.stop()
+    assert _count(sqlite_engine, ids) == 30
+    assert not list((tmp_path / "spool").glob("wal-*"))
+
+
+async def test_a_cancelled_flush_keeps_its_write_ahead_rows_for_the_next_start(
+        sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = Writer(sqlite_engine, tmp_path / "spool", batch_size=100, flush_interval_s=60)
+    await writer.start()
+    ids = [uuid.uuid4().hex for _ in range(5)]
+    for i in ids:
+        writer.put(_row(i))
+
+    def lost(rows: Any) -> None:
+        time.sleep(0.2)  # the thread never commits (the process dies right after)
+
+    monkeypatch.setattr(writer, "_write", lost)
+    flush = asyncio.create_task(writer.flush())
+    await asyncio.sleep(0.05)
+    flush.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flush
+    monkeypatch.undo()
+    await writer.stop()  # the files of the cancelled batch become spool files, replayed now
+    assert _count(sqlite_engine, ids) == 5

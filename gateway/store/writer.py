@@ -110,6 +110,7 @@ class Writer:
         # (the auditor marks where that process's audit chain ended).
         self.on_recover: Callable[[list[dict[str, Any]]], Sequence[SQLModel]] | None = None
         self._wal_seq = 0
+        self._stopping = False
 
     # --- public API ------------------------------------------------------------------------
 
@@ -139,21 +140,34 @@ class Writer:
         self._recover_claimed()
         self._recover_wal()
         self._rotate()
+        self._stopping = False
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="gateway-writer")
 
     async def stop(self) -> None:
-        """Stop the background task and write (or spool) everything still queued."""
+        """Stop the background task and write (or spool) everything still queued.
+
+        A flush in progress is allowed to finish (its batch is in a worker thread's transaction);
+        only a loop that does not stop within 30 s is cancelled, and then its write-ahead files are
+        kept for the next start to replay."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stopping = True
+            if self._wake is not None:
+                self._wake.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 30)
+            except (TimeoutError, asyncio.CancelledError):
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
             self._task = None
         self._next_retry = 0.0  # one more try at the database before spooling what is left
         while self._rows:
             await self.flush()
         while self._segments:
-            self._segments.popleft().retire()
+            segment = self._segments.popleft()
+            segment.keep = segment.keep or segment.remaining > 0  # rows not known to be in SQL or the spool
+            segment.retire()
         if self.spooled_files():
             await asyncio.to_thread(self.replay)  # what cannot be replayed now waits for the next start
 
@@ -176,6 +190,9 @@ class Writer:
             return
         try:
             await asyncio.to_thread(self._write, batch)
+        except asyncio.CancelledError:
+            self._settled(len(batch), False)  # the thread may or may not commit: keep the files to replay
+            raise
         except Exception as exc:
             self._failed(exc)
             self._settled(len(batch), self._spool(batch))
@@ -253,7 +270,7 @@ class Writer:
         assert self._wake is not None
         if self.spooled_files():
             await asyncio.to_thread(self.replay)
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
             self._wake.clear()
@@ -336,7 +353,7 @@ class Writer:
 
     def replay(self) -> int:
         """Insert every spooled row (synchronous; call in a thread). Returns rows replayed."""
-        tables = {t.name: t for t in SQLModel.metadata.sorted_tables}
+        tables = _tables()
         total = 0
         for path in self.spooled_files():
             claimed = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.replaying")
@@ -449,6 +466,15 @@ def _insert_ignoring_duplicates(table: Table, dialect: str) -> Any:
     if dialect in ("mysql", "mariadb"):
         return insert(table).prefix_with("IGNORE")
     return insert(table)  # no portable "skip duplicates"; replays may then fail on the key
+
+
+def _tables() -> dict[str, Table]:
+    """Every table a spooled or write-ahead row may name, whether or not this process has written one yet
+    (a process replaying a killed one's rows may not have imported the ledger's model)."""
+    import gateway.store.db
+    import gateway.store.ledger  # noqa: F401
+
+    return {t.name: t for t in SQLModel.metadata.sorted_tables}
 
 
 def _loads(line: bytes) -> Any:
