@@ -13,6 +13,9 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /srv
 COPY config.yaml ./config.yaml
 COPY policies ./policies
+# The embedded defaults write here (SQLite, the spool and write-ahead files, the RAG index): owned by
+# the runtime user. Mount volumes over /srv/spool and /srv/rag-index in production.
+RUN mkdir -p /srv/spool /srv/rag-index && chown gateway:gateway /srv /srv/spool /srv/rag-index
 ENV PATH=/opt/venv/bin:$PATH \
     GATEWAY_CONFIG=/srv/config.yaml \
     LITELLM_LOCAL_MODEL_COST_MAP=True \

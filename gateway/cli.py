@@ -7,24 +7,28 @@ invalid configuration file.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from gateway.yamlsrc import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from datetime import datetime
 
     from sqlalchemy import Engine
 
     from gateway.bundle import Bundle
-    from gateway.config import Config
+    from gateway.config import Config, Deployment
+    from gateway.devupstream import DevUpstream
+    from gateway.yamlsrc import Source
 
 app = typer.Typer(help="ExecAI Gateway: an OpenAI-compatible LLM gateway with EU compliance policies.",
                   no_args_is_help=True, add_completion=False)
@@ -81,7 +85,10 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Listen port (overrides server.port).")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes (overrides server.workers).")] = None,
     dev: Annotated[bool, typer.Option(
-        "--dev", help="Also start the DEVELOPMENT upstream on 127.0.0.1:9100 and print a fresh API key.")] = False,
+        "--dev", help="Also start the DEVELOPMENT upstream, send every deployment without an API key or an "
+        "endpoint to it, and print the development API key (kept in .gateway/dev-key).")] = False,
+    dev_upstream_port: Annotated[int, typer.Option(
+        envvar="GATEWAY_DEV_UPSTREAM_PORT", help="With --dev: the development upstream's port on 127.0.0.1.")] = 9100,
 ) -> None:
     """Run the gateway (migrates the database first)."""
     import uvicorn
@@ -101,16 +108,7 @@ def serve(
     if n > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
     if dev:
-        from gateway import auth
-        from gateway.devupstream import DevUpstream
-        from gateway.store.db import make_engine
-
-        DevUpstream(port=9100, chunk_delay_s=0.05, record=False).start()
-        key, _ = auth.create_key(make_engine(cfg.storage.database_url), tenant="dev", app="dev",
-                                 models=["*"], scopes=["chat", "embeddings", "admin", "global_admin"], name="dev")
-        bind = f"http://{host or cfg.server.host}:{port or cfg.server.port}/v1"
-        out.print("[yellow]DEVELOPMENT upstream on http://127.0.0.1:9100/v1 (canned answers, not a model)[/yellow]")
-        out.print(f"Gateway: {bind}\nAPI key (shown once): [bold]{key}[/bold]", highlight=False)
+        _start_dev(config, cfg, dev_upstream_port, f"http://{host or cfg.server.host}:{port or cfg.server.port}/v1")
     from gateway import logs
 
     logs.setup(os.environ.get("GATEWAY_LOG_LEVEL", "INFO"))
@@ -122,6 +120,140 @@ def serve(
         "gateway.app:create_app", factory=True, host=host or cfg.server.host, port=port or cfg.server.port,
         workers=n, timeout_graceful_shutdown=30, **server_options(cfg.server),
     )
+
+
+# --- development mode (`serve --dev`) -----------------------------------------------------------------
+
+DEV_DIR = Path(".gateway")  # git-ignored; relative to the working directory, like ./gateway.db
+DEV_KEY_FILE = DEV_DIR / "dev-key"
+DEV_CONFIG_FILE = DEV_DIR / "dev-config.yaml"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _config_path(path: Path | None) -> Path:
+    from gateway.config import DEFAULT_CONFIG
+
+    return Path(path or os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG))
+
+
+def _raw_deployment(src: Source, name: str) -> dict[str, Any]:
+    deployments = src.data.get("deployments") if isinstance(src.data, dict) else None
+    raw = deployments.get(name) if isinstance(deployments, dict) else None
+    return raw if isinstance(raw, dict) else {}
+
+
+def _env_refs(raw: object) -> list[str]:
+    return _ENV_REF.findall(raw) if isinstance(raw, str) else []
+
+
+def _dev_reason(deployment: Deployment, raw: dict[str, Any]) -> str | None:
+    """Why `serve --dev` sends this deployment to the development upstream, or None when it does not.
+
+    An empty endpoint, or an empty API key, unless the endpoint was set through an environment variable
+    (``MISTRAL_7B_URL=http://vllm:8000/v1``: the operator's own server, which may need no key). litellm
+    deployments are left alone: their providers read credentials from their own environment variables."""
+    if deployment.kind == "litellm":
+        return None
+    if not deployment.base_url.strip():
+        return "no endpoint"
+    if deployment.api_key:
+        return None
+    if any(os.environ.get(var) for var in _env_refs(raw.get("base_url"))):
+        return None
+    return "no API key"
+
+
+def _start_dev(config: Path | None, cfg: Config, upstream_port: int, gateway_url: str) -> DevUpstream:
+    """Start the development upstream, point keyless deployments at it (through a generated config the
+    workers load via GATEWAY_CONFIG), and print the development API key."""
+    import socket
+
+    import yaml
+
+    from gateway import yamlsrc
+    from gateway.devupstream import DevUpstream
+    from gateway.store.db import make_engine
+
+    path = _config_path(config)
+    src = yamlsrc.load(path, expand_env=False)  # ${VAR} references stay references: no secret is written
+    try:
+        with socket.create_server(("127.0.0.1", upstream_port)):
+            pass
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        err.print(f"[red]error[/red] cannot start the development upstream on 127.0.0.1:{upstream_port}: {reason}. "
+                  "Stop what holds the port, or pick another with --dev-upstream-port (GATEWAY_DEV_UPSTREAM_PORT).",
+                  highlight=False)
+        raise typer.Exit(1) from None
+    upstream = DevUpstream(port=upstream_port, chunk_delay_s=0.05, record=False, echo=True,
+                           embedding_dim=256).start()
+    redirected = {name: why for name, d in cfg.deployments.items()
+                  if (why := _dev_reason(d, _raw_deployment(src, name))) is not None}
+    data = dict(src.data)
+    data["deployments"] = {name: dict(raw) for name, raw in (data.get("deployments") or {}).items()}
+    for name in redirected:
+        raw = data["deployments"][name]
+        raw["base_url"] = upstream.base if cfg.deployments[name].kind == "azure_openai" else upstream.url
+        raw["api_key"] = ""
+    DEV_DIR.mkdir(mode=0o700, exist_ok=True)
+    DEV_CONFIG_FILE.write_text(
+        f"# Written by `gateway serve --dev` from {path} at every start; edit {path}, not this file.\n"
+        "# Deployments without an API key or an endpoint point at the DEVELOPMENT upstream.\n"
+        + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    os.environ["GATEWAY_CONFIG"] = str(DEV_CONFIG_FILE.resolve())
+    _config(DEV_CONFIG_FILE)  # the workers will load it: fail here, with file:line, if it does not validate
+
+    out.print(f"[yellow]DEVELOPMENT upstream on {upstream.url}: it answers with a report of what it received; "
+              "it is not a model.[/yellow]", highlight=False)
+    if redirected:
+        out.print(f"Sent to it (configuration in effect: {DEV_CONFIG_FILE}):", highlight=False)
+        width = max(map(len, redirected))
+        for name, why in redirected.items():
+            d = cfg.deployments[name]
+            aliases = [alias for alias, spec in cfg.models.items() if name in spec.deployments]
+            used = (f"model{'s' if len(aliases) > 1 else ''} {', '.join(aliases)}" if aliases
+                    else "no model alias (a policy's fallback target?)")
+            azure = (f"; Azure-style paths /openai/deployments/{d.model}/..." if d.kind == "azure_openai" else "")
+            was = "already there" if d.base_url.rstrip("/") in (upstream.url, upstream.base) else \
+                f"instead of {d.base_url or '(empty)'}"
+            out.print(f"  {name:<{width}}  {why}, {was}; {used}{azure}", highlight=False)
+    out.print(f"Gateway: {gateway_url}", highlight=False)
+    key, reused = _dev_key(make_engine(cfg.storage.database_url))
+    out.print("API key for tenant dev, app dev, with admin scope over every tenant (global_admin) — development "
+              "only:", highlight=False)
+    out.print(key, highlight=False, markup=False)
+    kept = f"reused from {DEV_KEY_FILE}" if reused else f"new; kept in {DEV_KEY_FILE} and reused at the next start"
+    out.print(f"({kept}; in another shell: export KEY=$(cat {DEV_KEY_FILE}))", highlight=False, markup=False)
+    return upstream
+
+
+def _dev_key(engine: Engine) -> tuple[str, bool]:
+    """The development key from DEV_KEY_FILE while it is valid in this database, else a new one (the
+    previous one revoked). Returns ``(key, reused)``."""
+    import asyncio
+
+    from gateway import auth
+    from gateway.errors import GatewayError
+
+    known = DEV_KEY_FILE.read_text(encoding="utf-8").strip() if DEV_KEY_FILE.exists() else ""
+    if known:
+        try:
+            principal = asyncio.run(auth.KeyStore(engine).authenticate(f"Bearer {known}"))
+        except GatewayError:
+            principal = None
+        if principal is not None and (principal.tenant, principal.app) == ("dev", "dev") and \
+                "global_admin" in principal.scopes:
+            return known, True
+        if known.startswith(auth.PREFIX):
+            auth.revoke_key(engine, known[len(auth.PREFIX):].partition("-")[0])
+    key, _ = auth.create_key(engine, tenant="dev", app="dev", models=["*"],
+                             scopes=["chat", "embeddings", "admin", "global_admin"], name="dev")
+    DEV_DIR.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(DEV_KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(key + "\n")
+    DEV_KEY_FILE.chmod(0o600)  # also when the file was there before with wider rights
+    return key, False
 
 
 @app.command("dev-upstream")
@@ -164,33 +296,62 @@ def keys_create(
 
 @keys_app.command("list")
 def keys_list(
-    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None, config: ConfigOpt = None
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array of objects.")] = False,
+    config: ConfigOpt = None,
 ) -> None:
     """List keys (ids and metadata, never the key itself)."""
     from gateway import auth
 
-    table = Table("key id", "tenant", "app", "models", "scopes", "created", "revoked")
-    for row in auth.list_keys(_engine(config), tenant):
-        table.add_row(row.key_id, row.tenant, row.app, row.models, row.scopes, f"{row.created_at:%Y-%m-%d %H:%M}",
-                      f"{row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "")
-    out.print(table)
+    rows = auth.list_keys(_engine(config), tenant)
+    if as_json:
+        _print_json([{"key_id": r.key_id, "tenant": r.tenant, "app": r.app, "models": _split(r.models),
+                      "scopes": _split(r.scopes), "name": r.name, "created_at": r.created_at,
+                      "revoked_at": r.revoked_at} for r in rows])
+        return
+    _print_columns(["key id", "tenant", "app", "models", "scopes", "name", "created", "revoked"],
+                   [[r.key_id, r.tenant, r.app, r.models, r.scopes, r.name, _minute(r.created_at),
+                     _minute(r.revoked_at)] for r in rows])
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id shown by `keys list`.")],
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id shown by `keys list`, or the key itself.")],
                 config: ConfigOpt = None) -> None:
     """Revoke a key; every worker stops accepting it within server.key_refresh_s seconds."""
     from gateway import auth
 
+    if key_id.startswith(auth.PREFIX):  # the key itself (sk-gw-<key id>-<secret>): revoke by its id
+        key_id = key_id[len(auth.PREFIX):].partition("-")[0]
     if not auth.revoke_key(_engine(config), key_id):
         err.print(f"[red]error[/red] no active key {key_id!r}")
         raise typer.Exit(1)
-    out.print(f"revoked {key_id}")
+    out.print(f"revoked {key_id}", highlight=False)
+
+
+def _minute(at: datetime | None) -> str:
+    return f"{at:%Y-%m-%d %H:%M}" if at else ""
+
+
+def _print_columns(header: list[str], rows: list[list[str]]) -> None:
+    """Aligned plain columns, the same in a terminal and in a pipe: nothing is cut or wrapped (a long line
+    is the terminal's to wrap), an empty cell reads ``-``, so ids can be copied and ``awk`` can split."""
+    table = [header, *([cell or "-" for cell in row] for row in rows)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _print_json(rows: list[dict[str, Any]]) -> None:
+    import orjson
+
+    print(orjson.dumps(rows, option=orjson.OPT_INDENT_2, default=str).decode())
 
 
 @config_app.command("check")
 def config_check(config: ConfigOpt = None) -> None:
-    """Validate config.yaml and the policy bundle it points to; exit 2 on errors."""
+    """Validate config.yaml and the policy bundle it points to; exit 2 on errors. Warns (exit 0) about
+    deployments without an API key or an endpoint."""
+    from gateway import yamlsrc
     from gateway.bundle import load_holder
 
     cfg = _config(config)
@@ -200,8 +361,21 @@ def config_check(config: ConfigOpt = None) -> None:
         for problem in exc.problems:
             err.print(f"[red]error[/red] {problem}", highlight=False)
         raise typer.Exit(2) from None
+    src = yamlsrc.load(_config_path(config), expand_env=False)
+    for name, d in cfg.deployments.items():
+        raw = _raw_deployment(src, name)
+        dev = _dev_reason(d, raw) is not None
+        for field, value in (("base_url", d.base_url), ("api_key", d.api_key)):
+            if value.strip() or (field == "api_key" and d.kind == "litellm"):
+                continue
+            unset = [var for var in _env_refs(raw.get(field)) if not os.environ.get(var)]
+            why = f" ({', '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set)" if unset else ""
+            then = ("serve --dev sends it to the development upstream" if dev
+                    else "serve --dev leaves it alone: its endpoint was set through the environment")
+            err.print(f"[yellow]warning[/yellow] {src.where(('deployments', name, field))}: deployments.{name}."
+                      f"{field} is empty{why}; {then}", highlight=False)
     out.print(f"ok: {len(cfg.deployments)} deployments, {len(cfg.models)} models, "
-              f"policy bundle {holder.current.hash}")
+              f"policy bundle {holder.current.hash}", highlight=False)
 
 
 @db_app.command("upgrade")
@@ -472,7 +646,7 @@ def policy_explain(
               f"{', '.join(p.name + (' (shadow)' if p.mode == 'shadow' else '') for p in chain) or '(empty)'}",
               highlight=False)
     out.print(f"consent: {source}", highlight=False)
-    table = Table("policy", "decision", "facts")
+    table = Table("policy", "decision", Column("facts", overflow="fold"))  # ids fold, never cut
     for policy, action, facts in outcome.decisions:
         table.add_row(policy, action, ", ".join(f"{k}={v}" for k, v in facts.items()))
     out.print(table)
@@ -525,19 +699,23 @@ def consent_withdraw(
 def consent_list(
     tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
     subject: Annotated[str | None, typer.Option(help="Only this data subject.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array of objects.")] = False,
     config: ConfigOpt = None,
 ) -> None:
     """List consents (subjects are shown as pseudonyms)."""
     from gateway.store import consent
 
-    table = Table("id", "tenant", "subject (pseudonym)", "purpose", "granted", "expires", "withdrawn", "evidence")
     rows = consent.list_consents(_engine(config), tenant=tenant,
                                  subject=_pseudonymiser(config)(subject) if subject else None)
-    for r in rows:
-        table.add_row(r.id, r.tenant, r.subject, r.purpose, f"{r.granted_at:%Y-%m-%d %H:%M}",
-                      f"{r.expires_at:%Y-%m-%d}" if r.expires_at else "", f"{r.withdrawn_at:%Y-%m-%d %H:%M}"
-                      if r.withdrawn_at else "", r.evidence_ref)
-    out.print(table)
+    if as_json:
+        _print_json([{"id": r.id, "tenant": r.tenant, "subject": r.subject, "purpose": r.purpose,
+                      "granted_at": r.granted_at, "expires_at": r.expires_at, "withdrawn_at": r.withdrawn_at,
+                      "evidence_ref": r.evidence_ref} for r in rows])
+        return
+    _print_columns(["id", "tenant", "subject (pseudonym)", "purpose", "granted", "expires", "withdrawn", "evidence"],
+                   [[r.id, r.tenant, r.subject, r.purpose, _minute(r.granted_at),
+                     f"{r.expires_at:%Y-%m-%d}" if r.expires_at else "", _minute(r.withdrawn_at), r.evidence_ref]
+                    for r in rows])
 
 
 @audit_app.command("verify")
@@ -560,16 +738,27 @@ def audit_verify(config: ConfigOpt = None) -> None:
 
 @audit_app.command("show")
 def audit_show(request_id: str, config: ConfigOpt = None) -> None:
-    """Print the decision record of one request as JSON."""
+    """Print the decision record of one request as JSON (waits a moment for a record still being written)."""
+    import time
+
     import orjson
 
     from gateway import audit
 
-    row = audit.fetch(_engine(config), request_id)
+    cfg = _config(config)
+    engine = _engine(config)
+    # A running gateway writes records in batches (storage.writer_flush_interval_s): give a fresh one time.
+    deadline = time.monotonic() + max(2.0, 4 * cfg.storage.writer_flush_interval_s)
+    while (row := audit.fetch(engine, request_id)) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
     if row is None:
         err.print("no such record")
         raise typer.Exit(1)
-    print(orjson.dumps(row.model_dump(), option=orjson.OPT_INDENT_2, default=str).decode())
+    record = row.model_dump()
+    record = {name: record[name] for name in type(row).model_fields}  # the table's column order
+    for field in ("decisions", "attempts"):  # stored as JSON text (hashed as such); shown as JSON
+        record[field] = orjson.loads(record[field])
+    print(orjson.dumps(record, option=orjson.OPT_INDENT_2, default=str).decode())
 
 
 def _pseudonymiser(path: Path | None) -> Callable[[str], str]:
@@ -584,6 +773,8 @@ def usage_report(
     since: Annotated[str, typer.Option(help="Window ending now: 30d, 12h, 2w.")] = "30d",
     by: Annotated[str, typer.Option(help="Group by model, app, deployment, jurisdiction or key.")] = "model",
     csv_: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help=(
+        "Print a JSON array of objects (cost_eur as an exact decimal string, as in the ledger)."))] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Requests, tokens and cost (EUR) from the usage ledger, grouped and sorted by cost."""
@@ -601,6 +792,11 @@ def usage_report(
         err.print(f"[red]error[/red] {exc}")
         raise typer.Exit(2) from None
     lines = report(_engine(config), tenant, window, by)  # type: ignore[arg-type]
+    if as_json:
+        _print_json([{by: ln.group, "requests": ln.requests, "prompt_tokens": ln.prompt_tokens,
+                      "completion_tokens": ln.completion_tokens, "cost_eur": f"{ln.cost_eur:.6f}",
+                      "estimated": ln.estimated} for ln in lines])
+        return
     header = [by, "requests", "prompt_tokens", "completion_tokens", "cost_eur", "estimated"]
     rows = [[ln.group, str(ln.requests), str(ln.prompt_tokens), str(ln.completion_tokens),
              f"{ln.cost_eur:.6f}", str(ln.estimated)] for ln in lines]
@@ -609,12 +805,10 @@ def usage_report(
         writer.writerow(header)
         writer.writerows(rows)
         return
-    table = Table(*header, title=f"usage of tenant {tenant!r}, last {since}")
-    for row in rows:
-        table.add_row(*row)
     total = sum((ln.cost_eur for ln in lines), start=Decimal(0))  # exact, as in the ledger
-    table.add_row("total", str(sum(ln.requests for ln in lines)), "", "", f"{total:.6f}", "")
-    out.print(table)
+    out.print(f"usage of tenant {tenant!r}, last {since}", highlight=False)
+    _print_columns(header, [*rows, ["total", *(str(sum(getattr(ln, f) for ln in lines)) for f in (
+        "requests", "prompt_tokens", "completion_tokens")), f"{total:.6f}", str(sum(ln.estimated for ln in lines))]])
 
 
 def _split(value: str) -> list[str]:

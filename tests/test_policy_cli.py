@@ -1,4 +1,4 @@
-"""`gateway policy check | test | explain` and `gateway audit verify`, through the CLI."""
+"""`gateway policy check | test | explain`, `audit verify | show`, the list commands and `serve --dev`, through the CLI."""
 
 from __future__ import annotations
 
@@ -211,3 +211,157 @@ def test_audit_verify_sees_a_lost_tail_once_the_chain_is_closed_and_lists_open_c
         conn.execute(text("DELETE FROM audit_records WHERE seq = 3"))
     code, out = invoke("audit", "verify", "--config", str(config))
     assert code == 1 and "records 3..3 are missing (end of chain)" in out
+
+
+def _audit_rows(config: Path, n: int = 1) -> list[str]:
+    from gateway import audit
+    from gateway.auth import Principal
+    from gateway.policy import Context
+    from gateway.store.db import make_engine, upgrade
+    from gateway.store.writer import Writer
+
+    url = f"sqlite:///{config.parent / 'gw.db'}"
+    upgrade(url)
+    auditor = audit.Auditor(writer=None)
+    rows = []
+    for i in range(n):
+        ctx = Context(principal=Principal("k", "hr", "bot", frozenset(), frozenset()), endpoint="chat",
+                      model="chat", candidates=[])
+        ctx.status = 200
+        ctx.record("residency", "allow", allowed=["EU"], n=i)
+        ctx.attempts.append(("eu", "ok"))
+        rows.append(auditor.build(ctx))
+    Writer(make_engine(url), config.parent / "spool")._write(rows)
+    return [row.request_id for row in rows]
+
+
+def test_audit_show_prints_decisions_and_attempts_as_nested_json(setup: tuple[Path, Path]) -> None:
+    import json
+
+    config, _ = setup
+    [request_id] = _audit_rows(config)
+    code, out = invoke("audit", "show", request_id, "--config", str(config))
+    assert code == 0, out
+    record = json.loads(out)
+    assert list(record)[:3] == ["request_id", "chain_id", "seq"] and record["request_id"] == request_id
+    assert record["decisions"] == [{"policy": "residency", "action": "allow", "facts": {"allowed": ["EU"], "n": 0}}]
+    assert record["attempts"] == [["eu", "ok"]]
+
+
+def test_keys_consents_and_usage_list_whole_ids_as_columns_or_json(setup: tuple[Path, Path]) -> None:
+    import json
+
+    config, _ = setup
+    c = ("--config", str(config))
+    key = runner.invoke(app, ["keys", "create", "--tenant", "hr", "--app", "a-rather-long-app-name-for-a-table",
+                              "--models", "mistral-7b,mistral-embed", "--scopes", "chat,embeddings", *c])
+    assert key.exit_code == 0, key.output
+    key_id = key.stdout.strip()[len("sk-gw-"):].partition("-")[0]
+    code, out = invoke("keys", "list", *c)
+    assert code == 0 and out.splitlines()[0].split()[:3] == ["key", "id", "tenant"]
+    assert out.splitlines()[1].split()[:3] == [key_id, "hr", "a-rather-long-app-name-for-a-table"]  # never cut
+    [row] = json.loads(invoke("keys", "list", "--json", *c)[1])
+    assert row["key_id"] == key_id and row["models"] == ["mistral-7b", "mistral-embed"]
+    assert row["revoked_at"] is None and "secret_hash" not in row
+
+    code, out = invoke("keys", "revoke", key.stdout.strip(), *c)  # the key itself works as well as its id
+    assert code == 0 and out.strip() == f"revoked {key_id}"
+    assert json.loads(invoke("keys", "list", "--json", *c)[1])[0]["revoked_at"]
+
+    code, out = invoke("consent", "grant", "--tenant", "hr", "--subject", "emp-1", "--purpose", "llm_fallback_gpt4",
+                       "--evidence", "hr-ticket-4711", *c)
+    consent_id = out.split()[-1]
+    code, out = invoke("consent", "list", *c)
+    assert code == 0 and out.splitlines()[1].split()[0] == consent_id and "hr-ticket-4711" in out
+    [row] = json.loads(invoke("consent", "list", "--json", "--tenant", "hr", *c)[1])
+    assert row["id"] == consent_id and len(row["subject"]) == 32 and row["withdrawn_at"] is None
+    assert json.loads(invoke("usage", "report", "--tenant", "hr", "--json", *c)[1]) == []
+
+
+def test_config_check_warns_about_deployments_without_a_key_or_an_endpoint(
+        setup: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    config, _ = setup
+    monkeypatch.delenv("EU_KEY", raising=False)
+    text = config.read_text().replace("    model: m\n", "    model: m\n    api_key: ${EU_KEY:-}\n", 1)
+    config.write_text(text.replace("    base_url: http://127.0.0.1:1/v1\n    model: gpt-4o", "    base_url: ''\n"
+                                   "    api_key: k\n    model: gpt-4o"))
+    code, out = invoke("config", "check", "--config", str(config))
+    assert code == 0, out
+    assert f"warning {config}:6: deployments.eu.api_key is empty (EU_KEY is not set); serve --dev sends it" in out
+    assert "deployments.us-gpt4.base_url is empty; serve --dev sends it to the development upstream" in out
+    assert "us-gpt4.api_key" not in out and out.splitlines()[-1].startswith("ok: 2 deployments")
+
+
+def test_serve_dev_points_deployments_without_credentials_at_the_development_upstream(
+        setup: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import cli
+    from gateway.config import load_config
+    from gateway.store.db import upgrade
+
+    config, _ = setup
+    config.write_text(config.read_text().replace("deployments:\n", """deployments:
+  keyed:
+    kind: openai_compatible
+    base_url: https://api.example.invalid/v1
+    api_key: ${KEYED_KEY:-}
+    model: m
+    jurisdiction: EU
+    region: fr
+  mine:
+    kind: openai_compatible
+    base_url: ${MINE_URL:-http://127.0.0.1:1/v1}
+    model: m
+    jurisdiction: EU
+    region: fr
+  azure:
+    kind: azure_openai
+    base_url: https://name.openai.azure.com
+    model: gpt-4o
+    jurisdiction: EU
+    region: swedencentral
+""", 1))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KEYED_KEY", "sk-real")
+    monkeypatch.setenv("MINE_URL", "http://vllm.internal:8000/v1")  # the operator's own keyless server
+    monkeypatch.setenv("GATEWAY_CONFIG", str(config))
+    upgrade(f"sqlite:///{config.parent / 'gw.db'}")  # what serve does first
+    upstream = cli._start_dev(config, load_config(config), 0, "http://127.0.0.1:8080/v1")
+    try:
+        effective = load_config(tmp_path / ".gateway" / "dev-config.yaml")
+        assert Path(cli.os.environ["GATEWAY_CONFIG"]) == (tmp_path / ".gateway" / "dev-config.yaml").resolve()
+        d = effective.deployments
+        assert d["eu"].base_url == d["us-gpt4"].base_url == upstream.url and d["eu"].api_key == ""
+        assert d["azure"].base_url == upstream.base  # Azure paths /openai/deployments/<name>/... answered there
+        assert d["keyed"].base_url == "https://api.example.invalid/v1" and d["keyed"].api_key == "sk-real"
+        assert d["mine"].base_url == "http://vllm.internal:8000/v1"
+        assert "sk-real" not in (tmp_path / ".gateway" / "dev-config.yaml").read_text()  # references stay references
+    finally:
+        upstream.stop()
+
+
+def test_serve_dev_reuses_its_key_while_it_is_valid(setup: tuple[Path, Path], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import auth, cli
+    from gateway.store.db import make_engine, upgrade
+
+    config, _ = setup
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{config.parent / 'gw.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    key, reused = cli._dev_key(engine)
+    assert not reused and (tmp_path / ".gateway" / "dev-key").read_text().strip() == key
+    assert (tmp_path / ".gateway" / "dev-key").stat().st_mode & 0o077 == 0
+    assert cli._dev_key(engine) == (key, True)
+    key_id = key[len(auth.PREFIX):].partition("-")[0]
+    row = auth.get_key(engine, key_id)
+    assert row is not None and (row.tenant, row.app) == ("dev", "dev") and "global_admin" in row.scopes
+    auth.revoke_key(engine, key_id)
+    fresh, reused = cli._dev_key(engine)
+    assert not reused and fresh != key and (tmp_path / ".gateway" / "dev-key").read_text().strip() == fresh
+    # A key in the file that this database knows with other rights is revoked and replaced.
+    other, _ = auth.create_key(engine, tenant="hr", app="bot", models=["*"], scopes=["chat"])
+    (tmp_path / ".gateway" / "dev-key").write_text(other)
+    replaced, reused = cli._dev_key(engine)
+    assert not reused and replaced not in (other, fresh)
+    assert auth.get_key(engine, other[len(auth.PREFIX):].partition("-")[0]).revoked_at is not None  # type: ignore[union-attr]

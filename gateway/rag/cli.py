@@ -13,14 +13,13 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from gateway.config import Config
 from gateway.rag.base import Scalar
 from gateway.rag.ingest import Report, ingest, plan
 from gateway.rag.runtime import Rag, open_store
 
-out = Console()
+out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 
@@ -108,25 +107,13 @@ def run_ingest(
     except Exception as exc:
         err.print(f"[red]error[/red] ingestion failed: {type(exc).__name__}: {str(exc)[:200]}")
         raise typer.Exit(1) from None
-    table = Table(
-        "files", "skipped", "chunks", "written", "unchanged", "stale deleted", "seconds", "chunks/s"
+    # One line, the same in a terminal and in a pipe (a table would cut its headers at 80 columns).
+    out.print(
+        f"{report.files} files ({report.skipped_files} skipped), {report.chunks} chunks: {report.written} written, "
+        f"{report.unchanged} unchanged, {report.deleted} stale deleted, in {report.seconds:.2f} s "
+        f"({report.chunks_per_s:.0f} chunks/s)",
+        highlight=False,
     )
-    table.add_row(
-        *map(
-            str,
-            (
-                report.files,
-                report.skipped_files,
-                report.chunks,
-                report.written,
-                report.unchanged,
-                report.deleted,
-            ),
-        ),
-        f"{report.seconds:.2f}",
-        f"{report.chunks_per_s:.0f}",
-    )
-    out.print(table)
     return report
 
 
