@@ -13,9 +13,9 @@ once.
 Every row is also appended to a write-ahead file (``wal-*.wal``) when it is queued, with one
 ``write(2)``, before the request's response ends: a process killed by SIGKILL or the OOM killer
 loses no row, because the next start-up replays the files no live process holds (each process
-keeps an exclusive ``flock`` on its open files). The file rotates at each flush, and a file is
-deleted once every row in it is in SQL or the spool. ``wal_fsync`` adds an fsync per append,
-for machine crashes too.
+keeps an exclusive ``flock`` on its open files). A flush starts a new file when the current
+one is 10 s old, and a file is deleted once every row in it is in SQL or the spool.
+``wal_fsync`` adds an fsync per append, for machine crashes too.
 
 When the database fails, the batch is appended to a spool file (JSON lines, one row each,
 with its table name) and the writer keeps trying; once a flush succeeds, spooled rows are
@@ -52,12 +52,13 @@ log = logging.getLogger("gateway.writer")
 
 _SUFFIX = ".jsonl"
 _WAL = ".wal"
+_ROTATE_S = 10.0  # a write-ahead file takes appends this long before the next flush starts another
 
 
 class _Segment:
     """One write-ahead file: rows appended in queue order, ``remaining`` not yet in SQL or the spool."""
 
-    __slots__ = ("fd", "keep", "path", "remaining")
+    __slots__ = ("fd", "keep", "opened", "path", "remaining")
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -67,6 +68,7 @@ class _Segment:
         fcntl.flock(self.fd, fcntl.LOCK_EX)  # "a live process owns this file"; released when the process dies
         os.rename(making, path)
         self.remaining = 0
+        self.opened = time.monotonic()
         self.keep = False  # some of its rows could not be written or spooled: replay it at the next start
 
     def retire(self) -> None:
@@ -183,8 +185,11 @@ class Writer:
         batch = [self._rows.popleft() for _ in range(min(self.batch_size, len(self._rows)))]
         if not batch:
             return
-        if self._segments and self._segments[-1].remaining:
-            self._rotate()  # rows queued from now on go to a new file, so this one can be deleted sooner
+        current = self._segments[-1] if self._segments else None
+        if current is not None and current.remaining and time.monotonic() - current.opened >= _ROTATE_S:
+            # Rows queued from now on go to a new file, so this one can be deleted once its rows are written.
+            # Not at every flush: creating and deleting files costs the kernel's journal more than appends.
+            self._rotate()
         if not self.healthy and time.monotonic() < self._next_retry:
             self._settled(len(batch), self._spool(batch))
             return
