@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from sqlalchemy import Engine
 
 from gateway import auth
 from gateway.app import Gateway
@@ -76,6 +77,15 @@ def postgres_url() -> Iterator[str]:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'gateway.db'}"
+
+
+@pytest.fixture
+def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
+    """A migrated SQLite database at ``sqlite_url``."""
+    upgrade(sqlite_url)
+    engine = make_engine(sqlite_url)
+    yield engine
+    engine.dispose()
 
 
 def make_config(upstream: DevUpstream, **overrides: Any) -> Config:

@@ -24,20 +24,18 @@ import fcntl
 import json
 import uuid
 from collections.abc import Callable, Iterator
-from decimal import Decimal
 from pathlib import Path
 
 import openai
 import pytest
 import yaml
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
 from gateway.devupstream import DevUpstream
-from gateway.store.db import make_engine, upgrade
-from gateway.store.ledger import UsageRecord
 from gateway.store.writer import Writer
 from tests.conftest import RunningGateway, make_config
 from tests.pii_values import CARD, EMAIL, EU_SENTENCES, IBAN
+from tests.test_writer import _count, _row
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_POLICIES = REPO / "policies"
@@ -212,26 +210,6 @@ defaults:
 
 
 # --- the writer recovers files a dead replayer claimed ---------------------------------------------
-
-
-def _row(request_id: str) -> UsageRecord:
-    return UsageRecord(request_id=request_id, tenant="acme", app="chat", key_id="k1", model="mistral-7b",
-                       prompt_tokens=10, completion_tokens=5, cost_eur=Decimal("0.000001"), fx_rate=Decimal(1),
-                       status=200)
-
-
-def _count(engine: Engine, ids: list[str]) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(UsageRecord).where(
-            UsageRecord.request_id.in_(ids))).scalar_one())  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
-    upgrade(sqlite_url)
-    engine = make_engine(sqlite_url)
-    yield engine
-    engine.dispose()
 
 
 def _claimed_file(engine: Engine, spool: Path, ids: list[str]) -> Path:

@@ -32,14 +32,6 @@ def _count(engine: Engine, ids: list[str]) -> int:
 
 
 @pytest.fixture
-def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
-    upgrade(sqlite_url)
-    engine = make_engine(sqlite_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
 def proxied_postgres(postgres_url: str) -> Iterator[tuple[TcpProxy, Engine]]:
     upgrade(postgres_url)
     proxy = TcpProxy("127.0.0.1", 5432).start()
