@@ -26,6 +26,8 @@ from gateway.httpserver import uvicorn_config
 from gateway.logs import JsonFormatter
 from gateway.store.db import make_engine, upgrade
 
+pytest_plugins = ["pytester", "tests.skipguard"]
+
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
