@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import cast
 
 import redis.asyncio as aioredis
 
@@ -96,11 +97,11 @@ async def test_workers_with_leases_never_pass_the_limit_and_give_back_what_they_
     try:
         for wave in range(40):  # ten requests at a time, spread over the four workers
             await asyncio.gather(*(request(wave * 10 + i) for i in range(10)))
-            assert int(await client.get(f"{prefix}:budget")) <= 1_000
+            assert int(cast(bytes, await client.get(f"{prefix}:budget"))) <= 1_000
         # At most one lease per worker (8 requests' worth) was held back from use at the end.
         assert 1_000 // 7 - 4 * 8 <= served <= 1_000 // 7
         await asyncio.sleep(0.3)  # leases expire and are given back
-        assert int(await client.get(f"{prefix}:budget")) == served * 7
+        assert int(cast(bytes, await client.get(f"{prefix}:budget"))) == served * 7
     finally:
         keys = [k async for k in client.scan_iter(f"{prefix}:*")]
         if keys:
@@ -112,7 +113,7 @@ async def test_requests_arriving_during_a_top_up_wait_for_it_instead_of_calling_
     calls = 0
 
     class Counting(MemoryCounters):
-        async def reserve(self, limits, settle=()):  # type: ignore[no-untyped-def]
+        async def reserve(self, limits, settle=()):
             nonlocal calls
             calls += 1
             await asyncio.sleep(0.01)  # a round trip
@@ -157,7 +158,7 @@ async def test_a_request_cancelled_during_its_top_up_does_not_leave_the_others_w
     stuck = asyncio.Event()
     original = RedisCounters.reserve
 
-    async def first_call_hangs(self, limits, settle=()):  # type: ignore[no-untyped-def]
+    async def first_call_hangs(self, limits, settle=()):
         if not stuck.is_set():
             stuck.set()
             await asyncio.sleep(3600)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, select
-from sqlmodel import Session
+from sqlalchemy import func
+from sqlmodel import Session, col, select
 
 from gateway.devupstream import DevUpstream
 from gateway.store.db import make_engine
@@ -66,8 +66,8 @@ def test_every_request_has_exactly_one_ledger_row_after_postgres_drops_out_mid_l
     assert spooled, "rows were not spooled while the database was unreachable"
     engine = make_engine(postgres_url)
     with Session(engine) as s:
-        rows = s.exec(select(UsageRecord.request_id, func.count()).where(UsageRecord.tenant == tenant)
-                      .group_by(UsageRecord.request_id)).all()
+        rows = s.exec(select(col(UsageRecord.request_id), func.count()).where(col(UsageRecord.tenant) == tenant)
+                      .group_by(col(UsageRecord.request_id))).all()
     engine.dispose()
     assert len(ids) == 240
     assert {r[0] for r in rows} == set(ids)

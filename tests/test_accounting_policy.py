@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import cast
 
 import httpx
 import orjson
@@ -225,8 +226,8 @@ def test_a_clean_shutdown_gives_leases_back_so_redis_holds_exactly_what_was_used
     [counter] = client.keys(f"{prefix}:*")
     rows = ledger(gw.gateway.engine, 3)
     used = sum(r.prompt_tokens + r.completion_tokens for r in rows)
-    assert int(client.get(counter)) > used  # the worker holds a lease on top of what was used
+    assert int(cast(bytes, client.get(counter))) > used  # the worker holds a lease on top of what was used
     gw.stop()
-    assert int(client.get(counter)) == used  # given back, and the settlements sent, at shutdown
+    assert int(cast(bytes, client.get(counter))) == used  # given back, and the settlements sent, at shutdown
     client.delete(counter)
     client.close()

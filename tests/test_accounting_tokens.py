@@ -85,7 +85,12 @@ def test_prompt_counts_are_remembered_per_text_per_tokenizer_and_the_cache_is_bo
 ) -> None:
     calls: list[str] = []
     tok = tokens.load("o200k_base")
-    spy = tokens.Tokenizer(tok.family, tok.exact, lambda text: calls.append(text) or tok.count(text))
+
+    def counting(text: str) -> int:
+        calls.append(text)
+        return tok.count(text)
+
+    spy = tokens.Tokenizer(tok.family, tok.exact, counting)
     monkeypatch.setattr(tokens, "_PROMPTS", {})
     monkeypatch.setattr(tokens, "_PROMPTS_MAX", 3)
     texts = ["first turn", "second turn", "first turn", "third", "fourth", "first turn"]

@@ -29,7 +29,7 @@ def test_body_must_be_an_object(gw: RunningGateway) -> None:
     assert resp.status_code == 400
 
 
-def test_oversized_body_is_a_413(gateway_factory, upstream: DevUpstream) -> None:  # type: ignore[no-untyped-def]
+def test_oversized_body_is_a_413(gateway_factory, upstream: DevUpstream) -> None:
     gw = gateway_factory(make_config(upstream, server={"max_body_bytes": 2048, "policies_dir": "/nonexistent"}))
     big = b'{"model": "mistral-7b", "messages": [{"role": "user", "content": "' + b"x" * 4096 + b'"}]}'
     resp = post(gw, "/v1/chat/completions", big)
@@ -37,10 +37,10 @@ def test_oversized_body_is_a_413(gateway_factory, upstream: DevUpstream) -> None
     assert resp.json()["error"]["code"] == "request_too_large"
 
 
-def test_oversized_chunked_body_is_a_413_too(gateway_factory, upstream: DevUpstream) -> None:  # type: ignore[no-untyped-def]
+def test_oversized_chunked_body_is_a_413_too(gateway_factory, upstream: DevUpstream) -> None:
     gw = gateway_factory(make_config(upstream, server={"max_body_bytes": 2048, "policies_dir": "/nonexistent"}))
 
-    def chunks():  # type: ignore[no-untyped-def]
+    def chunks():
         yield b'{"model": "mistral-7b", "messages": [{"role": "user", "content": "'
         for _ in range(10):
             yield b"y" * 1024
@@ -98,7 +98,7 @@ def test_client_disconnect_mid_stream_cancels_the_upstream_request(gw: RunningGa
 
 
 def test_fallback_to_next_deployment_before_first_byte(
-    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream  # type: ignore[no-untyped-def]
+    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream
 ) -> None:
     gw = gateway_factory(with_secondary(upstream, upstream_b))
     upstream.fail_status = 503
@@ -109,7 +109,7 @@ def test_fallback_to_next_deployment_before_first_byte(
     assert resp.json()["choices"][0]["message"]["content"] == upstream_b.reply
 
 
-def test_connect_error_falls_back_and_unreachable_only_is_a_502(gateway_factory, upstream: DevUpstream) -> None:  # type: ignore[no-untyped-def]
+def test_connect_error_falls_back_and_unreachable_only_is_a_502(gateway_factory, upstream: DevUpstream) -> None:
     config = make_config(upstream)
     deployments = dict(config.model_dump()["deployments"])
     deployments["dead"] = {**deployments["eu-primary"], "base_url": "http://127.0.0.1:9/v1"}
@@ -121,7 +121,7 @@ def test_connect_error_falls_back_and_unreachable_only_is_a_502(gateway_factory,
     assert bad.status_code == 502 and "127.0.0.1:9" not in bad.text
 
 
-def test_upstream_client_errors_are_not_retried(gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream) -> None:  # type: ignore[no-untyped-def]
+def test_upstream_client_errors_are_not_retried(gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream) -> None:
     gw = gateway_factory(with_secondary(upstream, upstream_b))
     upstream.fail_status = 400
     upstream.fail_body = b'{"error": {"message": "temperature must be <= 2 (see http://internal:8000)"}}'

@@ -42,7 +42,7 @@ class Tagger(Policy):
         self.seen.append(f"response:{self.config.tag}")  # type: ignore[attr-defined]
         return response
 
-    async def on_stream(self, ctx: Context, events: AsyncIterator[Event]) -> AsyncIterator[Event]:  # type: ignore[override]
+    async def on_stream(self, ctx: Context, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
         try:
             n = 0
             async for ev in events:
@@ -73,7 +73,7 @@ def bundle(tmp_path: Path, text: str) -> Path:
 
 
 def test_request_hooks_run_in_listed_order_and_responses_in_reverse(
-    gateway_factory, upstream, tagger, tmp_path  # type: ignore[no-untyped-def]
+    gateway_factory, upstream, tagger, tmp_path
 ) -> None:
     path = bundle(tmp_path, "version: 1\ndefaults:\n  tagger: {tag: outer}\ntenants:\n  acme:\n    apps:\n"
                             "      chat:\n        tagger: {tag: inner}\n")
@@ -85,7 +85,7 @@ def test_request_hooks_run_in_listed_order_and_responses_in_reverse(
     assert upstream.received[-1].body["messages"][0] == {"role": "system", "content": "inner"}
 
 
-def test_denial_before_first_byte_is_an_openai_error(gateway_factory, upstream, tagger, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_denial_before_first_byte_is_an_openai_error(gateway_factory, upstream, tagger, tmp_path) -> None:
     gw = gateway_factory(make_config(upstream), bundle(tmp_path, "defaults:\n  tagger: {deny: tagger.nope}\n"))
     client = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
     with pytest.raises(openai.PermissionDeniedError) as exc:
@@ -94,7 +94,7 @@ def test_denial_before_first_byte_is_an_openai_error(gateway_factory, upstream, 
     assert upstream.received == []
 
 
-def test_shadow_mode_records_would_deny_and_forwards(gateway_factory, upstream, tagger, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_shadow_mode_records_would_deny_and_forwards(gateway_factory, upstream, tagger, tmp_path) -> None:
     gw = gateway_factory(make_config(upstream),
                          bundle(tmp_path, "defaults:\n  tagger: {deny: tagger.nope, mode: shadow}\n"))
     resp = httpx.post(f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {gw.key()}"},
@@ -105,14 +105,14 @@ def test_shadow_mode_records_would_deny_and_forwards(gateway_factory, upstream, 
         f"{gw.url}/metrics").text
 
 
-def test_mode_off_removes_the_policy(gateway_factory, upstream, tagger, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_mode_off_removes_the_policy(gateway_factory, upstream, tagger, tmp_path) -> None:
     gw = gateway_factory(make_config(upstream), bundle(tmp_path, "defaults:\n  tagger: {deny: x.y, mode: 'off'}\n"))
     resp = httpx.post(f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {gw.key()}"},
                       json={"model": "mistral-7b", "messages": [{"role": "user", "content": "x"}]})
     assert resp.status_code == 200 and tagger.seen == []
 
 
-def test_stream_transforms_see_parsed_events(gateway_factory, upstream, tagger, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_stream_transforms_see_parsed_events(gateway_factory, upstream, tagger, tmp_path) -> None:
     gw = gateway_factory(make_config(upstream), bundle(tmp_path, "defaults:\n  tagger: {}\n"))
     client = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
     text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
@@ -120,7 +120,7 @@ def test_stream_transforms_see_parsed_events(gateway_factory, upstream, tagger, 
     assert text == upstream.reply.upper()
 
 
-def test_denial_mid_stream_ends_with_an_error_event(gateway_factory, upstream, tagger, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_denial_mid_stream_ends_with_an_error_event(gateway_factory, upstream, tagger, tmp_path) -> None:
     gw = gateway_factory(make_config(upstream), bundle(tmp_path, "defaults:\n  tagger: {deny_mid_stream: true}\n"))
     client = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
     with pytest.raises(openai.APIError) as exc:
@@ -130,7 +130,7 @@ def test_denial_mid_stream_ends_with_an_error_event(gateway_factory, upstream, t
     assert "Stopped mid-stream" in str(exc.value)
 
 
-def test_unknown_policy_and_bad_option_are_load_errors(tmp_path: Path, tagger) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_policy_and_bad_option_are_load_errors(tmp_path: Path, tagger) -> None:
     from gateway.bundle import load_bundle
     from gateway.yamlsrc import ConfigError
 

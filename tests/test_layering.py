@@ -50,7 +50,7 @@ def pii(b: Bundle, tenant: str, app_: str) -> Any:
 
 
 def test_deep_merge_merges_mappings_at_every_depth_and_replaces_lists_and_scalars() -> None:
-    base = {"a": {"b": {"c": 1, "d": 2}}, "l": [1, 2], "s": "x"}
+    base: dict[str, Any] = {"a": {"b": {"c": 1, "d": 2}}, "l": [1, 2], "s": "x"}
     assert deep_merge(base, {"a": {"b": {"c": 9}}, "l": [3], "s": "y"}) == {
         "a": {"b": {"c": 9, "d": 2}}, "l": [3], "s": "y"}
     assert base["a"]["b"]["c"] == 1  # the inherited value is not mutated

@@ -22,7 +22,7 @@ def test_litellm_is_not_imported_unless_a_litellm_deployment_exists() -> None:
     assert out.stdout.strip() == "False"
 
 
-def test_chat_and_streaming_through_a_litellm_deployment(gateway_factory, upstream: DevUpstream) -> None:  # type: ignore[no-untyped-def]
+def test_chat_and_streaming_through_a_litellm_deployment(gateway_factory, upstream: DevUpstream) -> None:
     config = make_config(upstream)
     deployments = dict(config.model_dump()["deployments"])
     deployments["via-litellm"] = {"kind": "litellm", "base_url": upstream.url, "model": "mistral-7b-instruct",

@@ -6,6 +6,7 @@ import json
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageFunctionToolCall
 
 from gateway.devupstream import DevUpstream
 from tests.conftest import RunningGateway
@@ -51,7 +52,7 @@ def test_stream_usage_chunk_is_returned_when_requested(gw: RunningGateway) -> No
 
 
 def test_tools_and_every_known_field_pass_through_untouched(gw: RunningGateway, upstream: DevUpstream) -> None:
-    tools = [
+    tools: list[ChatCompletionFunctionToolParam] = [
         {
             "type": "function",
             "function": {
@@ -73,7 +74,10 @@ def test_tools_and_every_known_field_pass_through_untouched(gw: RunningGateway, 
         metadata={"ticket": "T-17"},
         reasoning_effort="low",
     )
-    call = completion.choices[0].message.tool_calls[0]  # type: ignore[index]
+    tool_calls = completion.choices[0].message.tool_calls
+    assert tool_calls is not None
+    call = tool_calls[0]
+    assert isinstance(call, ChatCompletionMessageFunctionToolCall)
     assert call.function.name == "lookup"
     assert json.loads(call.function.arguments) == {"echo": "find it"}
     body = upstream.received[-1].body
@@ -138,9 +142,9 @@ def test_unknown_model_raises_not_found(gw: RunningGateway) -> None:
 
 def test_wrong_parameter_type_raises_bad_request(gw: RunningGateway) -> None:
     with pytest.raises(openai.BadRequestError) as exc:
-        client(gw).chat.completions.create(
+        client(gw).chat.completions.create(  # type: ignore[call-overload]  # a str max_tokens on purpose
             model="mistral-7b", messages=[{"role": "user", "content": "x"}], max_tokens="ten"
-        )  # type: ignore[arg-type]
+        )
     assert exc.value.param == "max_tokens"
 
 
@@ -164,7 +168,7 @@ def test_upstream_rate_limit_raises_rate_limit_error_with_retry_after(
     assert exc.value.response.headers["retry-after"].isdigit()
 
 
-def test_upstream_timeout_raises_504(gateway_factory, upstream: DevUpstream) -> None:  # type: ignore[no-untyped-def]
+def test_upstream_timeout_raises_504(gateway_factory, upstream: DevUpstream) -> None:
     from tests.conftest import make_config
 
     config = make_config(upstream)

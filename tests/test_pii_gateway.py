@@ -9,6 +9,7 @@ from typing import Any
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageFunctionToolCall
 
 from gateway.devupstream import DevUpstream
 from gateway.pii.analyzer import Analyzer
@@ -84,7 +85,8 @@ def test_tool_call_arguments_are_redacted_upstream_and_restored_as_valid_json(
     gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream, tmp_path: Path
 ) -> None:
     gw = start(gateway_factory, upstream, tmp_path, STRUCTURED_POLICY)
-    tools = [{"type": "function", "function": {"name": "send", "parameters": {"type": "object"}}}]
+    tools: list[ChatCompletionFunctionToolParam] = [
+        {"type": "function", "function": {"name": "send", "parameters": {"type": "object"}}}]
     quoted = f'Say "hi" to {EMAIL}'
     completion = client(gw).chat.completions.create(model="mistral-7b", tools=tools, messages=[
         {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
@@ -92,7 +94,11 @@ def test_tool_call_arguments_are_redacted_upstream_and_restored_as_valid_json(
         {"role": "tool", "tool_call_id": "c1", "content": f"sent to {EMAIL}"},
         {"role": "user", "content": quoted},
     ])
-    args = json.loads(completion.choices[0].message.tool_calls[0].function.arguments)  # type: ignore[index]
+    tool_calls = completion.choices[0].message.tool_calls
+    assert tool_calls is not None
+    call = tool_calls[0]
+    assert isinstance(call, ChatCompletionMessageFunctionToolCall)
+    args = json.loads(call.function.arguments)
     assert args == {"echo": quoted}
     assert_no_pii(sent_text(upstream), EMAIL, IBAN)
 
@@ -129,7 +135,7 @@ def test_an_analyzer_failure_fails_closed_and_sends_nothing(
     monkeypatch.setattr(Analyzer, "analyze_text", broken)
     with pytest.raises(openai.APIStatusError) as exc:
         client(gw).chat.completions.create(model="mistral-7b", messages=[{"role": "user", "content": PROMPT}])
-    assert exc.value.status_code == 503 and exc.value.code == "pii.unavailable"  # type: ignore[attr-defined]
+    assert exc.value.status_code == 503 and exc.value.code == "pii.unavailable"
     assert upstream.received == []
 
 

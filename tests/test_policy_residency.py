@@ -68,7 +68,7 @@ tenants:
 
 
 def test_residency_skips_deployments_outside_allowed_jurisdictions(
-    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path  # type: ignore[no-untyped-def]
+    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path
 ) -> None:
     gw = gateway_factory(two_region_config(upstream, upstream_b), write_bundle(tmp_path, RESIDENCY))
     resp = chat(gw, gw.key(), "mixed")
@@ -77,7 +77,7 @@ def test_residency_skips_deployments_outside_allowed_jurisdictions(
 
 
 def test_no_allowed_deployment_is_a_403_with_a_stable_code(
-    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path  # type: ignore[no-untyped-def]
+    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path
 ) -> None:
     gw = gateway_factory(two_region_config(upstream, upstream_b), write_bundle(tmp_path, RESIDENCY))
     resp = chat(gw, gw.key(), "us-only")
@@ -87,7 +87,7 @@ def test_no_allowed_deployment_is_a_403_with_a_stable_code(
 
 
 def test_residency_applies_to_embeddings(
-    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path  # type: ignore[no-untyped-def]
+    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path
 ) -> None:
     gw = gateway_factory(two_region_config(upstream, upstream_b), write_bundle(tmp_path, RESIDENCY))
     resp = httpx.post(f"{gw.base_url}/embeddings", headers={"Authorization": f"Bearer {gw.key()}"},
@@ -97,7 +97,7 @@ def test_residency_applies_to_embeddings(
 
 
 def test_data_class_rules_override_the_default(
-    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path  # type: ignore[no-untyped-def]
+    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path
 ) -> None:
     bundle = RESIDENCY + "    data_classes:\n      public: [EU, US]\n      health: [EU]\n"
     gw = gateway_factory(two_region_config(upstream, upstream_b), write_bundle(tmp_path, bundle))
@@ -109,7 +109,7 @@ def test_data_class_rules_override_the_default(
 
 
 def test_eu_prompt_never_reaches_us_upstream_without_consent(
-    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path  # type: ignore[no-untyped-def]
+    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path
 ) -> None:
     gw = gateway_factory(two_region_config(upstream, upstream_b), write_bundle(tmp_path, FALLBACK.format(pii="enforce")))
     upstream.fail_status = 503
@@ -122,7 +122,7 @@ def test_eu_prompt_never_reaches_us_upstream_without_consent(
 
 
 def test_dpa_fallback_is_used_with_active_consent_and_stops_after_withdrawal(
-    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path  # type: ignore[no-untyped-def]
+    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path
 ) -> None:
     gw = gateway_factory(two_region_config(upstream, upstream_b), write_bundle(tmp_path, FALLBACK.format(pii="enforce")))
     admin = {"Authorization": f"Bearer {gw.key(scopes=('admin',))}"}
@@ -160,7 +160,7 @@ def test_dpa_fallback_is_used_with_active_consent_and_stops_after_withdrawal(
 
 @pytest.mark.parametrize("pii_mode", ["shadow", "off"])
 def test_dpa_fallback_is_refused_when_pii_redaction_is_not_enforced(
-    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path, pii_mode: str  # type: ignore[no-untyped-def]
+    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path, pii_mode: str
 ) -> None:
     gw = gateway_factory(two_region_config(upstream, upstream_b), write_bundle(tmp_path, FALLBACK.format(pii=pii_mode)))
     consent_for(gw, "alice")
@@ -178,7 +178,7 @@ FLOOR_RULES = {"allow": "allow", "mask": "{action: mask, jurisdictions: {EU: all
 
 @pytest.mark.parametrize("rule", list(FLOOR_RULES.values()), ids=list(FLOOR_RULES))
 def test_pii_the_policy_allows_on_eu_hops_is_redacted_on_the_dpa_hop(
-    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path, rule: str  # type: ignore[no-untyped-def]
+    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path, rule: str
 ) -> None:
     bundle = FALLBACK.format(pii="enforce").replace("{action: redact, jurisdictions: {EU: allow}}", rule)
     assert f"EMAIL_ADDRESS: {rule}" in bundle
@@ -195,7 +195,7 @@ def test_pii_the_policy_allows_on_eu_hops_is_redacted_on_the_dpa_hop(
 
 
 def test_audit_record_explains_the_route_without_prompt_text(
-    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path  # type: ignore[no-untyped-def]
+    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path
 ) -> None:
     gw = gateway_factory(two_region_config(upstream, upstream_b), write_bundle(tmp_path, FALLBACK.format(pii="enforce")))
     consent_for(gw, "alice")
@@ -218,7 +218,7 @@ def test_audit_record_explains_the_route_without_prompt_text(
 
 @pytest.mark.parametrize("edit", ["valid", "invalid"])
 def test_hot_reload_swaps_valid_bundles_and_keeps_the_last_good_one(
-    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path, edit: str  # type: ignore[no-untyped-def]
+    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path, edit: str
 ) -> None:
     directory = write_bundle(tmp_path, RESIDENCY)
     config = two_region_config(upstream, upstream_b, server={"policies_dir": str(directory), "key_refresh_s": 0.5})
@@ -243,7 +243,7 @@ def test_hot_reload_swaps_valid_bundles_and_keeps_the_last_good_one(
 
 
 def test_requests_in_flight_finish_under_the_bundle_they_started_with(
-    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path  # type: ignore[no-untyped-def]
+    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path
 ) -> None:
     from concurrent.futures import ThreadPoolExecutor
 

@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
@@ -43,6 +43,9 @@ from gateway.layering import Loosening
 from gateway.policies.pii_redaction import DPA_FLOOR, STRENGTH, PiiRedaction
 from gateway.policies.residency import Residency
 from gateway.yamlsrc import ConfigError, Source, load, loads
+
+if TYPE_CHECKING:  # what PiiRedaction(...) makes; the tests read its per-hop actions and DPA floor
+    from gateway.pii.hooks import PiiRedactionHooks
 
 EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "500"))
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,10 +190,10 @@ def stricter_bundle_texts(draw: st.DrawFn) -> str:
         entities: dict[str, Any] = {}
         for entity in draw(st.lists(st.sampled_from(ENTITIES), unique=True, max_size=4)):
             if entity not in strongest:
-                rule = draw(entity_rule(layer, entity))  # a new type: anything but lifting the DPA floor
-                if isinstance(rule, dict):
-                    rule.pop("reason", None)  # without a reason (here or inherited) `<j>: allow` keeps the floor
-                entities[entity] = rule
+                added = draw(entity_rule(layer, entity))  # a new type: anything but lifting the DPA floor
+                if isinstance(added, dict):
+                    added.pop("reason", None)  # without a reason (here or inherited) `<j>: allow` keeps the floor
+                entities[entity] = added
                 continue
             at_least = st.sampled_from([a for a in ACTIONS if STRENGTH[a] >= strongest[entity]])
             rule: dict[str, Any] = {"action": draw(at_least)}
@@ -229,7 +232,7 @@ def enforced(bundle: Bundle, scope: Scope, cls: type[Any]) -> Any:
 
 def redacted_on_hop(bundle: Bundle, scope: Scope) -> frozenset[str]:
     """Types whose enforced action on a US hop is `redact` or `block` (none unless pii_redaction enforces)."""
-    pii: PiiRedaction | None = enforced(bundle, scope, PiiRedaction)
+    pii: PiiRedactionHooks | None = enforced(bundle, scope, PiiRedaction)
     if pii is None:
         return frozenset()
     return frozenset(e for e, action in pii._actions(HOP).items() if STRENGTH[action] >= REDACTED)
@@ -314,7 +317,7 @@ def check_reasons_belong_to_their_layer(bundle: Bundle, scope: Scope, counts: Co
 
 def check_floor(bundle: Bundle, scope: Scope, counts: Counter[str]) -> None:
     """Property 2 for one scope: the DPA floor on a consented US hop."""
-    pii: PiiRedaction | None = enforced(bundle, scope, PiiRedaction)
+    pii: PiiRedactionHooks | None = enforced(bundle, scope, PiiRedaction)
     if pii is None:
         return
     before = pii._actions(HOP)
@@ -393,7 +396,7 @@ def test_overrides_that_only_add_types_or_raise_actions_report_no_pii_loosening(
         defaults = redacted_on_hop(bundle, ("", ""))
         inherited = enforced(bundle, ("", ""), PiiRedaction)._actions(HOP)
         for scope in bundle.scopes():
-            pii: PiiRedaction | None = enforced(bundle, scope, PiiRedaction)
+            pii: PiiRedactionHooks | None = enforced(bundle, scope, PiiRedaction)
             assert pii is not None, scope  # a shadow layer is a trial here: the inherited one keeps enforcing
             assert defaults <= redacted_on_hop(bundle, scope), scope
             actions = pii._actions(HOP)
@@ -538,7 +541,7 @@ tenants:
     bundle = parse(text)
     floors = []
     for scope in (("", ""), ("acme", "")):
-        pii: PiiRedaction = enforced(bundle, scope, PiiRedaction)
+        pii: PiiRedactionHooks = enforced(bundle, scope, PiiRedaction)
         floors.append(pii._floor(pii._actions(HOP), HOP)[0]["EMAIL_ADDRESS"])
     assert floors == ["redact", "allow"]  # the consented US hop now gets addresses in the clear
     assert loosenings_of(text, ("acme", "")) == [

@@ -87,7 +87,7 @@ def allowed_to_reach_us(spec: dict[str, Any], state: str) -> bool:
 
 
 def test_no_request_leaves_allowed_jurisdictions_without_consent(
-    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path  # type: ignore[no-untyped-def]
+    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path
 ) -> None:
     config = two_region_config(upstream, upstream_b)
     deployments = {**config.model_dump()["deployments"],

@@ -24,7 +24,7 @@ def test_breaker_opens_after_threshold_and_closes_after_cooldown() -> None:
 
 
 def test_context_length_overflow_falls_back_to_the_next_deployment(
-    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream  # type: ignore[no-untyped-def]
+    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream
 ) -> None:
     gw = gateway_factory(with_secondary(upstream, upstream_b, name="eu-long"))
     upstream.fail_status = 400
@@ -37,7 +37,7 @@ def test_context_length_overflow_falls_back_to_the_next_deployment(
 
 
 def test_an_open_breaker_skips_the_failing_deployment(
-    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream  # type: ignore[no-untyped-def]
+    gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream
 ) -> None:
     gw = gateway_factory(with_secondary(upstream, upstream_b))
     upstream.fail_status = 503

@@ -53,7 +53,7 @@ def test_migrations_are_idempotent(postgres_url: str) -> None:
 
 
 def test_gateway_serves_from_postgres_and_reports_redis_ready(
-    gateway_factory, upstream: DevUpstream, postgres_url: str  # type: ignore[no-untyped-def]
+    gateway_factory, upstream: DevUpstream, postgres_url: str
 ) -> None:
     gw = gateway_factory(make_config(upstream, storage={"database_url": postgres_url, "redis_url": REDIS_URL}))
     resp = httpx.post(f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {gw.key()}"},
@@ -62,7 +62,7 @@ def test_gateway_serves_from_postgres_and_reports_redis_ready(
     assert httpx.get(f"{gw.url}/readyz").json()["checks"] == {"database": "ok", "redis": "ok"}
 
 
-def test_readyz_is_503_when_redis_is_down(gateway_factory, upstream: DevUpstream) -> None:  # type: ignore[no-untyped-def]
+def test_readyz_is_503_when_redis_is_down(gateway_factory, upstream: DevUpstream) -> None:
     gw = gateway_factory(make_config(upstream, storage={"database_url": "sqlite:///:memory:",
                                                        "redis_url": "redis://127.0.0.1:1/0"}))
     resp = httpx.get(f"{gw.url}/readyz")

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select
+from sqlmodel import col
 
 from gateway.store.db import make_engine, upgrade
 from gateway.store.ledger import UsageRecord
@@ -72,7 +73,7 @@ async def test_decimal_costs_survive_exactly(sqlite_engine: Engine, tmp_path: Pa
     writer.put(_row("exact", cost="0.0000000007"))
     await writer.stop()
     with sqlite_engine.connect() as conn:
-        cost = conn.execute(select(UsageRecord.cost_eur).where(UsageRecord.request_id == "exact")).scalar_one()
+        cost = conn.execute(select(col(UsageRecord.cost_eur)).where(col(UsageRecord.request_id) == "exact")).scalar_one()
     assert cost == Decimal("0.0000000007")
 
 
@@ -156,7 +157,7 @@ def test_rows_of_a_one_column_table_are_inserted_too() -> None:
     metadata.create_all(engine)
     insert = _Insert(table, engine.dialect)
     with engine.begin() as conn:
-        conn.exec_driver_sql(insert.sql, insert.params([{"k": "a"}, {"k": "b"}, {"k": "a"}]))  # type: ignore[arg-type]
+        conn.exec_driver_sql(insert.sql, insert.params([{"k": "a"}, {"k": "b"}, {"k": "a"}]))
         assert sorted(conn.exec_driver_sql("SELECT k FROM just_keys").scalars()) == ["a", "b"]
 
 
