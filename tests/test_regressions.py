@@ -25,6 +25,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -123,8 +124,17 @@ def test_phone_numbers_never_reach_an_eu_hop_under_the_shipped_bundle(
     assert f"echoed for the gateway to restore: {prompt}" in answer  # the client gets its numbers back
 
 
+def ask(sdk: openai.OpenAI, prompt: str, *, stream: bool) -> str:
+    messages: list[Any] = [{"role": "user", "content": prompt}]
+    if stream:
+        chunks = sdk.chat.completions.create(model="mistral-7b", messages=messages, stream=True)
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return sdk.chat.completions.create(model="mistral-7b", messages=messages).choices[0].message.content or ""
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 def test_every_structured_type_the_shipped_bundle_redacts_is_redacted_end_to_end(
-    shipped: RunningGateway, echo: DevUpstream
+    shipped: RunningGateway, echo: DevUpstream, stream: bool
 ) -> None:
     actions = shipped_entities()
     redacting = {e for e, a in actions.items() if a in ("redact", "mask", "hash")}
@@ -135,8 +145,7 @@ def test_every_structured_type_the_shipped_bundle_redacts_is_redacted_end_to_end
     failures = []
     for entity, (sentence, value) in SAMPLES.items():
         prompt = sentence.format(value)
-        answer = sdk.chat.completions.create(
-            model="mistral-7b", messages=[{"role": "user", "content": prompt}]).choices[0].message.content or ""
+        answer = ask(sdk, prompt, stream=stream)
         sent = last_sent(echo)
         if any(s in sent for s in spellings(value)):
             failures.append(f"{entity}: the upstream saw the value")
