@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install lint bench
+.PHONY: run test install lint bench mutation
 
 install: $(VENV)/.installed
 
@@ -26,3 +26,7 @@ test: install
 
 bench: install
 	$(BIN)/python bench/overhead.py
+
+# Mutation testing (docs/testing.md); MODULES="gateway/pii/stream.py" limits it to some modules.
+mutation: install
+	$(BIN)/python scripts/mutation.py $(MODULES)
