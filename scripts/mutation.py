@@ -128,7 +128,8 @@ def report(module: str, explained: str) -> tuple[bool, list[str]]:
     killed = sum(n for status, n in counts.items() if status in KILLED)
     score = killed / total if total else 1.0
     survivors = sorted(name for name, status in by_name.items() if status not in KILLED)
-    unexplained = [name for name in survivors if name.rpartition(".")[2] not in explained]
+    unexplained = [name for name in survivors
+                   if not re.search(re.escape(name.rpartition(".")[2]) + r"(?!\d)", explained)]
     others = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()) if status not in KILLED)
     print(f"{module}: {killed}/{total} killed = {score:.1%}" + (f" ({others})" if others else ""))
     for name in survivors:
