@@ -196,3 +196,87 @@ def test_swapped_records_with_recomputed_hashes_are_reported(
     change(engine, chain, b, {"seq": a}, rehash=True)
     change(engine, chain, -1, {"seq": b}, rehash=True)
     assert any("link to the previous record is broken" in p for p in problems(engine, chain))
+
+
+# --- what a record holds, and the marks around a chain ------------------------------------------
+
+
+def finished_request(target: Target | None, status: int = 200) -> Context:
+    ctx = Context(principal=Principal("k9", "acme", "chat", frozenset(), frozenset()), endpoint="chat",
+                  model="mistral-7b", candidates=[US], subject="pseudo-1")
+    ctx.bundle_hash = "b" * 16
+    ctx.record("residency", "deny", allowed=["EU"])
+    ctx.attempts = [("us-gpt4", "ok")]
+    ctx.target, ctx.consents, ctx.status = target, {"us-gpt4": "consent-7", "other": "consent-8"}, status
+    return ctx
+
+
+def test_records_chain_in_order_and_hold_the_request_not_its_text() -> None:
+    sink = _Sink()
+    auditor = audit.Auditor(writer=sink)
+    auditor.record(finished_request(US))
+    auditor.record(finished_request(None, status=403))
+    first, second = sink.rows
+    assert (first.chain_id, first.seq, first.prev_hash) == (auditor.chain_id, 1, audit.GENESIS)
+    assert (second.seq, second.prev_hash) == (2, first.hash)
+    assert auditor.prev == second.hash and auditor.seq == 2
+    assert first.hash == audit._digest(first.model_dump()) and second.hash == audit._digest(second.model_dump())
+    assert (first.tenant, first.app, first.key_id, first.subject, first.model, first.endpoint) == (
+        "acme", "chat", "k9", "pseudo-1", "mistral-7b", "chat")
+    assert (first.policy_hash, first.status) == ("b" * 16, 200)
+    assert first.decisions == '[{"policy":"residency","action":"deny","facts":{"allowed":["EU"]}}]'
+    assert first.attempts == '[["us-gpt4","ok"]]'
+    assert (first.deployment, first.jurisdiction, first.consent_ref) == ("us-gpt4", "US", "consent-7")
+    assert (second.deployment, second.jurisdiction, second.consent_ref, second.status) == (None, None, None, 403)
+    assert len({first.request_id, second.request_id}) == 2
+
+
+def test_a_new_auditor_starts_a_new_chain_with_start_and_end_marks() -> None:
+    sink = _Sink()
+    one, two = audit.Auditor(writer=sink), audit.Auditor(writer=sink)
+    assert one.chain_id != two.chain_id and len(one.chain_id) == 32
+    one.start()
+    one.record(finished_request(US))
+    one.close()
+    start, _, end = sink.rows
+    assert (start.chain_id, start.kind, start.seq) == (one.chain_id, "start", 0)
+    assert (end.chain_id, end.kind, end.seq) == (one.chain_id, "end", 1)
+
+
+def test_recovered_marks_end_each_chain_at_its_newest_record_in_the_write_ahead_file() -> None:
+    table = AuditRecord.__tablename__
+    items: list[dict[str, Any]] = [
+        {"table": table, "row": {"chain_id": "a", "seq": 3}},
+        {"table": table, "row": {"chain_id": "a", "seq": 5}},
+        {"table": table, "row": {"chain_id": "a", "seq": 4}},
+        {"table": table, "row": {"chain_id": "b", "seq": 1}},
+        {"table": "usage_ledger", "row": {"chain_id": "c", "seq": 9}},   # not an audit record
+        {"table": table, "row": {"chain_id": "d", "seq": "7"}},          # malformed: ignored
+        {"table": table, "row": {"chain_id": 5, "seq": 7}},
+        {"table": table, "row": {"chain_id": "e", "seq": 0}},            # no record made
+        {"table": table, "row": ["e", 2]},
+        {"row": {"chain_id": "f", "seq": 2}},
+    ]
+    marks = audit.Auditor.recovered_marks(items)
+    assert sorted((m.chain_id, m.kind, m.seq) for m in marks) == [("a", "recovered", 5), ("b", "recovered", 1)]
+    assert audit.Auditor.recovered_marks([]) == []
+
+
+def test_verify_counts_the_records_it_checked_and_open_chains_lists_unclosed_ones(engine: Engine,
+                                                                                   tmp_path: Path) -> None:
+    sink = _Sink()
+    running, idle, done = audit.Auditor(writer=sink), audit.Auditor(writer=sink), audit.Auditor(writer=sink)
+    for auditor in (running, idle, done):
+        auditor.start()
+    for _ in range(3):
+        running.record(finished_request(US))
+    done.record(finished_request(US))
+    done.close()
+    before, _ = audit.verify(engine)
+    Writer(engine, tmp_path / "spool")._write(sink.rows)
+    checked, found = audit.verify(engine)
+    assert checked == before + 4
+    assert problems(engine, running.chain_id, idle.chain_id, done.chain_id) == []
+    opened = dict(audit.open_chains(engine))
+    assert opened[running.chain_id] == 3 and opened[idle.chain_id] == 0 and done.chain_id not in opened
+    assert audit.fetch(engine, sink.rows[3].request_id) is not None and audit.fetch(engine, "nope") is None
