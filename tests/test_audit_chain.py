@@ -274,7 +274,7 @@ def test_verify_counts_the_records_it_checked_and_open_chains_lists_unclosed_one
     done.close()
     before, _ = audit.verify(engine)
     Writer(engine, tmp_path / "spool")._write(sink.rows)
-    checked, found = audit.verify(engine)
+    checked, _ = audit.verify(engine)
     assert checked == before + 4
     assert problems(engine, running.chain_id, idle.chain_id, done.chain_id) == []
     opened = dict(audit.open_chains(engine))
