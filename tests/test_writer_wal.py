@@ -1,0 +1,269 @@
+"""The writer's write-ahead files and spool replay, in process (gateway/store/writer.py).
+
+tests/test_sigkill.py kills a real ``gateway serve``; these tests make each step of that path
+happen on purpose, so a change to one of them fails here: the files a process owns, what a dead
+process's files become, the hook that closes its audit chain, rotation, and a replay that meets
+torn lines, rejected rows and a database that goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session, select
+
+from gateway.store import writer as writer_module
+from gateway.store.db import AuditChainMark
+from gateway.store.ledger import UsageRecord
+from gateway.store.writer import Writer, _decode, _tables
+from tests.test_writer import _count, _row
+
+
+def wal_files(spool: Path) -> list[Path]:
+    return sorted(spool.glob("wal-*.wal"))
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def die(writer: Writer) -> None:
+    """What SIGKILL does to a writer's files: the descriptors close, so the locks go; nothing else."""
+    for segment in writer._segments:
+        os.close(segment.fd)
+    writer._segments.clear()
+    if writer._task is not None:
+        writer._task.cancel()
+
+
+async def test_a_row_is_in_the_write_ahead_file_as_soon_as_it_is_put(sqlite_engine: Engine, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    writer = Writer(sqlite_engine, spool, flush_interval_s=60)
+    await writer.start()
+    row = _row()
+    writer.put(row)
+    [wal] = wal_files(spool)
+    assert wal.name.startswith(f"wal-{writer._id}-")
+    [item] = lines(wal)
+    assert item["table"] == "usage_ledger" and item["row"]["request_id"] == row.request_id
+    assert item["row"]["cost_eur"] == "0.0000123456"  # decimals travel as strings, exactly
+    assert writer._segments[-1].remaining == 1 and writer.pending == 1
+    await writer.stop()
+    assert wal_files(spool) == [] and _count(sqlite_engine, [row.request_id]) == 1
+
+
+async def test_a_dead_processs_write_ahead_file_is_replayed_and_its_chain_closed_at_the_next_start(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    dead = Writer(sqlite_engine, spool, flush_interval_s=60)
+    await dead.start()
+    ids = [uuid.uuid4().hex for _ in range(3)]
+    for i in ids:
+        dead.put(_row(i))
+    die(dead)
+    seen: list[list[dict[str, Any]]] = []
+
+    def on_recover(items: list[dict[str, Any]]) -> list[AuditChainMark]:
+        seen.append(items)
+        return [AuditChainMark(chain_id="dead-chain", kind="recovered", seq=len(items), at=datetime.now(UTC))]
+
+    later = Writer(sqlite_engine, spool, flush_interval_s=0.02)
+    later.on_recover = on_recover
+    await later.start()
+    await later.stop()
+    assert _count(sqlite_engine, ids) == 3
+    assert [[item["row"]["request_id"] for item in items] for items in seen] == [ids]
+    with Session(sqlite_engine) as s:
+        mark = s.exec(select(AuditChainMark).where(AuditChainMark.chain_id == "dead-chain")).one()
+    assert (mark.kind, mark.seq) == ("recovered", 3)
+    assert wal_files(spool) == [] and later.spooled_files() == []
+
+
+async def test_a_write_ahead_file_a_live_process_holds_is_left_alone(sqlite_engine: Engine, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    live = Writer(sqlite_engine, spool, flush_interval_s=60)
+    await live.start()
+    row = _row()
+    live.put(row)
+    [wal] = wal_files(spool)
+    other = Writer(sqlite_engine, spool, flush_interval_s=60)
+    other.on_recover = lambda items: pytest.fail("a live file was recovered")
+    await other.start()
+    assert wal.exists() and _count(sqlite_engine, [row.request_id]) == 0
+    await other.stop()
+    assert wal.exists()
+    await live.stop()
+    assert not wal.exists() and _count(sqlite_engine, [row.request_id]) == 1
+
+
+async def test_a_torn_last_line_does_not_stop_the_recovery_of_the_rows_before_it(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    ids = [uuid.uuid4().hex for _ in range(2)]
+    dead = Writer(sqlite_engine, spool)
+    (spool / "wal-dead-1.wal").write_bytes(b"".join(dead._line(_row(i)) for i in ids) + b'{"table": "usage_le')
+    seen: list[int] = []
+    writer = Writer(sqlite_engine, spool)
+
+    def on_recover(items: list[dict[str, Any]]) -> list[AuditChainMark]:
+        seen.append(len(items))
+        return []
+
+    writer.on_recover = on_recover
+    await writer.start()
+    await writer.stop()
+    assert seen == [2] and _count(sqlite_engine, ids) == 2
+
+
+async def test_a_file_is_rotated_after_its_time_and_retired_once_its_rows_are_written(
+    sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = tmp_path / "spool"
+    writer = Writer(sqlite_engine, spool, flush_interval_s=60, batch_size=2)
+    await writer.start()
+    writer.put(_row())
+    writer.put(_row())
+    writer.put(_row())
+    [first] = wal_files(spool)
+    await writer.flush()  # the file is young: no new one
+    assert wal_files(spool) == [first] and writer._segments[-1].remaining == 1
+    monkeypatch.setattr(writer_module, "_ROTATE_S", 0.0)
+    writer.put(_row())
+    await writer.flush()  # old enough: rows from now on go to a new file...
+    [segment] = writer._segments  # ...and the flush settled the first file's last two rows: it is deleted
+    second = segment.path
+    assert second != first and wal_files(spool) == [second] and segment.remaining == 0
+    writer.put(_row())
+    assert len(lines(second)) == 1
+    await writer.stop()
+    assert wal_files(spool) == []
+
+
+async def test_a_full_batch_wakes_the_writer_before_its_interval(sqlite_engine: Engine, tmp_path: Path) -> None:
+    writer = Writer(sqlite_engine, tmp_path / "spool", flush_interval_s=60, batch_size=3)
+    await writer.start()
+    ids = [uuid.uuid4().hex for _ in range(3)]
+    for i in ids[:2]:
+        writer.put(_row(i))
+    await asyncio.sleep(0.2)
+    assert _count(sqlite_engine, ids) == 0  # under a batch: waits for the interval
+    writer.put(_row(ids[2]))
+    for _ in range(100):
+        if _count(sqlite_engine, ids) == 3:
+            break
+        await asyncio.sleep(0.02)
+    assert _count(sqlite_engine, ids) == 3
+    await writer.stop()
+
+
+async def test_an_overflow_that_cannot_be_spooled_keeps_the_write_ahead_file(
+    sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = tmp_path / "spool"
+    writer = Writer(sqlite_engine, spool, flush_interval_s=60, max_queue=1)
+    await writer.start()
+    writer.put(_row())
+    monkeypatch.setattr(writer, "_spool", lambda rows: False)
+    lost = _row()
+    writer.put(lost)  # over the queue, and the spool fails: only the write-ahead file has it
+    assert writer.pending == 1 and writer._segments[-1].keep
+    monkeypatch.undo()
+    await writer.stop()
+    # the kept file went to the spool at stop and was replayed from there
+    assert writer.spooled_files() == [] and _count(sqlite_engine, [lost.request_id]) == 1
+
+
+async def test_a_failed_write_is_spooled_and_the_file_deleted_once_spooled(
+    sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = tmp_path / "spool"
+    writer = Writer(sqlite_engine, spool, flush_interval_s=60, retry_s=60)
+    await writer.start()
+    row = _row()
+    writer.put(row)
+
+    def down(rows: Any) -> None:
+        raise OperationalError("INSERT", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(writer, "_write", down)
+    await writer.flush()
+    assert not writer.healthy and writer._segments[-1].remaining == 0 and not writer._segments[-1].keep
+    [spooled] = writer.spooled_files()
+    assert [item["row"]["request_id"] for item in lines(spooled)] == [row.request_id]
+    second = _row()
+    writer.put(second)
+    await writer.flush()  # within retry_s: straight to the spool, the database is not tried
+    assert [item["row"]["request_id"] for item in lines(spooled)] == [row.request_id, second.request_id]
+    monkeypatch.undo()
+    await writer.stop()
+    assert _count(sqlite_engine, [row.request_id, second.request_id]) == 2 and writer.healthy
+
+
+def test_replay_skips_torn_lines_quarantines_refused_rows_and_keeps_the_rest(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    writer = Writer(sqlite_engine, spool, batch_size=2)
+    good = [uuid.uuid4().hex for _ in range(3)]
+    refused = _row()
+    refused.tenant = None  # type: ignore[assignment]  # NOT NULL: the database refuses this row
+    path = spool / "crashed.jsonl"
+    path.write_bytes(writer._line(_row(good[0])) + b"not json\n" + b'{"table": "no_such_table", "row": {}}\n'
+                     + writer._line(refused) + writer._line(_row(good[1])) + b"\n" + writer._line(_row(good[2])))
+    assert writer.replay() == 6  # lines read, blank lines not counted
+    assert _count(sqlite_engine, good) == 3
+    [bad] = spool.glob("rejected-*.bad")
+    assert bad.name == "rejected-crashed.jsonl.bad"
+    assert [item["row"]["request_id"] for item in lines(bad)] == [refused.request_id]
+    assert writer.spooled_files() == [] and not list(spool.glob("*.replaying"))
+
+
+def test_a_replay_the_database_drops_keeps_the_file_for_later(
+    sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    writer = Writer(sqlite_engine, spool, retry_s=30)
+    row = _row()
+    (spool / "a.jsonl").write_bytes(writer._line(row))
+
+    def unreachable(by_table: Any) -> None:
+        raise OperationalError("INSERT", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(writer, "_insert", unreachable)
+    assert writer.replay() == 0
+    [kept] = writer.spooled_files()
+    assert kept.name.startswith("recovered-") and not writer.healthy
+    monkeypatch.undo()
+    assert writer.replay() == 1 and writer.healthy and _count(sqlite_engine, [row.request_id]) == 1
+
+
+def test_spooled_values_come_back_as_their_column_types() -> None:
+    table = _tables()["usage_ledger"]
+    row = _decode(table, {"request_id": "r1", "at": "2026-11-30T12:00:01.000002", "day": "2026-11-30",
+                          "cost_eur": "0.0000123456", "fx_rate": 0.92, "prompt_tokens": 10, "tenant": None})
+    assert row["at"] == datetime(2026, 11, 30, 12, 0, 1, 2) and isinstance(row["cost_eur"], Decimal)
+    assert row["cost_eur"] == Decimal("0.0000123456") and row["fx_rate"] == Decimal("0.92")
+    assert row["prompt_tokens"] == 10 and row["tenant"] is None and row["request_id"] == "r1"
+    assert set(row) == {c.name for c in table.columns}
+    if "day" in table.columns:
+        assert row["day"] == date(2026, 11, 30)
+
+
+def test_every_table_a_spooled_row_may_name_is_known() -> None:
+    assert {"usage_ledger", "audit_records", "audit_chain_marks"} <= set(_tables())
+    assert UsageRecord.__tablename__ == "usage_ledger"
