@@ -38,7 +38,7 @@ TESTS: dict[str, list[str]] = {
     "gateway/pii/actions.py": ["test_pii_policy", "test_pii_presidio_parity", "test_pii_placeholders",
                                "test_regressions", "test_request_fields", "test_pii_gateway"],
     "gateway/pii/stream.py": ["test_pii_stream", "test_stream_shapes", "test_pii_gateway", "test_pii_policy", "test_dev_echo"],
-    "gateway/pii/texts.py": ["test_request_fields", "test_pii_policy", "test_pii_gateway", "test_regressions",
+    "gateway/pii/texts.py": ["test_pii_texts", "test_request_fields", "test_pii_policy", "test_pii_gateway", "test_regressions",
                              "test_stream_shapes"],
     "gateway/pii/placeholders.py": ["test_pii_placeholders", "test_pii_stream", "test_stream_shapes", "test_pii_gateway",
                                     "test_regressions"],

@@ -69,8 +69,10 @@ def _walk(node: Any, plan: Plan | None, fn: TextFn) -> Any:
             return map_json_text(node, fn)
         if kind == URL:
             # base64 media stays; a URL is scanned piece by piece (an e-mail in a query is not a URL's whole).
-            return node if node.startswith("data:") else "".join(
-                part if i % 2 else fn(part) for i, part in enumerate(_URL_PARTS.split(node)))
+            if node.startswith("data:"):
+                return node
+            scanned = "".join(part if i % 2 else fn(part) for i, part in enumerate(_URL_PARTS.split(node)))
+            return node if scanned == node else scanned  # unchanged: share it, like every other part
         return node  # an identifier, enum, pseudonym or base64 media: validated as not free text
     if plan == FREE_JSON:
         return _map_leaves(node, fn)
