@@ -48,7 +48,7 @@ TESTS: dict[str, list[str]] = {
                                              "test_property_residency", "test_rag_pii_ordering"],
     "gateway/policies/residency.py": ["test_routing_policies", "test_policy_residency", "test_consent_cases", "test_property_residency",
                                       "test_shipped_bundle"],
-    "gateway/accounting/limits.py": ["test_accounting_policy", "test_two_gateways", "test_accounting_lease"],
+    "gateway/accounting/limits.py": ["test_accounting_limits", "test_accounting_policy", "test_two_gateways", "test_accounting_lease"],
     "gateway/accounting/lease.py": ["test_accounting_lease", "test_accounting_policy", "test_two_gateways",
                                     "test_counters"],
     "gateway/bundle.py": ["test_layering", "test_property_layering", "test_policy_cli", "test_chain",
