@@ -9,21 +9,23 @@ the last record deleted, and two records' sequence numbers swapped. Each must be
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, delete, update
+from sqlalchemy import Engine, create_engine, delete, update
 from sqlmodel import Session, select
 
 from gateway import audit
 from gateway.auth import Principal
 from gateway.config import Deployment
 from gateway.policy import Context, Target
-from gateway.store.db import AuditRecord, make_engine, upgrade
+from gateway.store.db import AuditChainMark, AuditRecord, make_engine, upgrade
 from gateway.store.writer import Writer
 
 RECORDS = 4
@@ -206,6 +208,7 @@ def finished_request(target: Target | None, status: int = 200) -> Context:
                   model="mistral-7b", candidates=[US], subject="pseudo-1")
     ctx.bundle_hash = "b" * 16
     ctx.record("residency", "deny", allowed=["EU"])
+    ctx.record("token_accounting", "charge", cost_eur=Decimal("0.0012"))  # not JSON by itself: kept as text
     ctx.attempts = [("us-gpt4", "ok")]
     ctx.target, ctx.consents, ctx.status = target, {"us-gpt4": "consent-7", "other": "consent-8"}, status
     return ctx
@@ -224,7 +227,8 @@ def test_records_chain_in_order_and_hold_the_request_not_its_text() -> None:
     assert (first.tenant, first.app, first.key_id, first.subject, first.model, first.endpoint) == (
         "acme", "chat", "k9", "pseudo-1", "mistral-7b", "chat")
     assert (first.policy_hash, first.status) == ("b" * 16, 200)
-    assert first.decisions == '[{"policy":"residency","action":"deny","facts":{"allowed":["EU"]}}]'
+    assert first.decisions == ('[{"policy":"residency","action":"deny","facts":{"allowed":["EU"]}},'
+                               '{"policy":"token_accounting","action":"charge","facts":{"cost_eur":"0.0012"}}]')
     assert first.attempts == '[["us-gpt4","ok"]]'
     assert (first.deployment, first.jurisdiction, first.consent_ref) == ("us-gpt4", "US", "consent-7")
     assert (second.deployment, second.jurisdiction, second.consent_ref, second.status) == (None, None, None, 403)
@@ -257,8 +261,10 @@ def test_recovered_marks_end_each_chain_at_its_newest_record_in_the_write_ahead_
         {"table": table, "row": ["e", 2]},
         {"row": {"chain_id": "f", "seq": 2}},
     ]
+    before = datetime.now(UTC)
     marks = audit.Auditor.recovered_marks(items)
     assert sorted((m.chain_id, m.kind, m.seq) for m in marks) == [("a", "recovered", 5), ("b", "recovered", 1)]
+    assert all(before <= m.at <= datetime.now(UTC) for m in marks)
     assert audit.Auditor.recovered_marks([]) == []
 
 
@@ -276,7 +282,68 @@ def test_verify_counts_the_records_it_checked_and_open_chains_lists_unclosed_one
     Writer(engine, tmp_path / "spool")._write(sink.rows)
     checked, _ = audit.verify(engine)
     assert checked == before + 4
+    if engine.dialect.name == "sqlite":  # a database of its own: the count is exact
+        assert (before, checked) == (0, 4)
     assert problems(engine, running.chain_id, idle.chain_id, done.chain_id) == []
     opened = dict(audit.open_chains(engine))
     assert opened[running.chain_id] == 3 and opened[idle.chain_id] == 0 and done.chain_id not in opened
     assert audit.fetch(engine, sink.rows[3].request_id) is not None and audit.fetch(engine, "nope") is None
+
+
+def test_the_record_hash_is_the_documented_function_of_the_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records written by an earlier release must still verify: the hash input may not change, whatever
+    the process's local time zone."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    fields: dict[str, Any] = dict.fromkeys(audit._HASHED)
+    fields.update(request_id="r1", chain_id="c" * 32, seq=7, at=datetime(2026, 11, 30, 12, 0, 1, 2, tzinfo=UTC),
+                  tenant="acme", app="chat", key_id="k1", subject="pseudo", model="mistral-7b", endpoint="chat",
+                  policy_hash="a" * 16, decisions="[]", attempts="[]", deployment="eu-1", jurisdiction="EU",
+                  status=200, prev_hash=audit.GENESIS)
+    golden = "c81d191dde2fce9d900c819ee8213ef814921a91fc62da0b548fb4e0ce2846ca"
+    assert audit._digest(fields) == golden
+    assert audit._digest({**fields, "at": datetime(2026, 11, 30, 12, 0, 1, 2)}) == golden  # naive UTC: the same
+    berlin = datetime(2026, 11, 30, 13, 0, 1, 2, tzinfo=timezone(timedelta(hours=1)))
+    assert audit._digest({**fields, "at": berlin}) == golden
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_chains_verify_whatever_time_zone_the_database_session_and_the_process_use(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upgrade(postgres_url)
+    writer_engine = make_engine(postgres_url)
+    sink = _Sink()
+    auditor = audit.Auditor(writer=sink)
+    auditor.start()
+    auditor.record(finished_request(US))
+    auditor.close()
+    Writer(writer_engine, tmp_path / "spool")._write(sink.rows)
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    berlin = create_engine(postgres_url, connect_args={"options": "-c timezone=Europe/Berlin"})
+    try:
+        assert problems(berlin, auditor.chain_id) == []
+    finally:
+        berlin.dispose()
+        writer_engine.dispose()
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_the_newest_end_mark_counts_and_an_empty_closed_chain_is_whole(engine: Engine, tmp_path: Path) -> None:
+    sink = _Sink()
+    auditor, empty = audit.Auditor(writer=sink), audit.Auditor(writer=sink)
+    auditor.start()
+    for _ in range(3):
+        auditor.record(finished_request(US))
+    empty.start()
+    empty.close()  # stopped cleanly without a request: an end mark at 0
+    now = datetime.now(UTC)
+    sink.rows.append(AuditChainMark(chain_id=auditor.chain_id, kind="recovered", seq=5, at=now))
+    sink.rows.append(AuditChainMark(chain_id=auditor.chain_id, kind="end", seq=3, at=now))
+    Writer(engine, tmp_path / "spool")._write(sink.rows)
+    assert problems(engine, auditor.chain_id) == [
+        f"chain {auditor.chain_id}: records 4..5 are missing (end of chain)"]
+    assert problems(engine, empty.chain_id) == []
