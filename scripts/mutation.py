@@ -51,7 +51,7 @@ TESTS: dict[str, list[str]] = {
     "gateway/accounting/limits.py": ["test_accounting_limits", "test_accounting_policy", "test_two_gateways", "test_accounting_lease"],
     "gateway/accounting/lease.py": ["test_accounting_lease", "test_accounting_policy", "test_two_gateways",
                                     "test_counters"],
-    "gateway/bundle.py": ["test_layering", "test_property_layering", "test_policy_cli", "test_chain",
+    "gateway/bundle.py": ["test_bundle_errors", "test_layering", "test_property_layering", "test_policy_cli", "test_chain",
                           "test_config"],
 }
 
