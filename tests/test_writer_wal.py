@@ -9,6 +9,7 @@ torn lines, rejected rows and a database that goes away.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 from datetime import UTC, date, datetime
@@ -22,11 +23,27 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, select
 
+from gateway import metrics
 from gateway.store import writer as writer_module
 from gateway.store.db import AuditChainMark
 from gateway.store.ledger import UsageRecord
 from gateway.store.writer import Writer, _decode, _tables
 from tests.test_writer import _count, _row
+
+
+def rows_counted() -> dict[str, float]:
+    """The writer's row counter, by outcome."""
+    return {s.labels["outcome"]: s.value for m in metrics.WRITER_ROWS.collect() for s in m.samples
+            if s.name == "gateway_writer_rows_total"}
+
+
+def counted_since(before: dict[str, float]) -> dict[str, float]:
+    now = rows_counted()
+    return {k: v - before.get(k, 0) for k, v in now.items() if v != before.get(k, 0)}
+
+
+def messages(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "gateway.writer"]
 
 
 def wal_files(spool: Path) -> list[Path]:
@@ -58,12 +75,36 @@ async def test_a_row_is_in_the_write_ahead_file_as_soon_as_it_is_put(sqlite_engi
     assert item["table"] == "usage_ledger" and item["row"]["request_id"] == row.request_id
     assert item["row"]["cost_eur"] == "0.0000123456"  # decimals travel as strings, exactly
     assert writer._segments[-1].remaining == 1 and writer.pending == 1
+    before = rows_counted()
     await writer.stop()
     assert wal_files(spool) == [] and _count(sqlite_engine, [row.request_id]) == 1
+    assert counted_since(before) == {"written": 1.0}
+
+
+async def test_put_never_raises_and_a_missing_write_ahead_file_only_costs_the_crash_guarantee(
+    sqlite_engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = tmp_path / "spool"
+    writer = Writer(sqlite_engine, spool, flush_interval_s=60)
+    await writer.start()
+    writer.put(object())  # type: ignore[arg-type]  # not a row: logged, not raised
+    assert writer.pending == 0 and messages(caplog) == [("ERROR", "writer.put failed")]
+    await writer.stop()
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("not a directory")
+    writer = Writer(sqlite_engine, in_the_way, flush_interval_s=60)
+    writer._rotate()
+    assert not writer._segments
+    assert ("ERROR", f"could not open a write-ahead file in {in_the_way}") in messages(caplog)
+    row = _row()
+    writer.put(row)  # no write-ahead file: still queued and written
+    assert writer.pending == 1
+    await writer.flush()
+    assert _count(sqlite_engine, [row.request_id]) == 1
 
 
 async def test_a_dead_processs_write_ahead_file_is_replayed_and_its_chain_closed_at_the_next_start(
-    sqlite_engine: Engine, tmp_path: Path
+    sqlite_engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     spool = tmp_path / "spool"
     dead = Writer(sqlite_engine, spool, flush_interval_s=60)
@@ -78,11 +119,16 @@ async def test_a_dead_processs_write_ahead_file_is_replayed_and_its_chain_closed
         seen.append(items)
         return [AuditChainMark(chain_id="dead-chain", kind="recovered", seq=len(items), at=datetime.now(UTC))]
 
+    [wal] = wal_files(spool)
     later = Writer(sqlite_engine, spool, flush_interval_s=0.02)
     later.on_recover = on_recover
+    before = rows_counted()
     await later.start()
     await later.stop()
     assert _count(sqlite_engine, ids) == 3
+    assert counted_since(before) == {"replayed": 4.0}  # three rows and the recovered mark
+    assert ("WARNING", f"recovering {wal.name}, left by a process that did not stop cleanly") in messages(caplog)
+    assert ("WARNING", "replayed 4 spooled rows") in messages(caplog)
     assert [[item["row"]["request_id"] for item in items] for items in seen] == [ids]
     with Session(sqlite_engine) as s:
         mark = s.exec(select(AuditChainMark).where(AuditChainMark.chain_id == "dead-chain")).one()
@@ -188,7 +234,7 @@ async def test_an_overflow_that_cannot_be_spooled_keeps_the_write_ahead_file(
 
 
 async def test_a_failed_write_is_spooled_and_the_file_deleted_once_spooled(
-    sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     spool = tmp_path / "spool"
     writer = Writer(sqlite_engine, spool, flush_interval_s=60, retry_s=60)
@@ -200,7 +246,10 @@ async def test_a_failed_write_is_spooled_and_the_file_deleted_once_spooled(
         raise OperationalError("INSERT", {}, Exception("connection refused"))
 
     monkeypatch.setattr(writer, "_write", down)
+    before = rows_counted()
     await writer.flush()
+    assert counted_since(before) == {"spooled": 1.0}
+    assert messages(caplog) == [("WARNING", f"database write failed (OperationalError); spooling rows to {spool}")]
     assert not writer.healthy and writer._segments[-1].remaining == 0 and not writer._segments[-1].keep
     [spooled] = writer.spooled_files()
     assert [item["row"]["request_id"] for item in lines(spooled)] == [row.request_id]
@@ -208,13 +257,17 @@ async def test_a_failed_write_is_spooled_and_the_file_deleted_once_spooled(
     writer.put(second)
     await writer.flush()  # within retry_s: straight to the spool, the database is not tried
     assert [item["row"]["request_id"] for item in lines(spooled)] == [row.request_id, second.request_id]
+    assert len(messages(caplog)) == 1  # the outage is logged once, not per batch
     monkeypatch.undo()
+    before = rows_counted()
     await writer.stop()
     assert _count(sqlite_engine, [row.request_id, second.request_id]) == 2 and writer.healthy
+    assert counted_since(before) == {"replayed": 2.0}
+    assert ("WARNING", "database is back") in messages(caplog)
 
 
 def test_replay_skips_torn_lines_quarantines_refused_rows_and_keeps_the_rest(
-    sqlite_engine: Engine, tmp_path: Path
+    sqlite_engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()
@@ -225,7 +278,16 @@ def test_replay_skips_torn_lines_quarantines_refused_rows_and_keeps_the_rest(
     path = spool / "crashed.jsonl"
     path.write_bytes(writer._line(_row(good[0])) + b"not json\n" + b'{"table": "no_such_table", "row": {}}\n'
                      + writer._line(refused) + writer._line(_row(good[1])) + b"\n" + writer._line(_row(good[2])))
+    before = rows_counted()
+    caplog.set_level(logging.INFO, "gateway.writer")
     assert writer.replay() == 6  # lines read, blank lines not counted
+    assert counted_since(before) == {"lost": 2.0, "rejected": 1.0, "replayed": 6.0}
+    assert messages(caplog) == [
+        ("ERROR", "skipping an unreadable spooled row in crashed.jsonl"),
+        ("ERROR", "skipping an unreadable spooled row in crashed.jsonl"),
+        ("ERROR", "quarantining a usage_ledger row the database refused (IntegrityError)"),
+        ("WARNING", "replayed 6 spooled rows"),
+    ]
     assert _count(sqlite_engine, good) == 3
     [bad] = spool.glob("rejected-*.bad")
     assert bad.name == "rejected-crashed.jsonl.bad"
