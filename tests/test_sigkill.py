@@ -129,10 +129,10 @@ def test_sigkill_under_load_loses_no_row_of_an_answered_request(upstream: DevUps
             newest = s.exec(select(AuditRecord).where(AuditRecord.chain_id == killed.chain_id)
                             .order_by(col(AuditRecord.seq).desc())).first()
             assert newest is not None
+            chain, seq = killed.chain_id, newest.seq  # read before the commit expires the instances
             s.delete(newest)
             s.commit()
-        assert verify(engine)[1] == [f"chain {killed.chain_id}: records {newest.seq}..{newest.seq} are missing "
-                                     "(end of chain)"]
+        assert verify(engine)[1] == [f"chain {chain}: records {seq}..{seq} are missing (end of chain)"]
     finally:
         proc.kill()
         proc.wait(10)
