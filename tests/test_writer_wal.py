@@ -28,6 +28,7 @@ from gateway.store import writer as writer_module
 from gateway.store.db import AuditChainMark
 from gateway.store.ledger import UsageRecord
 from gateway.store.writer import Writer, _decode, _tables
+from tests.test_regressions import _wait_for
 from tests.test_writer import _count, _row
 
 
@@ -208,11 +209,7 @@ async def test_a_full_batch_wakes_the_writer_before_its_interval(sqlite_engine: 
     await asyncio.sleep(0.2)
     assert _count(sqlite_engine, ids) == 0  # under a batch: waits for the interval
     writer.put(_row(ids[2]))
-    for _ in range(100):
-        if _count(sqlite_engine, ids) == 3:
-            break
-        await asyncio.sleep(0.02)
-    assert _count(sqlite_engine, ids) == 3
+    assert await _wait_for(sqlite_engine, ids, 3) == 3
     await writer.stop()
 
 
