@@ -183,3 +183,183 @@ async def test_a_request_cancelled_during_its_top_up_does_not_leave_the_others_w
         if keys:
             await services.redis.delete(*keys)
         await services.redis.aclose()
+
+
+# --- Leases hook by hook, with a fixed clock and a settler that records what is given back -----------
+
+
+class Recorder(Settler):
+    def __init__(self) -> None:
+        super().__init__(MemoryCounters())
+        self.given: list[tuple[str, int]] = []
+        self.flushes = 0
+
+    def add(self, deltas):  # type: ignore[no-untyped-def]
+        self.given.extend(deltas)
+
+    async def flush(self) -> None:
+        self.flushes += 1
+
+
+def held(amount: int, key: str = "eur", limit: int = 10_000) -> Limit:
+    return Limit(key, limit, amount, 60)
+
+
+async def leases_holding(*grants: tuple[str, int], seconds: float = 10) -> tuple[Leases, Recorder, Clock]:
+    settler, clock = Recorder(), Clock()
+    leases = Leases(settler, clock)
+    lims = [held(1, key) for key, _ in grants]
+    topup = leases.ask(lims, fraction=1.0, requests=1_000_000)
+    leases.granted(lims, [amount for _, amount in grants], seconds=seconds, topup=topup)
+    return leases, settler, clock
+
+
+async def test_take_uses_a_lease_down_to_exactly_nothing_and_not_past_its_expiry() -> None:
+    leases, _, clock = await leases_holding(("eur", 30))
+    assert not leases.take([held(31)])
+    assert leases.take([held(20)])
+    assert not leases.take([held(11)])  # 10 left
+    assert leases.take([held(10)])  # exactly what is left
+    assert not leases.take([held(1)])
+    leases, _, clock = await leases_holding(("eur", 30))
+    clock.now += 10  # expires at exactly now
+    assert not leases.take([held(1)])
+    assert not leases.take([held(1, "other")])  # never leased
+
+
+async def test_take_is_all_or_nothing_across_counters() -> None:
+    leases, _, _ = await leases_holding(("eur", 30), ("rpm", 1))
+    assert not leases.take([held(10, "eur"), held(2, "rpm")])
+    assert leases.take([held(30, "eur"), held(1, "rpm")])  # the refused take used nothing
+    assert not leases.take([held(1, "eur")])
+
+
+async def test_wait_takes_at_once_when_every_lease_suffices_and_refuses_without_a_top_up_coming() -> None:
+    leases, _, clock = await leases_holding(("eur", 30), ("rpm", 2))
+    assert await asyncio.wait_for(leases.wait([held(30, "eur"), held(2, "rpm")]), 1)
+    assert not await asyncio.wait_for(leases.wait([held(1, "eur")]), 1)  # empty, and no top-up on its way
+    leases, _, clock = await leases_holding(("eur", 30))
+    clock.now += 10
+    assert not await asyncio.wait_for(leases.wait([held(1, "eur")]), 1)  # expired, nothing coming
+
+
+async def test_wait_waits_for_the_top_up_on_its_way_and_then_takes() -> None:
+    leases, _, _ = await leases_holding(("eur", 5), ("rpm", 50))
+    asking = [held(10, "eur"), held(1, "rpm")]
+    topup = leases.ask(asking, fraction=1.0, requests=4)
+    assert topup is not None
+    waiter = asyncio.create_task(leases.wait([held(10, "eur"), held(1, "rpm")]))
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    leases.granted(asking, [35, 0], seconds=10, topup=topup)
+    assert await asyncio.wait_for(waiter, 1)
+    assert leases.take([held(30, "eur")])  # 5 + 35 - 10 left
+    assert not leases.take([held(1, "eur")])
+
+
+async def test_ask_sizes_the_lease_by_the_limit_the_request_and_what_is_held_or_asked_for() -> None:
+    leases = Leases(Recorder(), Clock())
+    lims = [Limit("a", 1_000, 10, 60), Limit("b", 1_000, 10, 60), Limit("c", 100, 10, 60)]
+    topup = leases.ask(lims, fraction=0.5, requests=8)
+    # a, b: min(500, 80); c: min(50, 80)
+    assert [lim.lease for lim in lims] == [80, 80, 50]
+    assert topup is not None
+    again = [Limit("a", 1_000, 10, 60), Limit("c", 100, 10, 60)]
+    assert leases.ask(again, fraction=0.5, requests=9) is not None
+    assert [lim.lease for lim in again] == [90 - 80, 0]  # what is asked already counts; c is at its 50
+
+
+async def test_ask_counts_what_is_held_and_what_is_in_flight() -> None:
+    leases, _, clock = await leases_holding(("a", 30))
+    lims = [Limit("a", 1_000, 10, 60)]
+    topup = leases.ask(lims, fraction=1.0, requests=8)
+    assert lims[0].lease == 80 - 30  # topped up to 8 requests' worth
+    more = [Limit("a", 1_000, 10, 60)]
+    newer = leases.ask(more, fraction=1.0, requests=10)
+    assert topup is not None and newer is not None and newer is not topup
+    assert more[0].lease == 100 - 30 - 50
+    clock.now += 10  # the held 30 expire: they no longer count
+    late = [Limit("a", 1_000, 10, 60)]
+    leases.ask(late, fraction=1.0, requests=12)
+    assert late[0].lease == 120 - 50 - 20
+
+
+async def test_a_lease_of_exactly_one_request_is_asked_for_and_one_below_is_not() -> None:
+    leases = Leases(Recorder(), Clock())
+    exact = [Limit("x", 100, 10, 60)]
+    assert leases.ask(exact, fraction=0.1, requests=64) is not None
+    assert exact[0].lease == 10
+    below = [Limit("y", 99, 10, 60)]
+    assert leases.ask(below, fraction=0.1, requests=64) is None
+    assert below[0].lease == 0
+
+
+async def test_one_top_up_serves_every_counter_of_one_ask_and_a_later_ask_replaces_it() -> None:
+    leases = Leases(Recorder(), Clock())
+    first = [Limit("a", 1_000, 10, 60), Limit("b", 1_000, 10, 60)]
+    topup = leases.ask(first, fraction=1.0, requests=2)
+    assert topup is not None and leases._topups == {"a": topup, "b": topup}
+    second = [Limit("a", 1_000, 10, 60)]
+    newer = leases.ask(second, fraction=1.0, requests=3)
+    assert newer is not None and newer is not topup
+    assert leases._topups == {"a": newer, "b": topup}
+    assert leases._asked == {"a": 30, "b": 20}
+    leases.cancel(first, topup)  # the older top-up failed: a's newer one is still on its way
+    assert topup.is_set() and not newer.is_set()
+    assert leases._topups == {"a": newer}
+    assert leases._asked == {"a": 10}
+    assert [lim.lease for lim in first] == [0, 0]
+    leases.cancel(second, newer)
+    assert leases._topups == {} and leases._asked == {}
+    leases.cancel(second, None)  # nothing asked: nothing to undo
+    assert leases._asked == {}
+
+
+async def test_granted_adds_to_a_live_lease_and_replaces_an_expired_one_giving_its_rest_back() -> None:
+    leases, settler, clock = await leases_holding(("a", 30), ("b", 20))
+    assert leases.take([held(5, "a"), held(20, "b")])
+    clock.now += 5
+    lims = [held(1, "a"), held(1, "b")]
+    topup = leases.ask(lims, fraction=1.0, requests=1_000)
+    leases.granted(lims, [10, 0], seconds=10, topup=topup)
+    assert leases._held["a"] == [35, 1015]  # 25 left + 10, and it lives 10 s from now
+    assert leases._held["b"] == [0, 1010]  # nothing granted: unchanged
+    clock.now += 10
+    lims = [held(1, "a"), held(1, "b")]
+    topup = leases.ask(lims, fraction=1.0, requests=1_000)
+    leases.granted(lims, [7, 3], seconds=4, topup=topup)
+    assert leases._held == {"a": [7, 1019], "b": [3, 1019]}
+    assert settler.given == [("a", -35)]  # b's expired lease was empty: nothing to give back
+    assert leases._asked == {} and leases._topups == {}
+
+
+async def test_expired_leases_are_swept_back_and_the_sweep_repeats_while_leases_are_held() -> None:
+    leases, settler, clock = await leases_holding(("a", 30), seconds=0.02)
+    later = [held(1, "b")]
+    topup = leases.ask(later, fraction=1.0, requests=1_000)
+    clock.now += 0.01
+    leases.granted(later, [9], seconds=0.02, topup=topup)
+    assert leases._sweep is not None
+    await asyncio.sleep(0.03)
+    # The first sweep ran before the clock moved: nothing had expired, so it was rescheduled.
+    assert settler.given == []
+    assert leases._sweep is not None
+    clock.now += 0.015  # a expired at 1000.02, b lives until 1000.03
+    await asyncio.sleep(0.03)
+    assert settler.given == [("a", -30)]
+    assert set(leases._held) == {"b"}
+    clock.now += 1
+    await asyncio.sleep(0.03)
+    assert settler.given == [("a", -30), ("b", -9)]
+    assert leases._held == {} and leases._sweep is None
+
+
+async def test_closing_gives_every_lease_back_cancels_the_sweep_and_flushes() -> None:
+    leases, settler, _ = await leases_holding(("a", 30), ("b", 4), ("c", 2))
+    assert leases.take([held(2, "c")])
+    sweep = leases._sweep
+    assert sweep is not None
+    await leases.aclose()
+    assert sorted(settler.given) == [("a", -30), ("b", -4)]  # c is used up: nothing to give back
+    assert leases._held == {} and leases._sweep is None and sweep.cancelled()
+    assert settler.flushes == 1

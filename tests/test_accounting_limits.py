@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from gateway.accounting.limits import check, nano_eur, owner, utcnow, window
+from gateway.accounting.limits import _window, check, nano_eur, owner, utcnow, window
 from gateway.store.counters import Limit
 
 
@@ -35,6 +35,15 @@ def test_money_is_counted_in_whole_nano_euros_rounded_up() -> None:
 ])
 def test_windows_are_utc_calendar_periods(period: str, now: datetime, wid: str, end: datetime) -> None:
     assert window(period, now) == (wid, end)  # type: ignore[arg-type]
+
+
+def test_one_window_computation_serves_a_whole_minute() -> None:
+    # window() drops seconds and microseconds before its cache, so every request of a minute hits it.
+    _window.cache_clear()
+    for second, micro in [(0, 0), (7, 3), (59, 999999)]:
+        assert window("day", at(2026, 11, 30, 10, 5, second, micro)) == ("20261130", at(2026, 12, 1))
+    assert _window.cache_info().misses == 1
+    assert _window.cache_info().hits == 2
 
 
 def test_each_scope_has_its_owner() -> None:
