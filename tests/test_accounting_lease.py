@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterable
 from typing import cast
 
+import pytest
 import redis.asyncio as aioredis
 
 from gateway.accounting.lease import Leases
@@ -194,7 +196,7 @@ class Recorder(Settler):
         self.given: list[tuple[str, int]] = []
         self.flushes = 0
 
-    def add(self, deltas):  # type: ignore[no-untyped-def]
+    def add(self, deltas: Iterable[tuple[str, int]]) -> None:
         self.given.extend(deltas)
 
     async def flush(self) -> None:
@@ -363,3 +365,55 @@ async def test_closing_gives_every_lease_back_cancels_the_sweep_and_flushes() ->
     assert sorted(settler.given) == [("a", -30), ("b", -4)]  # c is used up: nothing to give back
     assert leases._held == {} and leases._sweep is None and sweep.cancelled()
     assert settler.flushes == 1
+
+
+async def test_wait_checks_every_counter_and_waits_for_a_top_up_of_a_lease_that_just_expired() -> None:
+    leases, _, clock = await leases_holding(("rpm", 50), ("eur", 30), seconds=10)
+    asking = [held(10, "eur")]
+    topup = leases.ask(asking, fraction=1.0, requests=4)
+    # rpm's lease suffices, eur's is short: the first counter being fine must not end the check.
+    waiter = asyncio.create_task(leases.wait([held(1, "rpm"), held(35, "eur")]))
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    leases.granted(asking, [10], seconds=10, topup=topup)
+    assert await asyncio.wait_for(waiter, 1)
+    clock.now += 10  # every lease expires at exactly now: a top-up on its way is what to wait for
+    asking = [held(10, "eur")]
+    topup = leases.ask(asking, fraction=1.0, requests=4)
+    waiter = asyncio.create_task(leases.wait([held(5, "eur")]))  # eur still has 5 left, but expired
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    leases.granted(asking, [40], seconds=10, topup=topup)
+    assert await asyncio.wait_for(waiter, 1)
+
+
+async def test_cancel_keeps_what_other_reservations_still_ask_for_down_to_one() -> None:
+    leases = Leases(Recorder(), Clock())
+    first = [Limit("a", 1_000, 10, 60)]
+    topup = leases.ask(first, fraction=1.0, requests=1)
+    second = [Limit("a", 1_000, 1, 60)]
+    assert leases.ask(second, fraction=1.0, requests=11) is not None
+    assert [first[0].lease, second[0].lease] == [10, 1]
+    leases.cancel(first, topup)
+    assert leases._asked == {"a": 1}
+
+
+async def test_granted_needs_one_amount_per_counter_and_a_zero_grant_skips_only_its_own() -> None:
+    leases, _, _ = await leases_holding(("a", 1))
+    sweep = leases._sweep
+    lims = [held(1, "a"), held(1, "b")]
+    topup = leases.ask(lims, fraction=1.0, requests=1_000)
+    leases.granted(lims, [0, 5], seconds=10, topup=topup)
+    assert leases._held == {"a": [1, 1010], "b": [5, 1010]}
+    assert leases._sweep is sweep  # one sweep timer at a time
+    with pytest.raises(ValueError):
+        leases.granted([held(1, "a"), held(1, "b")], [5], seconds=10, topup=None)
+
+
+async def test_a_lease_expiring_at_exactly_now_is_swept_and_a_last_unit_is_given_back() -> None:
+    leases, settler, clock = await leases_holding(("a", 1), ("b", 3), seconds=10)
+    assert leases.take([held(2, "b")])
+    clock.now += 10
+    leases._expire(10)
+    assert sorted(settler.given) == [("a", -1), ("b", -1)]
+    assert leases._held == {}
