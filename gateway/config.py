@@ -11,7 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway import yamlsrc
 from gateway.rag.settings import RagSettings
@@ -108,6 +108,23 @@ class Storage(Strict):
         "fsync the write-ahead file after each append. Off: rows are appended with one write(2) before the "
         "response's last byte, which survives the process being killed (SIGKILL, OOM) but not a kernel crash "
         "or power loss. On: also survives those, at the cost of one fsync per request."))
+
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, url: str) -> str:
+        # The writer's replays skip rows already stored (INSERT ... ON CONFLICT DO NOTHING), and the
+        # migrations and tests cover these two; another database would fail at its first flush.
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            backend = make_url(url).get_backend_name()
+        except ArgumentError:
+            raise ValueError("not a SQLAlchemy database URL") from None
+        if backend not in ("sqlite", "postgresql"):
+            raise ValueError(f"the gateway stores its data in SQLite or PostgreSQL, not {backend!r}")
+        return url
 
 
 class Server(Strict):

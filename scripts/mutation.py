@@ -43,7 +43,7 @@ TESTS: dict[str, list[str]] = {
     "gateway/pii/placeholders.py": ["test_pii_placeholders", "test_pii_stream", "test_stream_shapes", "test_pii_gateway",
                                     "test_regressions"],
     "gateway/audit.py": ["test_audit_chain", "test_writer_wal", "test_regressions", "test_admin_surface"],
-    "gateway/store/writer.py": ["test_writer", "test_writer_wal", "test_regressions", "test_storage"],
+    "gateway/store/writer.py": ["test_writer", "test_writer_wal", "test_writer_paths", "test_regressions", "test_storage"],
     "gateway/policies/consent_fallback.py": ["test_routing_policies", "test_consent_cases", "test_policy_residency", "test_shipped_bundle",
                                              "test_property_residency", "test_rag_pii_ordering"],
     "gateway/policies/residency.py": ["test_routing_policies", "test_policy_residency", "test_consent_cases", "test_property_residency",

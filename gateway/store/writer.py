@@ -36,13 +36,13 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import date, datetime
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Dialect, Engine, Table, insert
+from sqlalchemy import Dialect, Engine, Table
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlmodel import SQLModel
 
@@ -82,6 +82,8 @@ class _Segment:
 
 
 class Writer:
+    stop_timeout_s = 30.0  # how long stop() lets a flush in progress finish
+
     def __init__(
         self,
         engine: Engine,
@@ -150,14 +152,14 @@ class Writer:
         """Stop the background task and write (or spool) everything still queued.
 
         A flush in progress is allowed to finish (its batch is in a worker thread's transaction);
-        only a loop that does not stop within 30 s is cancelled, and then its write-ahead files are
-        kept for the next start to replay."""
+        only a loop that does not stop within ``stop_timeout_s`` is cancelled, and then its write-ahead
+        files are kept for the next start to replay."""
         if self._task is not None:
             self._stopping = True
             if self._wake is not None:
                 self._wake.set()
             try:
-                await asyncio.wait_for(asyncio.shield(self._task), 30)
+                await asyncio.wait_for(asyncio.shield(self._task), self.stop_timeout_s)
             except (TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -211,13 +213,19 @@ class Writer:
     # --- write-ahead file ------------------------------------------------------------------
 
     def _line(self, row: SQLModel) -> bytes:
+        table, names, values = self._values(row)
+        return orjson.dumps({"table": table.name, "row": {n: values[n] for n in names}}, default=_encode) + b"\n"
+
+    def _values(self, row: SQLModel) -> tuple[Table, frozenset[str], Mapping[str, Any]]:
+        """The row's table, its column names, and a mapping that holds (at least) every column's value."""
         table = row.__table__  # type: ignore[attr-defined]
         names = self._column_names.get(table)
         if names is None:
             names = self._column_names[table] = frozenset(c.name for c in table.columns)
+        # model_construct fills every field, so the instance dict holds every column; going
+        # through the ORM attributes costs 5x. A row the ORM has expired or deferred has gaps.
         d = row.__dict__
-        values = {n: d[n] for n in names} if d.keys() >= names else {n: getattr(row, n) for n in names}
-        return orjson.dumps({"table": table.name, "row": values}, default=_encode) + b"\n"
+        return table, names, (d if d.keys() >= names else {n: getattr(row, n) for n in names})
 
     def _rotate(self) -> None:
         try:
@@ -225,8 +233,6 @@ class Writer:
             self._segments.append(_Segment(self.spool_dir / f"wal-{self._id}-{self._wal_seq}{_WAL}"))
         except OSError:
             log.exception("could not open a write-ahead file in %s", self.spool_dir)
-        while len(self._segments) > 1 and self._segments[0].remaining == 0:
-            self._segments.popleft().retire()
 
     def _settled(self, n: int, ok: bool) -> None:
         """The oldest ``n`` queued rows are in SQL or the spool (``ok``), or were lost: in that case their
@@ -300,16 +306,8 @@ class Writer:
     def _write(self, rows: Iterable[SQLModel]) -> None:
         by_table: dict[Table, list[Mapping[str, Any]]] = {}
         for row in rows:
-            table = row.__table__  # type: ignore[attr-defined]
-            # model_construct fills every field, so the instance dict holds every column; going
-            # through the ORM attributes costs 5x.
-            d = row.__dict__
-            names = self._column_names.get(table)
-            if names is None:
-                names = self._column_names[table] = frozenset(c.name for c in table.columns)
-            if not d.keys() >= names:
-                d = {c.name: getattr(row, c.name) for c in table.columns}
-            by_table.setdefault(table, []).append(d)
+            table, _, values = self._values(row)
+            by_table.setdefault(table, []).append(values)
         self._insert(by_table)
 
     def _insert(self, by_table: Mapping[Table, list[Mapping[str, Any]]]) -> None:
@@ -468,9 +466,8 @@ def _insert_ignoring_duplicates(table: Table, dialect: str) -> Any:
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         return sqlite_insert(table).on_conflict_do_nothing()
-    if dialect in ("mysql", "mariadb"):
-        return insert(table).prefix_with("IGNORE")
-    return insert(table)  # no portable "skip duplicates"; replays may then fail on the key
+    # config.Storage refuses other databases: replays need "skip duplicates", and only these two are tested.
+    raise ValueError(f"unsupported database dialect {dialect!r}")
 
 
 def _tables() -> dict[str, Table]:
@@ -496,7 +493,8 @@ def _encode(value: Any) -> Any:
 
 
 def _decode(table: Table, row: dict[str, Any]) -> dict[str, Any]:
-    """JSON values back to the column's Python type (datetimes and decimals travel as strings)."""
+    """JSON values back to the column's Python type (datetimes and decimals travel as strings; no table has a
+    date column)."""
     out: dict[str, Any] = {}
     for column in table.columns:
         value = row.get(column.name)
@@ -504,8 +502,6 @@ def _decode(table: Table, row: dict[str, Any]) -> dict[str, Any]:
             kind = _python_type(column.type)
             if kind is datetime and isinstance(value, str):
                 value = datetime.fromisoformat(value)
-            elif kind is date and isinstance(value, str):
-                value = date.fromisoformat(value)
             elif kind is Decimal and not isinstance(value, Decimal):
                 value = Decimal(str(value))
         out[column.name] = value
