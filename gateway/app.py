@@ -109,7 +109,7 @@ class Gateway:
         self._stop_watch = asyncio.Event()
         self._watch: asyncio.Task[None] | None = None
         if policies.is_dir():
-            self._watch = asyncio.create_task(watch(self.bundle, policies, self.config, self._stop_watch))
+            self._watch = asyncio.create_task(watch(self.bundle, policies, self._stop_watch))
         await self.writer.start()
         self.auditor.start()
         # Library modules (spaCy, weaviate, numpy) can leave ~200 MB of long-lived objects; moving

@@ -186,9 +186,8 @@ def _instantiate(resolved: Resolved, services: Services | None) -> list[Policy]:
 class BundleHolder:
     """Holds the current bundle; a reload swaps it atomically (one attribute assignment)."""
 
-    def __init__(self, bundle: Bundle, services: Services | None = None) -> None:
-        self.services = services
-        bundle.services = services
+    def __init__(self, bundle: Bundle) -> None:
+        self.services: Services | None = None  # set by bind(), once the gateway's services exist
         self.current = bundle
 
     def bind(self, services: Services) -> None:
@@ -398,12 +397,12 @@ def policy_files(paths: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def load_bundle(paths: Iterable[str | Path], config: Config | None = None) -> Bundle:
+def load_bundle(paths: Iterable[str | Path]) -> Bundle:
     """Load a bundle from files or directories (``*_test.yaml`` files are test cases, not policy)."""
     return parse_bundle(load(f, expand_env=False) for f in policy_files(paths))
 
 
-async def watch(holder: BundleHolder, directory: Path, config: Config, stop: asyncio.Event) -> None:
+async def watch(holder: BundleHolder, directory: Path, stop: asyncio.Event) -> None:
     """Reload the bundle when a file under ``directory`` changes; keep the last good one on error."""
     from watchfiles import awatch
 
@@ -411,7 +410,7 @@ async def watch(holder: BundleHolder, directory: Path, config: Config, stop: asy
 
     async for _changes in awatch(directory, stop_event=stop, debounce=200, step=50):
         try:
-            bundle = await asyncio.to_thread(load_bundle, [directory], config)
+            bundle = await asyncio.to_thread(load_bundle, [directory])
         except ConfigError as exc:
             metrics.POLICY_RELOAD_FAILURES.inc()
             log.error("policy reload rejected; keeping bundle %s", holder.current.hash,
@@ -432,4 +431,4 @@ def load_holder(config: Config) -> BundleHolder:
     directory = Path(config.server.policies_dir)
     if not directory.exists():
         return BundleHolder(Bundle.empty())
-    return BundleHolder(load_bundle([directory], config))
+    return BundleHolder(load_bundle([directory]))

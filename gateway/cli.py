@@ -434,7 +434,7 @@ def _bundle(config: Config, paths: list[Path] | None) -> Bundle:
     from gateway.bundle import load_bundle
 
     try:
-        return load_bundle(paths or [Path(config.server.policies_dir)], config)
+        return load_bundle(paths or [Path(config.server.policies_dir)])
     except ConfigError as exc:
         for problem in exc.problems:
             err.print(f"[red]error[/red] {problem}", highlight=False)

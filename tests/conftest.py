@@ -173,7 +173,7 @@ def gateway_factory(sqlite_url: str) -> Iterator[Callable[..., RunningGateway]]:
         if config.storage.spool_dir == "./spool":  # keep the writer's spool out of the work tree
             config = config.model_copy(update={"storage": config.storage.model_copy(
                 update={"spool_dir": str(Path(sqlite_url.removeprefix("sqlite:///")).parent / "spool")})})
-        holder = BundleHolder(load_bundle([policies], config)) if policies else None
+        holder = BundleHolder(load_bundle([policies])) if policies else None
         running = start_gateway(config, holder)
         started.append(running)
         return running

@@ -7,7 +7,11 @@ compliance team can meet and the small mechanisms around the bundle.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +24,7 @@ from gateway.bundle import (
     order_warnings,
     parse_bundle,
     policy_files,
+    watch,
 )
 from gateway.config import Config
 from gateway.errors import GatewayError
@@ -158,3 +163,63 @@ def test_where_falls_back_to_the_nearest_written_place() -> None:
     assert bundle.where(("defaults", "residency", "allow")) == "a.yaml:4"
     assert bundle.where(("defaults", "residency", "strict")) == "a.yaml:3"
     assert Bundle.empty().where(("defaults",)) == "<bundle>"
+
+
+def _counter(metric: Any) -> float:
+    return sum(s.value for m in metric.collect() for s in m.samples if s.name.endswith("_total"))
+
+
+async def test_watch_swaps_a_changed_bundle_keeps_the_last_good_one_and_stops_when_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from gateway import bundle as bundle_module
+    from gateway import metrics
+
+    caplog.set_level(logging.INFO, "gateway.policy")
+    (tmp_path / "bundle.yaml").write_text("version: 1\ndefaults:\n  residency: {allow: [EU]}\n")
+    holder = BundleHolder(load_bundle([tmp_path]))
+    first = holder.current.hash
+    stop = asyncio.Event()
+    task = asyncio.create_task(watch(holder, tmp_path, stop))
+    await asyncio.sleep(0.3)  # the watcher is set up
+    reloads, failures = _counter(metrics.POLICY_RELOADS), _counter(metrics.POLICY_RELOAD_FAILURES)
+
+    async def until(condition: Callable[[], bool]) -> None:
+        for _ in range(100):
+            if condition():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("the watcher did not react within 5 s")
+
+    (tmp_path / "bundle.yaml").write_text("version: 1\ndefaults:\n  residency: {allow: [EU, US]}\n")
+    await until(lambda: holder.current.hash != first)
+    assert holder.current.sections_for("t", "a") == {"residency": {"allow": ["EU", "US"]}}
+    assert _counter(metrics.POLICY_RELOADS) == reloads + 1
+    good = holder.current.hash
+    [reloaded] = [r for r in caplog.records if r.name == "gateway.policy"]
+    assert (reloaded.levelname, reloaded.getMessage(), reloaded.policy_hash) == (  # type: ignore[attr-defined]
+        "INFO", "policy bundle reloaded", good)
+    caplog.clear()
+    (tmp_path / "bundle.yaml").write_text("version: 1\ndefaults:\n  residency: {allow: [EUR]}\n")
+    await until(lambda: _counter(metrics.POLICY_RELOAD_FAILURES) == failures + 1)
+    [rejected] = [r for r in caplog.records if r.name == "gateway.policy"]
+    assert rejected.getMessage() == f"policy reload rejected; keeping bundle {good}"
+    assert rejected.levelname == "ERROR"
+    assert rejected.problems == [  # type: ignore[attr-defined]
+        f"{tmp_path / 'bundle.yaml'}:3: defaults.residency.allow[0]: unknown jurisdiction 'EUR' "
+        "(known: AU, BR, CA, CH, CN, EEA, EU, IN, JP, KR, SG, UK, US)"]
+    assert holder.current.hash == good
+
+    def broken(paths: Any) -> Bundle:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(bundle_module, "load_bundle", broken)
+    caplog.clear()
+    (tmp_path / "bundle.yaml").write_text("version: 1\n")
+    await until(lambda: _counter(metrics.POLICY_RELOAD_FAILURES) == failures + 2)
+    [failed] = [r for r in caplog.records if r.name == "gateway.policy"]
+    assert failed.getMessage() == f"policy reload failed; keeping bundle {good}"
+    assert failed.exc_type == "OSError"  # type: ignore[attr-defined]
+    assert holder.current.hash == good
+    stop.set()
+    await asyncio.wait_for(task, 2)

@@ -200,7 +200,7 @@ def test_ledger_row_and_audit_record_are_queued_before_the_last_byte(
                                deployments={**{n: d.model_dump(mode="json") for n, d in config.deployments.items()},
                                             "eu-primary": eu})
     upgrade(config.storage.database_url)
-    gw = Gateway(config, bundle=BundleHolder(load_bundle([policies], config)))
+    gw = Gateway(config, bundle=BundleHolder(load_bundle([policies])))
     key, _ = auth.create_key(gw.engine, tenant="t", app="a", models=["*"], scopes=["chat"])
     events = _ordered_events(gw, key, body)
     start = next(m for kind, m in events if kind == "send" and m["type"] == "http.response.start")

@@ -30,7 +30,7 @@ def loaded():
     return sorted(m for m in HEAVY if m in sys.modules)
 
 config = load_config("config.yaml")
-bundle = load_bundle(["policies"], config)
+bundle = load_bundle(["policies"])
 print("validated", loaded())
 bundle.chain_for("finance", "reports")
 print("defaults chain", loaded())
