@@ -60,15 +60,25 @@ class Event:
 
 
 class Parser:
-    """Feed bytes in any chunking; get complete events out."""
+    """Feed bytes in any chunking; get complete events out.
+
+    Lines end in LF, CRLF or CR. A chunk that ends in CR may be the first half of a CRLF: the CR
+    counts as the line end, and an LF at the start of the next chunk is then dropped.
+    """
 
     def __init__(self) -> None:
-        self._buf = b""
+        self._buf = b""  # line ends already normalised to LF
+        self._cr = False  # the last byte fed was a CR
 
     def feed(self, chunk: bytes) -> list[Event]:
+        if not chunk:
+            return []
+        if self._cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        self._cr = chunk.endswith(b"\r")
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buf = self._buf + chunk
-        if b"\r" in buf:
-            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         events = []
         while True:
             end = buf.find(b"\n\n")
@@ -83,7 +93,7 @@ class Parser:
 
     def close(self) -> list[Event]:
         """Flush a final event that lacked its blank line."""
-        rest, self._buf = self._buf, b""
+        rest, self._buf, self._cr = self._buf, b"", False
         ev = _parse_block(rest.strip(b"\n")) if rest.strip() else None
         return [ev] if ev is not None else []
 

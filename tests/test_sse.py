@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -33,11 +34,30 @@ def test_crlf_line_endings() -> None:
     assert parse_all([b"data: a\r\n\r\ndata: b\r\n\r\n"]) == [(b"a", None), (b"b", None)]
 
 
-@given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=20))
-def test_any_chunking_yields_the_same_events(cuts: list[int]) -> None:
-    bounds = [0, *sorted(cuts), len(STREAM)]
-    chunks = [STREAM[a:b] for a, b in itertools.pairwise(bounds)]
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"], ids=["LF", "CRLF", "CR"])
+@given(cuts=st.lists(st.integers(min_value=0, max_value=len(STREAM) * 2), max_size=20))
+def test_any_chunking_of_any_line_ending_yields_the_same_events(newline: bytes, cuts: list[int]) -> None:
+    stream = STREAM.replace(b"\n", newline)
+    bounds = [0, *sorted(min(c, len(stream)) for c in cuts), len(stream)]
+    chunks = [stream[a:b] for a, b in itertools.pairwise(bounds)]
     assert parse_all(chunks) == parse_all([STREAM])
+
+
+@pytest.mark.parametrize("newline", [b"\r\n", b"\r"], ids=["CRLF", "CR"])
+def test_a_split_at_every_byte_yields_the_same_events(newline: bytes) -> None:
+    stream = STREAM.replace(b"\n", newline)
+    expected = parse_all([STREAM])
+    for cut in range(len(stream) + 1):
+        assert parse_all([stream[:cut], stream[cut:]]) == expected, cut
+    assert parse_all([stream[i:i + 1] for i in range(len(stream))]) == expected
+
+
+def test_a_crlf_split_between_chunks_is_one_line_end() -> None:
+    parser = Parser()
+    assert parser.feed(b"event: x\r") == []
+    assert parser.feed(b"") == []
+    [event] = parser.feed(b"\ndata: 1\r\n\r\n")
+    assert (event.event, event.data) == (b"x", b"1")
 
 
 def test_setting_json_reencodes_the_data() -> None:
