@@ -87,6 +87,11 @@ def loads(text: str, name: str, *, expand_env: bool = True) -> Source:
             return None
         lines[loc] = n.start_mark.line + 1
         if isinstance(n, yaml.MappingNode):
+            # `<<: *anchor` merge keys: PyYAML's own flattening, which keeps each merged node's line.
+            try:
+                yaml.SafeLoader(" ").flatten_mapping(n)
+            except yaml.constructor.ConstructorError as exc:
+                raise ConfigError([f"{name}:{lines[loc]}: {dotted(loc)}: {exc.problem}"]) from None
             out: dict[Any, Any] = {}
             for k, v in n.value:
                 key = yaml.SafeLoader(" ").construct_object(k) if not isinstance(k, yaml.ScalarNode) else k.value
@@ -97,9 +102,9 @@ def loads(text: str, name: str, *, expand_env: bool = True) -> Source:
             return [build(v, (*loc, i)) for i, v in enumerate(n.value)]
         value = yaml.SafeLoader(" ").construct_object(n)
         if expand_env and isinstance(value, str) and "${" in value:
+            # The value stays a string (`0123` is not the octal 83, `on` is not True); the settings
+            # models coerce it where a number or a flag is expected, so `${PORT:-8080}` is still a port.
             value = _expand_env(value, loc, missing)
-            # An expanded value is re-typed, so `${PORT:-8080}` still validates as an int.
-            value = yaml.safe_load(value) if value and not value.startswith(("{", "[", "*", "&")) else value
         return value
 
     data = build(node, ())

@@ -84,3 +84,35 @@ def test_database_url_env_overrides_the_file(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://u@h/db")
     (tmp_path / "config.yaml").write_text(VALID)
     assert load_config(tmp_path / "config.yaml").storage.database_url == "postgresql+psycopg://u@h/db"
+
+
+def test_environment_values_stay_strings_and_the_settings_coerce_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GW_TEST_KEY", "0123")  # not the octal 83
+    monkeypatch.setenv("GW_TEST_REGION", "on")  # not True
+    monkeypatch.setenv("GW_TEST_PORT", "9090")
+    text = (VALID.replace("model: m", "model: m\n    api_key: ${GW_TEST_KEY}").replace("region: fr", "region: ${GW_TEST_REGION}")
+            + "server:\n  port: ${GW_TEST_PORT}\n  workers: ${GW_TEST_WORKERS:-2}\n")
+    (tmp_path / "config.yaml").write_text(text)
+    config = load_config(tmp_path / "config.yaml")
+    assert config.deployments["eu"].api_key == "0123"
+    assert config.deployments["eu"].region == "on"
+    assert (config.server.port, config.server.workers) == (9090, 2)
+    monkeypatch.setenv("GW_TEST_PORT", "eighty")
+    [problem] = problems(tmp_path, text)
+    assert problem.startswith(f"{tmp_path / 'config.yaml'}:13: server.port: Input should be a valid integer")
+
+
+def test_merge_keys_merge_and_keep_the_line_of_what_they_merged(tmp_path: Path) -> None:
+    text = VALID.replace("deployments:\n  eu:\n", "deployments:\n  eu: &eu\n") + (
+        "  eu2:\n    <<: *eu\n    region: de\n    regoin: de\n")
+    text = text.replace("models:\n  chat:\n    deployments: [eu]\n", "") + "models:\n  chat:\n    deployments: [eu, eu2]\n"
+    [problem] = problems(tmp_path, text)
+    assert problem == f"{tmp_path / 'config.yaml'}:11: deployments.eu2.regoin: unknown key"
+    (tmp_path / "config.yaml").write_text(text.replace("    regoin: de\n", ""))
+    config = load_config(tmp_path / "config.yaml")
+    assert (config.deployments["eu2"].region, config.deployments["eu2"].base_url) == ("de", "http://127.0.0.1:1/v1")
+    [problem] = problems(tmp_path, VALID + "server:\n  <<: 5\n")
+    assert problem == (f"{tmp_path / 'config.yaml'}:12: server: "
+                       "expected a mapping or list of mappings for merging, but found scalar")
