@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
-import hmac
 import logging
 import re
 import time
@@ -28,6 +26,7 @@ from gateway.auth import KeyStore, Principal
 from gateway.bundle import Bundle, BundleHolder, watch
 from gateway.config import Config
 from gateway.errors import GatewayError, PolicyDenied, UpstreamError, bad_request
+from gateway.identity import pseudonymiser
 from gateway.openai_schema import PSEUDONYMISED
 from gateway.policy import Context, Target
 from gateway.router import Committed, Router, embed_via
@@ -54,7 +53,6 @@ _SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-_DEV_SECRET = "execai-dev-secret-change-me"
 _DONE = b"data: [DONE]"
 _DATA_CLASS = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
@@ -625,12 +623,6 @@ async def _send_body(send: Send, status: int, body: bytes, extra: list[tuple[byt
     headers = [_JSON, (b"content-length", str(len(body)).encode()), *(extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-def pseudonymiser(secret_key: str) -> Callable[[str], str]:
-    """The subject pseudonym function for a configured secret (the CLI's view of Gateway.pseudonym)."""
-    key = (secret_key or _DEV_SECRET).encode()
-    return lambda subject: hmac.new(key, subject.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def create_app(config_path: str | None = None) -> Gateway:

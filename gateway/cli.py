@@ -762,7 +762,7 @@ def audit_show(request_id: str, config: ConfigOpt = None) -> None:
 
 
 def _pseudonymiser(path: Path | None) -> Callable[[str], str]:
-    from gateway.app import pseudonymiser
+    from gateway.identity import pseudonymiser
 
     return pseudonymiser(_config(path).server.secret_key)
 
