@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.auth import Principal
 from gateway.config import Config
+from gateway.config.rag import RagSettings
 from gateway.policies.rag_context import RagContext
 from gateway.policy import Context
 from gateway.rag.base import Chunk, VectorStore, chunk_id, content_hash
 from gateway.rag.embedded import EmbeddedIndex
 from gateway.rag.runtime import Rag
-from gateway.rag.settings import RagSettings
 from gateway.services import Services
 
 DIM = 384
@@ -160,7 +160,7 @@ async def embedded(n: int, runs: int) -> dict[str, float]:
 
 
 async def weaviate(n: int, runs: int) -> dict[str, float]:
-    from gateway.rag.settings import WeaviateStore as Settings
+    from gateway.config.rag import WeaviateStore as Settings
     from gateway.rag.weaviate_store import WeaviateStore
     from tests.weaviate_fake import FakeWeaviate
 

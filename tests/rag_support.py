@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from gateway.config.rag import WeaviateStore as WeaviateSettings
 from gateway.rag.base import Chunk, VectorStore, chunk_id, content_hash
 from gateway.rag.embedded import EmbeddedIndex
 from gateway.rag.embedders import HashingEmbedder
-from gateway.rag.settings import WeaviateStore as WeaviateSettings
 from gateway.rag.weaviate_store import WeaviateStore
 from tests.weaviate_fake import FakeWeaviate
 

@@ -10,13 +10,13 @@ import pytest
 
 from gateway.auth import Principal
 from gateway.config import Config
+from gateway.config.rag import RagSettings
 from gateway.errors import PolicyDenied
 from gateway.policies.rag_context import HEADER, RagContext
 from gateway.policy import Context
 from gateway.rag.base import Hit, Query, StoreError
 from gateway.rag.embedded import EmbeddedIndex
 from gateway.rag.runtime import Rag
-from gateway.rag.settings import RagSettings
 from gateway.services import Services
 from tests.rag_support import EMBED, make_chunks
 

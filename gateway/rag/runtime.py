@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from gateway.config.rag import RagSettings
 from gateway.rag.base import StoreError, VectorStore
-from gateway.rag.settings import RagSettings
 
 if TYPE_CHECKING:
     from gateway.rag.embedders import Embed, Embedder

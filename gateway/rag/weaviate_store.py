@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from typing import Any, cast
 from urllib.parse import urlparse
 
+from gateway.config.rag import WeaviateStore as Settings
 from gateway.rag.base import Chunk, Filters, Hit, Query, StoreError, VectorStore
-from gateway.rag.settings import WeaviateStore as Settings
 
 _RETURN = ["source", "text", "content_hash"]
 

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway import yamlsrc
-from gateway.rag.settings import RagSettings
+from gateway.config.rag import RagSettings
 
 DEFAULT_CONFIG = "config.yaml"
 
@@ -115,13 +115,10 @@ class Storage(Strict):
     def _supported_database(cls, url: str) -> str:
         # The writer's replays skip rows already stored (INSERT ... ON CONFLICT DO NOTHING), and the
         # migrations and tests cover these two; another database would fail at its first flush.
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
-
-        try:
-            backend = make_url(url).get_backend_name()
-        except ArgumentError:
-            raise ValueError("not a SQLAlchemy database URL") from None
+        scheme, sep, _ = url.partition("://")
+        backend = scheme.partition("+")[0]  # postgresql+psycopg: the database, then the driver
+        if not sep or not backend.isalnum():
+            raise ValueError("not a database URL (e.g. sqlite:///./gateway.db or postgresql+psycopg://...)")
         if backend not in ("sqlite", "postgresql"):
             raise ValueError(f"the gateway stores its data in SQLite or PostgreSQL, not {backend!r}")
         return url

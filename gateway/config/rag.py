@@ -1,4 +1,4 @@
-"""The ``rag:`` section of config.yaml: where the vector store lives and who may read what.
+"""The ``rag:`` section of config.yaml (``gateway.config.rag``): where the vector store lives and who may read what.
 
 Operators own this section (infrastructure, jurisdiction, collection ownership); the compliance
 team's ``rag_context`` policy only names a collection and how to use it.
