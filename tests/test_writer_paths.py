@@ -484,3 +484,49 @@ def test_only_sqlite_and_postgres_are_accepted() -> None:
     with pytest.raises(ValueError, match="unsupported database dialect 'mysql'"):
         writer_module._insert_ignoring_duplicates(UsageRecord.__table__, "mysql")  # type: ignore[attr-defined]
 
+
+
+async def test_rows_a_full_queue_spilled_are_written_once_the_queue_has_drained(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    writer = Writer(sqlite_engine, tmp_path / "spool", flush_interval_s=0.02, max_queue=1)
+    await writer.start()
+    await asyncio.sleep(0.05)  # the loop is past its start-up replay
+    queued, spilled = _row(), _row()
+    writer.put(queued)
+    writer.put(spilled)  # over the queue: to the spool, while the database is up
+    assert len(writer.spooled_files()) == 1
+    for _ in range(200):
+        if _count(sqlite_engine, [queued.request_id, spilled.request_id]) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert (_count(sqlite_engine, [queued.request_id]), _count(sqlite_engine, [spilled.request_id])) == (1, 1)  # before stop()
+    assert writer.spooled_files() == [] and writer.healthy
+    await writer.stop()
+
+
+async def test_a_line_torn_inside_a_multibyte_character_costs_only_that_line(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    writer = Writer(sqlite_engine, spool)
+    ids = [uuid.uuid4().hex for _ in range(2)]
+    torn = _row()
+    torn.app = "café-" * 5
+    cut = writer._line(torn)
+    cut = cut[:cut.index("é".encode()) + 1]  # the first byte of the two that encode é
+    good = b"".join(writer._line(_row(i)) for i in ids)
+    (spool / "wal-dead-1.wal").write_bytes(good[: len(good) // 2 + 1].rpartition(b"\n")[0] + b"\n" + cut)
+    (spool / "spooled.jsonl").write_bytes(good.partition(b"\n")[2] + cut)
+    seen: list[int] = []
+
+    def on_recover(items: list[dict[str, Any]]) -> list[AuditChainMark]:
+        seen.append(len(items))
+        return []
+
+    writer.on_recover = on_recover
+    await writer.start()
+    await writer.stop()
+    assert seen == [1] and _count(sqlite_engine, ids) == 2
+    assert writer.spooled_files() == []

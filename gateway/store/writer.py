@@ -19,7 +19,7 @@ one is 10 s old, and a file is deleted once every row in it is in SQL or the spo
 
 When the database fails, the batch is appended to a spool file (JSON lines, one row each,
 with its table name) and the writer keeps trying; once a flush succeeds, spooled rows are
-replayed. A full queue also spills to the spool file instead of dropping rows. Several
+replayed. A full queue also spills to the spool file instead of dropping rows (replayed once the queue has drained). Several
 processes may share one spool directory: a file is claimed by renaming it, and appends
 check that the file they locked is still the one at the path.
 """
@@ -115,6 +115,7 @@ class Writer:
         self.on_recover: Callable[[list[dict[str, Any]]], Sequence[SQLModel]] | None = None
         self._wal_seq = 0
         self._stopping = False
+        self._spilled = False  # a full queue sent rows to the spool while the database was up
 
     # --- public API ------------------------------------------------------------------------
 
@@ -128,7 +129,9 @@ class Writer:
                 if self.wal_fsync:
                     os.fsync(segment.fd)
             if len(self._rows) >= self.max_queue:
-                if not self._spool([row]) and segment is not None:
+                if self._spool([row]):
+                    self._spilled = True  # replayed once the queue has drained
+                elif segment is not None:
                     segment.keep = True
                 return
             if segment is not None:
@@ -207,8 +210,7 @@ class Writer:
         self._settled(len(batch), True)
         metrics.WRITER_ROWS.labels("written").inc(len(batch))
         if not self.healthy:
-            self.healthy = True
-            await asyncio.to_thread(self.replay)
+            await asyncio.to_thread(self.replay)  # healthy again once the spool is empty
 
     # --- write-ahead file ------------------------------------------------------------------
 
@@ -288,7 +290,8 @@ class Writer:
             try:
                 while self._rows:
                     await self.flush()
-                if not self.healthy and time.monotonic() >= self._next_retry:
+                if (self._spilled and self.healthy) or (not self.healthy and time.monotonic() >= self._next_retry):
+                    self._spilled = False
                     await asyncio.to_thread(self.replay)
             except asyncio.CancelledError:
                 raise
