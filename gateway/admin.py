@@ -6,22 +6,31 @@ more here than the microseconds they cost.
 
 # No `from __future__ import annotations`: FastAPI resolves the local Annotated aliases at runtime.
 import asyncio
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, Protocol
 
 import orjson
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
+from sqlalchemy import Engine
 from starlette.exceptions import HTTPException
 
 from gateway import audit, auth
+from gateway.config import Config
 from gateway.errors import GatewayError
 from gateway.store import consent
 
-if TYPE_CHECKING:
-    from gateway.app import Gateway
+
+class Host(Protocol):
+    """What the admin routes use of the gateway that serves them (``gateway.app.Gateway``)."""
+
+    config: Config
+    engine: Engine
+    keys: auth.KeyStore
+    pseudonym: Callable[[str], str]
 
 
 # Names are identifiers; free text may not carry NUL bytes (PostgreSQL refuses them, with a 500 before).
@@ -86,7 +95,7 @@ def _error(exc: GatewayError) -> Response:
     return Response(exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers)
 
 
-def admin_app(gw: "Gateway") -> FastAPI:
+def admin_app(gw: Host) -> FastAPI:
     # No documentation page (it loads Swagger UI from a CDN); the schema only to admin keys, if enabled.
     app = FastAPI(title="ExecAI Gateway admin API", openapi_url=None, docs_url=None, redoc_url=None)
 
