@@ -530,3 +530,30 @@ async def test_a_line_torn_inside_a_multibyte_character_costs_only_that_line(
     await writer.stop()
     assert seen == [1] and _count(sqlite_engine, ids) == 2
     assert writer.spooled_files() == []
+
+
+async def test_a_healthy_writer_replays_only_when_a_full_queue_spilled(
+    sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A replay claims spool files by renaming them under a lock, and processes share the spool
+    # directory: a healthy writer with nothing spilled must not do it at every interval.
+    writer = Writer(sqlite_engine, tmp_path / "spool", flush_interval_s=0.01, max_queue=1)
+    replays = 0
+    real = writer.replay
+
+    def counted() -> int:
+        nonlocal replays
+        replays += 1
+        return real()
+
+    monkeypatch.setattr(writer, "replay", counted)
+    await writer.start()
+    writer.put(_row())
+    await asyncio.sleep(0.2)  # about twenty intervals
+    assert replays == 0
+    writer.put(_row())
+    writer.put(_row())  # over the queue: spilled
+    await asyncio.sleep(0.2)
+    assert replays == 1 and writer.spooled_files() == []
+    monkeypatch.undo()
+    await writer.stop()
