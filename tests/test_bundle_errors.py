@@ -129,7 +129,10 @@ def test_a_data_class_header_must_name_a_configured_class() -> None:
 def test_the_holder_binds_services_and_swaps_bundles_with_them() -> None:
     first, second = Bundle.empty(), Bundle.empty()
     holder = BundleHolder(first)
-    assert holder.current is first and first.services is None
+    assert holder.current is first and first.services is None and holder.services is None
+    early = Bundle.empty()
+    holder.swap(early)  # before bind: the bundle gets no services yet
+    assert holder.current is early and early.services is None
     services = Services(config=Config.model_validate({"deployments": {}, "models": {}}))
     first._chains[("t", "a")] = first.chain_for("t", "a")
     holder.bind(services)
@@ -221,5 +224,9 @@ async def test_watch_swaps_a_changed_bundle_keeps_the_last_good_one_and_stops_wh
     assert failed.getMessage() == f"policy reload failed; keeping bundle {good}"
     assert failed.exc_type == "OSError"  # type: ignore[attr-defined]
     assert holder.current.hash == good
+    monkeypatch.undo()  # the watcher goes on after a failed reload
+    (tmp_path / "bundle.yaml").write_text("version: 1\ndefaults:\n  residency: {allow: [EEA]}\n")
+    await until(lambda: holder.current.hash != good)
+    assert holder.current.sections_for("t", "a") == {"residency": {"allow": ["EEA"]}}
     stop.set()
     await asyncio.wait_for(task, 2)
