@@ -130,9 +130,9 @@ def test_the_holder_binds_services_and_swaps_bundles_with_them() -> None:
     first, second = Bundle.empty(), Bundle.empty()
     holder = BundleHolder(first)
     assert holder.current is first and first.services is None and holder.services is None
-    early = Bundle.empty()
-    holder.swap(early)  # before bind: the bundle gets no services yet
-    assert holder.current is early and early.services is None
+    unbound, early = BundleHolder(Bundle.empty()), Bundle.empty()
+    unbound.swap(early)  # before bind: the bundle gets no services yet
+    assert unbound.current is early and early.services is None
     services = Services(config=Config.model_validate({"deployments": {}, "models": {}}))
     first._chains[("t", "a")] = first.chain_for("t", "a")
     holder.bind(services)
