@@ -21,7 +21,7 @@ import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict
 
@@ -106,8 +106,14 @@ class Context:
         self.decisions.append(Decision(policy, action, facts))
 
 
-class Policy:
-    """Pass-through base class; see the module docstring for the hooks."""
+C = TypeVar("C", bound=BaseModel)
+
+
+class Policy(Generic[C]):
+    """Pass-through base class; see the module docstring for the hooks.
+
+    Generic over its config model, so ``self.config`` is typed: ``class Residency(Policy["Residency.Config"])``.
+    """
 
     name: ClassVar[str] = "policy"
     # Whether a shadow trial may run beside the enforced section (False when running twice would
@@ -134,9 +140,9 @@ class Policy:
         the layer adds the section): ``(path inside the section, message)`` pairs; empty when nothing."""
         return []
 
-    def __init__(self, config: BaseModel | None = None, mode: Mode = "enforce",
+    def __init__(self, config: C | None = None, mode: Mode = "enforce",
                  services: Services | None = None) -> None:
-        self.config = config if config is not None else self.Config()
+        self.config: C = config if config is not None else cast(C, self.Config())
         self.mode: Mode = mode
         self.services = services
 

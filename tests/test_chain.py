@@ -18,7 +18,7 @@ from gateway.sse import Event
 from tests.conftest import make_config
 
 
-class Tagger(Policy):
+class Tagger(Policy["Tagger.Config"]):
     """Test policy: appends its tag to the system prompt and upper-cases streamed text."""
 
     name: ClassVar[str] = "tagger"
@@ -39,7 +39,7 @@ class Tagger(Policy):
         return {**request, "messages": [{"role": "system", "content": cfg.tag}, *request["messages"]]}
 
     async def on_response(self, ctx: Context, response: dict[str, Any]) -> dict[str, Any]:
-        self.seen.append(f"response:{self.config.tag}")  # type: ignore[attr-defined]
+        self.seen.append(f"response:{self.config.tag}")
         return response
 
     async def on_stream(self, ctx: Context, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
@@ -47,7 +47,7 @@ class Tagger(Policy):
             n = 0
             async for ev in events:
                 n += 1
-                if self.config.deny_mid_stream and n == 2:  # type: ignore[attr-defined]
+                if self.config.deny_mid_stream and n == 2:
                     raise PolicyDenied(400, "tagger.mid_stream", "Stopped mid-stream.")
                 obj = ev.json
                 if obj and obj.get("choices") and obj["choices"][0]["delta"].get("content"):

@@ -45,7 +45,7 @@ class PiiRedactionHooks(PiiRedaction):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        cfg: PiiRedaction.Config = self.config  # type: ignore[assignment]
+        cfg = self.config
         self.cfg = cfg
         ner = {lang: m for lang, m in cfg.ner_models.items() if lang in cfg.languages}
         self.analyzer = Analyzer({e: r.threshold for e, r in cfg.entities.items()}, allow_list=cfg.allow_list,

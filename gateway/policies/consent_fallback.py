@@ -25,7 +25,7 @@ _WITHHELD = {
 
 
 @register
-class ConsentFallback(Policy):
+class ConsentFallback(Policy["ConsentFallback.Config"]):
     """Adds a fallback deployment (e.g. GPT-4 in the US under a DPA) after the allowed ones.
 
     Deny by default. The fallback is added only when the request names a data subject (the
@@ -66,7 +66,7 @@ class ConsentFallback(Policy):
         return out
 
     async def on_request(self, ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
-        cfg: ConsentFallback.Config = self.config  # type: ignore[assignment]
+        cfg = self.config
         if ctx.endpoint != "chat" or (cfg.models and ctx.model not in cfg.models):
             return request
         services = self.services
@@ -104,7 +104,7 @@ class ConsentFallback(Policy):
         return "no_consent" if consent is None else consent
 
     async def on_attempt(self, ctx: Context, target: Target, request: dict[str, Any]) -> dict[str, Any]:
-        cfg: ConsentFallback.Config = self.config  # type: ignore[assignment]
+        cfg = self.config
         if target.name != cfg.target or target.name not in ctx.consents:
             return request
         if not ctx.pii_guard:

@@ -69,7 +69,7 @@ class OutputScan(BaseModel):
 
 
 @register
-class PiiRedaction(Policy):
+class PiiRedaction(Policy["PiiRedaction.Config"]):
     """Detects PII in every outgoing text and redacts, masks, hashes, blocks or allows it per type and per
     destination jurisdiction; placeholders are restored in the answer, streamed or not."""
 

@@ -45,7 +45,7 @@ class Hints(BaseModel):
 
 
 @register
-class RagContext(Policy):
+class RagContext(Policy["RagContext.Config"]):
     """Retrieves the tenant's chunks for the last user message and injects them into the prompt."""
 
     name = "rag_context"
@@ -120,7 +120,7 @@ class RagContext(Policy):
                 ctx, request, "skipped", reason="disabled" if not hints.enabled else "no_query"
             )
         cfg = self.config
-        assert isinstance(cfg, RagContext.Config) and self.services is not None
+        assert self.services is not None
         rag = rag_for(self.services)
         if not rag.allows(cfg.collection, ctx.principal.tenant):
             return self._outcome(ctx, request, "denied", status=403, code="rag.collection_not_allowed")
@@ -191,7 +191,6 @@ class RagContext(Policy):
         except ValidationError:
             raise PolicyDenied(400, "rag.invalid_hints", f"'{HINTS}' is invalid; see docs/rag.md.") from None
         cfg = self.config
-        assert isinstance(cfg, RagContext.Config)
         for prop in hints.filters:
             if prop not in cfg.request_filters:
                 raise PolicyDenied(
@@ -202,7 +201,6 @@ class RagContext(Policy):
     def _select(self, hits: list[Hit]) -> tuple[list[tuple[Hit, str]], int, int]:
         """Dedupe by content, format, and stop at max_context_tokens (truncating the last one)."""
         cfg = self.config
-        assert isinstance(cfg, RagContext.Config)
         tok = tokenizer(cfg.tokenizer)
         seen: set[str] = set()
         chosen: list[tuple[Hit, str]] = []
@@ -244,7 +242,6 @@ class RagContext(Policy):
     ) -> dict[str, Any]:
         """Record the decision; on a failure in fail_closed, raise ``PolicyDenied(status, code)``."""
         cfg = self.config
-        assert isinstance(cfg, RagContext.Config)
         metrics.RAG_RETRIEVALS.labels(outcome).inc()
         if code and cfg.failure == "fail_closed":
             ctx.record(self.name, "deny", outcome=outcome, code=code, collection=cfg.collection, **facts)

@@ -13,7 +13,7 @@ from gateway.policy import Context, Policy, Target
 
 
 @register
-class Residency(Policy):
+class Residency(Policy["Residency.Config"]):
     """Narrows the candidate deployments to the allowed jurisdictions (chat and embeddings).
 
     The allowed set is written to ``ctx.allowed_jurisdictions`` for later policies (RAG, PII).
@@ -60,7 +60,7 @@ class Residency(Policy):
 
     def allowed(self, data_class: str | None) -> frozenset[str]:
         """The allowed jurisdictions for a data class; raises PolicyDenied for an unknown class."""
-        allowed = self.allowed_by(self.config, data_class)  # type: ignore[arg-type]
+        allowed = self.allowed_by(self.config, data_class)
         if allowed is None:
             raise PolicyDenied(403, "residency.unknown_data_class", "The request's data class has no residency rule.")
         return allowed
@@ -111,7 +111,7 @@ class Residency(Policy):
 
     def _recorded(self, data_class: str | None) -> str | None:
         # A header value is stored only when it is a class the policy names (an enum), never as sent.
-        listed = data_class is None or data_class in self.config.data_classes  # type: ignore[attr-defined]
+        listed = data_class is None or data_class in self.config.data_classes
         return data_class if listed else "unlisted"
 
     async def on_attempt(self, ctx: Context, target: Target, request: dict[str, Any]) -> dict[str, Any]:

@@ -70,7 +70,7 @@ class _Pending:
 
 
 @register
-class TokenAccounting(Policy):
+class TokenAccounting(Policy["TokenAccounting.Config"]):
     """Reserves the estimated cost before forwarding, settles the actual cost after the answer,
     refuses with 429 over a budget or rate limit, and writes one ledger row per request."""
 
@@ -115,7 +115,7 @@ class TokenAccounting(Policy):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.cfg: TokenAccounting.Config = self.config  # type: ignore[assignment]
+        self.cfg = self.config
         self._pending: dict[str, _Pending] = {}
         # (key id, tenant, app) -> (minute, its checks): windows change on whole minutes at most.
         self._checks_cache: dict[tuple[str, str, str], tuple[int, tuple[limits.Check, ...]]] = {}
