@@ -148,14 +148,14 @@ def send_and_answer(port: int, head: bytes, body_chunks: Callable[[], Iterable[b
     return f"{status}; {outcome} after {elapsed:.1f} s; client sent {sent[0] / MiB:.1f} MiB"
 
 
-def admin_body(port: int, args: argparse.Namespace) -> str:
+def admin_body(port: int, _args: argparse.Namespace) -> str:
     size = 300 * MiB
     head = (b"POST /admin/keys HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n" % size)
     return send_and_answer(port, head, lambda: (b"x" * MiB for _ in range(300)), 60)
 
 
-def big_header(port: int, args: argparse.Namespace) -> str:
+def big_header(port: int, _args: argparse.Namespace) -> str:
     head = b"GET /healthz HTTP/1.1\r\nHost: gw\r\nX-Big: "
     return send_and_answer(port, head, lambda: [*(b"a" * MiB for _ in range(100)), b"\r\n\r\n"], 60)
 

@@ -606,7 +606,7 @@ def main() -> None:
     if args.duration < 4 or args.runs < 1:
         sys.exit("--duration must be at least 4 and --runs at least 1")
 
-    def on_term(signum: int, _frame: Any) -> None:
+    def on_term(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)

@@ -67,7 +67,7 @@ class FixedEmbedder:
     def __init__(self, vector: np.ndarray) -> None:
         self.vector = vector
 
-    async def __call__(self, texts: list[str], allowed: frozenset[str] | None) -> np.ndarray:
+    async def __call__(self, texts: list[str], allowed: frozenset[str] | None) -> np.ndarray:  # noqa: ARG002 (the Embedder protocol)
         return np.tile(self.vector, (len(texts), 1))
 
 

@@ -181,7 +181,7 @@ class KeyStore:
             return None
         try:
             row = await asyncio.to_thread(self._fetch, key_id)
-        except Exception as exc:  # the database is down: the caller may retry, it is not a gateway bug
+        except Exception as exc:  # the database is down: the caller may retry, it is not a gateway bug  # noqa: BLE001
             log.warning("key lookup failed", extra={"exc_type": type(exc).__name__})
             raise GatewayError(503, "key_store_unavailable", "API keys cannot be checked right now; retry shortly.",
                                headers={"Retry-After": "5"}) from None

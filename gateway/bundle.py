@@ -416,7 +416,7 @@ async def watch(holder: BundleHolder, directory: Path, stop: asyncio.Event) -> N
             log.error("policy reload rejected; keeping bundle %s", holder.current.hash,
                       extra={"problems": exc.problems})
             continue
-        except Exception as exc:
+        except Exception as exc:  # a failed reload keeps the last good bundle  # noqa: BLE001
             metrics.POLICY_RELOAD_FAILURES.inc()
             log.error("policy reload failed; keeping bundle %s", holder.current.hash,
                       extra={"exc_type": type(exc).__name__})

@@ -330,7 +330,7 @@ class _Protocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.server._protocols.add(self)
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self, _exc: Exception | None) -> None:
         self.closed = True
         self.server._protocols.discard(self)
         if self.task is not None and not self.task.done():

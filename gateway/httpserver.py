@@ -98,7 +98,7 @@ class Limits:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                    (b"connection", b"close")]
 
-        async def app(scope: Any, receive: Any, send: Callable[[Any], Awaitable[None]]) -> None:
+        async def app(_scope: Any, _receive: Any, send: Callable[[Any], Awaitable[None]]) -> None:
             await send({"type": "http.response.start", "status": 431, "headers": headers})
             await send({"type": "http.response.body", "body": body})
 
@@ -144,7 +144,7 @@ class _Linger(asyncio.Protocol):
     def eof_received(self) -> bool:
         return False  # the transport closes once the answer is flushed (the timer still aborts it)
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self, _exc: Exception | None) -> None:
         self.timer.cancel()
         self.connections.discard(self)
 

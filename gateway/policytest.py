@@ -136,7 +136,7 @@ class SimUpstream(Upstream):
         self.outcome = outcome
         self.fail = fail
 
-    async def send(self, endpoint: Endpoint, body: dict[str, Any], stream: bool) -> UpstreamResponse:
+    async def send(self, endpoint: Endpoint, body: dict[str, Any], stream: bool) -> UpstreamResponse:  # noqa: ARG002 (Upstream.send)
         self.outcome.sent[self.name] = body
         if self.fail:
             status, what = _FAILURES[self.fail]
@@ -154,7 +154,7 @@ class _Consents:
     def __init__(self, purposes: list[str]) -> None:
         self.purposes = set(purposes)
 
-    async def active(self, tenant: str, subject: str, purpose: str) -> ConsentRef | None:
+    async def active(self, tenant: str, subject: str, purpose: str) -> ConsentRef | None:  # noqa: ARG002 (ConsentRegistry.active)
         return ConsentRef(f"sim-{purpose}", purpose, None) if purpose in self.purposes else None
 
 

@@ -41,5 +41,5 @@ class Services:
                 continue
             try:
                 await close()
-            except Exception as exc:  # one failing must not keep the others open
+            except Exception as exc:  # one failing must not keep the others open  # noqa: BLE001
                 logging.getLogger("gateway.services").warning("closing %s failed (%s)", name, type(exc).__name__)

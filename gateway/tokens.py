@@ -169,7 +169,7 @@ def _load(family: str) -> Tokenizer:
 
             inner = MistralTokenizer.from_file(str(path)).instruct_tokenizer.tokenizer
             return Tokenizer(family, True, lambda text: len(inner.encode(text, bos=False, eos=False)))
-        except Exception:  # mistral-common or sentencepiece missing: estimate instead
+        except Exception:  # mistral-common or sentencepiece missing: estimate instead  # noqa: BLE001
             return _tiktoken("cl100k_base", family, False)
     return _tiktoken("cl100k_base", family, False)
 

@@ -122,6 +122,9 @@ def explained_survivors() -> str:
 
 
 def report(module: str, explained: str) -> tuple[bool, list[str]]:
+    if not (workdir(module) / "mutants" / f"{module}.meta").exists():
+        print(f"{module}: not run yet in this checkout (make mutation MODULES={module})")
+        return False, []
     by_name = statuses(module)
     counts = Counter(by_name.values())
     total = len(by_name)

@@ -278,7 +278,9 @@ async def test_ask_counts_what_is_held_and_what_is_in_flight() -> None:
     assert lims[0].lease == 80 - 30  # topped up to 8 requests' worth
     more = [Limit("a", 1_000, 10, 60)]
     newer = leases.ask(more, fraction=1.0, requests=10)
-    assert topup is not None and newer is not None and newer is not topup
+    assert topup is not None
+    assert newer is not None
+    assert newer is not topup
     assert more[0].lease == 100 - 30 - 50
     clock.now += 10  # the held 30 expire: they no longer count
     late = [Limit("a", 1_000, 10, 60)]
@@ -300,19 +302,23 @@ async def test_one_top_up_serves_every_counter_of_one_ask_and_a_later_ask_replac
     leases = Leases(Recorder(), Clock())
     first = [Limit("a", 1_000, 10, 60), Limit("b", 1_000, 10, 60)]
     topup = leases.ask(first, fraction=1.0, requests=2)
-    assert topup is not None and leases._topups == {"a": topup, "b": topup}
+    assert topup is not None
+    assert leases._topups == {"a": topup, "b": topup}
     second = [Limit("a", 1_000, 10, 60)]
     newer = leases.ask(second, fraction=1.0, requests=3)
-    assert newer is not None and newer is not topup
+    assert newer is not None
+    assert newer is not topup
     assert leases._topups == {"a": newer, "b": topup}
     assert leases._asked == {"a": 30, "b": 20}
     leases.cancel(first, topup)  # the older top-up failed: a's newer one is still on its way
-    assert topup.is_set() and not newer.is_set()
+    assert topup.is_set()
+    assert not newer.is_set()
     assert leases._topups == {"a": newer}
     assert leases._asked == {"a": 10}
     assert [lim.lease for lim in first] == [0, 0]
     leases.cancel(second, newer)
-    assert leases._topups == {} and leases._asked == {}
+    assert leases._topups == {}
+    assert leases._asked == {}
     leases.cancel(second, None)  # nothing asked: nothing to undo
     assert leases._asked == {}
 
@@ -332,7 +338,8 @@ async def test_granted_adds_to_a_live_lease_and_replaces_an_expired_one_giving_i
     leases.granted(lims, [7, 3], seconds=4, topup=topup)
     assert leases._held == {"a": [7, 1019], "b": [3, 1019]}
     assert settler.given == [("a", -35)]  # b's expired lease was empty: nothing to give back
-    assert leases._asked == {} and leases._topups == {}
+    assert leases._asked == {}
+    assert leases._topups == {}
 
 
 async def test_expired_leases_are_swept_back_and_the_sweep_repeats_while_leases_are_held() -> None:
@@ -353,7 +360,8 @@ async def test_expired_leases_are_swept_back_and_the_sweep_repeats_while_leases_
     clock.now += 1
     await asyncio.sleep(0.03)
     assert settler.given == [("a", -30), ("b", -9)]
-    assert leases._held == {} and leases._sweep is None
+    assert leases._held == {}
+    assert leases._sweep is None
 
 
 async def test_closing_gives_every_lease_back_cancels_the_sweep_and_flushes() -> None:
@@ -363,7 +371,9 @@ async def test_closing_gives_every_lease_back_cancels_the_sweep_and_flushes() ->
     assert sweep is not None
     await leases.aclose()
     assert sorted(settler.given) == [("a", -30), ("b", -4)]  # c is used up: nothing to give back
-    assert leases._held == {} and leases._sweep is None and sweep.cancelled()
+    assert leases._held == {}
+    assert leases._sweep is None
+    assert sweep.cancelled()
     assert settler.flushes == 1
 
 
@@ -406,7 +416,7 @@ async def test_granted_needs_one_amount_per_counter_and_a_zero_grant_skips_only_
     leases.granted(lims, [0, 5], seconds=10, topup=topup)
     assert leases._held == {"a": [1, 1010], "b": [5, 1010]}
     assert leases._sweep is sweep  # one sweep timer at a time
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="zip"):
         leases.granted([held(1, "a"), held(1, "b")], [5], seconds=10, topup=None)
 
 

@@ -64,7 +64,8 @@ def test_a_check_names_its_counter_window_and_lifetime() -> None:
     assert c.limit(7) == Limit(c.key, 5_000_000_000, 7, c.ttl_s)
     rate = check("rate_limit", "key", "k1", "acme", "minute", "requests", 600, now)
     assert rate.key == "{acme}:rate_limit:key:k1:minute:202611302210:requests"
-    assert rate.ttl_s == 60 + 3600 and rate.resets_at == at(2026, 11, 30, 22, 11)
+    assert rate.ttl_s == 60 + 3600
+    assert rate.resets_at == at(2026, 11, 30, 22, 11)
 
 
 def test_retry_after_rounds_up_to_whole_seconds_and_is_at_least_one() -> None:

@@ -48,7 +48,8 @@ def test_every_tokenizer_and_the_price_map_load_with_the_network_blocked() -> No
                          timeout=120, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     counts = dict(line.split() for line in out.stdout.splitlines())
-    assert len(counts) == 5 and all(int(c) > 5 for c in counts.values())
+    assert len(counts) == 5
+    assert all(int(c) > 5 for c in counts.values())
 
 
 @pytest.mark.parametrize(("kw", "family"), [
@@ -72,12 +73,14 @@ def test_message_overhead_and_tool_definitions_count() -> None:
     tok = tokens.load("o200k_base")
     text = "What is the weather in Paris?"
     bare, exact = tokens.count_chat(tok, {"messages": [{"role": "user", "content": text}]})
-    assert exact and bare == tok.count(text) + tok.count("user") + tokens.PER_MESSAGE + tokens.REPLY_PRIMER
+    assert exact
+    assert bare == tok.count(text) + tok.count("user") + tokens.PER_MESSAGE + tokens.REPLY_PRIMER
     tool = {"type": "function", "function": {"name": "weather", "description": "Current weather for a city",
                                              "parameters": {"type": "object",
                                                             "properties": {"city": {"type": "string"}}}}}
     with_tools, exact = tokens.count_chat(tok, {"messages": [{"role": "user", "content": text}], "tools": [tool]})
-    assert with_tools > bare + 10 and not exact
+    assert with_tools > bare + 10
+    assert not exact
 
 
 def test_prompt_counts_are_remembered_per_text_per_tokenizer_and_the_cache_is_bounded(
@@ -96,7 +99,8 @@ def test_prompt_counts_are_remembered_per_text_per_tokenizer_and_the_cache_is_bo
     texts = ["first turn", "second turn", "first turn", "third", "fourth", "first turn"]
     assert [spy.count_prompt(t) for t in texts] == [tok.count(t) for t in texts]
     assert calls == ["first turn", "second turn", "third", "fourth", "first turn"]  # evicted, then again
-    assert len(tokens._PROMPTS) == 3 and not any(isinstance(part, str) and "turn" in part
+    assert len(tokens._PROMPTS) == 3
+    assert not any(isinstance(part, str) and "turn" in part
                                                  for key in tokens._PROMPTS for part in key)
     other = tokens.load("cl100k_base")
     assert other.count_prompt("first turn") == other.count("first turn")  # its own entry
@@ -107,7 +111,8 @@ def test_usage_is_found_without_decoding_the_body() -> None:
                          "usage": {"prompt_tokens": 7, "completion_tokens": 3,
                                    "prompt_tokens_details": {"cached_tokens": 2}}})
     found = usage.find_usage(body)
-    assert found is not None and usage.tokens_of(found) == (7, 3, 2)
+    assert found is not None
+    assert usage.tokens_of(found) == (7, 3, 2)
 
 
 def test_a_body_without_usage_yields_its_completion_text_for_an_estimate() -> None:
@@ -118,7 +123,8 @@ def test_a_body_without_usage_yields_its_completion_text_for_an_estimate() -> No
 def test_litellm_prices_are_read_offline_and_converted_from_usd() -> None:
     price = price_for(_deployment(base_url="https://api.mistral.ai/v1", model="mistral-small-latest"),
                       Decimal("0.9"))
-    assert price.source == "litellm" and price.fx_rate == Decimal("0.9")
+    assert price.source == "litellm"
+    assert price.fx_rate == Decimal("0.9")
     assert price.input == Decimal("0.15") * Decimal("0.9")  # 1.5e-07 USD per token
 
 

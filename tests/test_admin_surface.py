@@ -23,7 +23,8 @@ def admin_headers(gw: RunningGateway) -> dict[str, str]:
 def test_an_unauthenticated_oversized_admin_body_is_refused_before_it_is_read(gw: RunningGateway) -> None:
     resp = httpx.post(f"{gw.url}/admin/keys", content=b"x" * (2 * 1024 * 1024), timeout=10,
                       headers={"Content-Type": "application/json"})
-    assert resp.status_code == 413 and resp.json()["error"]["code"] == "request_too_large"
+    assert resp.status_code == 413
+    assert resp.json()["error"]["code"] == "request_too_large"
 
 
 def test_a_chunked_admin_body_is_bounded_as_it_arrives(gw: RunningGateway) -> None:
@@ -61,7 +62,8 @@ def test_the_admin_schema_is_served_only_to_admin_keys_when_enabled(
 ])
 def test_admin_inputs_with_nul_bytes_or_bad_names_get_a_400(gw: RunningGateway, body: dict[str, object]) -> None:
     resp = httpx.post(f"{gw.url}/admin/keys", json=body, headers=admin_headers(gw), timeout=10)
-    assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_request_error"
+    assert resp.status_code == 400
+    assert resp.json()["error"]["type"] == "invalid_request_error"
     assert "\x00" not in resp.text
 
 
@@ -69,7 +71,8 @@ def test_serve_refuses_to_start_without_a_real_secret(monkeypatch: pytest.Monkey
     monkeypatch.delenv("GATEWAY_SECRET", raising=False)
     result = CliRunner().invoke(app, ["serve", "--config", str(ROOT / "config.yaml")])
     assert result.exit_code == 2
-    assert "must be at least 32 bytes outside --dev" in result.output and "GATEWAY_SECRET=" in result.output
+    assert "must be at least 32 bytes outside --dev" in result.output
+    assert "GATEWAY_SECRET=" in result.output
     monkeypatch.setenv("GATEWAY_SECRET", "too-short")
     assert CliRunner().invoke(app, ["serve", "--config", str(ROOT / "config.yaml")]).exit_code == 2
 
@@ -119,7 +122,8 @@ def test_an_admin_key_cannot_read_another_tenants_audit_record(gw: RunningGatewa
         time.sleep(0.05)
     assert httpx.get(f"{gw.url}/admin/audit/{request_id}", headers=finance).status_code == 200
     refused = httpx.get(f"{gw.url}/admin/audit/{request_id}", headers=hr)
-    assert refused.status_code == 403 and refused.json()["error"]["code"] == "admin.tenant_forbidden"
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "admin.tenant_forbidden"
     glob = {"Authorization": f"Bearer {gw.key(tenant='ops', scopes=('global_admin',))}"}
     assert httpx.get(f"{gw.url}/admin/audit/{request_id}", headers=glob).status_code == 200
 
@@ -144,6 +148,7 @@ def test_a_database_outage_gives_503_with_retry_after_for_unknown_keys_not_500(
             resp = httpx.request(method, f"{gw.url}{path}", json=hello if method == "POST" else None, timeout=15,
                                  headers={"Authorization": f"Bearer {unknown}"})
             assert resp.status_code == 503, (path, resp.text)
-            assert resp.headers["retry-after"] and resp.json()["error"]["type"] == "server_error"
+            assert resp.headers["retry-after"]
+            assert resp.json()["error"]["type"] == "server_error"
     finally:
         proxy.stop()

@@ -185,7 +185,8 @@ def test_swapped_records_are_reported(engine: Engine, chain: str, pair: tuple[in
     change(engine, chain, b, {"seq": a})
     change(engine, chain, -1, {"seq": b})
     found = problems(engine, chain)
-    assert any(f"seq {a}" in p for p in found) and any(f"seq {b}" in p for p in found), found
+    assert any(f"seq {a}" in p for p in found), found
+    assert any(f"seq {b}" in p for p in found), found
 
 
 @pytest.mark.parametrize("pair", [(1, 2), (2, 3), (3, RECORDS)])
@@ -222,8 +223,10 @@ def test_records_chain_in_order_and_hold_the_request_not_its_text() -> None:
     first, second = sink.rows
     assert (first.chain_id, first.seq, first.prev_hash) == (auditor.chain_id, 1, audit.GENESIS)
     assert (second.seq, second.prev_hash) == (2, first.hash)
-    assert auditor.prev == second.hash and auditor.seq == 2
-    assert first.hash == audit._digest(first.model_dump()) and second.hash == audit._digest(second.model_dump())
+    assert auditor.prev == second.hash
+    assert auditor.seq == 2
+    assert first.hash == audit._digest(first.model_dump())
+    assert second.hash == audit._digest(second.model_dump())
     assert (first.tenant, first.app, first.key_id, first.subject, first.model, first.endpoint) == (
         "acme", "chat", "k9", "pseudo-1", "mistral-7b", "chat")
     assert (first.policy_hash, first.status) == ("b" * 16, 200)
@@ -238,7 +241,8 @@ def test_records_chain_in_order_and_hold_the_request_not_its_text() -> None:
 def test_a_new_auditor_starts_a_new_chain_with_start_and_end_marks() -> None:
     sink = _Sink()
     one, two = audit.Auditor(writer=sink), audit.Auditor(writer=sink)
-    assert one.chain_id != two.chain_id and len(one.chain_id) == 32
+    assert one.chain_id != two.chain_id
+    assert len(one.chain_id) == 32
     one.start()
     one.record(finished_request(US))
     one.close()
@@ -286,8 +290,11 @@ def test_verify_counts_the_records_it_checked_and_open_chains_lists_unclosed_one
         assert (before, checked) == (0, 4)
     assert problems(engine, running.chain_id, idle.chain_id, done.chain_id) == []
     opened = dict(audit.open_chains(engine))
-    assert opened[running.chain_id] == 3 and opened[idle.chain_id] == 0 and done.chain_id not in opened
-    assert audit.fetch(engine, sink.rows[3].request_id) is not None and audit.fetch(engine, "nope") is None
+    assert opened[running.chain_id] == 3
+    assert opened[idle.chain_id] == 0
+    assert done.chain_id not in opened
+    assert audit.fetch(engine, sink.rows[3].request_id) is not None
+    assert audit.fetch(engine, "nope") is None
 
 
 def test_the_record_hash_is_the_documented_function_of_the_fields(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -129,18 +129,25 @@ def test_a_data_class_header_must_name_a_configured_class() -> None:
 def test_the_holder_binds_services_and_swaps_bundles_with_them() -> None:
     first, second = Bundle.empty(), Bundle.empty()
     holder = BundleHolder(first)
-    assert holder.current is first and first.services is None and holder.services is None
+    assert holder.current is first
+    assert first.services is None
+    assert holder.services is None
     unbound, early = BundleHolder(Bundle.empty()), Bundle.empty()
     unbound.swap(early)  # before bind: the bundle gets no services yet
-    assert unbound.current is early and early.services is None
+    assert unbound.current is early
+    assert early.services is None
     services = Services(config=Config.model_validate({"deployments": {}, "models": {}}))
     first._chains[("t", "a")] = first.chain_for("t", "a")
     holder.bind(services)
-    assert first.services is services and first._chains == {}
+    assert first.services is services
+    assert first._chains == {}
     holder.swap(second)
-    assert holder.current is second and second.services is services
+    assert holder.current is second
+    assert second.services is services
     dry = second.with_services(Services(config=services.config))
-    assert dry.services is not services and dry.hash == second.hash and dry._resolved is second._resolved
+    assert dry.services is not services
+    assert dry.hash == second.hash
+    assert dry._resolved is second._resolved
 
 
 def test_policy_files_are_the_yaml_files_of_a_directory_without_the_test_cases(tmp_path: Path) -> None:

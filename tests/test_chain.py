@@ -109,7 +109,8 @@ def test_mode_off_removes_the_policy(gateway_factory, upstream, tagger, tmp_path
     gw = gateway_factory(make_config(upstream), bundle(tmp_path, "defaults:\n  tagger: {deny: x.y, mode: 'off'}\n"))
     resp = httpx.post(f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {gw.key()}"},
                       json={"model": "mistral-7b", "messages": [{"role": "user", "content": "x"}]})
-    assert resp.status_code == 200 and tagger.seen == []
+    assert resp.status_code == 200
+    assert tagger.seen == []
 
 
 def test_stream_transforms_see_parsed_events(gateway_factory, upstream, tagger, tmp_path) -> None:

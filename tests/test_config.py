@@ -77,7 +77,8 @@ def test_credentials_never_appear_in_repr(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
     [problem] = problems(tmp_path, VALID + "  - broken: [\n")
-    assert "invalid YAML" in problem and "config.yaml:" in problem
+    assert "invalid YAML" in problem
+    assert "config.yaml:" in problem
 
 
 def test_database_url_env_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -43,7 +43,8 @@ async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
 async def test_reserve_adds_every_amount_when_all_fit(stores: Factory) -> None:
     s = stores()
     ok, values, _ = await s.reserve([Limit("a", 10, 3, 60), Limit("b", 100, 40, 60)])
-    assert ok == -1 and values == [3, 40]
+    assert ok == -1
+    assert values == [3, 40]
     assert await s.values(["a", "b", "missing"]) == [3, 40, 0]
 
 
@@ -101,16 +102,23 @@ async def test_settlements_piggybacked_on_a_reservation_apply_first_whatever_its
     s = stores()
     await s.reserve([Limit("budget", 100, 90, 60)])
     refused, *_ = await s.reserve([Limit("budget", 100, 50, 60)], settle=[("budget", -60)])
-    assert refused == -1 and await s.values(["budget"]) == [80]
+    assert refused == -1
+    assert await s.values(["budget"]) == [80]
     refused, *_ = await s.reserve([Limit("budget", 100, 50, 60)], settle=[("budget", 5), ("gone", 3)])
-    assert refused == 0 and await s.values(["budget", "gone"]) == [85, 0]
+    assert refused == 0
+    assert await s.values(["budget", "gone"]) == [85, 0]
 
 
 async def test_a_lease_is_granted_only_as_far_as_it_fits_under_the_limit(stores: Factory) -> None:
     s = stores()
     first = await s.reserve([Limit("a", 100, 10, 60, lease=50), Limit("b", 1000, 10, 60, lease=50)])
-    assert first.refused == -1 and first.leased == [50, 50] and first.values == [60, 60]
+    assert first.refused == -1
+    assert first.leased == [50, 50]
+    assert first.values == [60, 60]
     second = await s.reserve([Limit("a", 100, 10, 60, lease=50)])
-    assert second.leased == [30] and second.values == [100]  # what was left after the amount
+    assert second.leased == [30]
+    assert second.values == [100]
     third = await s.reserve([Limit("a", 100, 1, 60, lease=50)])
-    assert third.refused == 0 and third.leased == [] and await s.values(["a"]) == [100]
+    assert third.refused == 0
+    assert third.leased == []
+    assert await s.values(["a"]) == [100]

@@ -68,7 +68,8 @@ tenants:
 """)
     cfg = pii(b, "hr", "chatbot")
     assert set(cfg.entities) == {"EMAIL_ADDRESS", "IBAN_CODE", "CREDIT_CARD", "PERSON"}
-    assert cfg.entities["IBAN_CODE"].action == "block" and cfg.entities["IBAN_CODE"].threshold == 0.6
+    assert cfg.entities["IBAN_CODE"].action == "block"
+    assert cfg.entities["IBAN_CODE"].threshold == 0.6
     assert b.loosenings() == []
 
 
@@ -77,7 +78,8 @@ def test_a_shorthand_override_keeps_the_inherited_threshold() -> None:
     cfg = pii(b, "hr", "")
     assert cfg.entities["IBAN_CODE"].threshold == 0.6  # `IBAN_CODE: redact` only sets the action
     [item] = b.loosenings()
-    assert item.path == ("entities", "IBAN_CODE", "action") and "block -> redact" in item.message
+    assert item.path == ("entities", "IBAN_CODE", "action")
+    assert "block -> redact" in item.message
 
 
 def test_a_weaker_entity_action_is_a_loosening_naming_both_lines() -> None:
@@ -91,10 +93,12 @@ tenants:
             EMAIL_ADDRESS: {jurisdictions: {US: allow}}
 """)
     [item] = b.loosenings()
-    assert item.scope == "hr/bot" and item.section == "pii_redaction"
+    assert item.scope == "hr/bot"
+    assert item.section == "pii_redaction"
     assert item.path == ("entities", "EMAIL_ADDRESS", "jurisdictions", "US")
     assert item.message == "EMAIL_ADDRESS: redact -> allow for US"
-    assert item.inherited_at == "bundle.yaml:8" and item.override_at == "bundle.yaml:17"
+    assert item.inherited_at == "bundle.yaml:8"
+    assert item.override_at == "bundle.yaml:17"
     assert item.reason is None
 
 
@@ -176,12 +180,14 @@ def test_shadow_over_an_enforced_default_runs_beside_it_instead_of_replacing_it(
 def test_a_shadow_token_accounting_beside_the_enforced_one_is_refused() -> None:
     found = problems("version: 1\ndefaults:\n  token_accounting: {default_max_tokens: 10}\n"
                      "tenants:\n  hr:\n    token_accounting: {mode: shadow}\n")
-    assert len(found) == 1 and found[0].startswith("bundle.yaml:6: tenants.hr.token_accounting.mode: a shadow")
+    assert len(found) == 1
+    assert found[0].startswith("bundle.yaml:6: tenants.hr.token_accounting.mode: a shadow")
 
 
 def test_a_schema_error_is_reported_where_the_override_writes_it() -> None:
     found = problems(DEFAULTS + "tenants:\n  hr:\n    apps:\n      bot:\n        residency: {allow: [MARS]}\n")
-    assert len(found) == 1 and found[0].startswith("bundle.yaml:15: tenants.hr.apps.bot.residency.allow")
+    assert len(found) == 1
+    assert found[0].startswith("bundle.yaml:15: tenants.hr.apps.bot.residency.allow")
 
 
 # --- the CLI ---------------------------------------------------------------------------------------
@@ -200,9 +206,11 @@ def test_policy_check_strict_fails_on_a_loosening_without_a_reason(tmp_path: Pat
     policies = _write(tmp_path, DEFAULTS + "tenants: {hr: {residency: {allow: [EU, US]}}}\n")
     lenient = _run("policy", "check", str(policies))
     assert lenient.exit_code == 0, lenient.output
-    assert "loosening" in lenient.output and "residency.allow: also allows US" in lenient.output
+    assert "loosening" in lenient.output
+    assert "residency.allow: also allows US" in lenient.output
     strict = _run("policy", "check", "--strict", str(policies))
-    assert strict.exit_code == 1 and "1 loosening(s) without a `reason:` (--strict)" in strict.output
+    assert strict.exit_code == 1
+    assert "1 loosening(s) without a `reason:` (--strict)" in strict.output
     _write(tmp_path, DEFAULTS + "tenants: {hr: {residency: {allow: [EU, US], reason: \"US DPA, ticket 7\"}}}\n")
     assert _run("policy", "check", "--strict", str(policies)).exit_code == 0
 
@@ -223,7 +231,8 @@ def test_min_coverage_fails_when_an_app_has_no_test(tmp_path: Path) -> None:
         "    expect: {deployment: mistral-7b-selfhosted}\n")
     result = _run("policy", "test", "--coverage", "--min-coverage", "100", str(policies))
     assert result.exit_code == 1
-    assert "hr/* residency" in result.output and "hr/bot pii_redaction" in result.output
+    assert "hr/* residency" in result.output
+    assert "hr/bot pii_redaction" in result.output
 
 
 def test_policy_show_prints_each_value_with_the_line_it_came_from() -> None:
@@ -232,11 +241,13 @@ def test_policy_show_prints_each_value_with_the_line_it_came_from() -> None:
     shown = json.loads(result.output)
     values = {(s["title"], v["path"]): v for s in shown["sections"] for v in s["values"]}
     email = values[("pii_redaction", "entities.EMAIL_ADDRESS.action")]
-    assert email["value"] == "redact" and email["layer"] == "defaults"
+    assert email["value"] == "redact"
+    assert email["layer"] == "defaults"
     assert email["from"].startswith("policies/bundle.yaml:") or email["from"].endswith(
         tuple(f"bundle.yaml:{n}" for n in range(1, 200)))
     person = values[("pii_redaction", "entities.PERSON.jurisdictions.EU")]
-    assert person["value"] == "allow" and person["layer"] == "app hr/chatbot"
+    assert person["value"] == "allow"
+    assert person["layer"] == "app hr/chatbot"
     assert values[("residency", "strict")]["from"] == "built-in default"
 
 
@@ -247,7 +258,8 @@ def test_policy_show_diff_defaults_lists_only_what_the_app_changes() -> None:
     layers = {v["layer"] for s in shown["sections"] for v in s["values"]}
     assert layers == {"app hr/chatbot", "tenant hr"}  # hr's own residency class, and the chatbot's changes
     paths = {v["path"] for s in shown["sections"] for v in s["values"]}
-    assert "entities.PERSON.action" in paths and "entities.EMAIL_ADDRESS.action" not in paths
+    assert "entities.PERSON.action" in paths
+    assert "entities.EMAIL_ADDRESS.action" not in paths
 
 
 @pytest.mark.parametrize(("args", "expected"), [
@@ -258,7 +270,9 @@ def test_policy_show_names_an_unknown_tenant_or_app_in_one_line(args: tuple[str,
     result = _run("policy", "show", *args, str(ROOT / "policies"))
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and expected in lines[0] and "bundle.yaml:" in lines[0]
+    assert len(lines) == 1
+    assert expected in lines[0]
+    assert "bundle.yaml:" in lines[0]
 
 
 FLOOR_BUNDLE = """\

@@ -22,7 +22,8 @@ def test_chat_completion_round_trip(gw: RunningGateway, upstream: DevUpstream) -
     )
     completion = resp.parse()
     assert completion.choices[0].message.content == upstream.reply
-    assert completion.usage is not None and completion.usage.total_tokens > 0
+    assert completion.usage is not None
+    assert completion.usage.total_tokens > 0
     assert resp.headers["x-gateway-deployment"] == "eu-primary"
     assert resp.headers["x-gateway-jurisdiction"] == "EU"
     assert len(resp.headers["x-gateway-request-id"]) == 32
@@ -48,7 +49,8 @@ def test_stream_usage_chunk_is_returned_when_requested(gw: RunningGateway) -> No
             stream_options={"include_usage": True},
         )
     )
-    assert chunks[-1].usage is not None and chunks[-1].choices == []
+    assert chunks[-1].usage is not None
+    assert chunks[-1].choices == []
 
 
 def test_tools_and_every_known_field_pass_through_untouched(gw: RunningGateway, upstream: DevUpstream) -> None:
@@ -156,7 +158,9 @@ def test_upstream_failure_raises_server_error_without_leaking_upstream_details(
         client(gw).chat.completions.create(model="mistral-7b", messages=[{"role": "user", "content": "x"}])
     assert exc.value.status_code == 502
     text = exc.value.response.text
-    assert "10.0.0.7" not in text and "sk-internal" not in text and "sk-upstream" not in text
+    assert "10.0.0.7" not in text
+    assert "sk-internal" not in text
+    assert "sk-upstream" not in text
 
 
 def test_upstream_rate_limit_raises_rate_limit_error_with_retry_after(

@@ -49,7 +49,8 @@ def sent_text(upstream: DevUpstream) -> str:
 
 def assert_no_pii(text: str, *values: str) -> None:
     for value in values:
-        assert value not in text and value.replace(" ", "") not in text
+        assert value not in text
+        assert value.replace(" ", "") not in text
 
 
 def test_pii_in_the_prompt_never_reaches_the_upstream_and_the_reply_is_restored(
@@ -64,7 +65,9 @@ def test_pii_in_the_prompt_never_reaches_the_upstream_and_the_reply_is_restored(
     assert completion.choices[0].message.content == f"Done: wrote to {EMAIL} about {IBAN}."
     sent = sent_text(upstream)
     assert_no_pii(sent, EMAIL, IBAN, CARD)
-    assert "<EMAIL_ADDRESS_1>" in sent and "<IBAN_CODE_1>" in sent and "***************1111" in sent
+    assert "<EMAIL_ADDRESS_1>" in sent
+    assert "<IBAN_CODE_1>" in sent
+    assert "***************1111" in sent
 
 
 def test_a_placeholder_split_across_stream_chunks_is_restored(
@@ -119,7 +122,8 @@ def test_blocked_types_are_rejected_naming_the_type_not_the_value(
     with pytest.raises(openai.BadRequestError) as exc:
         client(gw).chat.completions.create(model="mistral-7b", messages=[{"role": "user", "content": PROMPT}])
     assert exc.value.code == "pii.blocked"
-    assert "IBAN_CODE" in exc.value.message and IBAN not in exc.value.response.text
+    assert "IBAN_CODE" in exc.value.message
+    assert IBAN not in exc.value.response.text
     assert upstream.received == []
 
 
@@ -135,7 +139,8 @@ def test_an_analyzer_failure_fails_closed_and_sends_nothing(
     monkeypatch.setattr(Analyzer, "analyze_text", broken)
     with pytest.raises(openai.APIStatusError) as exc:
         client(gw).chat.completions.create(model="mistral-7b", messages=[{"role": "user", "content": PROMPT}])
-    assert exc.value.status_code == 503 and exc.value.code == "pii.unavailable"
+    assert exc.value.status_code == 503
+    assert exc.value.code == "pii.unavailable"
     assert upstream.received == []
 
 

@@ -58,20 +58,25 @@ def test_the_scanned_copy_changes_only_text_and_leaves_the_callers_request_alone
     before = copy.deepcopy(REQUEST)
     out = map_request(REQUEST, "chat", upper)
     assert before == REQUEST
-    assert out["model"] == "mistral-7b" and out["user"] == "pseudo-user" and out["temperature"] == 0.2
+    assert out["model"] == "mistral-7b"
+    assert out["user"] == "pseudo-user"
+    assert out["temperature"] == 0.2
     assert out["messages"][0] == {"role": "system", "content": "BE BRIEF"}
     parts = out["messages"][1]["content"]
-    assert out["messages"][1]["name"] == "ANN" and out["messages"][1]["role"] == "user"
+    assert out["messages"][1]["name"] == "ANN"
+    assert out["messages"][1]["role"] == "user"
     assert parts[0] == {"type": "text", "text": "HELLO"}
     assert parts[1]["image_url"]["url"] == "HTTPS://EX.ORG/A/B?MAIL=X@Y.DE#TOP"
     assert parts[2] == REQUEST["messages"][1]["content"][2]  # base64 media is not text
     assistant = out["messages"][2]
     assert orjson.loads(assistant["tool_calls"][0]["function"]["arguments"]) == {"to": "BOB", "n": 1}
-    assert assistant["tool_calls"][0]["function"]["name"] == "f" and assistant["tool_calls"][0]["id"] == "call_1"
+    assert assistant["tool_calls"][0]["function"]["name"] == "f"
+    assert assistant["tool_calls"][0]["id"] == "call_1"
     assert assistant["function_call"] == {"name": "g", "arguments": "NOT JSON"}
     assert out["tools"][0]["function"] == {"name": "f", "description": "SENDS",
                                            "parameters": {"type": "OBJECT", "enum": ["A"]}}
-    assert out["stop"] == ["END"] and out["metadata"] == {"ticket": "T-1"}
+    assert out["stop"] == ["END"]
+    assert out["metadata"] == {"ticket": "T-1"}
     assert out["vendor_extension"] == {"note": ["DEEP"], "n": 5}
 
 
@@ -82,11 +87,13 @@ def test_unchanged_parts_are_shared_and_an_unchanged_request_is_returned_as_is()
         return "HI" if text == "hello" else text
 
     out = map_request(REQUEST, "chat", only_hello)
-    assert out is not REQUEST and out["messages"] is not REQUEST["messages"]
+    assert out is not REQUEST
+    assert out["messages"] is not REQUEST["messages"]
     assert out["messages"][1]["content"][0] == {"type": "text", "text": "HI"}
     for shared in ("tools", "stop", "metadata", "vendor_extension"):
         assert out[shared] is REQUEST[shared]
-    assert out["messages"][0] is REQUEST["messages"][0] and out["messages"][2] is REQUEST["messages"][2]
+    assert out["messages"][0] is REQUEST["messages"][0]
+    assert out["messages"][2] is REQUEST["messages"][2]
     assert out["messages"][1]["content"][1] is REQUEST["messages"][1]["content"][1]
 
 
@@ -110,7 +117,8 @@ def test_json_text_keeps_its_own_spelling_when_nothing_changes_and_falls_back_wh
     assert map_json_text(spaced, same) is spaced
     assert orjson.loads(map_json_text(spaced, upper)) == {"a": ["X", 1]}
     assert map_json_text('"quoted"', upper) == '"QUOTED"'
-    assert map_json_text("12", upper) == "12" and map_json_text("null", upper) == "null"
+    assert map_json_text("12", upper) == "12"
+    assert map_json_text("null", upper) == "null"
     assert map_json_text("{broken", upper, raw_fn=lambda t: f"raw:{t}") == "raw:{broken"
     assert map_json_text("{broken", upper) == "{BROKEN"
 

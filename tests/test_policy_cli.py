@@ -102,10 +102,13 @@ def test_policy_check_flags_unknown_deployments_and_contradictions(setup: tuple[
     config, policies = setup
     (policies / "bundle.yaml").write_text(BUNDLE.replace("target: us-gpt4", "target: gpt-5"))
     code, out = invoke("policy", "check", "--config", str(config))
-    assert code == 1 and "unknown deployment 'gpt-5'" in out
+    assert code == 1
+    assert "unknown deployment 'gpt-5'" in out
     (policies / "bundle.yaml").write_text(BUNDLE.replace("target: us-gpt4", "target: us-gpt4\n          require_consent: false"))
     code, out = invoke("policy", "check", "--config", str(config))
-    assert code == 1 and "contradiction" in out and "bundle.yaml:8: tenants.hr.apps.bot" in out
+    assert code == 1
+    assert "contradiction" in out
+    assert "bundle.yaml:8: tenants.hr.apps.bot" in out
 
 
 def test_policy_test_prints_pass_and_fail_with_file_and_line(setup: tuple[Path, Path]) -> None:
@@ -116,7 +119,8 @@ def test_policy_test_prints_pass_and_fail_with_file_and_line(setup: tuple[Path, 
     assert f"PASS {policies / 'bundle_test.yaml'}:2: hr bot stays in the EU" in out
     assert f"PASS {policies / 'bundle_test.yaml'}:5: consented subject" in out
     assert f"FAIL {policies / 'bundle_test.yaml'}:10: this case is wrong on purpose" in out
-    assert "expected deployment 'us-gpt4'" in out and "2 passed, 1 failed" in out
+    assert "expected deployment 'us-gpt4'" in out
+    assert "2 passed, 1 failed" in out
 
 
 def test_policy_explain_prints_decisions_and_route_without_sending(setup: tuple[Path, Path]) -> None:
@@ -124,8 +128,10 @@ def test_policy_explain_prints_decisions_and_route_without_sending(setup: tuple[
     code, out = invoke("policy", "explain", "--config", str(config), "--tenant", "hr", "--app", "bot",
                        "--model", "chat", "--subject", "alice", "--consent", "llm_fallback_gpt4", "--fail", "eu")
     assert code == 0, out
-    assert "consent_fallback" in out and "eligible" in out
-    assert "tried eu: upstream_5xx" in out and "routed to us-gpt4 (US)" in out
+    assert "consent_fallback" in out
+    assert "eligible" in out
+    assert "tried eu: upstream_5xx" in out
+    assert "routed to us-gpt4 (US)" in out
 
 
 def test_shipped_policy_bundle_passes_check_and_its_tests() -> None:
@@ -162,12 +168,15 @@ def test_audit_verify_detects_modified_and_deleted_records(setup: tuple[Path, Pa
     with engine.begin() as conn:
         conn.execute(text("UPDATE audit_records SET status = 403 WHERE seq = 2"))
     code, out = invoke("audit", "verify", "--config", str(config))
-    assert code == 1 and "seq 2" in out and "modified" in out
+    assert code == 1
+    assert "seq 2" in out
+    assert "modified" in out
     with engine.begin() as conn:
         conn.execute(text("UPDATE audit_records SET status = 200 WHERE seq = 2"))
         conn.execute(text("DELETE FROM audit_records WHERE seq = 3"))
     code, out = invoke("audit", "verify", "--config", str(config))
-    assert code == 1 and "records 3..3 are missing" in out
+    assert code == 1
+    assert "records 3..3 are missing" in out
 
 
 def test_audit_verify_sees_a_lost_tail_once_the_chain_is_closed_and_lists_open_chains(
@@ -202,15 +211,19 @@ def test_audit_verify_sees_a_lost_tail_once_the_chain_is_closed_and_lists_open_c
         auditor.record(ctx)
     Writer(engine, config.parent / "spool")._write(sink.rows)
     code, out = invoke("audit", "verify", "--config", str(config))
-    assert code == 0 and f"open chain {auditor.chain_id}" in out and "after seq 3" in out
+    assert code == 0
+    assert f"open chain {auditor.chain_id}" in out
+    assert "after seq 3" in out
     auditor.close()
     Writer(engine, config.parent / "spool")._write(sink.rows[-1:])
     code, out = invoke("audit", "verify", "--config", str(config))
-    assert code == 0 and "open chain" not in out, out
+    assert code == 0, out
+    assert "open chain" not in out, out
     with engine.begin() as conn:  # the newest record is gone: nothing after it links to it, the end mark does
         conn.execute(text("DELETE FROM audit_records WHERE seq = 3"))
     code, out = invoke("audit", "verify", "--config", str(config))
-    assert code == 1 and "records 3..3 are missing (end of chain)" in out
+    assert code == 1
+    assert "records 3..3 are missing (end of chain)" in out
 
 
 def _audit_rows(config: Path, n: int = 1) -> list[str]:
@@ -243,7 +256,8 @@ def test_audit_show_prints_decisions_and_attempts_as_nested_json(setup: tuple[Pa
     code, out = invoke("audit", "show", request_id, "--config", str(config))
     assert code == 0, out
     record = json.loads(out)
-    assert list(record)[:3] == ["request_id", "chain_id", "seq"] and record["request_id"] == request_id
+    assert list(record)[:3] == ["request_id", "chain_id", "seq"]
+    assert record["request_id"] == request_id
     assert record["decisions"] == [{"policy": "residency", "action": "allow", "facts": {"allowed": ["EU"], "n": 0}}]
     assert record["attempts"] == [["eu", "ok"]]
 
@@ -258,23 +272,31 @@ def test_keys_consents_and_usage_list_whole_ids_as_columns_or_json(setup: tuple[
     assert key.exit_code == 0, key.output
     key_id = key.stdout.strip()[len("sk-gw-"):].partition("-")[0]
     code, out = invoke("keys", "list", *c)
-    assert code == 0 and out.splitlines()[0].split()[:3] == ["key", "id", "tenant"]
+    assert code == 0
+    assert out.splitlines()[0].split()[:3] == ["key", "id", "tenant"]
     assert out.splitlines()[1].split()[:3] == [key_id, "hr", "a-rather-long-app-name-for-a-table"]  # never cut
     [row] = json.loads(invoke("keys", "list", "--json", *c)[1])
-    assert row["key_id"] == key_id and row["models"] == ["mistral-7b", "mistral-embed"]
-    assert row["revoked_at"] is None and "secret_hash" not in row
+    assert row["key_id"] == key_id
+    assert row["models"] == ["mistral-7b", "mistral-embed"]
+    assert row["revoked_at"] is None
+    assert "secret_hash" not in row
 
     code, out = invoke("keys", "revoke", key.stdout.strip(), *c)  # the key itself works as well as its id
-    assert code == 0 and out.strip() == f"revoked {key_id}"
+    assert code == 0
+    assert out.strip() == f"revoked {key_id}"
     assert json.loads(invoke("keys", "list", "--json", *c)[1])[0]["revoked_at"]
 
     code, out = invoke("consent", "grant", "--tenant", "hr", "--subject", "emp-1", "--purpose", "llm_fallback_gpt4",
                        "--evidence", "hr-ticket-4711", *c)
     consent_id = out.split()[-1]
     code, out = invoke("consent", "list", *c)
-    assert code == 0 and out.splitlines()[1].split()[0] == consent_id and "hr-ticket-4711" in out
+    assert code == 0
+    assert out.splitlines()[1].split()[0] == consent_id
+    assert "hr-ticket-4711" in out
     [row] = json.loads(invoke("consent", "list", "--json", "--tenant", "hr", *c)[1])
-    assert row["id"] == consent_id and len(row["subject"]) == 32 and row["withdrawn_at"] is None
+    assert row["id"] == consent_id
+    assert len(row["subject"]) == 32
+    assert row["withdrawn_at"] is None
     assert json.loads(invoke("usage", "report", "--tenant", "hr", "--json", *c)[1]) == []
 
 
@@ -289,7 +311,8 @@ def test_config_check_warns_about_deployments_without_a_key_or_an_endpoint(
     assert code == 0, out
     assert f"warning {config}:6: deployments.eu.api_key is empty (EU_KEY is not set); serve --dev sends it" in out
     assert "deployments.us-gpt4.base_url is empty; serve --dev sends it to the development upstream" in out
-    assert "us-gpt4.api_key" not in out and out.splitlines()[-1].startswith("ok: 2 deployments")
+    assert "us-gpt4.api_key" not in out
+    assert out.splitlines()[-1].startswith("ok: 2 deployments")
 
 
 def test_serve_dev_points_deployments_without_credentials_at_the_development_upstream(
@@ -330,9 +353,11 @@ def test_serve_dev_points_deployments_without_credentials_at_the_development_ups
         effective = load_config(tmp_path / ".gateway" / "dev-config.yaml")
         assert Path(cli.os.environ["GATEWAY_CONFIG"]) == (tmp_path / ".gateway" / "dev-config.yaml").resolve()
         d = effective.deployments
-        assert d["eu"].base_url == d["us-gpt4"].base_url == upstream.url and d["eu"].api_key == ""
+        assert d["eu"].base_url == d["us-gpt4"].base_url == upstream.url
+        assert d["eu"].api_key == ""
         assert d["azure"].base_url == upstream.base  # Azure paths /openai/deployments/<name>/... answered there
-        assert d["keyed"].base_url == "https://api.example.invalid/v1" and d["keyed"].api_key == "sk-real"
+        assert d["keyed"].base_url == "https://api.example.invalid/v1"
+        assert d["keyed"].api_key == "sk-real"
         assert d["mine"].base_url == "http://vllm.internal:8000/v1"
         assert "sk-real" not in (tmp_path / ".gateway" / "dev-config.yaml").read_text()  # references stay references
     finally:
@@ -350,18 +375,24 @@ def test_serve_dev_reuses_its_key_while_it_is_valid(setup: tuple[Path, Path], tm
     upgrade(url)
     engine = make_engine(url)
     key, reused = cli._dev_key(engine)
-    assert not reused and (tmp_path / ".gateway" / "dev-key").read_text().strip() == key
+    assert not reused
+    assert (tmp_path / ".gateway" / "dev-key").read_text().strip() == key
     assert (tmp_path / ".gateway" / "dev-key").stat().st_mode & 0o077 == 0
     assert cli._dev_key(engine) == (key, True)
     key_id = key[len(auth.PREFIX):].partition("-")[0]
     row = auth.get_key(engine, key_id)
-    assert row is not None and (row.tenant, row.app) == ("dev", "dev") and "global_admin" in row.scopes
+    assert row is not None
+    assert (row.tenant, row.app) == ("dev", "dev")
+    assert "global_admin" in row.scopes
     auth.revoke_key(engine, key_id)
     fresh, reused = cli._dev_key(engine)
-    assert not reused and fresh != key and (tmp_path / ".gateway" / "dev-key").read_text().strip() == fresh
+    assert not reused
+    assert fresh != key
+    assert (tmp_path / ".gateway" / "dev-key").read_text().strip() == fresh
     # A key in the file that this database knows with other rights is revoked and replaced.
     other, _ = auth.create_key(engine, tenant="hr", app="bot", models=["*"], scopes=["chat"])
     (tmp_path / ".gateway" / "dev-key").write_text(other)
     replaced, reused = cli._dev_key(engine)
-    assert not reused and replaced not in (other, fresh)
+    assert not reused
+    assert replaced not in (other, fresh)
     assert auth.get_key(engine, other[len(auth.PREFIX):].partition("-")[0]).revoked_at is not None  # type: ignore[union-attr]

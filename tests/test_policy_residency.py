@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,8 @@ def test_residency_skips_deployments_outside_allowed_jurisdictions(
 ) -> None:
     gw = gateway_factory(two_region_config(upstream, upstream_b), write_bundle(tmp_path, RESIDENCY))
     resp = chat(gw, gw.key(), "mixed")
-    assert resp.status_code == 200 and resp.headers["x-gateway-jurisdiction"] == "EU"
+    assert resp.status_code == 200
+    assert resp.headers["x-gateway-jurisdiction"] == "EU"
     assert upstream_b.received == []
 
 
@@ -92,7 +94,8 @@ def test_residency_applies_to_embeddings(
     gw = gateway_factory(two_region_config(upstream, upstream_b), write_bundle(tmp_path, RESIDENCY))
     resp = httpx.post(f"{gw.base_url}/embeddings", headers={"Authorization": f"Bearer {gw.key()}"},
                       json={"model": "embed", "input": "hello"})
-    assert resp.status_code == 200 and resp.headers["x-gateway-deployment"] == "eu-embed"
+    assert resp.status_code == 200
+    assert resp.headers["x-gateway-deployment"] == "eu-embed"
     assert upstream_b.received == []
 
 
@@ -105,7 +108,8 @@ def test_data_class_rules_override_the_default(
     assert chat(gw, key, "us-only", headers={"X-Data-Class": "public"}).status_code == 200
     assert chat(gw, key, "us-only", headers={"X-Data-Class": "health"}).status_code == 403
     unknown = chat(gw, key, "mistral-7b", headers={"X-Data-Class": "secret"})  # no rule names it
-    assert unknown.status_code == 400 and unknown.json()["error"]["code"] == "invalid_request.data_class"
+    assert unknown.status_code == 400
+    assert unknown.json()["error"]["code"] == "invalid_request.data_class"
 
 
 def test_eu_prompt_never_reaches_us_upstream_without_consent(
@@ -115,9 +119,11 @@ def test_eu_prompt_never_reaches_us_upstream_without_consent(
     upstream.fail_status = 503
     resp = chat(gw, gw.key(), user="subject-without-consent")
     # Not an upstream-looking 502: the client learns that a fallback existed but was not allowed.
-    assert resp.status_code == 503 and resp.headers["retry-after"] == "1"
+    assert resp.status_code == 503
+    assert resp.headers["retry-after"] == "1"
     error = resp.json()["error"]
-    assert error["code"] == "consent.required" and "has not consented" in error["message"]
+    assert error["code"] == "consent.required"
+    assert "has not consented" in error["message"]
     assert upstream_b.received == []
 
 
@@ -128,7 +134,8 @@ def test_dpa_fallback_is_used_with_active_consent_and_stops_after_withdrawal(
     admin = {"Authorization": f"Bearer {gw.key(scopes=('admin',))}"}
     granted = httpx.post(f"{gw.url}/admin/consents", headers=admin, json={
         "tenant": "acme", "subject_id": "alice", "purpose": "llm_fallback_gpt4", "evidence_ref": "form-17"})
-    assert granted.status_code == 201 and granted.json()["subject"] != "alice"
+    assert granted.status_code == 201
+    assert granted.json()["subject"] != "alice"
     upstream.fail_status = 503
     key = gw.key()
     resp = chat(gw, key, user="alice")
@@ -137,7 +144,8 @@ def test_dpa_fallback_is_used_with_active_consent_and_stops_after_withdrawal(
     assert resp.headers["x-gateway-fallback"] == "upstream_5xx"
     assert chat(gw, key, user="bob").json()["error"]["code"] == "consent.required"
     no_subject = chat(gw, key)  # no subject, no fallback
-    assert no_subject.status_code == 503 and "names no data subject" in no_subject.json()["error"]["message"]
+    assert no_subject.status_code == 503
+    assert "names no data subject" in no_subject.json()["error"]["message"]
 
     withdrawn = httpx.delete(f"{gw.url}/admin/consents", headers=admin,
                              params={"tenant": "acme", "subject_id": "alice", "purpose": "llm_fallback_gpt4"})
@@ -150,11 +158,13 @@ def test_dpa_fallback_is_used_with_active_consent_and_stops_after_withdrawal(
         still_served += 1
         assert time.monotonic() - withdrawn_at < ttl + 1, f"withdrawal not effective within {ttl} s"
         time.sleep(0.2)
-    assert resp.status_code == 503 and resp.json()["error"]["code"] == "consent.required"
+    assert resp.status_code == 503
+    assert resp.json()["error"]["code"] == "consent.required"
     # Every request that reached the US after the withdrawal was one the cache still answered, no other.
     assert len(upstream_b.received) == sent_before + still_served
     refused = chat(gw, key, user="alice")
-    assert refused.status_code == 503 and refused.json()["error"]["code"] == "consent.required"
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "consent.required"
     assert len(upstream_b.received) == sent_before + still_served  # nothing more reached the US
 
 
@@ -208,12 +218,21 @@ def test_audit_record_explains_the_route_without_prompt_text(
         assert time.monotonic() < deadline
         time.sleep(0.1)
     body = record.json()
-    assert body["deployment"] == "us-gpt4" and body["fallback"] == "upstream_5xx"
-    assert body["consent_ref"] and body["policy_hash"] == gw.gateway.bundle.current.hash
+    assert body["deployment"] == "us-gpt4"
+    assert body["fallback"] == "upstream_5xx"
+    assert body["consent_ref"]
+    assert body["policy_hash"] == gw.gateway.bundle.current.hash
     assert [a[0] for a in body["attempts"]] == ["eu-primary", "us-gpt4"]
     assert {(d["policy"], d["action"]) for d in body["decisions"]} >= {
         ("residency", "allow"), ("consent_fallback", "eligible"), ("consent_fallback", "fallback")}
-    assert "hello" not in record.text and "alice" not in record.text
+    assert "hello" not in record.text
+    assert "alice" not in record.text
+
+
+def reload_failures(url: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    found = re.search(r"^gateway_policy_reload_failures_total ([0-9.e+]+)$", text, flags=re.M)
+    return float(found.group(1)) if found else 0.0
 
 
 @pytest.mark.parametrize("edit", ["valid", "invalid"])
@@ -225,6 +244,7 @@ def test_hot_reload_swaps_valid_bundles_and_keeps_the_last_good_one(
     gw = gateway_factory(config, directory)
     key = gw.key()
     before = httpx.get(f"{gw.url}/readyz").json()["policy_bundle"]
+    failures = reload_failures(gw.url)  # the counter is per process, and other tests reload too
     assert chat(gw, key, "us-only").status_code == 403
     text = RESIDENCY.replace("[EU]", "[EU, US]") if edit == "valid" else RESIDENCY.replace("[EU]", "[EUR]")
     (directory / "bundle.yaml").write_text(text)
@@ -235,7 +255,7 @@ def test_hot_reload_swaps_valid_bundles_and_keeps_the_last_good_one(
             time.sleep(0.05)
         assert chat(gw, key, "us-only").status_code == 200
     else:
-        while "gateway_policy_reload_failures_total 1.0" not in httpx.get(f"{gw.url}/metrics").text:
+        while reload_failures(gw.url) != failures + 1:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert httpx.get(f"{gw.url}/readyz").json()["policy_bundle"] == before

@@ -145,5 +145,6 @@ def test_no_request_leaves_allowed_jurisdictions_without_consent(
         client.close()
     print(f"property examples: {checked}")
     # The property is only meaningful if both outcomes actually occurred.
-    assert checked["us_reached"] > 0 and checked["us_reached"] < checked["examples"]
+    assert checked["us_reached"] > 0
+    assert checked["us_reached"] < checked["examples"]
     assert checked["dpa_hops"] > 0 or EXAMPLES < 100

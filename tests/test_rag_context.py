@@ -71,12 +71,14 @@ async def test_context_is_appended_to_the_system_message_with_citations(rag: Rag
     c = ctx()
     out = await policy(rag, top_k=2).on_request(c, chat())
     system = out["messages"][0]
-    assert system["role"] == "system" and system["content"].startswith("Be brief.\n\n")
+    assert system["role"] == "system"
+    assert system["content"].startswith("Be brief.\n\n")
     assert "[1] (doc.md)\n" + DOCS[0] in system["content"]
     assert len(out["messages"]) == 4
     assert c.response_headers[HEADER].startswith(make_chunks("acme", DOCS[:1])[0].id + ";source=doc.md")
     decision = c.decisions[-1]
-    assert decision.action == "injected" and decision.facts["sources"][0] == "doc.md"
+    assert decision.action == "injected"
+    assert decision.facts["sources"][0] == "doc.md"
     assert decision.facts["duplicates"] == 1  # copy.md holds the same text and is injected once
     assert all(DOCS[0] not in str(v) for v in decision.facts.values())  # ids and counts, not text
 
@@ -85,14 +87,16 @@ async def test_placement_before_last_user_inserts_a_message_there(rag: Rag) -> N
     out = await policy(rag, placement="before_last_user", role="user").on_request(ctx(), chat())
     roles = [m["role"] for m in out["messages"]]
     assert roles == ["system", "user", "assistant", "user", "user"]
-    assert DOCS[0] in out["messages"][3]["content"] and out["messages"][0]["content"] == "Be brief."
+    assert DOCS[0] in out["messages"][3]["content"]
+    assert out["messages"][0]["content"] == "Be brief."
 
 
 async def test_another_tenants_chunks_are_never_injected(rag: Rag) -> None:
     c = ctx("globex")
     out = await policy(rag, top_k=10).on_request(c, chat())
     injected = out["messages"][0]["content"]
-    assert "forty-five" in injected and all(doc not in injected for doc in DOCS)
+    assert "forty-five" in injected
+    assert all(doc not in injected for doc in DOCS)
     assert c.decisions[-1].facts["injected"] == 1
 
 
@@ -110,7 +114,8 @@ async def test_residency_that_excludes_the_store_skips_retrieval(rag: Rag) -> No
     c = ctx(allowed_jurisdictions=frozenset({"CH"}))
     request = chat()
     assert await policy(rag).on_request(c, request) == request
-    assert c.decisions[-1].action == "residency" and c.decisions[-1].facts["store_jurisdiction"] == "EU"
+    assert c.decisions[-1].action == "residency"
+    assert c.decisions[-1].facts["store_jurisdiction"] == "EU"
     with pytest.raises(PolicyDenied) as exc:
         await policy(rag, failure="fail_closed").on_request(
             ctx(allowed_jurisdictions=frozenset({"CH"})), request
@@ -130,9 +135,11 @@ async def test_hints_override_the_query_and_are_never_forwarded(rag: Rag) -> Non
     c = ctx(rag_hints={"query": "car park opening time", "top_k": 1})
     out = await policy(rag, top_k=3).on_request(c, chat())
     assert "gateway_rag" not in out
-    assert c.decisions[-1].facts["injected"] == 1 and DOCS[2] in out["messages"][0]["content"]
+    assert c.decisions[-1].facts["injected"] == 1
+    assert DOCS[2] in out["messages"][0]["content"]
     off = await policy(rag).on_request(ctx(rag_hints={"enabled": False}), chat())
-    assert "gateway_rag" not in off and off["messages"][0]["content"] == "Be brief."
+    assert "gateway_rag" not in off
+    assert off["messages"][0]["content"] == "Be brief."
 
 
 async def test_invalid_hints_and_unlisted_filters_are_rejected(rag: Rag) -> None:
@@ -165,7 +172,8 @@ async def test_fail_open_continues_without_context_and_records_the_error(rag: Ra
     c = ctx()
     request = chat()
     assert await policy(broken).on_request(c, request) == request
-    assert c.decisions[-1].action == "error" and c.decisions[-1].facts["error"] == "StoreError"
+    assert c.decisions[-1].action == "error"
+    assert c.decisions[-1].facts["error"] == "StoreError"
 
 
 async def test_fail_closed_answers_503_rag_unavailable_and_retrieval_has_its_own_timeout(rag: Rag) -> None:
@@ -187,11 +195,12 @@ async def test_shadow_mode_records_what_it_would_inject_without_changing_the_req
     c = ctx()
     request = chat()
     assert await policy(rag, mode="shadow").on_request(c, request) == request
-    assert c.decisions[-1].action == "would_inject" and HEADER not in c.response_headers
+    assert c.decisions[-1].action == "would_inject"
+    assert HEADER not in c.response_headers
 
 
 def test_config_rejects_unknown_keys_and_a_template_without_context() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="topk"):
         RagContext.Config.model_validate({"collection": "handbook", "topk": 3})
     with pytest.raises(ValueError, match="context"):
         RagContext.Config.model_validate({"collection": "handbook", "template": "no placeholder"})

@@ -118,7 +118,8 @@ def test_ingested_documents_are_injected_and_cited_through_the_openai_sdk(
     # one embeddings call per file, through the gateway's own path to the configured deployment
     assert [r.path for r in upstream.received] == ["/v1/embeddings"] * 2
     again = ingest(config_path, docs)
-    assert again.exit_code == 0 and len(upstream.received) == 2  # idempotent: nothing re-embedded
+    assert again.exit_code == 0
+    assert len(upstream.received) == 2
     upstream.reset()
 
     config: Config = load_config(config_path)
@@ -131,16 +132,19 @@ def test_ingested_documents_are_injected_and_cited_through_the_openai_sdk(
     )
     assert raw.parse().choices[0].message.content == upstream.reply
     sources = raw.headers["x-gateway-rag-sources"]
-    assert "source=hr/leave.md" in sources and "source=expenses.md" in sources
+    assert "source=hr/leave.md" in sources
+    assert "source=expenses.md" in sources
 
     embed_call, chat_call = upstream.received
-    assert embed_call.path == "/v1/embeddings" and embed_call.body["input"] == [
+    assert embed_call.path == "/v1/embeddings"
+    assert embed_call.body["input"] == [
         "How many days of leave do I get?"
     ]
     body = chat_call.body
     assert "gateway_rag" not in body
     assert body["messages"][0]["role"] == "system"
-    assert LEAVE in body["messages"][0]["content"] and EXPENSES in body["messages"][0]["content"]
+    assert LEAVE in body["messages"][0]["content"]
+    assert EXPENSES in body["messages"][0]["content"]
     assert body["messages"][-1] == {"role": "user", "content": "How many days of leave do I get?"}
     assert "x-gateway-rag-sources" not in str(raw.parse().choices[0].message.content)
 
@@ -180,7 +184,8 @@ def test_fail_closed_policy_answers_503_when_the_store_is_down(
     client = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(tenant="acme"), max_retries=0)
     with pytest.raises(openai.InternalServerError) as exc:
         client.chat.completions.create(model="mistral-7b", messages=[{"role": "user", "content": "leave?"}])
-    assert exc.value.status_code == 503 and exc.value.code == "rag.unavailable"
+    assert exc.value.status_code == 503
+    assert exc.value.code == "rag.unavailable"
     assert all(r.path != "/v1/chat/completions" for r in upstream.received)
 
 
@@ -200,12 +205,14 @@ def test_ingestion_stores_only_the_subject_pseudonym_and_erasure_deletes_it(
     from gateway.app import Gateway
 
     assert subject == Gateway(load_config(config_path)).pseudonym("alice@example.com")
-    assert b"alice@example.com" not in db.read_bytes() and b'"lang":"en"' in metadata
+    assert b"alice@example.com" not in db.read_bytes()
+    assert b'"lang":"en"' in metadata
 
     erased = CliRunner().invoke(
         cli, ["rag", "delete-subject", "--subject-id", "alice@example.com", "--config", str(config_path)]
     )
-    assert erased.exit_code == 0 and "deleted 1 chunks" in erased.output
+    assert erased.exit_code == 0
+    assert "deleted 1 chunks" in erased.output
     assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM chunks").fetchone()[0] == 0
 
 
@@ -225,4 +232,5 @@ def test_ingestion_refuses_a_tenant_outside_the_collection_acl(tmp_path: Path, u
             str(tmp_path),
         ],
     )
-    assert result.exit_code == 2 and not upstream.received
+    assert result.exit_code == 2
+    assert not upstream.received

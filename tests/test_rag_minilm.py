@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +43,8 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def embedder() -> Iterator[MiniLMEmbedder]:
-    yield MiniLMEmbedder()
+def embedder() -> MiniLMEmbedder:
+    return MiniLMEmbedder()
 
 
 def cos(a: np.ndarray, b: np.ndarray) -> float:
@@ -54,7 +53,8 @@ def cos(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_384_unit_vectors(embedder: MiniLMEmbedder) -> None:
     v = embedder.encode([QUERY, LEAVE, "", "x " * 1000])  # empty and over-long (truncated) texts too
-    assert v.shape == (4, 384) and v.dtype == np.float32
+    assert v.shape == (4, 384)
+    assert v.dtype == np.float32
     assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     assert np.isfinite(v).all()
     assert embedder.encode([]).shape == (0, 384)
@@ -99,7 +99,8 @@ async def test_config_selects_minilm_and_retrieval_works(tmp_path: Path) -> None
     store = EmbeddedIndex(str(tmp_path), "EU")
     rag = Rag(settings, store, embed=None)  # no gateway embeddings path is needed
     emb = rag.embedder("hr")
-    assert isinstance(emb, MiniLMEmbedder) and rag.embedder("other") is emb
+    assert isinstance(emb, MiniLMEmbedder)
+    assert rag.embedder("other") is emb
 
     docs = [LEAVE, EXPENSES, "The office car park opens at seven in the morning."]
     vectors = await emb(docs, None)

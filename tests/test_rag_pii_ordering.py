@@ -65,7 +65,9 @@ def test_pii_in_a_retrieved_chunk_is_redacted_before_it_reaches_a_non_eu_hop(
     assert resp.status_code == 200, resp.text
     assert resp.headers["x-gateway-deployment"] == "us-gpt4"
     eu_chat = eu_chat_upstream.received
-    assert eu_chat and EMAIL in str(eu_chat[-1].body)  # EU hop: context injected, email allowed there
+    assert eu_chat
+    assert EMAIL in str(eu_chat[-1].body)
     us_body = str(upstream_b.received[-1].body)
     assert "works council secretary" in us_body  # the retrieved chunk reached the DPA hop ...
-    assert EMAIL not in us_body and "<EMAIL_ADDRESS_1>" in us_body  # ... with its email redacted
+    assert EMAIL not in us_body
+    assert "<EMAIL_ADDRESS_1>" in us_body

@@ -36,9 +36,11 @@ async def test_vector_search_returns_the_nearest_chunk_first(store: VectorStore)
     await store.upsert("handbook", make_chunks("acme", DOCS))
     hits = await store.search("handbook", q("acme", "how many days of paid holiday", top_k=2))
     assert len(hits) == 2
-    assert hits[0].text == DOCS[0] and hits[0].source == "doc.md"
+    assert hits[0].text == DOCS[0]
+    assert hits[0].source == "doc.md"
     assert hits[0].score >= hits[1].score
-    assert hits[0].distance is not None and abs(hits[0].score - (1 - hits[0].distance)) < 1e-4
+    assert hits[0].distance is not None
+    assert abs(hits[0].score - (1 - hits[0].distance)) < 1e-4
 
 
 async def test_a_tenant_never_sees_another_tenants_chunks(store: VectorStore) -> None:
@@ -47,7 +49,8 @@ async def test_a_tenant_never_sees_another_tenants_chunks(store: VectorStore) ->
     for mode in ("vector", "bm25", "hybrid"):
         acme = await store.search("handbook", q("acme", "secret holiday days", top_k=10, mode=mode))
         globex = await store.search("handbook", q("globex", "secret holiday days", top_k=10, mode=mode))
-        assert acme and all("Globex" not in h.text for h in acme)
+        assert acme
+        assert all("Globex" not in h.text for h in acme)
         assert [h.text for h in globex] == ["Globex secret: holiday is 45 days."]
         assert await store.search("handbook", q("initech", "holiday", mode=mode)) == []
     assert await store.count("handbook", "acme") == 3
@@ -77,7 +80,8 @@ async def test_max_distance_drops_chunks_that_are_too_far(store: VectorStore) ->
 async def test_bm25_and_hybrid_find_keyword_matches(store: VectorStore) -> None:
     await store.upsert("handbook", make_chunks("acme", DOCS))
     bm25 = await store.search("handbook", q("acme", "car park", mode="bm25"))
-    assert bm25[0].text == DOCS[2] and len(bm25) == 1
+    assert bm25[0].text == DOCS[2]
+    assert len(bm25) == 1
     hybrid = await store.search("handbook", q("acme", "expense reports", mode="hybrid", top_k=2))
     assert hybrid[0].text == DOCS[1]
 
@@ -182,7 +186,8 @@ async def test_every_weaviate_query_carries_the_tenant_filter(fake_weaviate: Fak
     assert len(fake_weaviate.searches) == 3
     for request in fake_weaviate.searches:
         text = str(request.filters)
-        assert 'property: "tenant"' in text and 'value_text: "acme"' in text
+        assert 'property: "tenant"' in text
+        assert 'value_text: "acme"' in text
     await backend.close()
 
 
@@ -320,7 +325,8 @@ async def test_embedded_int8_prescan_matches_float32_brute_force(
     await check(vectors, np.array([i for i in range(n + 500) if i % 3]), "after delete")
     # Clustered rows with a query far from every cluster: the bound keeps > n/4 rows and the
     # search falls back to the float32 scan (None); everywhere else the pre-scan answered.
-    assert used and (any(used) if kind == "clustered" else all(used)), used
+    assert used, used
+    assert any(used) if kind == "clustered" else all(used), used
     await index.close()
 
 
@@ -359,7 +365,8 @@ async def test_embedded_hybrid_search_is_the_same_with_and_without_the_int8_pres
                     )
                     found[limit] = hits
                 fast, plain = found[0], found[10**12]
-                assert fast and [h.id for h in fast] == [h.id for h in plain], (trial, filters, max_distance)
+                assert fast, (trial, filters, max_distance)
+                assert [h.id for h in fast] == [h.id for h in plain], (trial, filters, max_distance)
                 assert np.allclose([h.score for h in fast], [h.score for h in plain], atol=1e-5)
                 assert [h.distance is None for h in fast] == [h.distance is None for h in plain]
                 assert np.allclose(

@@ -37,7 +37,6 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,7 +95,8 @@ def parse(text: str) -> list[Step]:
         end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith(ticks))
         if lang == "console":
             block, k = lines[i + 1:end], 0
-            assert block and block[0].startswith("$ "), f"README.md:{i + 2}: a console block starts with a `$ ` prompt"
+            assert block, f"README.md:{i + 2}: an empty console block"
+            assert block[0].startswith("$ "), f"README.md:{i + 2}: a console block starts with a `$ ` prompt"
             while k < len(block):
                 if block[k].startswith("$ "):
                     step = Step(block[k][2:], line=i + 2 + k)
@@ -164,7 +164,7 @@ def test_readme_parses_and_marks_every_command_it_does_not_run() -> None:
 
 
 @pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], dict[str, str]]]:
+def sandbox(tmp_path: Path) -> tuple[Path, dict[str, str], dict[str, str]]:
     for name in ("config.yaml",):
         shutil.copy(ROOT / name, tmp_path / name)
     for name in ("policies", "examples"):
@@ -182,7 +182,7 @@ def sandbox(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], dict[str, st
         assert n == 1, "config.yaml: server.port 8080 not found"
         config.write_text(text)
         env["GATEWAY_DEV_UPSTREAM_PORT"] = str(upstream)
-    yield tmp_path, env, subs
+    return tmp_path, env, subs
 
 
 def _substitute(text: str, subs: dict[str, str]) -> str:

@@ -162,7 +162,8 @@ def test_every_structured_type_the_shipped_bundle_redacts_is_redacted_end_to_end
         with pytest.raises(openai.BadRequestError) as exc:
             sdk.chat.completions.create(model="mistral-7b",
                                         messages=[{"role": "user", "content": sentence.format(value)}])
-        assert exc.value.code == "pii.blocked" and entity in exc.value.message
+        assert exc.value.code == "pii.blocked"
+        assert entity in exc.value.message
         assert len(echo.received) == calls
 
 
@@ -213,9 +214,12 @@ defaults:
         messages=[{"role": "user", "content": f"Mail {EMAIL} now"}])
     assert EMAIL in last_sent(echo)  # allowed to the EU hop, so the echo really carries it back
     call = completion.choices[0].message.function_call
-    assert call is not None and call.name == "send"
+    assert call is not None
+    assert call.name == "send"
     echoed = json.loads(call.arguments)["echo"]
-    assert EMAIL not in echoed and echoed.startswith("Mail ***") and echoed.endswith(".de now")
+    assert EMAIL not in echoed
+    assert echoed.startswith("Mail ***")
+    assert echoed.endswith(".de now")
 
 
 # --- the writer recovers files a dead replayer claimed ---------------------------------------------
@@ -231,8 +235,8 @@ def _claimed_file(engine: Engine, spool: Path, ids: list[str]) -> Path:
     return path
 
 
-async def _wait_for(engine: Engine, ids: list[str], n: int, timeout: float = 3.0) -> int:
-    for _ in range(int(timeout / 0.02)):
+async def _wait_for(engine: Engine, ids: list[str], n: int, within_s: float = 3.0) -> int:
+    for _ in range(int(within_s / 0.02)):
         if _count(engine, ids) >= n:
             break
         await asyncio.sleep(0.02)
@@ -251,19 +255,21 @@ async def test_a_spool_file_claimed_by_a_replayer_that_died_is_replayed_at_the_n
         assert await _wait_for(sqlite_engine, ids, 3) == 3
     finally:
         await writer.stop()
-    assert not claimed.exists() and not list(spool.glob("*.replaying")) and not writer.spooled_files()
+    assert not claimed.exists()
+    assert not list(spool.glob("*.replaying"))
+    assert not writer.spooled_files()
 
 
 async def test_a_file_a_live_replayer_holds_is_left_to_it(sqlite_engine: Engine, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     ids = [uuid.uuid4().hex for _ in range(2)]
     claimed = _claimed_file(sqlite_engine, spool, ids)
-    with open(claimed, "rb") as held:
+    with open(claimed, "rb") as held:  # noqa: ASYNC230 (a lock held on purpose, not I/O)
         fcntl.flock(held, fcntl.LOCK_EX)  # a replayer in another process is working on it
         writer = Writer(sqlite_engine, spool, flush_interval_s=0.02)
         await writer.start()
         try:
-            assert await _wait_for(sqlite_engine, ids, 1, timeout=0.5) == 0
+            assert await _wait_for(sqlite_engine, ids, 1, within_s=0.5) == 0
             assert claimed.exists()
         finally:
             await writer.stop()

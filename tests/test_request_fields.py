@@ -213,7 +213,8 @@ def test_the_end_user_id_leaves_as_a_stable_pseudonym(recording_gw: RunningGatew
     for _ in range(2):
         assert probe(recording_gw, upstream, "chat/completions", body)[0] == 200
     sent = [r.body["user"] for r in upstream.received]
-    assert PROBE not in sent[0] and len(sent[0]) == 32
+    assert PROBE not in sent[0]
+    assert len(sent[0]) == 32
     upstream.received.clear()
     probe(recording_gw, upstream, "chat/completions", body)
     assert upstream.received[0].body["user"] == sent[0]  # the same subject gets the same pseudonym

@@ -50,7 +50,9 @@ def test_a_malformed_chat_request_gets_a_400_naming_the_field(
     resp = post(gw, {"model": "mistral-7b", **body})
     assert resp.status_code == 400, resp.text
     error = resp.json()["error"]
-    assert error["code"] == code and error["param"] == param and error["type"] == "invalid_request_error"
+    assert error["code"] == code
+    assert error["param"] == param
+    assert error["type"] == "invalid_request_error"
     assert upstream.received == []
 
 
@@ -64,11 +66,13 @@ def test_a_gateway_bug_is_a_500_in_openai_format_and_recorded_as_500_not_zero(
     monkeypatch.setattr(gw.gateway.router, "send", broken)
     resp = post(gw, {"model": "mistral-7b", "messages": HELLO})
     assert resp.status_code == 500
-    assert resp.json()["error"]["code"] == "internal_error" and "a bug" not in resp.text
+    assert resp.json()["error"]["code"] == "internal_error"
+    assert "a bug" not in resp.text
     request_id = resp.headers["x-gateway-request-id"]
     gw.stop()  # a clean shutdown drains the writer
     record = audit.fetch(gw.gateway.engine, request_id)
-    assert record is not None and record.status == 500
+    assert record is not None
+    assert record.status == 500
 
 
 @pytest.mark.parametrize(("headers", "code"), [
@@ -79,14 +83,16 @@ def test_a_gateway_bug_is_a_500_in_openai_format_and_recorded_as_500_not_zero(
 def test_headers_that_would_reach_the_record_are_bounded(
         gw: RunningGateway, upstream: DevUpstream, headers: dict[str, str], code: str) -> None:
     resp = post(gw, {"model": "mistral-7b", "messages": HELLO}, headers=headers)
-    assert resp.status_code == 400 and resp.json()["error"]["code"] == code
+    assert resp.status_code == 400
+    assert resp.json()["error"]["code"] == code
     assert upstream.received == []
 
 
 def test_an_embeddings_request_for_a_chat_model_says_so(gw: RunningGateway) -> None:
     resp = post(gw, {"model": "mistral-7b", "input": "x"}, endpoint="embeddings")
     assert resp.status_code == 400
-    assert resp.json()["error"]["code"] == "model_wrong_endpoint" and resp.json()["error"]["message"] == "mistral-7b is a chat model; embeddings models: mistral-embed."
+    assert resp.json()["error"]["code"] == "model_wrong_endpoint"
+    assert resp.json()["error"]["message"] == "mistral-7b is a chat model; embeddings models: mistral-embed."
 
 
 @pytest.mark.parametrize(("mode", "status", "forwarded"), [("reject", 400, None), ("drop", 200, False),
@@ -134,7 +140,8 @@ def test_pii_analysis_has_a_size_bound_and_a_per_key_bound(
         "version: 1\ndefaults:\n  pii_redaction:\n    max_chars: 5000\n    entities: {EMAIL_ADDRESS: redact}\n")
     gw = gateway_factory(make_config(upstream), tmp_path / "p")
     big = post(gw, {"model": "mistral-7b", "messages": [{"role": "user", "content": "a " * 3000}]})
-    assert big.status_code == 413 and big.json()["error"]["code"] == "pii.too_large"
+    assert big.status_code == 413
+    assert big.json()["error"]["code"] == "pii.too_large"
     assert upstream.received == []
     assert post(gw, {"model": "mistral-7b", "messages": [{"role": "user", "content": "a " * 2000}]}).status_code == 200
 
@@ -166,7 +173,8 @@ def test_a_client_over_its_rate_limit_is_refused_before_any_pii_analysis(
         time.sleep(61 - time.time() % 60)
     statuses = [httpx.post(f"{gw.base_url}/chat/completions", json=body, timeout=10,
                            headers={"Authorization": f"Bearer {key}"}).status_code for _ in range(4)]
-    assert statuses[:2] == [200, 200] and statuses[2:] == [429, 429]
+    assert statuses[:2] == [200, 200]
+    assert statuses[2:] == [429, 429]
     assert 0 < len(analysed) <= 2 * 2  # request + hop analyses of the two admitted requests only
 
 
@@ -180,7 +188,8 @@ def test_a_data_class_no_policy_names_is_refused(
     body = {"model": "mistral-7b", "messages": HELLO}
     assert post(gw, body, headers={"X-Data-Class": "health"}).status_code == 200
     refused = post(gw, body, headers={"X-Data-Class": "secret"})
-    assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_request.data_class"
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "invalid_request.data_class"
     assert "health, internal" in refused.json()["error"]["message"]
     # Named by another tenant's rule: a class this tenant's residency does not list (unknown_data_class).
     assert post(gw, body, headers={"X-Data-Class": "internal"}).json()["error"]["code"] == \

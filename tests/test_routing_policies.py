@@ -51,7 +51,8 @@ def residency(mode: Any = "enforce", **config: Any) -> Residency:
 async def test_residency_keeps_allowed_hops_and_records_what_it_removed() -> None:
     ctx = context(EU, US, CH)
     await residency(allow=["EU", "CH"]).on_request(ctx, {})
-    assert ctx.candidates == [EU, CH] and ctx.allowed_jurisdictions == frozenset({"EU", "CH"})
+    assert ctx.candidates == [EU, CH]
+    assert ctx.allowed_jurisdictions == frozenset({"EU", "CH"})
     assert decisions(ctx) == [("residency", "narrow", {"allowed": ["CH", "EU"], "removed": ["us-gpt4"],
                                                        "data_class": None})]
     ctx = context(EU)
@@ -74,7 +75,8 @@ async def test_residency_refuses_when_nothing_is_left_and_in_shadow_only_records
     assert refused.value.message == "No deployment of model 'gpt-4o' is in an allowed jurisdiction (EU)."
     ctx = context(EU, US)
     await residency(mode="shadow").on_request(ctx, {})
-    assert ctx.candidates == [EU, US] and ctx.allowed_jurisdictions is None
+    assert ctx.candidates == [EU, US]
+    assert ctx.allowed_jurisdictions is None
     assert decisions(ctx)[0][1] == "narrow"
 
 
@@ -82,10 +84,12 @@ async def test_residency_uses_the_data_class_and_stores_only_named_classes() -> 
     policy = residency(allow=["EU", "CH"], data_classes={"health": ["EU"]}, unknown_data_class="default")
     ctx = context(EU, CH, data_class="health")
     await policy.on_request(ctx, {})
-    assert ctx.candidates == [EU] and decisions(ctx)[0][2]["data_class"] == "health"
+    assert ctx.candidates == [EU]
+    assert decisions(ctx)[0][2]["data_class"] == "health"
     ctx = context(EU, CH, data_class="jane.doe@example.org")  # a header value is never stored as sent
     await policy.on_request(ctx, {})
-    assert ctx.candidates == [EU, CH] and decisions(ctx)[0][2]["data_class"] == "unlisted"
+    assert ctx.candidates == [EU, CH]
+    assert decisions(ctx)[0][2]["data_class"] == "unlisted"
     with pytest.raises(PolicyDenied) as refused:
         await residency(data_classes={"health": ["EU"]}).on_request(context(EU, data_class="other"), {})
     assert (refused.value.status, refused.value.code) == (403, "residency.unknown_data_class")
@@ -161,7 +165,8 @@ async def test_a_subject_with_consent_gets_the_fallback_added_once_after_the_all
     registry = Registry(CONSENT)
     ctx = context(EU)
     assert await fallback(registry).on_request(ctx, {"r": 1}) == {"r": 1}
-    assert [t.name for t in ctx.candidates] == ["eu-1", "us-gpt4"] and ctx.consents == {"us-gpt4": "consent-42"}
+    assert [t.name for t in ctx.candidates] == ["eu-1", "us-gpt4"]
+    assert ctx.consents == {"us-gpt4": "consent-42"}
     assert registry.asked == [("acme", "pseudo-1", "llm_fallback_gpt4")]
     assert decisions(ctx) == [("consent_fallback", "eligible", {"target": "us-gpt4", "consent_ref": "consent-42",
                                                                 "purpose": "llm_fallback_gpt4"})]
@@ -180,7 +185,8 @@ async def test_without_consent_nothing_is_added_and_the_reason_is_withheld_for_t
 ) -> None:
     ctx = context(EU, subject=subject)
     await fallback(registry, purpose="p2").on_request(ctx, {})
-    assert ctx.candidates == [EU] and ctx.consents == {}
+    assert ctx.candidates == [EU]
+    assert ctx.consents == {}
     assert decisions(ctx) == [("consent_fallback", "not_eligible", {"reason": reason, "target": "us-gpt4",
                                                                     "purpose": "p2"})]
     [withheld] = ctx.withheld
@@ -188,7 +194,8 @@ async def test_without_consent_nothing_is_added_and_the_reason_is_withheld_for_t
     assert withheld.message.startswith("Every allowed deployment failed. A DPA fallback exists")
     shadow = context(EU, subject=subject)
     await fallback(registry, mode="shadow").on_request(shadow, {})
-    assert shadow.withheld == [] and shadow.candidates == [EU]
+    assert shadow.withheld == []
+    assert shadow.candidates == [EU]
 
 
 async def test_the_fallback_applies_only_to_chat_and_its_models_and_a_known_target() -> None:
@@ -198,14 +205,16 @@ async def test_the_fallback_applies_only_to_chat_and_its_models_and_a_known_targ
         (context(EU, model="mistral-large"), fallback(registry, models=["mistral-7b"])),
     ]:
         await policy.on_request(ctx, {})
-        assert ctx.candidates == [EU] and ctx.decisions == []
+        assert ctx.candidates == [EU]
+        assert ctx.decisions == []
     assert registry.asked == []
     ctx = context(EU, model="mistral-7b")
     await fallback(registry, models=["mistral-7b"]).on_request(ctx, {})
     assert len(ctx.candidates) == 2
     ctx = context(EU)
     await fallback(registry, target="nowhere").on_request(ctx, {})
-    assert ctx.candidates == [EU] and decisions(ctx) == [
+    assert ctx.candidates == [EU]
+    assert decisions(ctx) == [
         ("consent_fallback", "not_eligible", {"reason": "unknown_target", "target": "nowhere"})]
 
 
@@ -213,10 +222,12 @@ async def test_without_required_consent_the_fallback_is_added_with_no_reference_
     registry = Registry(None)
     ctx = context(EU, subject=None)
     await fallback(registry, require_consent=False).on_request(ctx, {})
-    assert ctx.consents == {"us-gpt4": "not-required"} and registry.asked == []
+    assert ctx.consents == {"us-gpt4": "not-required"}
+    assert registry.asked == []
     ctx = context(EU)
     await fallback(Registry(CONSENT), mode="shadow").on_request(ctx, {})
-    assert ctx.candidates == [EU] and ctx.consents == {}
+    assert ctx.candidates == [EU]
+    assert ctx.consents == {}
     assert decisions(ctx) == [("consent_fallback", "would_add", {"target": "us-gpt4", "consent_ref": "consent-42"})]
 
 

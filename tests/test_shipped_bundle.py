@@ -133,7 +133,8 @@ def user_message(text: str) -> list[Any]:
 
 def error_of(exc: openai.APIStatusError) -> dict[str, Any]:
     body = exc.response.json()
-    assert isinstance(body, dict) and isinstance(body.get("error"), dict), body
+    assert isinstance(body, dict), body
+    assert isinstance(body.get("error"), dict), body
     return body["error"]
 
 
@@ -184,7 +185,8 @@ def test_consented_fallback_sends_no_identifier_to_the_us(
     assert raw.headers["x-gateway-jurisdiction"] == "US"
     assert raw.headers["x-gateway-fallback"] == "upstream_5xx"
     assert completion.choices[0].message.content == US_REPLY
-    assert len(upstream.received) == 1 and len(upstream_b.received) == 1  # both EU hops were tried first
+    assert len(upstream.received) == 1
+    assert len(upstream_b.received) == 1
     [body] = sent(upstream_us)
     assert_no_identifier(body)
     assert upstream_us.received[0].body["model"] == "gpt-4o"
@@ -203,7 +205,8 @@ def test_consented_streaming_fallback_sends_no_identifier_to_the_us(
         assert response.headers["x-gateway-deployment"] == "openai-gpt4"
         text = "".join(chunk.choices[0].delta.content or "" for chunk in response.parse() if chunk.choices)
     assert text == US_REPLY
-    assert len(upstream.received) == 1 and len(upstream_b.received) == 1
+    assert len(upstream.received) == 1
+    assert len(upstream_b.received) == 1
     [body] = sent(upstream_us)
     assert upstream_us.received[0].body["stream"] is True
     assert_no_identifier(body)
@@ -242,9 +245,12 @@ def test_a_us_ssn_is_refused_on_the_consented_fallback_path(
         sdk.chat.completions.create(model="mistral-7b", user=SUBJECT, messages=user_message(f"My SSN is {SSN}"))
     assert refused.value.status_code == 400
     error = error_of(refused.value)
-    assert error["code"] == "pii.blocked" and "US_SSN" in error["message"]
+    assert error["code"] == "pii.blocked"
+    assert "US_SSN" in error["message"]
     assert SSN not in refused.value.response.text
-    assert upstream_us.received == [] and upstream.received == [] and upstream_b.received == []
+    assert upstream_us.received == []
+    assert upstream.received == []
+    assert upstream_b.received == []
     # Control: without the SSN, the same subject and key do reach the US.
     completion = sdk.chat.completions.create(model="mistral-7b", user=SUBJECT, messages=user_message("My leave?"))
     assert completion.choices[0].message.content == US_REPLY
@@ -274,7 +280,8 @@ def test_without_consent_the_fallback_is_refused_with_consent_required(
     assert refused.value.status_code == 503
     assert error_of(refused.value)["code"] == "consent.required"
     assert refused.value.response.headers.get("retry-after", "").isdigit()
-    assert len(upstream.received) == 1 and len(upstream_b.received) == 1  # the EU hops were tried
+    assert len(upstream.received) == 1
+    assert len(upstream_b.received) == 1
     assert upstream_us.received == []
     # Control: the consented subject, on the same gateway and key, does reach the US.
     completion = sdk.chat.completions.create(model="mistral-7b", user=SUBJECT, messages=user_message("hello"))
@@ -300,7 +307,8 @@ def test_a_tenant_without_the_dpa_fallback_never_reaches_the_us_even_with_consen
     assert failed.value.status_code == 502
     assert error_of(failed.value)["code"] == "upstream_5xx"
     assert "sk-internal-secret" not in failed.value.response.text  # the upstream's error text stays inside
-    assert len(upstream.received) == 1 and len(upstream_b.received) == 1
+    assert len(upstream.received) == 1
+    assert len(upstream_b.received) == 1
     assert upstream_us.received == []
     # Control: the hr chatbot, same subject, same gateway, does fall back to the US.
     completion = client(gw).chat.completions.create(model="mistral-7b", user=SUBJECT, messages=user_message("hi"))

@@ -64,4 +64,5 @@ def test_setting_json_reencodes_the_data() -> None:
     ev = Event.of({"x": 1})
     ev.json = {"x": 2}
     assert ev.encode() == b'data: {"x":2}\n\n'
-    assert Event(b"[DONE]").is_done and Event(b"[DONE]").json is None
+    assert Event(b"[DONE]").is_done
+    assert Event(b"[DONE]").json is None

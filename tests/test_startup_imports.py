@@ -53,7 +53,8 @@ def test_the_shipped_bundle_loads_engines_only_for_the_chains_that_use_them() ->
     # Structured identifiers only: the fast recognizer's validators, no spaCy, no Presidio.
     assert steps["defaults chain"] == "'phonenumbers', 'regex'"
     # PERSON for hr/chatbot: spaCy (and numpy under it, and the embedded RAG index), still no Presidio.
-    assert "'spacy'" in steps["hr/chatbot chain"] and "presidio" not in steps["hr/chatbot chain"]
+    assert "'spacy'" in steps["hr/chatbot chain"]
+    assert "presidio" not in steps["hr/chatbot chain"]
     assert not {"'weaviate'", "'litellm'", "'sqlalchemy'", "'redis'"} & set(steps["hr/chatbot chain"].split(", "))
     # Token counting for Mistral 7B: sentencepiece alone.
     assert "mistral_common" not in steps["mistral-v3 tokenizer"]

@@ -136,7 +136,8 @@ def test_a_stream_ends_at_the_deployments_total_s(gateway_factory: Callable[...,
         assert _wait(lambda: slow.streams_aborted == 1, 5)
         gw.stop()
         record = audit.fetch(gw.gateway.engine, request_id)
-        assert record is not None and record.status == 504
+        assert record is not None
+        assert record.status == 504
     finally:
         slow.stop()
 
@@ -155,7 +156,8 @@ def test_a_client_that_asked_for_usage_gets_the_gateways_estimate_when_the_upstr
             stream_options={"include_usage": True}))
         last = chunks[-1]
         assert last.choices == []
-        assert last.usage is not None and last.usage.completion_tokens > 0
+        assert last.usage is not None
+        assert last.usage.completion_tokens > 0
         assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
         assert (last.model_extra or {}).get("x-gateway-usage") == "estimated"
         assert last.id == chunks[0].id

@@ -78,7 +78,8 @@ def assert_never_sent(upstream: DevUpstream) -> None:
     text = sent(upstream)
     for value in (EMAIL, IBAN, IBAN.replace(" ", "")):
         assert value not in text
-    assert "<EMAIL_ADDRESS_1>" in text and "<IBAN_CODE_1>" in text
+    assert "<EMAIL_ADDRESS_1>" in text
+    assert "<IBAN_CODE_1>" in text
 
 
 class Assembled:
@@ -241,7 +242,8 @@ def test_legacy_function_call_arguments_in_an_answer_are_restored(client: openai
     completion = client.chat.completions.create(
         model="mistral-7b", messages=[{"role": "user", "content": PROMPT}], functions=FUNCTIONS)
     call = completion.choices[0].message.function_call
-    assert call is not None and call.name == "send"
+    assert call is not None
+    assert call.name == "send"
     assert json.loads(call.arguments) == {"echo": PROMPT}
     assert_never_sent(shapes)
 

@@ -69,7 +69,8 @@ def test_concurrent_requests_on_two_gateways_are_admitted_exactly_up_to_the_shar
         assert Counter(statuses) == {200: rpm, 429: 40 - rpm}, per_gateway
         # Each gateway's own ledger holds its own admitted requests; together, exactly rpm.
         admitted = [sum(1 for r in ledger(g.gateway.engine, 20) if r.status == 200) for g in gateways]
-        assert admitted == [c[200] for c in per_gateway] and sum(admitted) == rpm
+        assert admitted == [c[200] for c in per_gateway]
+        assert sum(admitted) == rpm
     finally:
         cleanup(prefix)
 

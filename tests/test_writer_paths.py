@@ -54,7 +54,8 @@ async def test_files_and_directories_are_made_as_needed_and_readable_by_their_ow
     spool = tmp_path / "a" / "b" / "spool"
     writer = Writer(sqlite_engine, spool, flush_interval_s=60)
     await writer.start()
-    assert writer._task is not None and writer._task.get_name() == "gateway-writer"
+    assert writer._task is not None
+    assert writer._task.get_name() == "gateway-writer"
     [wal] = wal_files(spool)
     assert stat.S_IMODE(wal.stat().st_mode) == 0o600
     await writer.stop()
@@ -87,7 +88,8 @@ async def test_wal_fsync_syncs_the_write_ahead_file_at_each_put_and_only_then(
         rows = [_row(), _row()]
         for row in rows:
             writer.put(row)
-        assert synced == [writer._segments[-1].fd] * expected and writer.pending == 2
+        assert synced == [writer._segments[-1].fd] * expected
+        assert writer.pending == 2
         await writer.stop()
         assert _count(sqlite_engine, [r.request_id for r in rows]) == 2
 
@@ -122,7 +124,9 @@ async def test_stop_ends_the_loop_without_cancelling_it_and_can_be_called_twice(
     row = _row()
     writer.put(row)
     await writer.stop()  # wakes the loop, which sees it is stopping and returns
-    assert task.done() and not task.cancelled() and writer._task is None
+    assert task.done()
+    assert not task.cancelled()
+    assert writer._task is None
     await writer.stop()
     assert _count(sqlite_engine, [row.request_id]) == 1
 
@@ -169,7 +173,8 @@ async def test_an_outage_waits_its_retry_time_and_the_first_good_flush_replays_t
     await writer.flush()
     writer.put(second)
     await writer.flush()
-    assert tried == [1] and not writer.healthy  # within retry_s the database is not tried again
+    assert tried == [1]
+    assert not writer.healthy
     assert writer._next_retry > time.monotonic() + 50
     monkeypatch.undo()
     writer._next_retry = 0.0  # retry_s has passed
@@ -199,7 +204,8 @@ async def test_the_loop_replays_the_spool_once_the_database_is_back_without_new_
         if _count(sqlite_engine, [row.request_id]):
             break
         await asyncio.sleep(0.01)
-    assert _count(sqlite_engine, [row.request_id]) == 1 and writer.healthy
+    assert _count(sqlite_engine, [row.request_id]) == 1
+    assert writer.healthy
     await writer.stop()
 
 
@@ -210,7 +216,8 @@ async def test_stop_gives_the_database_one_more_try_before_spooling_what_is_left
     monkeypatch.setattr(writer, "_write", down)
     writer.put(_row())
     await writer.flush()
-    assert not writer.healthy and writer._next_retry > time.monotonic() + 50
+    assert not writer.healthy
+    assert writer._next_retry > time.monotonic() + 50
     monkeypatch.undo()
     written: list[int] = []
     real = writer._write
@@ -223,7 +230,9 @@ async def test_stop_gives_the_database_one_more_try_before_spooling_what_is_left
     row = _row()
     writer.put(row)
     await writer.stop()
-    assert written == [1] and writer.healthy and _count(sqlite_engine, [row.request_id]) == 1
+    assert written == [1]
+    assert writer.healthy
+    assert _count(sqlite_engine, [row.request_id]) == 1
 
 
 async def test_the_loop_logs_an_unexpected_error_and_goes_on(
@@ -261,7 +270,8 @@ async def test_an_overflow_that_is_spooled_does_not_keep_its_write_ahead_file(
     writer.put(_row())
     over = _row()
     writer.put(over)
-    assert writer.pending == 1 and len(writer.spooled_files()) == 1
+    assert writer.pending == 1
+    assert len(writer.spooled_files()) == 1
     assert not writer._segments[-1].keep
     await writer.stop()
     assert _count(sqlite_engine, [over.request_id]) == 1
@@ -314,11 +324,15 @@ def test_a_batch_that_spans_write_ahead_files_settles_each_of_them(sqlite_engine
         writer.put(_row())
     old, new = writer._segments
     writer._settled(4, True)
-    assert list(writer._segments) == [new] and new.remaining == 2 and not old.path.exists()
+    assert list(writer._segments) == [new]
+    assert new.remaining == 2
+    assert not old.path.exists()
     writer._settled(1, False)  # one row lost: its file must be replayed at the next start
-    assert new.remaining == 1 and new.keep
+    assert new.remaining == 1
+    assert new.keep
     writer._settled(1, True)
-    assert new.remaining == 0 and new.keep
+    assert new.remaining == 0
+    assert new.keep
 
 
 def test_retiring_a_file_that_is_already_gone_is_not_an_error(tmp_path: Path) -> None:
@@ -327,7 +341,7 @@ def test_retiring_a_file_that_is_already_gone_is_not_an_error(tmp_path: Path) ->
         os.unlink(segment.path)
         segment.keep = keep
         segment.retire()
-        with pytest.raises(OSError):
+        with pytest.raises(OSError, match="Bad file descriptor"):
             os.fstat(segment.fd)  # closed all the same
     assert list(tmp_path.iterdir()) == []
 
@@ -370,7 +384,8 @@ async def test_recovery_goes_past_a_file_it_cannot_open_or_lock_and_logs_one_it_
     for fd in held:
         os.close(fd)
     writer._recover_wal()
-    assert writer.replay() == 3 and _count(sqlite_engine, ids) == 3
+    assert writer.replay() == 3
+    assert _count(sqlite_engine, ids) == 3
 
 
 async def test_every_row_the_recovery_hook_adds_lands(sqlite_engine: Engine, tmp_path: Path) -> None:
@@ -410,10 +425,12 @@ def test_replay_sums_every_file_goes_past_one_claimed_elsewhere_and_inserts_batc
         os.rename(src, dst)
 
     monkeypatch.setattr(writer_module, "os", OsWith(rename=rename))
-    assert claimed_elsewhere == [] and writer.replay() == 3  # the two other files, summed
+    assert claimed_elsewhere == []
+    assert writer.replay() == 3
     assert claimed_elsewhere == ["a.jsonl"]
     monkeypatch.setattr(writer_module, "os", os)
-    assert writer.replay() == 2 and _count(sqlite_engine, ids) == 5
+    assert writer.replay() == 2
+    assert _count(sqlite_engine, ids) == 5
 
 
 def test_a_replay_the_database_drops_says_why(
@@ -501,7 +518,8 @@ async def test_rows_a_full_queue_spilled_are_written_once_the_queue_has_drained(
             break
         await asyncio.sleep(0.01)
     assert (_count(sqlite_engine, [queued.request_id]), _count(sqlite_engine, [spilled.request_id])) == (1, 1)  # before stop()
-    assert writer.spooled_files() == [] and writer.healthy
+    assert writer.spooled_files() == []
+    assert writer.healthy
     await writer.stop()
 
 
@@ -528,7 +546,8 @@ async def test_a_line_torn_inside_a_multibyte_character_costs_only_that_line(
     writer.on_recover = on_recover
     await writer.start()
     await writer.stop()
-    assert seen == [1] and _count(sqlite_engine, ids) == 2
+    assert seen == [1]
+    assert _count(sqlite_engine, ids) == 2
     assert writer.spooled_files() == []
 
 
@@ -554,6 +573,7 @@ async def test_a_healthy_writer_replays_only_when_a_full_queue_spilled(
     writer.put(_row())
     writer.put(_row())  # over the queue: spilled
     await asyncio.sleep(0.2)
-    assert replays == 1 and writer.spooled_files() == []
+    assert replays == 1
+    assert writer.spooled_files() == []
     monkeypatch.undo()
     await writer.stop()

@@ -73,12 +73,15 @@ async def test_a_row_is_in_the_write_ahead_file_as_soon_as_it_is_put(sqlite_engi
     [wal] = wal_files(spool)
     assert wal.name.startswith(f"wal-{writer._id}-")
     [item] = lines(wal)
-    assert item["table"] == "usage_ledger" and item["row"]["request_id"] == row.request_id
+    assert item["table"] == "usage_ledger"
+    assert item["row"]["request_id"] == row.request_id
     assert item["row"]["cost_eur"] == "0.0000123456"  # decimals travel as strings, exactly
-    assert writer._segments[-1].remaining == 1 and writer.pending == 1
+    assert writer._segments[-1].remaining == 1
+    assert writer.pending == 1
     before = rows_counted()
     await writer.stop()
-    assert wal_files(spool) == [] and _count(sqlite_engine, [row.request_id]) == 1
+    assert wal_files(spool) == []
+    assert _count(sqlite_engine, [row.request_id]) == 1
     assert counted_since(before) == {"written": 1.0}
 
 
@@ -89,7 +92,8 @@ async def test_put_never_raises_and_a_missing_write_ahead_file_only_costs_the_cr
     writer = Writer(sqlite_engine, spool, flush_interval_s=60)
     await writer.start()
     writer.put(object())  # type: ignore[arg-type]  # not a row: logged, not raised
-    assert writer.pending == 0 and messages(caplog) == [("ERROR", "writer.put failed")]
+    assert writer.pending == 0
+    assert messages(caplog) == [("ERROR", "writer.put failed")]
     await writer.stop()
     in_the_way = tmp_path / "a-file"
     in_the_way.write_text("not a directory")
@@ -134,7 +138,8 @@ async def test_a_dead_processs_write_ahead_file_is_replayed_and_its_chain_closed
     with Session(sqlite_engine) as s:
         mark = s.exec(select(AuditChainMark).where(AuditChainMark.chain_id == "dead-chain")).one()
     assert (mark.kind, mark.seq) == ("recovered", 3)
-    assert wal_files(spool) == [] and later.spooled_files() == []
+    assert wal_files(spool) == []
+    assert later.spooled_files() == []
 
 
 async def test_a_write_ahead_file_a_live_process_holds_is_left_alone(sqlite_engine: Engine, tmp_path: Path) -> None:
@@ -147,11 +152,13 @@ async def test_a_write_ahead_file_a_live_process_holds_is_left_alone(sqlite_engi
     other = Writer(sqlite_engine, spool, flush_interval_s=60)
     other.on_recover = lambda items: pytest.fail("a live file was recovered")
     await other.start()
-    assert wal.exists() and _count(sqlite_engine, [row.request_id]) == 0
+    assert wal.exists()
+    assert _count(sqlite_engine, [row.request_id]) == 0
     await other.stop()
     assert wal.exists()
     await live.stop()
-    assert not wal.exists() and _count(sqlite_engine, [row.request_id]) == 1
+    assert not wal.exists()
+    assert _count(sqlite_engine, [row.request_id]) == 1
 
 
 async def test_a_torn_last_line_does_not_stop_the_recovery_of_the_rows_before_it(
@@ -172,7 +179,8 @@ async def test_a_torn_last_line_does_not_stop_the_recovery_of_the_rows_before_it
     writer.on_recover = on_recover
     await writer.start()
     await writer.stop()
-    assert seen == [2] and _count(sqlite_engine, ids) == 2
+    assert seen == [2]
+    assert _count(sqlite_engine, ids) == 2
 
 
 async def test_a_file_is_rotated_after_its_time_and_retired_once_its_rows_are_written(
@@ -187,13 +195,16 @@ async def test_a_file_is_rotated_after_its_time_and_retired_once_its_rows_are_wr
     writer.put(_row())
     [first] = wal_files(spool)
     await writer.flush()  # the file is young: no new one
-    assert wal_files(spool) == [first] and writer._segments[-1].remaining == 1
+    assert wal_files(spool) == [first]
+    assert writer._segments[-1].remaining == 1
     monkeypatch.setattr(writer_module, "_ROTATE_S", 0.0)
     writer.put(_row())
     await writer.flush()  # old enough: rows from now on go to a new file...
     [segment] = writer._segments  # ...and the flush settled the first file's last two rows: it is deleted
     second = segment.path
-    assert second != first and wal_files(spool) == [second] and segment.remaining == 0
+    assert second != first
+    assert wal_files(spool) == [second]
+    assert segment.remaining == 0
     writer.put(_row())
     assert len(lines(second)) == 1
     await writer.stop()
@@ -223,11 +234,13 @@ async def test_an_overflow_that_cannot_be_spooled_keeps_the_write_ahead_file(
     monkeypatch.setattr(writer, "_spool", lambda rows: False)
     lost = _row()
     writer.put(lost)  # over the queue, and the spool fails: only the write-ahead file has it
-    assert writer.pending == 1 and writer._segments[-1].keep
+    assert writer.pending == 1
+    assert writer._segments[-1].keep
     monkeypatch.undo()
     await writer.stop()
     # the kept file went to the spool at stop and was replayed from there
-    assert writer.spooled_files() == [] and _count(sqlite_engine, [lost.request_id]) == 1
+    assert writer.spooled_files() == []
+    assert _count(sqlite_engine, [lost.request_id]) == 1
 
 
 async def test_a_failed_write_is_spooled_and_the_file_deleted_once_spooled(
@@ -247,7 +260,9 @@ async def test_a_failed_write_is_spooled_and_the_file_deleted_once_spooled(
     await writer.flush()
     assert counted_since(before) == {"spooled": 1.0}
     assert messages(caplog) == [("WARNING", f"database write failed (OperationalError); spooling rows to {spool}")]
-    assert not writer.healthy and writer._segments[-1].remaining == 0 and not writer._segments[-1].keep
+    assert not writer.healthy
+    assert writer._segments[-1].remaining == 0
+    assert not writer._segments[-1].keep
     [spooled] = writer.spooled_files()
     assert [item["row"]["request_id"] for item in lines(spooled)] == [row.request_id]
     second = _row()
@@ -258,7 +273,8 @@ async def test_a_failed_write_is_spooled_and_the_file_deleted_once_spooled(
     monkeypatch.undo()
     before = rows_counted()
     await writer.stop()
-    assert _count(sqlite_engine, [row.request_id, second.request_id]) == 2 and writer.healthy
+    assert _count(sqlite_engine, [row.request_id, second.request_id]) == 2
+    assert writer.healthy
     assert counted_since(before) == {"replayed": 2.0}
     assert ("WARNING", "database is back") in messages(caplog)
 
@@ -289,7 +305,8 @@ def test_replay_skips_torn_lines_quarantines_refused_rows_and_keeps_the_rest(
     [bad] = spool.glob("rejected-*.bad")
     assert bad.name == "rejected-crashed.jsonl.bad"
     assert [(item["table"], item["row"]["request_id"]) for item in lines(bad)] == [("usage_ledger", refused.request_id)]
-    assert writer.spooled_files() == [] and not list(spool.glob("*.replaying"))
+    assert writer.spooled_files() == []
+    assert not list(spool.glob("*.replaying"))
 
 
 def test_a_replay_the_database_drops_keeps_the_file_for_later(
@@ -307,18 +324,25 @@ def test_a_replay_the_database_drops_keeps_the_file_for_later(
     monkeypatch.setattr(writer, "_insert", unreachable)
     assert writer.replay() == 0
     [kept] = writer.spooled_files()
-    assert kept.name.startswith("recovered-") and not writer.healthy
+    assert kept.name.startswith("recovered-")
+    assert not writer.healthy
     monkeypatch.undo()
-    assert writer.replay() == 1 and writer.healthy and _count(sqlite_engine, [row.request_id]) == 1
+    assert writer.replay() == 1
+    assert writer.healthy
+    assert _count(sqlite_engine, [row.request_id]) == 1
 
 
 def test_spooled_values_come_back_as_their_column_types() -> None:
     table = _tables()["usage_ledger"]
     row = _decode(table, {"request_id": "r1", "at": "2026-11-30T12:00:01.000002",
                           "cost_eur": "0.0000123456", "fx_rate": 0.92, "prompt_tokens": 10, "tenant": None})
-    assert row["at"] == datetime(2026, 11, 30, 12, 0, 1, 2) and isinstance(row["cost_eur"], Decimal)
-    assert row["cost_eur"] == Decimal("0.0000123456") and row["fx_rate"] == Decimal("0.92")
-    assert row["prompt_tokens"] == 10 and row["tenant"] is None and row["request_id"] == "r1"
+    assert row["at"] == datetime(2026, 11, 30, 12, 0, 1, 2)
+    assert isinstance(row["cost_eur"], Decimal)
+    assert row["cost_eur"] == Decimal("0.0000123456")
+    assert row["fx_rate"] == Decimal("0.92")
+    assert row["prompt_tokens"] == 10
+    assert row["tenant"] is None
+    assert row["request_id"] == "r1"
     assert set(row) == {c.name for c in table.columns}
 
 

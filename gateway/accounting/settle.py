@@ -56,6 +56,6 @@ class Settler:
             return
         try:
             await self.store.adjust(deltas)
-        except Exception as exc:
+        except Exception as exc:  # a failed settlement is retried with the next reservation  # noqa: BLE001
             log.warning("settlement failed (%s); retrying with the next reservation", type(exc).__name__)
             self.restore(deltas)

@@ -209,7 +209,7 @@ class Analyzer:
                 results = await asyncio.wait_for(job, self.timeout_s)
             else:
                 results = self._analyze_many(batch)
-        except Exception as exc:
+        except Exception as exc:  # any engine failure is 'analyzer unavailable'  # noqa: BLE001
             raise AnalyzerUnavailable(type(exc).__name__) from None
         for key, text, spans in zip(todo, batch, results, strict=True):
             out[text] = spans

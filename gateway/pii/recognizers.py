@@ -131,10 +131,10 @@ class FastRecognizer:
 
     # --- classifiers: (text, start, end) -> hit or None -----------------------------------------
 
-    def _email(self, text: str, s: int, e: int) -> Hit | None:
+    def _email(self, _text: str, s: int, e: int) -> Hit | None:
         return ("EMAIL_ADDRESS", s, e, 1.0)
 
-    def _url(self, text: str, s: int, e: int) -> Hit | None:
+    def _url(self, _text: str, s: int, e: int) -> Hit | None:
         return ("URL", s, e, 0.6)
 
     def _iban(self, text: str, s: int, e: int) -> Hit | None:

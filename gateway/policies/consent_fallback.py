@@ -99,7 +99,7 @@ class ConsentFallback(Policy["ConsentFallback.Config"]):
         assert self.services is not None
         try:
             consent = await self.services.consents.active(ctx.principal.tenant, ctx.subject, cfg.purpose)
-        except Exception:
+        except Exception:  # deny by default  # noqa: BLE001
             return "registry_unavailable"  # deny by default: an unreadable registry means no consent
         return "no_consent" if consent is None else consent
 

@@ -160,7 +160,7 @@ class PiiRedaction(Policy["PiiRedaction.Config"]):
             out.append((("output", "action"), f"output: {before.output.action} -> {after.output.action}"))
         return out
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> PiiRedaction:
+    def __new__(cls, *_args: Any, **_kwargs: Any) -> PiiRedaction:
         # The hooks and the engine live apart so that validating a Config never loads the engine.
         if cls is PiiRedaction:
             from gateway.pii.hooks import PiiRedactionHooks

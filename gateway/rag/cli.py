@@ -104,7 +104,7 @@ def run_ingest(
 
     try:
         report: Report = asyncio.run(_with_gateway(config, work))
-    except Exception as exc:
+    except Exception as exc:  # reported, exit status 1  # noqa: BLE001
         err.print(f"[red]error[/red] ingestion failed: {type(exc).__name__}: {str(exc)[:200]}")
         raise typer.Exit(1) from None
     # One line, the same in a terminal and in a pipe (a table would cut its headers at 80 columns).
@@ -120,7 +120,7 @@ def run_ingest(
 def run_count(config: Config, tenant: str, collection: str) -> int:
     _check_acl(config, tenant, collection)
 
-    async def work(gateway: Any, rag: Rag) -> int:
+    async def work(_gateway: Any, rag: Rag) -> int:
         return await rag.store.count(collection, tenant)
 
     n: int = asyncio.run(_with_gateway(config, work))

@@ -52,5 +52,5 @@ class HashingEmbedder:
         norm = float(np.linalg.norm(out))
         return out / norm if norm else out
 
-    async def __call__(self, texts: list[str], allowed: frozenset[str] | None) -> np.ndarray:
+    async def __call__(self, texts: list[str], allowed: frozenset[str] | None) -> np.ndarray:  # noqa: ARG002 (the Embedder protocol)
         return np.stack([self.vector(t) for t in texts]) if texts else np.zeros((0, self.dim), np.float32)

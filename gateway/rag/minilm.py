@@ -193,5 +193,5 @@ class MiniLMEmbedder:
     def encode(self, texts: list[str]) -> np.ndarray:
         return self.model().encode(texts, self.batch_size)
 
-    async def __call__(self, texts: list[str], allowed: frozenset[str] | None) -> np.ndarray:
+    async def __call__(self, texts: list[str], allowed: frozenset[str] | None) -> np.ndarray:  # noqa: ARG002 (the Embedder protocol)
         return await asyncio.to_thread(self.encode, texts)

@@ -54,6 +54,6 @@ def tokenizer(name: str = "cl100k_base") -> Tokenizer:
 
             configure_tiktoken_offline()
             return Tokenizer(name, tiktoken.get_encoding(name))
-        except Exception:
+        except Exception:  # the next tokenizer is tried  # noqa: BLE001
             pass
     return Tokenizer("estimate")

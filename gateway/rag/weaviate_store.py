@@ -73,7 +73,7 @@ class WeaviateStore(VectorStore):
         except StoreError:
             await client.close()
             raise
-        except Exception as exc:
+        except Exception as exc:  # close the client whatever failed  # noqa: BLE001
             await client.close()
             raise StoreError(f"cannot connect to Weaviate: {type(exc).__name__}") from None
         return client

@@ -95,7 +95,7 @@ class _Protocol(asyncio.Protocol):
                 else:
                     fut.set_result(reply)
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self, _exc: Exception | None) -> None:
         self.lost = True
         self.deadlines.clear()
         while self.waiting:

@@ -203,7 +203,7 @@ class Writer:
         except asyncio.CancelledError:
             self._settled(len(batch), False)  # the thread may or may not commit: keep the files to replay
             raise
-        except Exception as exc:
+        except Exception as exc:  # any write failure spools the batch  # noqa: BLE001
             self._failed(exc)
             self._settled(len(batch), self._spool(batch))
             return
@@ -388,9 +388,9 @@ class Writer:
                             self._insert(by_table)
                         except _UNREACHABLE:
                             raise
-                        except Exception:
+                        except Exception:  # a refused batch is retried row by row  # noqa: BLE001
                             self._insert_one_by_one(by_table, path.name)
-                except Exception as exc:
+                except Exception as exc:  # the file is kept for the next replay  # noqa: BLE001
                     os.rename(claimed, path.with_name(f"recovered-{uuid.uuid4().hex[:8]}{_SUFFIX}"))
                     self._failed(exc)
                     break
@@ -413,7 +413,7 @@ class Writer:
                     self._insert({table: [values]})
                 except _UNREACHABLE:
                     raise
-                except Exception as exc:
+                except Exception as exc:  # a refused row is quarantined  # noqa: BLE001
                     log.error("quarantining a %s row the database refused (%s)", table.name, type(exc).__name__)
                     metrics.WRITER_ROWS.labels("rejected").inc()
                     line = orjson.dumps({"table": table.name, "row": values}, default=_encode) + b"\n"

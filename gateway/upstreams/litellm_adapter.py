@@ -83,7 +83,7 @@ class LiteLLM(Upstream):
                 resp = await self._litellm.aembedding(**common, **args)
                 return _Buffered(orjson.dumps(resp.model_dump(exclude_none=True)))
             resp = await self._litellm.acompletion(**common, **args)
-        except Exception as exc:
+        except Exception as exc:  # mapped to an upstream failure  # noqa: BLE001
             raise _failure(exc) from None
         if stream:
             return _Buffered(stream=resp)

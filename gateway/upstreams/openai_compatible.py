@@ -71,7 +71,7 @@ class OpenAICompatible(Upstream):
             await self.session.close()
             self.session = None
 
-    async def send(self, endpoint: Endpoint, body: dict[str, Any], stream: bool) -> UpstreamResponse:
+    async def send(self, endpoint: Endpoint, body: dict[str, Any], stream: bool) -> UpstreamResponse:  # noqa: ARG002 (Upstream.send)
         if self.session is None:
             await self.start()
         assert self.session is not None
