@@ -1,6 +1,12 @@
 """The plugin contract every policy implements.
 
-A policy is one class with a ``name`` (its key in the policy YAML) and a ``Config`` model.
+A policy is one class with a ``name`` (its key in the policy YAML) and a ``Config`` model,
+and names that model as its type parameter so ``self.config`` is typed::
+
+    class Residency(Policy["Residency.Config"]):
+        name = "residency"
+        class Config(BaseModel): ...
+
 The base class passes everything through; a policy overrides only the hooks it needs:
 
     on_request(ctx, request)            -> request   once, before routing; may narrow ctx.candidates
