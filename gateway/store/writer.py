@@ -19,9 +19,10 @@ one is 10 s old, and a file is deleted once every row in it is in SQL or the spo
 
 When the database fails, the batch is appended to a spool file (JSON lines, one row each,
 with its table name) and the writer keeps trying; once a flush succeeds, spooled rows are
-replayed. A full queue also spills to the spool file instead of dropping rows (replayed once the queue has drained). Several
-processes may share one spool directory: a file is claimed by renaming it, and appends
-check that the file they locked is still the one at the path.
+replayed. A full queue also spills to the spool file instead of dropping rows; those rows
+are replayed once the queue has drained. Several processes may share one spool directory: a
+file is claimed by renaming it, and appends check that the file they locked is still the one
+at the path.
 """
 
 from __future__ import annotations
