@@ -237,3 +237,13 @@ async def test_watch_swaps_a_changed_bundle_keeps_the_last_good_one_and_stops_wh
     assert holder.current.sections_for("t", "a") == {"residency": {"allow": ["EEA"]}}
     stop.set()
     await asyncio.wait_for(task, 2)
+
+
+def test_a_block_reused_with_a_merge_key_merges_and_its_errors_point_at_the_anchor() -> None:
+    text = ("version: 1\ndefaults:\n  residency: &eu {allow: [EU]}\ntenants:\n  hr:\n    residency:\n"
+            "      <<: *eu\n      unknown_data_class: default\n")
+    bundle = parse_bundle([loads(text, "a.yaml", expand_env=False)])
+    assert bundle.sections_for("hr", "x") == {"residency": {"allow": ["EU"], "unknown_data_class": "default"}}
+    assert problems(text.replace("[EU]", "[EUR]")) == [
+        "a.yaml:3: defaults.residency.allow[0]: unknown jurisdiction 'EUR' "
+        "(known: AU, BR, CA, CH, CN, EEA, EU, IN, JP, KR, SG, UK, US)"]
