@@ -41,7 +41,6 @@ LAYERS: dict[str, int] = {
 KNOWN_UPWARD = {
     ("gateway.pii.hooks", "gateway.policy"),  # pii_redaction's hooks live in the engine package
     ("gateway.pii.hooks", "gateway.policies.pii_redaction"),
-    ("gateway.rag.runtime", "gateway.services"),  # the RAG runtime is looked up on the shared services
 }
 
 # Pairs of modules that import each other, directly or through others.

@@ -96,9 +96,11 @@ class ConsentFallback(Policy["ConsentFallback.Config"]):
         """The subject's active consent, or why there is none."""
         if ctx.subject is None:
             return "no_subject"
-        assert self.services is not None
+        consents = self.services.consents if self.services is not None else None
+        if consents is None:
+            return "registry_unavailable"
         try:
-            consent = await self.services.consents.active(ctx.principal.tenant, ctx.subject, cfg.purpose)
+            consent = await consents.active(ctx.principal.tenant, ctx.subject, cfg.purpose)
         except Exception:  # deny by default  # noqa: BLE001
             return "registry_unavailable"  # deny by default: an unreadable registry means no consent
         return "no_consent" if consent is None else consent

@@ -20,7 +20,7 @@ from gateway import metrics
 from gateway.policies import register
 from gateway.policy import Context, Policy, PolicyDenied
 from gateway.rag.base import Hit, Query, Scalar
-from gateway.rag.runtime import rag_for
+from gateway.rag.runtime import Rag, open_store
 from gateway.rag.text import tokenizer
 
 HINTS = "gateway_rag"
@@ -120,8 +120,9 @@ class RagContext(Policy["RagContext.Config"]):
                 ctx, request, "skipped", reason="disabled" if not hints.enabled else "no_query"
             )
         cfg = self.config
-        assert self.services is not None
-        rag = rag_for(self.services)
+        services = self.services
+        assert services is not None
+        rag = services.shared("rag", lambda: Rag(services.config.rag, open_store(services.config.rag), services.embed))
         if not rag.allows(cfg.collection, ctx.principal.tenant):
             return self._outcome(ctx, request, "denied", status=403, code="rag.collection_not_allowed")
         allowed = ctx.allowed_jurisdictions

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -27,6 +27,8 @@ from gateway.policy import Context, Policy
 from gateway.sse import Event
 from gateway.store.counters import Counters, Limit, MemoryCounters, RedisCounters
 from gateway.store.resp import RespClient
+
+T = TypeVar("T")
 
 
 class Budget(BaseModel):
@@ -131,13 +133,9 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
         configure_mappers()  # ledger rows are built with model_construct, which needs mapped classes
         self._mapped = True
 
-    def _shared(self, name: str, make: Any) -> Any:
+    def _shared(self, name: str, make: Callable[[], T]) -> T:
         # Counters and prices outlive one chain instance: every app's chain and every reload share them.
-        extras = self.services.extras if self.services is not None else {}
-        key = f"token_accounting.{name}"
-        if key not in extras:
-            extras[key] = make()
-        return extras[key]
+        return self.services.shared(f"token_accounting.{name}", make) if self.services is not None else make()
 
     def _stores(self) -> tuple[Counters | None, MemoryCounters]:
         memory = self._shared("memory", MemoryCounters)
@@ -325,7 +323,7 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
 
     def _series(self, tenant: str, app: str, model: str, deployment: str, jurisdiction: str) -> tuple[Any, ...]:
         # prometheus_client's labels() stringifies and locks on every call; the label sets are bounded.
-        cache = self._shared("series", dict)
+        cache: dict[tuple[str, ...], tuple[Any, ...]] = self._shared("series", dict)
         key = (tenant, app, model, deployment, jurisdiction)
         series = cache.get(key)
         if series is None:
@@ -348,7 +346,7 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
 
     def _gauges(self, checks: tuple[limits.Check, ...], values: list[int]) -> None:
         # Budget gauges move with every request; refreshing them once a second per counter is enough.
-        last = self._shared("gauges", dict)
+        last: dict[str, float] = self._shared("gauges", dict)
         now = time.monotonic()
         for c, v in zip(checks, values, strict=False):
             if c.kind != "budget" or now - last.get(c.key, 0.0) < 1.0:

@@ -1,7 +1,7 @@
 """The process-wide RAG resources: one vector store and its embedders, built from ``config.rag``.
 
-Policies reach it through ``rag_for(services)``; it is created on first use and cached in
-``Services.extras["rag"]`` so every policy instance and bundle reload shares one connection.
+The ``rag_context`` policy creates it on first use and keeps it as the process-wide shared object
+``"rag"`` (``Services.shared``), so every policy instance and bundle reload shares one connection.
 Tests put their own ``Rag`` there first.
 """
 
@@ -15,7 +15,6 @@ from gateway.rag.base import StoreError, VectorStore
 
 if TYPE_CHECKING:
     from gateway.rag.embedders import Embed, Embedder
-    from gateway.services import Services
 
 
 @dataclass
@@ -69,10 +68,3 @@ def open_store(settings: RagSettings) -> VectorStore:
 
     return EmbeddedIndex(settings.embedded.path, settings.embedded.jurisdiction)
 
-
-def rag_for(services: Services) -> Rag:
-    rag = services.extras.get("rag")
-    if rag is None:
-        rag = Rag(services.config.rag, open_store(services.config.rag), services.embed)
-        services.extras["rag"] = rag
-    return rag
