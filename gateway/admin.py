@@ -22,6 +22,7 @@ from gateway import audit, auth
 from gateway.config import Config
 from gateway.errors import GatewayError
 from gateway.store import consent
+from gateway.store.db import ApiKey, Consent
 
 
 class Host(Protocol):
@@ -62,7 +63,7 @@ class KeyCreated(KeyOut):
     key: str = Field(..., description="The API key. It is shown once and not stored.")
 
 
-def _out(row: auth.ApiKey) -> dict[str, object]:
+def _out(row: ApiKey) -> dict[str, object]:
     return {
         "key_id": row.key_id, "tenant": row.tenant, "app": row.app,
         "models": [m for m in row.models.split(",") if m], "scopes": [s for s in row.scopes.split(",") if s],
@@ -177,7 +178,7 @@ def admin_app(gw: Host) -> FastAPI:
         return Response(status_code=204)
 
     @app.post("/admin/consents", response_model=ConsentOut, status_code=201)
-    async def grant_consent(body: ConsentGrant, principal: Admin) -> consent.Consent:
+    async def grant_consent(body: ConsentGrant, principal: Admin) -> Consent:
         tenant_of(principal, body.tenant)
         return await asyncio.to_thread(
             consent.grant, gw.engine, tenant=body.tenant, subject=gw.pseudonym(body.subject_id),
@@ -198,7 +199,7 @@ def admin_app(gw: Host) -> FastAPI:
     @app.get("/admin/consents", response_model=list[ConsentOut])
     async def list_consents(principal: Admin, tenant: QueryName = None,
                             subject_id: Annotated[str | None, Query(max_length=256, pattern=r"^[^\x00]+$")] = None,
-                            ) -> list[consent.Consent]:
+                            ) -> list[Consent]:
         subject = gw.pseudonym(subject_id) if subject_id else None
         return await asyncio.to_thread(consent.list_consents, gw.engine, tenant=tenant_of(principal, tenant),
                                        subject=subject)

@@ -599,7 +599,7 @@ def _abort_of(scope: Scope) -> Callable[[], None] | None:
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope["headers"]:
         if key == name:
-            return value.decode("latin-1")
+            return bytes(value).decode("latin-1")
     return None
 
 

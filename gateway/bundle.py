@@ -169,7 +169,7 @@ class Bundle:
                       order=self.order)
 
 
-def _instantiate(resolved: Resolved, services: Services | None) -> list[Policy]:
+def _instantiate(resolved: Resolved, services: Services | None) -> list[Policy[Any]]:
     """Policies in chain order; a shadow trial runs right after the enforced section it varies."""
     policies = []
     for name, raw in resolved.sections.items():

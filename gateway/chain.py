@@ -19,16 +19,16 @@ log = logging.getLogger("gateway.chain")
 
 
 class Chain:
-    def __init__(self, policies: Sequence[Policy] = ()) -> None:
+    def __init__(self, policies: Sequence[Policy[Any]] = ()) -> None:
         self.policies = tuple(policies)
         self._reversed = tuple(reversed(self.policies))
 
-    def _shadowed(self, policy: Policy, ctx: Context, exc: PolicyDenied) -> None:
+    def _shadowed(self, policy: Policy[Any], ctx: Context, exc: PolicyDenied) -> None:
         # Denial messages are written by policies and never carry PII, so they may serve as the reason.
         ctx.record(policy.name, "would_deny", code=exc.code, status=exc.status, reason=exc.message)
 
     @staticmethod
-    def _denied(policy: Policy, ctx: Context, exc: PolicyDenied, **facts: Any) -> None:
+    def _denied(policy: Policy[Any], ctx: Context, exc: PolicyDenied, **facts: Any) -> None:
         # Every refusal is a decision (audit, explain, coverage), unless the policy recorded its own.
         if not any(d.policy == policy.name and d.action == "deny" for d in ctx.decisions):
             ctx.record(policy.name, "deny", code=exc.code, status=exc.status, **facts)

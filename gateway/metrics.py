@@ -124,6 +124,6 @@ POLICY_RELOAD_FAILURES = Counter(
 def render() -> bytes:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped in prometheus_client
         return generate_latest(registry)
     return generate_latest()

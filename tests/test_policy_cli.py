@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -351,7 +352,7 @@ def test_serve_dev_points_deployments_without_credentials_at_the_development_ups
     upstream = cli._start_dev(config, load_config(config), 0, "http://127.0.0.1:8080/v1")
     try:
         effective = load_config(tmp_path / ".gateway" / "dev-config.yaml")
-        assert Path(cli.os.environ["GATEWAY_CONFIG"]) == (tmp_path / ".gateway" / "dev-config.yaml").resolve()
+        assert Path(os.environ["GATEWAY_CONFIG"]) == (tmp_path / ".gateway" / "dev-config.yaml").resolve()
         d = effective.deployments
         assert d["eu"].base_url == d["us-gpt4"].base_url == upstream.url
         assert d["eu"].api_key == ""

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
@@ -459,7 +460,7 @@ async def test_a_row_the_orm_has_expired_is_written_whole(sqlite_engine: Engine,
         assert "tenant" not in row.__dict__
         line = writer._line(row)
         writer._write([row])
-    assert writer_module.orjson.loads(line)["row"]["tenant"] == "acme"
+    assert orjson.loads(line)["row"]["tenant"] == "acme"
     with Session(other) as session:
         stored = session.exec(select(UsageRecord).where(UsageRecord.request_id == row.request_id)).one()
     assert {k: getattr(stored, k) for k in expected if k != "at"} == {k: v for k, v in expected.items() if k != "at"}

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from typing import Any
 
 from gateway.policy import Policy
 
-REGISTRY: dict[str, type[Policy]] = {}
+REGISTRY: dict[str, type[Policy[Any]]] = {}
 
 
-def register(cls: type[Policy]) -> type[Policy]:
+def register(cls: type[Policy[Any]]) -> type[Policy[Any]]:
     REGISTRY[cls.name] = cls
     return cls
 
 
-def load_all() -> dict[str, type[Policy]]:
+def load_all() -> dict[str, type[Policy[Any]]]:
     """Import every module in this package so each registers its policy."""
     for module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{module.name}")

@@ -108,7 +108,7 @@ class RespClient:
     def __init__(self, url: str, timeout_s: float = 2.0) -> None:
         from redis.connection import parse_url  # ~0.3 s to import: only when Redis is configured
 
-        opts = parse_url(url)
+        opts = parse_url(url)  # type: ignore[no-untyped-call]  # untyped in redis-py
         if opts.get("connection_class") is not None and "Unix" not in str(opts["connection_class"]):
             raise ValueError("only redis:// and unix:// URLs are supported")
         self._opts = opts
