@@ -37,7 +37,7 @@ from gateway.errors import GatewayError
 from gateway.layering import Layer, Loc, Loosening, Resolved, body, mode_of, resolve, written_at
 from gateway.policies import REGISTRY, load_all
 from gateway.policy import Policy
-from gateway.yamlsrc import ConfigError, Source, dotted, load
+from gateway.yamlsrc import ConfigError, Source, dotted, error_items, load
 
 if TYPE_CHECKING:
     from gateway.services import Services
@@ -306,10 +306,7 @@ def _validate_merged(bundle: Bundle, problems: list[str]) -> None:
             try:
                 REGISTRY[name].Config.model_validate(body(raw))
             except ValidationError as exc:
-                for err in exc.errors():
-                    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-                    msg = err["msg"].removeprefix("Value error, ")
-                    msg = "unknown key" if err["type"] == "extra_forbidden" else msg
+                for loc, msg in error_items(exc):
                     if (name, loc, msg) in seen:
                         continue  # inherited from a layer already reported
                     seen.add((name, loc, msg))

@@ -11,10 +11,11 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Column, Table
 
 from gateway.yamlsrc import ConfigError
@@ -59,15 +60,20 @@ ConfigOpt = Annotated[
 ]
 
 
+def _invalid(exc: ConfigError) -> NoReturn:
+    """Print each problem as ``error file:line: dotted.path: reason`` and exit 2."""
+    for problem in exc.problems:
+        err.print(f"[red]error[/red] {escape(problem)}", highlight=False)
+    raise typer.Exit(2) from None
+
+
 def _config(path: Path | None) -> Config:
     from gateway.config import load_config
 
     try:
         return load_config(path)
     except ConfigError as exc:
-        for problem in exc.problems:
-            err.print(f"[red]error[/red] {problem}", highlight=False, markup=True)
-        raise typer.Exit(2) from None
+        _invalid(exc)
 
 
 def _engine(path: Path | None) -> Engine:
@@ -358,9 +364,7 @@ def config_check(config: ConfigOpt = None) -> None:
     try:
         holder = load_holder(cfg)
     except ConfigError as exc:
-        for problem in exc.problems:
-            err.print(f"[red]error[/red] {problem}", highlight=False)
-        raise typer.Exit(2) from None
+        _invalid(exc)
     src = yamlsrc.load(_config_path(config), expand_env=False)
     for name, d in cfg.deployments.items():
         raw = _raw_deployment(src, name)
@@ -436,9 +440,7 @@ def _bundle(config: Config, paths: list[Path] | None) -> Bundle:
     try:
         return load_bundle(paths or [Path(config.server.policies_dir)])
     except ConfigError as exc:
-        for problem in exc.problems:
-            err.print(f"[red]error[/red] {problem}", highlight=False)
-        raise typer.Exit(2) from None
+        _invalid(exc)
 
 
 @policy_app.command("check")
@@ -541,9 +543,7 @@ def policy_test(
         try:
             results = asyncio.run(run_cases(cfg, bundle, path))
         except ConfigError as exc:
-            for problem in exc.problems:
-                err.print(f"[red]error[/red] {problem}", highlight=False)
-            raise typer.Exit(2) from None
+            _invalid(exc)
         everything += results
         for r in results:
             if r.failures:

@@ -116,15 +116,18 @@ def loads(text: str, name: str, *, expand_env: bool = True) -> Source:
     return Source(name, {} if data is None else data, lines)
 
 
-def problems_of(exc: ValidationError, src: Source, prefix: tuple[str | int, ...] = ()) -> list[str]:
-    """Turn a pydantic error into ``file:line: dotted.path: message`` lines."""
+def error_items(exc: ValidationError) -> list[tuple[tuple[str | int, ...], str]]:
+    """Each error of a pydantic validation as (location, message): validator-function frames
+    dropped from the location, pydantic's "Value error, " prefix dropped, an extra key called
+    "unknown key"."""
     out = []
     for err in exc.errors():
-        loc = (*prefix, *(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))))
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        out.append(f"{src.where(loc)}: {dotted(loc)}: {msg}")
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        out.append((loc, msg))
     return out
+
+
+def problems_of(exc: ValidationError, src: Source, prefix: tuple[str | int, ...] = ()) -> list[str]:
+    """Turn a pydantic error into ``file:line: dotted.path: message`` lines."""
+    return [f"{src.where((*prefix, *loc))}: {dotted((*prefix, *loc))}: {msg}" for loc, msg in error_items(exc)]

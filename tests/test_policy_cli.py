@@ -99,6 +99,14 @@ def test_policy_check_names_file_line_and_path_of_a_bad_jurisdiction(setup: tupl
     assert f"{policies / 'bundle.yaml'}:4: defaults.residency.allow[0]: unknown jurisdiction 'EUR'" in out
 
 
+def test_errors_are_printed_as_written_even_when_they_look_like_markup(setup: tuple[Path, Path]) -> None:
+    config, policies = setup
+    (policies / "bundle.yaml").write_text(BUNDLE.replace("allow: [EU]", "allow: [EU]\n    '[bold]x': 1"))
+    code, out = invoke("policy", "check", "--config", str(config))
+    assert code == 2, out
+    assert "defaults.residency.[bold]x: unknown key" in out, out
+
+
 def test_policy_check_flags_unknown_deployments_and_contradictions(setup: tuple[Path, Path]) -> None:
     config, policies = setup
     (policies / "bundle.yaml").write_text(BUNDLE.replace("target: us-gpt4", "target: gpt-5"))
