@@ -326,7 +326,7 @@ def test_config_check_warns_about_deployments_without_a_key_or_an_endpoint(
 
 def test_serve_dev_points_deployments_without_credentials_at_the_development_upstream(
         setup: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway import cli
+    from gateway.cli import serve as cli
     from gateway.config import load_config
     from gateway.store.db import upgrade
 
@@ -375,7 +375,8 @@ def test_serve_dev_points_deployments_without_credentials_at_the_development_ups
 
 def test_serve_dev_reuses_its_key_while_it_is_valid(setup: tuple[Path, Path], tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway import auth, cli
+    from gateway import auth
+    from gateway.cli import serve as cli
     from gateway.store.db import make_engine, upgrade
 
     config, _ = setup

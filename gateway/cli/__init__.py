@@ -1,0 +1,31 @@
+"""``gateway`` command line.
+
+Exit codes: 0 success, 1 a check found problems or a command failed, 2 invalid usage or an
+invalid configuration file.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from gateway.cli import audit, config_db, consent, keys, policy, rag, serve, usage  # noqa: F401  (serve: root commands)
+from gateway.cli.common import app
+
+# One module per command group, listed by `gateway --help` in this order.
+app.add_typer(keys.keys_app, name="keys")
+app.add_typer(config_db.config_app, name="config")
+app.add_typer(config_db.db_app, name="db")
+app.add_typer(policy.policy_app, name="policy")
+app.add_typer(consent.consent_app, name="consent")
+app.add_typer(audit.audit_app, name="audit")
+app.add_typer(rag.rag_app, name="rag")
+app.add_typer(usage.usage_app, name="usage")
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
