@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import typer
-
-if TYPE_CHECKING:
-
-
-    pass
 
 from gateway.cli.common import (
     ConfigOpt,
@@ -20,7 +13,6 @@ from gateway.cli.common import (
 )
 
 audit_app = typer.Typer(help="The hash-chained audit trail.", no_args_is_help=True)
-
 
 
 @audit_app.command("verify")

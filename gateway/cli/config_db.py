@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
-
-from gateway.yamlsrc import ConfigError
-
-if TYPE_CHECKING:
-
-
-    pass
 
 from gateway.cli.common import (
     ConfigOpt,
@@ -23,10 +16,10 @@ from gateway.cli.common import (
     out,
 )
 from gateway.cli.serve import _dev_reason, _env_refs, _raw_deployment
+from gateway.yamlsrc import ConfigError
 
 config_app = typer.Typer(help="Validate the operator configuration.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
-
 
 
 @config_app.command("check")

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
-
-if TYPE_CHECKING:
-
-
-    pass
 
 from gateway.cli.common import (
     ConfigOpt,
@@ -22,7 +17,6 @@ from gateway.cli.common import (
 )
 
 consent_app = typer.Typer(help="The consent registry: grant, withdraw, list.", no_args_is_help=True)
-
 
 
 @consent_app.command("grant")

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
-
-if TYPE_CHECKING:
-
-
-    pass
 
 from gateway.cli.common import (
     ConfigOpt,
@@ -23,7 +18,6 @@ from gateway.cli.common import (
 )
 
 keys_app = typer.Typer(help="Issue, list and revoke virtual API keys.", no_args_is_help=True)
-
 
 
 @keys_app.command("create")

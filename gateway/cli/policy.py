@@ -8,14 +8,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Column, Table
 
-from gateway.yamlsrc import ConfigError
-
-if TYPE_CHECKING:
-
-
-    from gateway.bundle import Bundle
-    from gateway.config import Config
-
 from gateway.cli.common import (
     ConfigOpt,
     _config,
@@ -25,9 +17,13 @@ from gateway.cli.common import (
     err,
     out,
 )
+from gateway.yamlsrc import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.bundle import Bundle
+    from gateway.config import Config
 
 policy_app = typer.Typer(help="Lint, test and explain the compliance team's policy bundle.", no_args_is_help=True)
-
 
 
 PathsArg = Annotated[list[Path] | None, typer.Argument(

@@ -10,14 +10,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-if TYPE_CHECKING:
-
-    from sqlalchemy import Engine
-
-    from gateway.config import Config, Deployment
-    from gateway.devupstream import DevUpstream
-    from gateway.yamlsrc import Source
-
 from gateway.cli.common import (
     ConfigOpt,
     _config,
@@ -26,6 +18,13 @@ from gateway.cli.common import (
     err,
     out,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from gateway.config import Config, Deployment
+    from gateway.devupstream import DevUpstream
+    from gateway.yamlsrc import Source
 
 
 @app.command()
