@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from sqlalchemy import text
@@ -599,7 +599,7 @@ def _abort_of(scope: Scope) -> Callable[[], None] | None:
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope["headers"]:
         if key == name:
-            return bytes(value).decode("latin-1")
+            return cast(bytes, value).decode("latin-1")
     return None
 
 

@@ -31,8 +31,9 @@ from gateway.store import writer as writer_module
 from gateway.store.db import AuditChainMark, make_engine, upgrade
 from gateway.store.ledger import UsageRecord
 from gateway.store.writer import Writer, _Insert, _Segment
+from tests.test_regressions import _wait_for
 from tests.test_writer import _count, _row
-from tests.test_writer_wal import counted_since, die, lines, messages, rows_counted, wal_files
+from tests.test_writer_wal import counted_since, killed_with, lines, messages, rows_counted, wal_files
 
 
 class OsWith:
@@ -99,11 +100,8 @@ async def test_put_before_start_queues_quietly_and_a_dead_file_is_recovered_with
     sqlite_engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     spool = tmp_path / "spool"
-    dead = Writer(sqlite_engine, spool, flush_interval_s=60)
-    await dead.start()
     left = _row()
-    dead.put(left)
-    die(dead)
+    await killed_with(sqlite_engine, spool, [left])
     writer = Writer(sqlite_engine, spool, batch_size=1)
     early = _row()
     writer.put(early)  # a full batch, but there is no loop to wake yet
@@ -201,11 +199,7 @@ async def test_the_loop_replays_the_spool_once_the_database_is_back_without_new_
             break
         await asyncio.sleep(0.01)
     monkeypatch.undo()
-    for _ in range(200):
-        if _count(sqlite_engine, [row.request_id]):
-            break
-        await asyncio.sleep(0.01)
-    assert _count(sqlite_engine, [row.request_id]) == 1
+    assert await _wait_for(sqlite_engine, [row.request_id], 1) == 1
     assert writer.healthy
     await writer.stop()
 
@@ -254,11 +248,7 @@ async def test_the_loop_logs_an_unexpected_error_and_goes_on(
     await writer.start()
     row = _row()
     writer.put(row)
-    for _ in range(200):
-        if _count(sqlite_engine, [row.request_id]):
-            break
-        await asyncio.sleep(0.01)
-    assert _count(sqlite_engine, [row.request_id]) == 1
+    assert await _wait_for(sqlite_engine, [row.request_id], 1) == 1
     assert ("ERROR", "writer loop error") in messages(caplog)
     await writer.stop()
 
@@ -391,10 +381,7 @@ async def test_recovery_goes_past_a_file_it_cannot_open_or_lock_and_logs_one_it_
 
 async def test_every_row_the_recovery_hook_adds_lands(sqlite_engine: Engine, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
-    dead = Writer(sqlite_engine, spool, flush_interval_s=60)
-    await dead.start()
-    dead.put(_row())
-    die(dead)
+    await killed_with(sqlite_engine, spool, [_row()])
     chains = [f"chain-{uuid.uuid4().hex}" for _ in range(3)]
     writer = Writer(sqlite_engine, spool)
     writer.on_recover = lambda items: [
@@ -514,10 +501,7 @@ async def test_rows_a_full_queue_spilled_are_written_once_the_queue_has_drained(
     writer.put(queued)
     writer.put(spilled)  # over the queue: to the spool, while the database is up
     assert len(writer.spooled_files()) == 1
-    for _ in range(200):
-        if _count(sqlite_engine, [queued.request_id, spilled.request_id]) == 2:
-            break
-        await asyncio.sleep(0.01)
+    await _wait_for(sqlite_engine, [queued.request_id, spilled.request_id], 2)
     assert (_count(sqlite_engine, [queued.request_id]), _count(sqlite_engine, [spilled.request_id])) == (1, 1)  # before stop()
     assert writer.spooled_files() == []
     assert writer.healthy

@@ -64,6 +64,15 @@ def die(writer: Writer) -> None:
         writer._task.cancel()
 
 
+async def killed_with(engine: Engine, spool: Path, rows: list[UsageRecord]) -> None:
+    """A writer that put ``rows`` and was then killed: its write-ahead file is left in ``spool``."""
+    dead = Writer(engine, spool, flush_interval_s=60)
+    await dead.start()
+    for row in rows:
+        dead.put(row)
+    die(dead)
+
+
 async def test_a_row_is_in_the_write_ahead_file_as_soon_as_it_is_put(sqlite_engine: Engine, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     writer = Writer(sqlite_engine, spool, flush_interval_s=60)
@@ -112,12 +121,8 @@ async def test_a_dead_processs_write_ahead_file_is_replayed_and_its_chain_closed
     sqlite_engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     spool = tmp_path / "spool"
-    dead = Writer(sqlite_engine, spool, flush_interval_s=60)
-    await dead.start()
     ids = [uuid.uuid4().hex for _ in range(3)]
-    for i in ids:
-        dead.put(_row(i))
-    die(dead)
+    await killed_with(sqlite_engine, spool, [_row(i) for i in ids])
     seen: list[list[dict[str, Any]]] = []
 
     def on_recover(items: list[dict[str, Any]]) -> list[AuditChainMark]:
