@@ -562,3 +562,19 @@ async def test_a_healthy_writer_replays_only_when_a_full_queue_spilled(
     assert writer.spooled_files() == []
     monkeypatch.undo()
     await writer.stop()
+
+
+def test_a_refused_database_url_is_not_echoed_with_its_password(tmp_path: Path) -> None:
+    from gateway.config import load_config
+    from gateway.yamlsrc import ConfigError
+
+    path = tmp_path / "config.yaml"
+    path.write_text("deployments: {}\nmodels: {}\nstorage:\n  database_url: mysql://gw:hunter2@db.internal/gw\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert refused.value.problems == [
+        f"{path}:4: storage.database_url: the gateway stores its data in SQLite or PostgreSQL, not 'mysql'"]
+    path.write_text("deployments: {}\nmodels: {}\nstorage:\n  database_url: gw:hunter2@db.internal\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert "hunter2" not in str(refused.value)
