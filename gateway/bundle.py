@@ -159,7 +159,7 @@ class Bundle:
     def chain_for(self, tenant: str, app: str) -> Chain:
         chain = self._chains.get((tenant, app))
         if chain is None:
-            chain = Chain(_instantiate(self.resolve(tenant, app), self.services))
+            chain = _instantiate(self.resolve(tenant, app), self.services)
             self._chains[(tenant, app)] = chain
         return chain
 
@@ -169,9 +169,10 @@ class Bundle:
                       order=self.order)
 
 
-def _instantiate(resolved: Resolved, services: Services | None) -> list[Policy[Any]]:
+def _instantiate(resolved: Resolved, services: Services | None) -> Chain:
     """Policies in chain order; a shadow trial runs right after the enforced section it varies."""
-    policies = []
+    policies: list[Policy[Any]] = []
+    shadow: list[Policy[Any]] = []
     for name, raw in resolved.sections.items():
         variants = [raw, *([resolved.trials[name]] if name in resolved.trials else [])]
         for section in variants:
@@ -179,8 +180,10 @@ def _instantiate(resolved: Resolved, services: Services | None) -> list[Policy[A
             if mode == "off":
                 continue
             cls = REGISTRY[name]
-            policies.append(cls(cls.Config.model_validate(body(section)), mode=mode, services=services))
-    return policies
+            policies.append(cls(cls.Config.model_validate(body(section)), services=services))
+            if mode == "shadow":
+                shadow.append(policies[-1])
+    return Chain(policies, shadow)
 
 
 class BundleHolder:
@@ -297,7 +300,7 @@ def _validate_merged(bundle: Bundle, problems: list[str]) -> None:
         sections = [(n, n, s) for n, s in resolved.sections.items()]
         sections += [(n, f"{n}~trial", s) for n, s in resolved.trials.items()]
         for name, key, raw in sections:
-            if key != name and not REGISTRY[name].shadow_trial:
+            if key != name and not REGISTRY[name].repeatable:
                 at = (*resolved.origin[(key,)], "mode")
                 problems.append(f"{bundle.where(at)}: {dotted(at)}: a shadow {name} beside the inherited enforced "
                                 "one would run twice (charging twice); add `replace: true` to run only the shadow "
@@ -312,6 +315,27 @@ def _validate_merged(bundle: Bundle, problems: list[str]) -> None:
                     seen.add((name, loc, msg))
                     full = _written_at(resolved, key, loc)
                     problems.append(f"{bundle.where(full)}: {dotted(full)}: {msg}")
+        problems += _unmet_requirements(bundle, resolved, f"{tenant or '*'}/{app or '*'}", seen)
+
+
+def _unmet_requirements(bundle: Bundle, resolved: Resolved, scope: str, seen: set[tuple[str, Loc, str]]) -> list[str]:
+    """An enforced section whose ``requires`` are not enforced in the same chain (reported once per place)."""
+    enforced = {name for name, raw in resolved.sections.items() if mode_of(raw) == "enforce"}
+    out = []
+    for name in sorted(enforced):
+        for needed in REGISTRY[name].requires:
+            if needed in enforced:
+                continue
+            if needed in resolved.sections:  # there, but in shadow or off mode: point at the mode
+                at = _written_at(resolved, needed, ("mode",))
+                state = f"in {mode_of(resolved.sections[needed])} mode"
+            else:
+                at, state = resolved.origin[(name,)], "not in the chain"
+            if (needed, at, name) not in seen:
+                seen.add((needed, at, name))
+                out.append(f"{bundle.where(at)}: {dotted(at)}: {name} requires {needed} enforced for the same "
+                           f"apps ({scope}), but it is {state}")
+    return out
 
 
 def _written_at(resolved: Resolved, key: str, loc: Loc) -> Loc:

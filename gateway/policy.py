@@ -7,7 +7,11 @@ and names that model as its type parameter so ``self.config`` is typed::
         name = "residency"
         class Config(BaseModel): ...
 
-The base class passes everything through; a policy overrides only the hooks it needs:
+One instance serves every request of an app's chain, so it holds only its config and shared
+resources. ``start(ctx)`` gives the ``Run`` for one request: the object whose hooks the chain
+calls and which holds that request's state. A stateless policy is its own run (the default);
+a policy with per-request state returns a small ``Run`` of its own. A run overrides only the
+hooks it needs:
 
     on_request(ctx, request)            -> request   once, before routing; may narrow ctx.candidates
     on_attempt(ctx, target, request)    -> request   once per deployment tried (per-hop changes)
@@ -17,7 +21,8 @@ The base class passes everything through; a policy overrides only the hooks it n
 
 Raising ``PolicyDenied`` rejects the request: before the first byte it becomes an OpenAI error,
 mid-stream a final SSE error event. Policies never talk to each other except through typed
-fields on ``Context``.
+fields on ``Context``. Shadow mode is the chain's business (``gateway.chain``): a policy is
+written once, as if it enforced.
 """
 
 from __future__ import annotations
@@ -39,9 +44,7 @@ from gateway.sse import Event
 if TYPE_CHECKING:
     from gateway.services import Services
 
-__all__ = ["Context", "Decision", "Policy", "PolicyDenied", "Target"]
-
-Mode = Literal["enforce", "shadow"]
+__all__ = ["Context", "Decision", "Policy", "PolicyDenied", "Run", "Target"]
 
 _ids = random.Random()  # seeded from os.urandom; reseeded in forked workers
 os.register_at_fork(after_in_child=_ids.seed)
@@ -90,7 +93,6 @@ class Context:
     allowed_jurisdictions: frozenset[str] | None = None
     # Set by consent_fallback: deployment name -> consent reference, for hops allowed only by consent.
     consents: dict[str, str] = field(default_factory=dict)
-    pii_guard: bool = False  # a pii_redaction policy enforces on this request (consent_fallback reads it)
     # Hops a policy could have added but did not (a DPA fallback without consent), each as the refusal
     # the client gets instead of an upstream error when every candidate that was allowed fails.
     withheld: list[PolicyDenied] = field(default_factory=list)
@@ -115,16 +117,53 @@ class Context:
 C = TypeVar("C", bound=BaseModel)
 
 
-class Policy(Generic[C]):
-    """Pass-through base class; see the module docstring for the hooks.
+class Run:
+    """One request's pass through one policy: the hooks the chain calls, and any state they share.
+
+    Every hook passes through; see the module docstring. The chain makes one run per policy per
+    request (``Policy.start``) and drops it when the request is recorded.
+    """
+
+    __slots__ = ()
+
+    async def on_request(self, ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
+        return request
+
+    async def on_attempt(self, ctx: Context, target: Target, request: dict[str, Any]) -> dict[str, Any]:
+        return request
+
+    async def on_response(self, ctx: Context, response: dict[str, Any]) -> dict[str, Any]:
+        return response
+
+    def on_stream(self, ctx: Context, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+        return events
+
+    async def on_complete(self, ctx: Context) -> None:
+        return None
+
+    def reads_response(self, ctx: Context) -> bool:
+        """Whether this request's response must be parsed for this run.
+
+        Default: the run overrides ``on_response`` or ``on_stream``. When no run reads the
+        response, the gateway relays upstream bytes untouched (the fast path).
+        """
+        cls = type(self)
+        return cls.on_response is not Run.on_response or cls.on_stream is not Run.on_stream
+
+
+class Policy(Run, Generic[C]):
+    """A configured policy; see the module docstring.
 
     Generic over its config model, so ``self.config`` is typed: ``class Residency(Policy["Residency.Config"])``.
     """
 
     name: ClassVar[str] = "policy"
-    # Whether a shadow trial may run beside the enforced section (False when running twice would
-    # have side effects twice, e.g. charging the ledger).
-    shadow_trial: ClassVar[bool] = True
+    # Whether a second instance (a layer's trial variant) may run beside the enforced section: False when
+    # running twice would have effects twice, e.g. two ledger rows for one request.
+    repeatable: ClassVar[bool] = True
+    # Policies that must be enforced in every chain that enforces this one; a bundle that breaks this
+    # does not load (the fallback hop's PII floor, for one, is pii_redaction's work).
+    requires: ClassVar[tuple[str, ...]] = ()
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -146,32 +185,10 @@ class Policy(Generic[C]):
         the layer adds the section): ``(path inside the section, message)`` pairs; empty when nothing."""
         return []
 
-    def __init__(self, config: C | None = None, mode: Mode = "enforce",
-                 services: Services | None = None) -> None:
+    def __init__(self, config: C | None = None, services: Services | None = None) -> None:
         self.config: C = config if config is not None else cast(C, self.Config())
-        self.mode: Mode = mode
         self.services = services
 
-    async def on_request(self, ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
-        return request
-
-    async def on_attempt(self, ctx: Context, target: Target, request: dict[str, Any]) -> dict[str, Any]:
-        return request
-
-    async def on_response(self, ctx: Context, response: dict[str, Any]) -> dict[str, Any]:
-        return response
-
-    def on_stream(self, ctx: Context, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
-        return events
-
-    async def on_complete(self, ctx: Context) -> None:
-        return None
-
-    def reads_response(self, ctx: Context) -> bool:
-        """Whether this request's response must be parsed for this policy.
-
-        Default: the policy overrides ``on_response`` or ``on_stream``. When no policy reads
-        the response, the gateway relays upstream bytes untouched (the fast path).
-        """
-        cls = type(self)
-        return cls.on_response is not Policy.on_response or cls.on_stream is not Policy.on_stream
+    def start(self, ctx: Context) -> Run:
+        """The run for one request. It must not change ``ctx``: the chain may start runs it never calls."""
+        return self

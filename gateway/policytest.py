@@ -17,12 +17,11 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.accounting import usage
 from gateway.auth import Principal
-from gateway.bundle import Bundle, mode_of, order_warnings
+from gateway.bundle import Bundle, BundleHolder, mode_of, order_warnings
 from gateway.config import Config
 from gateway.errors import GatewayError
-from gateway.policy import Context, Target
+from gateway.pipeline import Pipeline
 from gateway.router import Router
 from gateway.services import Embed, Services
 from gateway.store.consent import ConsentRef
@@ -182,37 +181,30 @@ async def simulate(config: Config, bundle: Bundle, request: SimRequest, consents
     pseudonym = registry.pseudonym if registry is not None else _pseudonym
     services = Services(config=config, pseudonym=pseudonym, embed=embed,
                         consents=registry.consents if registry is not None else _Consents(list(consents)))
-    sim = bundle.with_services(services)
-    chain = sim.chain_for(request.tenant, request.app)
-    alias = config.models.get(request.model)
-    if alias is None:
-        outcome.denied, outcome.status = "model_not_found", 404
-        return outcome
     router = Router({n: SimUpstream(n, d, outcome, fail.get(n)) for n, d in config.deployments.items()})
+    pipeline = Pipeline(config, BundleHolder(bundle.with_services(services)), router, pseudonym)
     principal = Principal("sim", request.tenant, request.app, frozenset({"*"}), frozenset({"chat", "embeddings"}))
-    ctx = Context(principal=principal, endpoint=request.endpoint, model=request.model,
-                  candidates=[Target(n, config.deployments[n]) for n in alias.deployments],
-                  subject=pseudonym(request.subject) if request.subject else None,
-                  data_class=request.data_class, bundle_hash=bundle.hash)
     body: dict[str, Any] = (
         {"model": request.model, "messages": [{"role": "user", "content": request.message}]}
         if request.endpoint == "chat" else {"model": request.model, "input": request.message})
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
     try:
-        bundle.check_header("x-data-class", request.data_class)
-        body = await chain.request(ctx, body)
-        committed = await router.send(ctx, chain, request.endpoint, body)
-        raw = await committed.response.read()
-        ctx.usage = usage.from_body(raw)  # as the gateway does for relayed answers
-        response = await chain.response(ctx, orjson.loads(raw))
+        ctx = pipeline.context(principal, request.endpoint, body, subject=request.subject,
+                               data_class=request.data_class)
+    except GatewayError as exc:
+        outcome.denied, outcome.status = exc.code, exc.status
+        return outcome
+    chain = pipeline.start(ctx)
+    try:
+        raw = await pipeline.answer(ctx, chain, await pipeline.send(ctx, chain, body))
         outcome.deployment, outcome.status = ctx.target.name if ctx.target else None, 200
         if request.endpoint == "chat":
-            outcome.reply = response["choices"][0]["message"]["content"]
+            outcome.reply = orjson.loads(raw)["choices"][0]["message"]["content"]
     except GatewayError as exc:
         outcome.denied, outcome.status = exc.code, exc.status
     ctx.status = outcome.status
-    await chain.complete(ctx)
+    await pipeline.finish(ctx, chain)
     outcome.decisions = [(d.policy, d.action, d.facts) for d in ctx.decisions]
     outcome.attempts = list(ctx.attempts)
     return outcome
@@ -350,10 +342,6 @@ def _lint_sections(config: Config, sections: dict[str, dict[str, Any]]) -> list[
                 and fallback.get("require_consent", True) is False):
             out.append(f"contradiction: consent_fallback.target {target!r} is in {deployment.jurisdiction}, outside "
                        f"residency.allow {sorted(allowed)}, with require_consent: false under strict residency")
-        pii = active.get("pii_redaction")
-        if not pii or mode_of(pii) == "shadow":
-            out.append("consent_fallback requires PII redaction but pii_redaction is off or in shadow mode: "
-                       "the fallback would always be refused")
     if residency:
         for name, alias in config.models.items():
             if not any(config.deployments[d].jurisdiction in allowed for d in alias.deployments):

@@ -24,7 +24,7 @@ import aiohttp
 import orjson
 
 from gateway.auth import Principal
-from gateway.chain import Chain
+from gateway.chain import Chain, Pass
 from gateway.config import Config
 from gateway.errors import GatewayError, PolicyDenied, UpstreamError
 from gateway.policy import Context, Target
@@ -140,7 +140,7 @@ class Router:
                                for name, u in upstreams.items()})
 
     async def send(
-        self, ctx: Context, chain: Chain, endpoint: Endpoint, request: dict[str, Any]
+        self, ctx: Context, chain: Pass, endpoint: Endpoint, request: dict[str, Any]
     ) -> Committed:
         """Return the first usable answer; raise UpstreamError when every candidate failed."""
         if not ctx.candidates:
@@ -153,7 +153,7 @@ class Router:
             if last is not None and ctx.fallback_reason is None:
                 ctx.fallback_reason = last.reason
             try:
-                body = await chain.attempt(ctx, target, request)
+                body = await chain.attempt(target, request)
             except PolicyDenied as denied:
                 # A policy vetoed this hop (e.g. no consent for a DPA fallback): skip it, keep trying.
                 ctx.attempts.append((target.name, denied.code))
@@ -238,6 +238,6 @@ async def embed_via(config: Config, router: Router, model: str, texts: list[str]
     targets = [Target(n, config.deployments[n]) for n in alias.deployments]
     ctx = Context(principal=internal, endpoint="embeddings", model=model,
                   candidates=[t for t in targets if allowed is None or t.jurisdiction in allowed])
-    committed = await router.send(ctx, Chain(), "embeddings", {"model": model, "input": texts})
+    committed = await router.send(ctx, Chain().start(ctx), "embeddings", {"model": model, "input": texts})
     data = orjson.loads(await committed.response.read())["data"]
     return [d["embedding"] for d in sorted(data, key=lambda d: d["index"])]

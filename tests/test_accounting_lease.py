@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterable
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -166,19 +166,21 @@ async def test_a_request_cancelled_during_its_top_up_does_not_leave_the_others_w
             await asyncio.sleep(3600)
         return await original(self, limits, settle)
 
-    def ctx() -> Context:
-        return Context(principal, "chat", "m", [Target("eu", config.deployments["eu"])])
+    def request() -> Any:
+        """A new request's reservation (its own run of the policy)."""
+        c = Context(principal, "chat", "m", [Target("eu", config.deployments["eu"])])
+        return policy.start(c).on_request(c, body)
 
     RedisCounters.reserve = first_call_hangs  # type: ignore[method-assign]
     try:
-        first = asyncio.create_task(policy.on_request(ctx(), body))
+        first = asyncio.create_task(request())
         await stuck.wait()  # it asked for the lease and waits for Redis
-        second = asyncio.create_task(policy.on_request(ctx(), body))  # waits for that top-up
+        second = asyncio.create_task(request())  # waits for that top-up
         await asyncio.sleep(0.05)
         assert not second.done()
         first.cancel()
         await asyncio.wait_for(second, 5)  # goes to Redis itself instead of waiting forever
-        await asyncio.wait_for(policy.on_request(ctx(), body), 5)
+        await asyncio.wait_for(request(), 5)
     finally:
         RedisCounters.reserve = original  # type: ignore[method-assign]
         keys = [k async for k in services.redis.scan_iter(f"{prefix}:*")]

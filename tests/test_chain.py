@@ -105,6 +105,35 @@ def test_shadow_mode_records_would_deny_and_forwards(gateway_factory, upstream, 
         f"{gw.url}/metrics").text
 
 
+def audit_of(gw: Any, request_id: str) -> dict[str, Any]:
+    import time
+
+    admin = {"Authorization": f"Bearer {gw.key(scopes=('admin',))}"}
+    deadline = time.monotonic() + 5
+    while (record := httpx.get(f"{gw.url}/admin/audit/{request_id}", headers=admin)).status_code == 404:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    found: dict[str, Any] = record.json()
+    return found
+
+
+def test_a_shadow_policy_changes_nothing_and_records_what_it_would_have_done(
+        gateway_factory, upstream, tagger, tmp_path) -> None:
+    """Request edits, stream edits and a mid-stream refusal: all on copies, all recorded as would_*."""
+    gw = gateway_factory(make_config(upstream), bundle(
+        tmp_path, "defaults:\n  tagger: {tag: shadowed, deny_mid_stream: true, mode: shadow}\n"))
+    client = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
+    stream = client.chat.completions.with_raw_response.create(
+        model="mistral-7b", messages=[{"role": "user", "content": "x"}], stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in stream.parse() if c.choices)
+    assert text == upstream.reply  # not upper-cased, and no error event
+    assert upstream.received[-1].body["messages"] == [{"role": "user", "content": "x"}]
+    assert tagger.seen == ["request:shadowed"]
+    decisions = audit_of(gw, stream.headers["x-gateway-request-id"])["decisions"]
+    assert [(d["policy"], d["action"]) for d in decisions] == [("tagger", "would_tag"), ("tagger", "would_deny")]
+    assert decisions[1]["facts"] == {"code": "tagger.mid_stream", "status": 400, "reason": "Stopped mid-stream."}
+
+
 def test_mode_off_removes_the_policy(gateway_factory, upstream, tagger, tmp_path) -> None:
     gw = gateway_factory(make_config(upstream), bundle(tmp_path, "defaults:\n  tagger: {deny: x.y, mode: 'off'}\n"))
     resp = httpx.post(f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {gw.key()}"},

@@ -168,8 +168,8 @@ def test_two_files_may_each_add_apps_to_one_tenant() -> None:
 def test_shadow_over_an_enforced_default_runs_beside_it_instead_of_replacing_it() -> None:
     b = bundle(DEFAULTS + "tenants: {marketing: {residency: {mode: shadow, unknown_data_class: default}}}\n")
     chain = b.chain_for("marketing", "")
-    residency = [(p.mode, p.config.unknown_data_class, p.config.data_classes) for p in chain.policies
-                 if p.name == "residency"]
+    residency = [("shadow" if chain.is_shadow(p) else "enforce", p.config.unknown_data_class, p.config.data_classes)
+                 for p in chain.policies if p.name == "residency"]
     # The default keeps enforcing unchanged; the trial inherits the default's data classes and varies
     # only what the layer writes.
     assert residency == [("enforce", "deny", {"public": ["EU", "CH"]}),

@@ -70,6 +70,26 @@ def test_pii_in_the_prompt_never_reaches_the_upstream_and_the_reply_is_restored(
     assert "***************1111" in sent
 
 
+def test_the_metric_counts_entities_by_type_and_action_shadow_ones_apart(
+    gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream, tmp_path: Path
+) -> None:
+    from gateway import metrics
+
+    def count(action: str) -> float:
+        value: float = metrics.PII_ENTITIES.labels("EMAIL_ADDRESS", action)._value.get()
+        return value
+
+    before = count("redact"), count("would_redact")
+    gw = start(gateway_factory, upstream, tmp_path, STRUCTURED_POLICY)
+    client(gw).chat.completions.create(model="mistral-7b", messages=[{"role": "user", "content": f"{EMAIL} {EMAIL}"}])
+    assert (count("redact"), count("would_redact")) == (before[0] + 2, before[1])
+    shadow = start(gateway_factory, upstream, tmp_path, STRUCTURED_POLICY.replace(
+        "  pii_redaction:\n", "  pii_redaction:\n    mode: shadow\n"))
+    client(shadow).chat.completions.create(model="mistral-7b", messages=[{"role": "user", "content": EMAIL}])
+    assert (count("redact"), count("would_redact")) == (before[0] + 2, before[1] + 1)
+    assert EMAIL in sent_text(upstream)  # shadow mode forwards the prompt as sent
+
+
 def test_a_placeholder_split_across_stream_chunks_is_restored(
     gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream, tmp_path: Path
 ) -> None:

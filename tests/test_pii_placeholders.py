@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.pii.placeholders import MAX_HOLD, StreamRestorer, Vault, json_escape
-from gateway.policies.pii_redaction import ENTITY_TYPES
+from gateway.pii.settings import ENTITY_TYPES
 
 
 def vault() -> Vault:

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from gateway import metrics
 from gateway.auth import Principal
+from gateway.chain import Chain
 from gateway.config import Deployment
 from gateway.errors import PolicyDenied
 from gateway.policies.pii_redaction import PiiRedaction
-from gateway.policy import Context, Target
+from gateway.policy import Context, Run, Target
 from gateway.sse import Event
 from tests.pii_values import EMAIL, IBAN
-
-if TYPE_CHECKING:  # what PiiRedaction(...) makes; one test reads its per-request state
-    from gateway.pii.hooks import PiiRedactionHooks
 
 EU = Target("eu", Deployment(kind="openai_compatible", base_url="http://127.0.0.1:1/v1", model="m",
                              jurisdiction="EU", region="fr-par"))
@@ -26,9 +23,9 @@ US = Target("us", Deployment(kind="openai_compatible", base_url="http://127.0.0.
                              jurisdiction="US", region="us-east"))
 
 
-def policy(mode: Any = "enforce", **config: Any) -> PiiRedaction:
+def policy(**config: Any) -> PiiRedaction:
     config.setdefault("entities", {"EMAIL_ADDRESS": "redact", "IBAN_CODE": "redact"})
-    return PiiRedaction(PiiRedaction.Config.model_validate(config), mode=mode)
+    return PiiRedaction(PiiRedaction.Config.model_validate(config))
 
 
 def context(tenant: str = "acme", endpoint: Any = "chat") -> Context:
@@ -40,9 +37,11 @@ def chat(text: str) -> dict[str, Any]:
     return {"model": "m", "messages": [{"role": "user", "content": text}]}
 
 
-async def run(p: PiiRedaction, ctx: Context, request: dict[str, Any], target: Target = US) -> dict[str, Any]:
-    request = await p.on_request(ctx, request)
-    return await p.on_attempt(ctx, target, request)
+async def run(r: PiiRedaction | Run, ctx: Context, request: dict[str, Any], target: Target = US) -> dict[str, Any]:
+    """One request through the policy's hooks up to the hop (``r``: a policy, or a run it started)."""
+    r = r.start(ctx) if isinstance(r, PiiRedaction) else r
+    request = await r.on_request(ctx, request)
+    return await r.on_attempt(ctx, target, request)
 
 
 async def test_decisions_carry_entity_types_and_counts_never_values() -> None:
@@ -52,22 +51,20 @@ async def test_decisions_carry_entity_types_and_counts_never_values() -> None:
     [decision] = ctx.decisions
     assert (decision.policy, decision.action) == ("pii_redaction", "redact")
     assert decision.facts == {"entities": {"EMAIL_ADDRESS": 2, "IBAN_CODE": 1}, "hop": "us", "jurisdiction": "US"}
-    assert ctx.pii_guard is True
-
-
-async def test_the_metric_counts_entities_by_type_and_action() -> None:
-    before = metrics.PII_ENTITIES.labels("EMAIL_ADDRESS", "redact")._value.get()
-    await run(policy(), context(), chat(f"{EMAIL} {EMAIL}"))
-    assert metrics.PII_ENTITIES.labels("EMAIL_ADDRESS", "redact")._value.get() == before + 2
 
 
 async def test_shadow_mode_records_what_it_would_redact_and_forwards_unchanged() -> None:
-    p, ctx = policy(mode="shadow"), context()
+    p, ctx = policy(output={"enabled": True, "action": "block"}), context()
+    chain = Chain([p], shadow=[p]).start(ctx)
     request = chat(f"write to {EMAIL}")
-    assert await run(p, ctx, request) == request
+    assert await chain.attempt(US, await chain.request(request)) == request
     assert [d.action for d in ctx.decisions] == ["would_redact"]
-    assert ctx.pii_guard is False
-    assert not p.reads_response(ctx)
+    assert ctx.consents == {}
+    assert ctx.candidates == [EU, US]
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": f"<EMAIL_ADDRESS_1> {IBAN}"}}]}
+    assert await chain.response(answer) == {
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": f"<EMAIL_ADDRESS_1> {IBAN}"}}]}
+    assert [d.action for d in ctx.decisions] == ["would_redact", "would_block", "would_deny"]
 
 
 async def test_hash_is_stable_per_tenant_and_differs_across_tenants() -> None:
@@ -88,31 +85,38 @@ async def test_mask_keeps_only_the_last_characters() -> None:
 async def test_a_block_for_one_jurisdiction_rejects_only_on_that_hop() -> None:
     p = policy(entities={"IBAN_CODE": {"action": "allow", "jurisdictions": {"US": "block"}}})
     ctx = context()
-    request = await p.on_request(ctx, chat(f"IBAN {IBAN}"))
-    assert await p.on_attempt(ctx, EU, request) == request
+    r = p.start(ctx)
+    request = await r.on_request(ctx, chat(f"IBAN {IBAN}"))
+    assert await r.on_attempt(ctx, EU, request) == request
     with pytest.raises(PolicyDenied) as exc:
-        await p.on_attempt(ctx, US, request)
+        await r.on_attempt(ctx, US, request)
     assert exc.value.code == "pii.blocked"
     assert IBAN not in exc.value.message
 
 
 async def test_token_id_embeddings_input_is_refused() -> None:
     with pytest.raises(PolicyDenied) as exc:
-        await policy().on_request(context(endpoint="embeddings"), {"model": "e", "input": [[1, 2, 3]]})
+        await run(policy(), context(endpoint="embeddings"), {"model": "e", "input": [[1, 2, 3]]})
     assert exc.value.code == "pii.unscannable_input"
 
 
-async def test_the_request_mapping_is_dropped_on_complete() -> None:
-    p, ctx = policy(), context()
-    await run(p, ctx, chat(EMAIL))
-    assert p.reads_response(ctx)
-    await p.on_complete(ctx)
-    assert cast("PiiRedactionHooks", p)._requests == {}
+async def test_each_request_has_its_own_placeholders() -> None:
+    p, one, two = policy(), context(), context()
+    first, second = p.start(one), p.start(two)
+    assert (await run(first, one, chat(EMAIL)))["messages"][0]["content"] == "<EMAIL_ADDRESS_1>"
+    assert (await run(second, two, chat(f"{IBAN} bob@example.org")))["messages"][0]["content"] == (
+        "<IBAN_CODE_1> <EMAIL_ADDRESS_1>")
+    assert first.reads_response(one)
+    assert second.reads_response(two)
+    assert not p.start(context()).reads_response(context())  # a request with nothing redacted: bytes relayed
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "<EMAIL_ADDRESS_1>"}}]}
+    assert (await first.on_response(one, answer))["choices"][0]["message"]["content"] == EMAIL
 
 
 async def test_output_scanning_masks_pii_the_model_produced_in_a_stream() -> None:
     p, ctx = policy(output={"enabled": True, "action": "mask"}), context()
-    await run(p, ctx, chat(f"mail {EMAIL}"))
+    r = p.start(ctx)
+    await run(r, ctx, chat(f"mail {EMAIL}"))
     other = "bob.miller@example.org"
     text = f"Your mail <EMAIL_ADDRESS_1> differs from {other}, see you."
 
@@ -122,7 +126,7 @@ async def test_output_scanning_masks_pii_the_model_produced_in_a_stream() -> Non
         yield Event.of({"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         yield Event(b"[DONE]")
 
-    out = [e.json async for e in p.on_stream(ctx, events())]
+    out = [e.json async for e in r.on_stream(ctx, events())]
     streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in out if c)
     assert streamed == f"Your mail {EMAIL} differs from " + "*" * (len(other) - 4) + ".org, see you."
     assert [d.action for d in ctx.decisions][-1] == "mask"
@@ -149,7 +153,7 @@ async def test_analysis_slower_than_the_timeout_fails_closed(monkeypatch: pytest
     monkeypatch.setattr(Analyzer, "analyze_text", slow)
     p = policy(timeout_ms=50)
     with pytest.raises(PolicyDenied) as exc:
-        await p.on_request(context(), chat("long text " * 1000))  # long enough for the worker pool
+        await run(p, context(), chat("long text " * 1000))  # long enough for the worker pool
     assert (exc.value.status, exc.value.code) == (503, "pii.unavailable")
 
 

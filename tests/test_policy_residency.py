@@ -169,16 +169,26 @@ def test_dpa_fallback_is_used_with_active_consent_and_stops_after_withdrawal(
 
 
 @pytest.mark.parametrize("pii_mode", ["shadow", "off"])
-def test_dpa_fallback_is_refused_when_pii_redaction_is_not_enforced(
+def test_a_reload_that_stops_enforcing_pii_under_the_dpa_fallback_is_refused(
     gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path, pii_mode: str
 ) -> None:
-    gw = gateway_factory(two_region_config(upstream, upstream_b), write_bundle(tmp_path, FALLBACK.format(pii=pii_mode)))
+    directory = write_bundle(tmp_path, FALLBACK.format(pii="enforce"))
+    config = two_region_config(upstream, upstream_b, server={"policies_dir": str(directory)})
+    gw = gateway_factory(config, directory)
     consent_for(gw, "alice")
+    before, failures = gw.gateway.bundle.current.hash, reload_failures(gw.url)
+    (directory / "bundle.yaml").write_text(FALLBACK.format(pii=pii_mode))
+    deadline = time.monotonic() + 5
+    while reload_failures(gw.url) != failures + 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert gw.gateway.bundle.current.hash == before
     upstream.fail_status = 503
-    resp = chat(gw, gw.key(), user="alice")
-    assert resp.status_code == 403
-    assert resp.json()["error"]["code"] == "consent_fallback.pii_redaction_required"
-    assert upstream_b.received == []
+    resp = httpx.post(f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {gw.key()}"},
+                      json={"model": "mistral-7b", "user": "alice",
+                            "messages": [{"role": "user", "content": "Mail jane.roe@example.org"}]})
+    assert resp.headers["x-gateway-deployment"] == "us-gpt4"
+    assert "jane.roe@example.org" not in str(upstream_b.received[-1].body)  # the last good bundle still redacts
 
 
 # The consented (US) hop's own action is allow, or weaker than redact: only the DPA floor redacts there.

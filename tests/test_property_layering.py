@@ -31,21 +31,19 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 import yaml
-from hypothesis import given, settings
+from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
 from gateway.bundle import Bundle, load_bundle, parse_bundle, policy_files
 from gateway.layering import Loosening
-from gateway.policies.pii_redaction import DPA_FLOOR, STRENGTH, PiiRedaction
+from gateway.pii.settings import DPA_FLOOR, STRENGTH
+from gateway.policies.pii_redaction import PiiRedaction
 from gateway.policies.residency import Residency
 from gateway.yamlsrc import ConfigError, Source, load, loads
-
-if TYPE_CHECKING:  # what PiiRedaction(...) makes; the tests read its per-hop actions and DPA floor
-    from gateway.pii.hooks import PiiRedactionHooks
 
 EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "500"))
 ROOT = Path(__file__).resolve().parent.parent
@@ -217,22 +215,30 @@ def stricter_bundle_texts(draw: st.DrawFn) -> str:
 
 
 def parse(text: str, *shipped: Source) -> Bundle:
+    """The bundle; a random one that gives consent_fallback to an app whose pii_redaction is not enforced is
+    refused for that reason alone (and the example is dropped): nothing else may be wrong with it."""
     name = "extra.yaml" if shipped else "bundle.yaml"
-    return parse_bundle([*shipped, loads(text, name, expand_env=False)])
+    try:
+        return parse_bundle([*shipped, loads(text, name, expand_env=False)])
+    except ConfigError as exc:
+        if not all(": consent_fallback requires pii_redaction enforced for the same apps (" in p for p in exc.problems):
+            raise
+        reject()
 
 
 # --- what a scope enforces, and what its loosenings cover -----------------------------------------------
 
 def enforced(bundle: Bundle, scope: Scope, cls: type[Any]) -> Any:
     """The scope's enforcing instance of a policy class (a shadow trial never enforces), or None."""
-    found = [p for p in bundle.chain_for(*scope).policies if isinstance(p, cls) and p.mode == "enforce"]
+    chain = bundle.chain_for(*scope)
+    found = [p for p in chain.policies if isinstance(p, cls) and not chain.is_shadow(p)]
     assert len(found) <= 1, found
     return found[0] if found else None
 
 
 def redacted_on_hop(bundle: Bundle, scope: Scope) -> frozenset[str]:
     """Types whose enforced action on a US hop is `redact` or `block` (none unless pii_redaction enforces)."""
-    pii: PiiRedactionHooks | None = enforced(bundle, scope, PiiRedaction)
+    pii: PiiRedaction | None = enforced(bundle, scope, PiiRedaction)
     if pii is None:
         return frozenset()
     return frozenset(e for e, action in pii._actions(HOP).items() if STRENGTH[action] >= REDACTED)
@@ -317,7 +323,7 @@ def check_reasons_belong_to_their_layer(bundle: Bundle, scope: Scope, counts: Co
 
 def check_floor(bundle: Bundle, scope: Scope, counts: Counter[str]) -> None:
     """Property 2 for one scope: the DPA floor on a consented US hop."""
-    pii: PiiRedactionHooks | None = enforced(bundle, scope, PiiRedaction)
+    pii: PiiRedaction | None = enforced(bundle, scope, PiiRedaction)
     if pii is None:
         return
     before = pii._actions(HOP)
@@ -396,7 +402,7 @@ def test_overrides_that_only_add_types_or_raise_actions_report_no_pii_loosening(
         defaults = redacted_on_hop(bundle, ("", ""))
         inherited = enforced(bundle, ("", ""), PiiRedaction)._actions(HOP)
         for scope in bundle.scopes():
-            pii: PiiRedactionHooks | None = enforced(bundle, scope, PiiRedaction)
+            pii: PiiRedaction | None = enforced(bundle, scope, PiiRedaction)
             assert pii is not None, scope  # a shadow layer is a trial here: the inherited one keeps enforcing
             assert defaults <= redacted_on_hop(bundle, scope), scope
             actions = pii._actions(HOP)
@@ -541,7 +547,7 @@ tenants:
     bundle = parse(text)
     floors = []
     for scope in (("", ""), ("acme", "")):
-        pii: PiiRedactionHooks = enforced(bundle, scope, PiiRedaction)
+        pii: PiiRedaction = enforced(bundle, scope, PiiRedaction)
         floors.append(pii._floor(pii._actions(HOP), HOP)[0]["EMAIL_ADDRESS"])
     assert floors == ["redact", "allow"]  # the consented US hop now gets addresses in the clear
     assert loosenings_of(text, ("acme", "")) == [

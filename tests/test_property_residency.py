@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.bundle import parse_bundle
 from gateway.devupstream import DevUpstream
 from gateway.store import consent
-from gateway.yamlsrc import loads
+from gateway.yamlsrc import ConfigError, loads
 from tests.conftest import RunningGateway
 from tests.test_policy_residency import two_region_config
 
@@ -101,12 +102,20 @@ def test_no_request_leaves_allowed_jurisdictions_without_consent(
     key = gw.key()
     engine = gw.gateway.engine
     client = httpx.Client(timeout=10)
-    checked = {"us_reached": 0, "examples": 0, "dpa_hops": 0}
+    checked = {"us_reached": 0, "examples": 0, "dpa_hops": 0, "refused": 0}
 
     @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
     @given(spec=bundles, state=consent_states, fail=failures, model=model_names)
     def example(spec: dict[str, Any], state: str, fail: int | None, model: str) -> None:
-        gw.gateway.bundle.swap(parse_bundle([loads(bundle_yaml(spec), "bundle.yaml", expand_env=False)]))
+        source = loads(bundle_yaml(spec), "bundle.yaml", expand_env=False)
+        fb, pii = spec["consent_fallback"], spec["pii_redaction"]
+        if fb is not None and fb["mode"] == "enforce" and (pii is None or pii["mode"] != "enforce"):
+            # The DPA fallback without enforced PII redaction: such a bundle never loads, so it never routes.
+            with pytest.raises(ConfigError, match="consent_fallback requires pii_redaction enforced"):
+                parse_bundle([source])
+            checked["refused"] += 1
+            return
+        gw.gateway.bundle.swap(parse_bundle([source]))
         subject = uuid.uuid4().hex
         pseudonym = gw.gateway.pseudonym(subject)
         if state in ("granted", "withdrawn"):
@@ -148,3 +157,4 @@ def test_no_request_leaves_allowed_jurisdictions_without_consent(
     assert checked["us_reached"] > 0
     assert checked["us_reached"] < checked["examples"]
     assert checked["dpa_hops"] > 0 or EXAMPLES < 100
+    assert checked["refused"] > 0 or EXAMPLES < 100

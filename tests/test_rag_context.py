@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.auth import Principal
+from gateway.chain import Chain
 from gateway.config import Config
 from gateway.config.rag import RagSettings
 from gateway.errors import PolicyDenied
@@ -57,12 +58,11 @@ async def rag(tmp_path: Path) -> Rag:
     return Rag(SETTINGS, index, embedders={"mistral-embed": EMBED})
 
 
-def policy(rag: Rag, mode: str = "enforce", **cfg: Any) -> RagContext:
+def policy(rag: Rag, **cfg: Any) -> RagContext:
     services = Services(config=Config.model_validate({"deployments": {}, "models": {}}))
     services.extras["rag"] = rag
     return RagContext(
         RagContext.Config.model_validate({"collection": "handbook", **cfg}),
-        mode=mode,  # type: ignore[arg-type]
         services=services,
     )
 
@@ -194,8 +194,14 @@ async def test_fail_closed_answers_503_rag_unavailable_and_retrieval_has_its_own
 async def test_shadow_mode_records_what_it_would_inject_without_changing_the_request(rag: Rag) -> None:
     c = ctx()
     request = chat()
-    assert await policy(rag, mode="shadow").on_request(c, request) == request
-    assert c.decisions[-1].action == "would_inject"
+    p = policy(rag)
+    assert await Chain([p], shadow=[p]).start(c).request(request) == request
+    assert c.decisions[-1].action == "would_injected"
+    enforced = ctx()
+    await p.on_request(enforced, chat())
+    assert enforced.decisions[-1].action == "injected"
+    timeless = [{k: v for k, v in d.facts.items() if k != "ms"} for d in (c.decisions[-1], enforced.decisions[-1])]
+    assert timeless[0] == timeless[1]  # the same retrieval, recorded, not injected
     assert HEADER not in c.response_headers
 
 

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 
 from gateway.auth import Principal
+from gateway.chain import Chain
 from gateway.config import Config, Deployment
 from gateway.errors import PolicyDenied
 from gateway.policies.consent_fallback import ConsentFallback
 from gateway.policies.residency import Residency
-from gateway.policy import Context, Target
+from gateway.policy import Context, Policy, Target
 from gateway.services import Services
 from gateway.store.consent import ConsentRef
 
@@ -44,8 +45,13 @@ def decisions(ctx: Context) -> list[tuple[str, str, dict[str, Any]]]:
 # --- residency ----------------------------------------------------------------------------------
 
 
-def residency(mode: Any = "enforce", **config: Any) -> Residency:
-    return Residency(Residency.Config(**config), mode=mode)
+def residency(**config: Any) -> Residency:
+    return Residency(Residency.Config(**config))
+
+
+async def shadowed(policy: Policy[Any], ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
+    """``request`` through a chain that runs ``policy`` in shadow mode."""
+    return await Chain([policy], shadow=[policy]).start(ctx).request(request)
 
 
 async def test_residency_keeps_allowed_hops_and_records_what_it_removed() -> None:
@@ -74,10 +80,14 @@ async def test_residency_refuses_when_nothing_is_left_and_in_shadow_only_records
     assert (refused.value.status, refused.value.code) == (403, "residency.no_allowed_deployment")
     assert refused.value.message == "No deployment of model 'gpt-4o' is in an allowed jurisdiction (EU)."
     ctx = context(EU, US)
-    await residency(mode="shadow").on_request(ctx, {})
+    assert await shadowed(residency(), ctx, {"r": 1}) == {"r": 1}
     assert ctx.candidates == [EU, US]
     assert ctx.allowed_jurisdictions is None
-    assert decisions(ctx)[0][1] == "narrow"
+    assert decisions(ctx)[0][1] == "would_narrow"
+    ctx = context(US, model="gpt-4o")
+    await shadowed(residency(), ctx, {})
+    assert [d[1] for d in decisions(ctx)] == ["would_narrow", "would_deny"]
+    assert decisions(ctx)[1][2]["code"] == "residency.no_allowed_deployment"
 
 
 async def test_residency_uses_the_data_class_and_stores_only_named_classes() -> None:
@@ -154,11 +164,11 @@ class Registry:
 CONSENT = ConsentRef(id="consent-42", purpose="llm_fallback_gpt4", expires_at=datetime(2030, 1, 1, tzinfo=UTC))
 
 
-def fallback(registry: Registry | None = None, mode: Any = "enforce", **config: Any) -> ConsentFallback:
+def fallback(registry: Registry | None = None, **config: Any) -> ConsentFallback:
     config.setdefault("target", "us-gpt4")
     cfg = Config.model_validate({"deployments": {"us-gpt4": US.deployment.model_dump()}, "models": {}})
     services = Services(config=cfg, consents=registry or Registry(CONSENT))
-    return ConsentFallback(ConsentFallback.Config(**config), mode=mode, services=services)
+    return ConsentFallback(ConsentFallback.Config(**config), services=services)
 
 
 async def test_a_subject_with_consent_gets_the_fallback_added_once_after_the_allowed_hops() -> None:
@@ -193,7 +203,7 @@ async def test_without_consent_nothing_is_added_and_the_reason_is_withheld_for_t
     assert (withheld.status, withheld.code) == (503, code)
     assert withheld.message.startswith("Every allowed deployment failed. A DPA fallback exists")
     shadow = context(EU, subject=subject)
-    await fallback(registry, mode="shadow").on_request(shadow, {})
+    await shadowed(fallback(registry), shadow, {})
     assert shadow.withheld == []
     assert shadow.candidates == [EU]
 
@@ -225,30 +235,46 @@ async def test_without_required_consent_the_fallback_is_added_with_no_reference_
     assert ctx.consents == {"us-gpt4": "not-required"}
     assert registry.asked == []
     ctx = context(EU)
-    await fallback(Registry(CONSENT), mode="shadow").on_request(ctx, {})
+    await shadowed(fallback(Registry(CONSENT)), ctx, {})
     assert ctx.candidates == [EU]
     assert ctx.consents == {}
-    assert decisions(ctx) == [("consent_fallback", "would_add", {"target": "us-gpt4", "consent_ref": "consent-42"})]
+    assert decisions(ctx) == [("consent_fallback", "would_eligible", {"target": "us-gpt4", "consent_ref": "consent-42",
+                                                                      "purpose": "llm_fallback_gpt4"})]
 
 
-async def test_the_fallback_hop_needs_pii_redaction_enforced() -> None:
+async def test_the_fallback_hop_is_recorded_with_its_consent() -> None:
     policy = fallback()
     ctx = context(EU)
     await policy.on_request(ctx, {})
-    assert await policy.on_attempt(ctx, EU, {"a": 1}) == {"a": 1}  # not the fallback: nothing to check
-    with pytest.raises(PolicyDenied) as refused:
-        await policy.on_attempt(ctx, US, {})
-    assert (refused.value.status, refused.value.code) == (403, "consent_fallback.pii_redaction_required")
-    assert decisions(ctx)[-1] == ("consent_fallback", "refused", {"target": "us-gpt4",
-                                                                  "reason": "pii_redaction_off"})
-    ctx.pii_guard = True
+    assert await policy.on_attempt(ctx, EU, {"a": 1}) == {"a": 1}  # not the fallback: nothing to record
     assert await policy.on_attempt(ctx, US, {"a": 2}) == {"a": 2}
     assert decisions(ctx)[-1] == ("consent_fallback", "fallback", {"target": "us-gpt4",
                                                                    "consent_ref": "consent-42"})
     unconsented = context(EU, US)
-    unconsented.pii_guard = True
     assert await policy.on_attempt(unconsented, US, {}) == {}  # no consent recorded: residency decides
     assert unconsented.decisions == []
+
+
+@pytest.mark.parametrize(("pii", "where", "state"), [
+    ("", "defaults.consent_fallback", "not in the chain"),
+    ("  pii_redaction: {mode: shadow}\n", "defaults.pii_redaction.mode", "in shadow mode"),
+    ("  pii_redaction: {}\ntenants:\n  hr:\n    pii_redaction: {mode: 'off'}\n",
+     "tenants.hr.pii_redaction.mode", "in off mode"),
+])
+def test_a_bundle_enforcing_the_fallback_without_enforced_pii_redaction_does_not_load(
+        pii: str, where: str, state: str) -> None:
+    from gateway.bundle import parse_bundle
+    from gateway.yamlsrc import ConfigError, loads
+
+    text = "version: 1\ndefaults:\n  consent_fallback: {target: us-gpt4}\n" + pii
+    with pytest.raises(ConfigError) as refused:
+        parse_bundle([loads(text, "b.yaml", expand_env=False)])
+    assert [p.split(": ", 1)[1] for p in refused.value.problems] == [
+        f"{where}: consent_fallback requires pii_redaction enforced for the same apps "
+        f"({'hr' if 'hr' in where else '*'}/*), but it is {state}"]
+    # In shadow mode the fallback adds no hop, so it needs nothing enforced.
+    assert parse_bundle([loads(text.replace("consent_fallback: {", "consent_fallback: {mode: shadow, "), "b.yaml",
+                               expand_env=False)]).hash
 
 
 def loosened_fallback(before: dict[str, Any] | None, after: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:

@@ -8,12 +8,17 @@ Keys hash-tag the tenant (``{acme}``), so a Redis cluster keeps one request's ke
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+from gateway import metrics
 from gateway.store.counters import Limit
+
+if TYPE_CHECKING:
+    from gateway.accounting.settings import Budget, RateLimit
 
 NANO = Decimal(1_000_000_000)
 Scope = Literal["tenant", "app", "key"]
@@ -99,3 +104,41 @@ def check(kind: Literal["budget", "rate_limit"], scope: Scope, owner_: str, tena
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def checks_of(budgets: list[Budget], rate_limits: list[RateLimit], tenant: str, app: str, key_id: str,
+              now: datetime) -> tuple[Check, ...]:
+    """The checks one key's request must pass: each budget's EUR and token limits, each rate limit's."""
+    out = []
+    for b in budgets:
+        who = owner(b.scope, tenant, app, key_id)
+        if b.eur is not None:
+            out.append(check("budget", b.scope, who, tenant, b.period, "eur", nano_eur(b.eur), now))
+        if b.tokens is not None:
+            out.append(check("budget", b.scope, who, tenant, b.period, "tokens", b.tokens, now))
+    for r in rate_limits:
+        who = owner(r.scope, tenant, app, key_id)
+        if r.rpm is not None:
+            out.append(check("rate_limit", r.scope, who, tenant, "minute", "requests", r.rpm, now))
+        if r.tpm is not None:
+            out.append(check("rate_limit", r.scope, who, tenant, "minute", "tokens", r.tpm, now))
+    return tuple(out)
+
+
+def publish_gauges(checks: tuple[Check, ...], values: list[int], last: dict[str, float]) -> None:
+    """Set the budget gauges to the counters' ``values``; each at most once a second (``last``: when each was set),
+    since budgets move with every request."""
+    now = time.monotonic()
+    for c, v in zip(checks, values, strict=False):
+        if c.kind != "budget" or now - last.get(c.key, 0.0) < 1.0:
+            continue
+        last[c.key] = now
+        who = c.owner
+        if c.scope == "tenant":
+            who = metrics.tenant_label(who)
+        elif c.scope == "app":
+            tenant, _, app = who.partition("/")
+            who = f"{metrics.tenant_label(tenant)}/{metrics.app_label(app)}"
+        scale = float(NANO) if c.unit == "eur" else 1.0
+        metrics.BUDGET_LIMIT.labels(c.scope, who, c.period, c.unit).set(c.max / scale)
+        metrics.BUDGET_USED.labels(c.scope, who, c.period, c.unit).set(v / scale)

@@ -90,3 +90,12 @@ def tokens_of(usage: dict[str, Any]) -> tuple[int, int, int]:
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and value >= 0 else 0
+
+
+def usage_chunk(last: dict[str, Any], counted: dict[str, Any]) -> dict[str, Any]:
+    """The final usage chunk OpenAI sends (empty ``choices``), carrying the gateway's estimate ``counted``;
+    ``last`` is the stream's last chunk (for its id, time and model)."""
+    return {"id": last.get("id", ""), "object": "chat.completion.chunk", "created": last.get("created", 0),
+            "model": last.get("model", ""), "choices": [],
+            "usage": {k: counted[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
+            "x-gateway-usage": "estimated"}

@@ -224,22 +224,15 @@ def policy_explain(
         if "rag_context" not in bundle.sections_for(tenant, app_) or cfg.rag.embedder != "gateway":
             return await simulate(cfg, bundle, request, consent or [], failing, registry=registry)
         # Retrieval needs the query's embedding: through the gateway's own embeddings path, as it would be.
-        from gateway.router import Router, embed_via
-        from gateway.upstreams import build
+        from gateway.pipeline import embeddings_path
 
-        names = {d for alias in cfg.models.values() if alias.type == "embeddings" for d in alias.deployments}
-        router = Router({n: build(n, cfg.deployments[n]) for n in names})
-        try:
-            return await simulate(cfg, bundle, request, consent or [], failing, registry=registry,
-                                  embed=lambda model, texts, allowed: embed_via(cfg, router, model, texts, allowed))
-        finally:
-            for upstream in router.upstreams.values():
-                await upstream.close()
+        async with embeddings_path(cfg) as embed:
+            return await simulate(cfg, bundle, request, consent or [], failing, registry=registry, embed=embed)
 
     outcome = asyncio.run(run())
-    chain = bundle.chain_for(tenant, app_).policies
+    chain = bundle.chain_for(tenant, app_)
     out.print(f"policy bundle {bundle.hash}; chain for {tenant}/{app_}: "
-              f"{', '.join(p.name + (' (shadow)' if p.mode == 'shadow' else '') for p in chain) or '(empty)'}",
+              f"{', '.join(p.name + (' (shadow)' if chain.is_shadow(p) else '') for p in chain.policies) or '(empty)'}",
               highlight=False)
     out.print(f"consent: {source}", highlight=False)
     table = Table("policy", "decision", Column("facts", overflow="fold"))  # ids fold, never cut

@@ -25,11 +25,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from gateway.pii.entities import DEFAULT_PHONE_REGIONS, NER_ENTITIES
+from gateway.pii.entities import DEFAULT_PHONE_REGIONS, NER_ENTITIES, STRUCTURED
 from gateway.pii.ner import SpacyNerRecognizer
-from gateway.pii.recognizers import FastRecognizer, Hit
+
+if TYPE_CHECKING:
+    from gateway.pii.recognizers import Hit
 
 # Presidio is not used, but it is installed, and a spaCy model that needs a component from a
 # package's entry point imports it (gateway.pii.ner): then too, nothing is fetched (its e-mail
@@ -93,7 +95,7 @@ def resolve_overlaps(spans: Iterable[Span]) -> tuple[Span, ...]:
 
 
 class Analyzer:
-    _fast_types = frozenset(FastRecognizer.supported_entities)
+    _fast_types = frozenset(STRUCTURED)  # FastRecognizer.supported_entities
     _ner_types = frozenset(SpacyNerRecognizer.supported_entities)
 
     def __init__(
@@ -116,6 +118,10 @@ class Analyzer:
         self.ner_entities = sorted(wanted & set(NER_ENTITIES))
         self.ner_extra = ["DATE_TIME"] if self.ner_entities and "DATE_TIME" in wanted else []
         self.fast_entities = sorted(wanted - set(NER_ENTITIES))
+        # Imported here, not with the module: the validators (phonenumbers, python-stdnum) load with the
+        # first analyzer a chain makes, never for validating a bundle.
+        from gateway.pii.recognizers import FastRecognizer
+
         self._fast = FastRecognizer(phone_regions)
         self._wanted = frozenset(self.fast_entities)
         self._ner: dict[str, SpacyNerRecognizer] = {}

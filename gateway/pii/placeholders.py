@@ -18,10 +18,14 @@ except a trailing possible placeholder prefix, which is never longer than ``MAX_
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import orjson
-import regex
+
+if TYPE_CHECKING:
+    import regex
 
 MAX_HOLD = 64
 
@@ -31,8 +35,11 @@ def json_escape(value: str) -> str:
     return orjson.dumps(value).decode()[1:-1]
 
 
+_SEPARATORS = re.compile(r"[ _-]")
+
+
 def _name_pattern(name: str) -> str:
-    return "[ _-]?".join(regex.escape(part) for part in name.split("_"))
+    return "[ _-]?".join(re.escape(part) for part in name.split("_"))
 
 
 class Vault:
@@ -41,6 +48,8 @@ class Vault:
     def __init__(self, entity_types: Iterable[str]) -> None:
         names = sorted(set(entity_types), key=len, reverse=True)
         alternatives = "|".join(_name_pattern(n) for n in names)
+        import regex  # with the first vault (pii_redaction makes one when a chain is built), not on import
+
         self.pattern = regex.compile(
             rf"[<\[{{][ \t]{{0,2}}(?P<name>(?i:{alternatives}))[ _-]?(?P<num>\d{{1,4}})[ \t]{{0,2}}[>\]}}]"
         )
@@ -61,7 +70,7 @@ class Vault:
         return found
 
     def _lookup(self, m: regex.Match[str], escape: Callable[[str], str] | None) -> str:
-        key = regex.sub(r"[ _-]", "", m["name"]).upper() + str(int(m["num"]))
+        key = _SEPARATORS.sub("", m["name"]).upper() + str(int(m["num"]))
         value = self._value.get(key)
         if value is None:
             return str(m[0])

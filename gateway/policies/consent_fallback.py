@@ -30,12 +30,13 @@ class ConsentFallback(Policy["ConsentFallback.Config"]):
 
     Deny by default. The fallback is added only when the request names a data subject (the
     OpenAI `user` field or `X-Subject-Id`) who has an active consent for `purpose` in the
-    consent registry. When the fallback hop is actually tried, PII redaction must be enforced
-    for the request (`pii_redaction` in the chain, not in shadow mode), or the hop is refused;
-    on that hop every detected type is redacted, even types the policy otherwise allows.
+    consent registry. A bundle that enforces it must enforce `pii_redaction` for the same apps
+    (``requires``; checked when the bundle loads), and on the fallback hop every detected type is
+    redacted, even types that policy otherwise allows.
     """
 
     name: ClassVar[str] = "consent_fallback"
+    requires: ClassVar[tuple[str, ...]] = ("pii_redaction",)
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -79,13 +80,9 @@ class ConsentFallback(Policy["ConsentFallback.Config"]):
             reason = await self._consent(ctx, cfg)
             if isinstance(reason, str):
                 ctx.record(self.name, "not_eligible", reason=reason, target=cfg.target, purpose=cfg.purpose)
-                if self.mode == "enforce":
-                    ctx.withheld.append(_WITHHELD[reason])
+                ctx.withheld.append(_WITHHELD[reason])
                 return request
             ref = reason.id
-        if self.mode == "shadow":
-            ctx.record(self.name, "would_add", target=cfg.target, consent_ref=ref)
-            return request
         ctx.consents[cfg.target] = ref
         if all(t.name != cfg.target for t in ctx.candidates):
             ctx.candidates = [*ctx.candidates, Target(cfg.target, deployment)]
@@ -109,9 +106,5 @@ class ConsentFallback(Policy["ConsentFallback.Config"]):
         cfg = self.config
         if target.name != cfg.target or target.name not in ctx.consents:
             return request
-        if not ctx.pii_guard:
-            ctx.record(self.name, "refused", target=target.name, reason="pii_redaction_off")
-            raise PolicyDenied(403, "consent_fallback.pii_redaction_required",
-                               "The DPA fallback needs PII redaction, which is not enforced for this request.")
         ctx.record(self.name, "fallback", target=target.name, consent_ref=ctx.consents[target.name])
         return request

@@ -175,8 +175,6 @@ class RagContext(Policy["RagContext.Config"]):
             "chunk_ids": [h.id for h, _ in chosen],
             "sources": [h.source for h, _ in chosen],
         }
-        if self.mode == "shadow":
-            return self._outcome(ctx, request, "would_inject", **facts)
         ctx.response_headers[HEADER] = ", ".join(
             f"{h.id};source={quote(h.source, safe='/')}" for h, _ in chosen
         )

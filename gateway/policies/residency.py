@@ -104,9 +104,8 @@ class Residency(Policy["Residency.Config"]):
                 403, "residency.no_allowed_deployment",
                 f"No deployment of model '{ctx.model}' is in an allowed jurisdiction ({', '.join(sorted(allowed))}).",
             )
-        if self.mode == "enforce":
-            ctx.allowed_jurisdictions = allowed
-            ctx.candidates = kept
+        ctx.allowed_jurisdictions = allowed
+        ctx.candidates = kept
         return request
 
     def _recorded(self, data_class: str | None) -> str | None:

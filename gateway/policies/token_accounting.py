@@ -1,8 +1,7 @@
 """Counts tokens, enforces budgets and rate limits, settles cost, and writes the usage ledger.
 
-SQLAlchemy and the ledger's table model are imported only by an instance that writes the ledger
-(the gateway's), so validating the Config (`gateway config check`) and dry runs without a
-database (`gateway policy test`) do not load them.
+Settings: ``gateway.accounting.settings``. SQLAlchemy and the ledger's table model are imported only by
+an instance that writes the ledger (the gateway's), so `gateway config check` and dry runs do not load them.
 """
 
 from __future__ import annotations
@@ -12,52 +11,23 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing_extensions import override
 
 from gateway import metrics, tokens
-from gateway.accounting import limits, usage
+from gateway.accounting import limits, settings, usage
 from gateway.accounting.lease import Leases
 from gateway.accounting.pricing import FREE, Price, price_table
 from gateway.accounting.settle import Settler
 from gateway.errors import PolicyDenied
 from gateway.policies import register
-from gateway.policy import Context, Policy
+from gateway.policy import Context, Policy, Run
 from gateway.sse import Event
 from gateway.store.counters import Counters, Limit, MemoryCounters, RedisCounters
 from gateway.store.resp import RespClient
 
 T = TypeVar("T")
-
-
-class Budget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    scope: Literal["tenant", "app", "key"] = Field(..., description="Whose spending: the tenant, the app or the key.")
-    period: Literal["day", "month"] = Field(..., description="UTC calendar day or month.")
-    eur: Decimal | None = Field(None, gt=0, description="Most EUR this scope may spend per period.")
-    tokens: int | None = Field(None, gt=0, description="Most tokens (prompt + completion) per period.")
-
-    @model_validator(mode="after")
-    def _some_limit(self) -> Budget:
-        if self.eur is None and self.tokens is None:
-            raise ValueError("a budget needs `eur`, `tokens` or both")
-        return self
-
-
-class Lease(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    fraction: float = Field(
-        0.01, ge=0, le=0.1, description="Most of a limit one worker may hold as a lease; 0 turns leases off.")
-    requests: int = Field(64, ge=1, description="Most requests' worth of a counter one lease may hold.")
-    seconds: float = Field(1.0, gt=0, le=60, description="An unused lease is given back after this long.")
-
-
-class RateLimit(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    scope: Literal["key", "app"] = Field(..., description="Counted per API key or per app.")
-    rpm: int | None = Field(None, gt=0, description="Requests per clock minute.")
-    tpm: int | None = Field(None, gt=0, description="Tokens (prompt + reserved completion) per clock minute.")
 
 
 @dataclass
@@ -77,48 +47,18 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
     refuses with 429 over a budget or rate limit, and writes one ledger row per request."""
 
     name: ClassVar[str] = "token_accounting"
-    shadow_trial: ClassVar[bool] = False  # two instances would write two ledger rows per request
+    repeatable: ClassVar[bool] = False  # two instances would write two ledger rows per request
 
-    class Config(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        budgets: list[Budget] = Field([], description="Spending limits; each applies to every tenant/app/key in scope.")
-        rate_limits: list[RateLimit] = Field([], description="Request and token rates per key or app.")
-        default_max_tokens: int = Field(
-            1024, ge=0, description="Completion tokens reserved when a request sets no `max_tokens`.")
-        on_backend_error: Literal["fail_closed", "fail_open"] = Field(
-            "fail_closed", description="Redis unreachable: `fail_closed` answers 503; `fail_open` counts in-process.")
-        ledger: bool = Field(True, description="Write one usage-ledger row per request.")
-        key_prefix: str = Field("gw:acct", min_length=1, description="Prefix of the counter keys in Redis.")
-        lease: Lease = Field(default_factory=Lease, description=(
-            "Per-worker leases on Redis counters, so most requests reserve without a round trip "
-            "(see docs/accounting.md)."))
+    class Config(settings.AccountingSettings):
+        """Budgets, rate limits, what happens when Redis is down, the ledger, and leases."""
 
     @classmethod
     def loosened(cls, before: Any, after: Any) -> list[tuple[tuple[str | int, ...], str]]:
-        if before is None:
-            return []
-        out: list[tuple[tuple[str | int, ...], str]] = []
-        for key, fields in (("budgets", ("eur", "tokens")), ("rate_limits", ("rpm", "tpm"))):
-            for old in getattr(before, key):
-                ident = (old.scope, getattr(old, "period", None))
-                same = [new for new in getattr(after, key) if (new.scope, getattr(new, "period", None)) == ident]
-                label = "/".join(str(p) for p in ident if p)
-                for f in fields:
-                    limit = getattr(old, f)
-                    kept = [getattr(new, f) for new in same if getattr(new, f) is not None]
-                    if limit is not None and (not kept or min(kept) > limit):
-                        what = f"raised to {min(kept)}" if kept else "dropped"
-                        out.append(((key,), f"{key[:-1].replace('_', ' ')} {label} {f} {limit} {what}"))
-        if before.on_backend_error == "fail_closed" and after.on_backend_error == "fail_open":
-            out.append((("on_backend_error",), "limits are no longer enforced while Redis is down"))
-        if before.ledger and not after.ledger:
-            out.append((("ledger",), "requests are no longer written to the usage ledger"))
-        return out
+        return settings.loosened(before, after)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cfg = self.config
-        self._pending: dict[str, _Pending] = {}
         # (key id, tenant, app) -> (minute, its checks): windows change on whole minutes at most.
         self._checks_cache: dict[tuple[str, str, str], tuple[int, tuple[limits.Check, ...]]] = {}
         self._mapped = False
@@ -155,8 +95,12 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
     def _prices(self) -> dict[str, Price]:
         return self._shared("prices", lambda: price_table(self.services.config) if self.services else {})
 
-    async def on_request(self, ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
-        pending = self._pending[ctx.request_id] = _Pending()
+    @override
+    def start(self, ctx: Context) -> Run:
+        return _Request(self)
+
+    async def reserve(self, ctx: Context, pending: _Pending, request: dict[str, Any]) -> dict[str, Any]:
+        """Count the prompt, price it against every candidate hop and reserve it against the limits."""
         family = tokens.family_of(ctx.candidates[0].deployment) if ctx.candidates else "estimate"
         tok = tokens.loaded(family)
         if tok is None:  # first use of this family: loading takes up to a second
@@ -188,21 +132,10 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
             return cached[1]
         if len(self._checks_cache) > 10_000:
             self._checks_cache.clear()
-        now, out = limits.utcnow(), []
-        for b in self.cfg.budgets:
-            who = limits.owner(b.scope, p.tenant, p.app, p.key_id)
-            if b.eur is not None:
-                out.append(limits.check("budget", b.scope, who, p.tenant, b.period, "eur", limits.nano_eur(b.eur), now))
-            if b.tokens is not None:
-                out.append(limits.check("budget", b.scope, who, p.tenant, b.period, "tokens", b.tokens, now))
-        for r in self.cfg.rate_limits:
-            who = limits.owner(r.scope, p.tenant, p.app, p.key_id)
-            if r.rpm is not None:
-                out.append(limits.check("rate_limit", r.scope, who, p.tenant, "minute", "requests", r.rpm, now))
-            if r.tpm is not None:
-                out.append(limits.check("rate_limit", r.scope, who, p.tenant, "minute", "tokens", r.tpm, now))
-        self._checks_cache[(p.key_id, p.tenant, p.app)] = (int(now.timestamp() // 60), tuple(out))
-        return tuple(out)
+        now = limits.utcnow()
+        out = limits.checks_of(self.cfg.budgets, self.cfg.rate_limits, p.tenant, p.app, p.key_id, now)
+        self._checks_cache[(p.key_id, p.tenant, p.app)] = (int(now.timestamp() // 60), out)
+        return out
 
     async def _reserve(self, ctx: Context, pending: _Pending) -> None:
         redis, memory = self._stores()
@@ -248,33 +181,32 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
         pending.store = store
         if leases is not None:
             leases.granted(pending.limits, leased, lease.seconds, topup)
-        self._gauges(pending.checks, values)
+        limits.publish_gauges(pending.checks, values, self._shared("gauges", dict))
 
-    def reads_response(self, ctx: Context) -> bool:
-        return ctx.stream  # non-streamed usage is found in the relayed bytes without parsing them
-
-    async def on_stream(self, ctx: Context, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
-        pending = self._pending.get(ctx.request_id)
+    @staticmethod
+    async def stream(ctx: Context, pending: _Pending, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+        """The streamed answer's usage into ``ctx.usage``; the gateway's own count when the upstream sends none."""
         async for ev in events:
             if b'"usage"' in ev.data and isinstance(ev.json, dict) and isinstance(ev.json.get("usage"), dict):
                 ctx.usage = ev.json["usage"]
-                if pending is not None and pending.strip_usage:
+                if pending.strip_usage:
                     if not ev.json.get("choices"):
                         continue
                     ev.json = {k: v for k, v in ev.json.items() if k != "usage"}
-            elif pending is not None and not ev.is_done:
+            elif not ev.is_done:
                 pending.chunks.append(ev)  # counted only if the upstream never reports usage
-            elif pending is not None and ctx.usage is None and not pending.strip_usage and ctx.target is not None:
+            elif ctx.usage is None and not pending.strip_usage and ctx.target is not None:
                 # [DONE], the client asked for usage (stream_options.include_usage) and the upstream sent none
                 # (llama.cpp, for one): the client gets the gateway's own count, marked as an estimate.
-                prompt, completion = self._estimate(pending, {})
+                prompt, completion = TokenAccounting._estimate(pending, {})
                 ctx.usage = {"prompt_tokens": prompt, "completion_tokens": completion,
                              "total_tokens": prompt + completion, "estimated": True}
-                yield Event.of(_usage_chunk(pending.chunks, ctx.usage))
+                last = next((ev.json for ev in reversed(pending.chunks) if isinstance(ev.json, dict)), {})
+                yield Event.of(usage.usage_chunk(last, ctx.usage))
             yield ev
 
-    async def on_complete(self, ctx: Context) -> None:
-        pending = self._pending.pop(ctx.request_id, None) or _Pending()
+    async def settle(self, ctx: Context, pending: _Pending) -> None:
+        """Charge the answer's actual cost: settle the reservation, count the metrics, write the ledger row."""
         target = ctx.target
         price = self._prices().get(target.name, FREE) if target is not None else FREE
         prompt = completion = cached = 0
@@ -344,29 +276,24 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
                   for c, lim in zip(pending.checks, pending.limits, strict=True) if c.unit != "requests"]
         self._settler(pending.store).add(deltas)  # sent with the next reservation (accounting/settle.py)
 
-    def _gauges(self, checks: tuple[limits.Check, ...], values: list[int]) -> None:
-        # Budget gauges move with every request; refreshing them once a second per counter is enough.
-        last: dict[str, float] = self._shared("gauges", dict)
-        now = time.monotonic()
-        for c, v in zip(checks, values, strict=False):
-            if c.kind != "budget" or now - last.get(c.key, 0.0) < 1.0:
-                continue
-            last[c.key] = now
-            who = c.owner
-            if c.scope == "tenant":
-                who = metrics.tenant_label(who)
-            elif c.scope == "app":
-                tenant, _, app = who.partition("/")
-                who = f"{metrics.tenant_label(tenant)}/{metrics.app_label(app)}"
-            scale = float(limits.NANO) if c.unit == "eur" else 1.0
-            metrics.BUDGET_LIMIT.labels(c.scope, who, c.period, c.unit).set(c.max / scale)
-            metrics.BUDGET_USED.labels(c.scope, who, c.period, c.unit).set(v / scale)
 
+class _Request(Run):
+    """One request's accounting: what was counted and reserved, settled once the answer is known."""
 
-def _usage_chunk(chunks: list[Event], counted: dict[str, Any]) -> dict[str, Any]:
-    """The final usage chunk OpenAI sends (empty ``choices``), carrying the gateway's estimate."""
-    last = next((ev.json for ev in reversed(chunks) if isinstance(ev.json, dict)), {})
-    return {"id": last.get("id", ""), "object": "chat.completion.chunk", "created": last.get("created", 0),
-            "model": last.get("model", ""), "choices": [],
-            "usage": {k: counted[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
-            "x-gateway-usage": "estimated"}
+    __slots__ = ("pending", "policy")
+
+    def __init__(self, policy: TokenAccounting) -> None:
+        self.policy = policy
+        self.pending = _Pending()
+
+    async def on_request(self, ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
+        return await self.policy.reserve(ctx, self.pending, request)
+
+    def reads_response(self, ctx: Context) -> bool:
+        return ctx.stream  # non-streamed usage is found in the relayed bytes without parsing them
+
+    def on_stream(self, ctx: Context, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+        return self.policy.stream(ctx, self.pending, events)
+
+    async def on_complete(self, ctx: Context) -> None:
+        await self.policy.settle(ctx, self.pending)

@@ -1,24 +1,28 @@
 """The bodies of ``gateway rag ...`` commands (gateway/cli.py declares the options).
 
-Embeddings go through the gateway's own routing (``Gateway.embed``) to the configured
-embeddings deployment, restricted to ``rag.embedding_jurisdictions``, exactly as queries do.
+Embeddings go through the gateway's own routing (``gateway.pipeline.embeddings_path``) to the
+configured embeddings deployment, restricted to ``rag.embedding_jurisdictions``, exactly as queries do.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from gateway.config import Config
+from gateway.identity import pseudonymiser
+from gateway.pipeline import embeddings_path
 from gateway.rag.base import Scalar
 from gateway.rag.ingest import Report, ingest, plan
 from gateway.rag.runtime import Rag, open_store
 
+T = TypeVar("T")
 out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
@@ -44,20 +48,14 @@ def _check_acl(config: Config, tenant: str, collection: str) -> None:
         raise typer.Exit(2)
 
 
-async def _with_gateway(config: Config, work: Any) -> Any:
-    from gateway.app import Gateway
-
-    gateway = Gateway(config)
-    for upstream in gateway.upstreams.values():
-        await upstream.start()
-    rag = Rag(config.rag, open_store(config.rag), gateway.embed)
-    try:
-        return await work(gateway, rag)
-    finally:
-        await rag.store.close()
-        for upstream in gateway.upstreams.values():
-            await upstream.close()
-        gateway.engine.dispose()
+async def _with_rag(config: Config, work: Callable[[Rag], Awaitable[T]]) -> T:
+    """``work`` on the configured vector store, embedding through the gateway's own embeddings path."""
+    async with embeddings_path(config) as embed:
+        rag = Rag(config.rag, open_store(config.rag), embed)
+        try:
+            return await work(rag)
+        finally:
+            await rag.store.close()
 
 
 def run_ingest(
@@ -82,8 +80,8 @@ def run_ingest(
     planned = plan(path, chunk_tokens, overlap)
     total = sum(len(p) for _, p in planned)
 
-    async def work(gateway: Any, rag: Rag) -> Report:
-        subject = gateway.pseudonym(subject_id) if subject_id else None
+    async def work(rag: Rag) -> Report:
+        subject = pseudonymiser(config.server.secret_key)(subject_id) if subject_id else None
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, console=err, transient=False) as bar:
             task = bar.add_task(f"ingesting into {collection}", total=total)
@@ -103,7 +101,7 @@ def run_ingest(
             )
 
     try:
-        report: Report = asyncio.run(_with_gateway(config, work))
+        report = asyncio.run(_with_rag(config, work))
     except Exception as exc:  # reported, exit status 1  # noqa: BLE001
         err.print(f"[red]error[/red] ingestion failed: {type(exc).__name__}: {str(exc)[:200]}")
         raise typer.Exit(1) from None
@@ -120,18 +118,18 @@ def run_ingest(
 def run_count(config: Config, tenant: str, collection: str) -> int:
     _check_acl(config, tenant, collection)
 
-    async def work(_gateway: Any, rag: Rag) -> int:
+    async def work(rag: Rag) -> int:
         return await rag.store.count(collection, tenant)
 
-    n: int = asyncio.run(_with_gateway(config, work))
+    n = asyncio.run(_with_rag(config, work))
     out.print(f"{n} chunks for tenant {tenant} in {collection}")
     return n
 
 
 def run_delete_subject(config: Config, subject_id: str) -> int:
-    async def work(gateway: Any, rag: Rag) -> int:
-        return await rag.store.delete_by_subject(gateway.pseudonym(subject_id))
+    async def work(rag: Rag) -> int:
+        return await rag.store.delete_by_subject(pseudonymiser(config.server.secret_key)(subject_id))
 
-    n: int = asyncio.run(_with_gateway(config, work))
+    n = asyncio.run(_with_rag(config, work))
     out.print(f"deleted {n} chunks concerning the subject")
     return n

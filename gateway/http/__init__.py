@@ -1,0 +1,9 @@
+"""The HTTP side: thin ASGI adapters over the pipeline (``gateway.pipeline``).
+
+    asgi     types, reading a bounded body, OpenAI-format errors, the handler wrapper
+    openai   /v1: chat completions, embeddings (relayed or streamed), models
+    ops      /healthz, /readyz, /metrics
+
+``gateway.app.Gateway`` wires them to the gateway's services and dispatches by path; the admin
+routes are a FastAPI sub-app (``gateway.admin``).
+"""
