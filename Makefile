@@ -20,7 +20,8 @@ run: install
 	$(BIN)/gateway serve --dev
 
 test: install
-	$(BIN)/ruff check gateway tests bench
+	$(BIN)/ruff check gateway tests bench scripts
+	$(BIN)/ruff format --check gateway tests bench scripts
 	$(BIN)/mypy
 	$(BIN)/pytest -q -rs
 

@@ -113,7 +113,9 @@ def connect(port: int, rcvbuf: int | None = None) -> socket.socket:
     return sock
 
 
-def send_and_answer(port: int, head: bytes, body_chunks: Callable[[], Iterable[bytes]], limit_s: float) -> str:
+def send_and_answer(
+    port: int, head: bytes, body_chunks: Callable[[], Iterable[bytes]], limit_s: float
+) -> str:
     """Send ``head`` then the chunks on one connection from a thread; return what came back and when."""
     sock = connect(port)
     sent = [0]
@@ -150,8 +152,10 @@ def send_and_answer(port: int, head: bytes, body_chunks: Callable[[], Iterable[b
 
 def admin_body(port: int, _args: argparse.Namespace) -> str:
     size = 300 * MiB
-    head = (b"POST /admin/keys HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n" % size)
+    head = (
+        b"POST /admin/keys HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % size
+    )
     return send_and_answer(port, head, lambda: (b"x" * MiB for _ in range(300)), 60)
 
 
@@ -200,8 +204,10 @@ def slowloris(port: int, args: argparse.Namespace) -> str:
     for sock in opened:
         sock.close()
     last = f", the last after {max(closed):.1f} s" if closed else ""
-    return (f"{len(opened)} opened ({refused} failed to connect); {len(closed)} closed by the gateway{last} "
-            f"({answered} with 408, {busy} with 503); {still} still open after {args.hold:.0f} s")
+    return (
+        f"{len(opened)} opened ({refused} failed to connect); {len(closed)} closed by the gateway{last} "
+        f"({answered} with 408, {busy} with 503); {still} still open after {args.hold:.0f} s"
+    )
 
 
 def _ended(sock: socket.socket) -> bool:
@@ -210,10 +216,14 @@ def _ended(sock: socket.socket) -> bool:
 
 
 def streams(port: int, args: argparse.Namespace) -> str:
-    body = (b'{"model": "mistral-7b", "stream": true, "max_tokens": 1000000, '
-            b'"messages": [{"role": "user", "content": "Write a very long story."}]}')
-    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
-            b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n" % (args.key.encode(), len(body)))
+    body = (
+        b'{"model": "mistral-7b", "stream": true, "max_tokens": 1000000, '
+        b'"messages": [{"role": "user", "content": "Write a very long story."}]}'
+    )
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n" % (args.key.encode(), len(body))
+    )
     socks = [connect(port, rcvbuf=4096) for _ in range(20)]
     for sock in socks:
         sock.sendall(head + body)
@@ -227,8 +237,10 @@ def streams(port: int, args: argparse.Namespace) -> str:
         sock.close()
     up = args.upstream
     last = f", the last after {max(ended.values()):.0f} s" if ended else ""
-    return (f"{len(ended)}/20 connections ended by the gateway{last} (waited up to {args.stream_hold:.0f} s); "
-            f"upstream streams: {up.streams_completed} completed, {up.streams_aborted} aborted")
+    return (
+        f"{len(ended)}/20 connections ended by the gateway{last} (waited up to {args.stream_hold:.0f} s); "
+        f"upstream streams: {up.streams_completed} completed, {up.streams_aborted} aborted"
+    )
 
 
 ABUSES: dict[str, tuple[str, Callable[[int, argparse.Namespace], str]]] = {
@@ -242,24 +254,41 @@ ABUSES: dict[str, tuple[str, Callable[[int, argparse.Namespace], str]]] = {
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--connections", type=int, default=2000, help="slowloris: connections held open")
-    ap.add_argument("--hold", type=float, default=20, help="slowloris: longest wait for the gateway to close them")
+    ap.add_argument(
+        "--hold", type=float, default=20, help="slowloris: longest wait for the gateway to close them"
+    )
     ap.add_argument("--streams", action="store_true", help="also run the non-reading streams abuse")
     ap.add_argument("--stream-write-timeout", type=float, default=30, help="server.stream_write_timeout_s")
     ap.add_argument("--stream-reply-mib", type=float, default=8, help="length of the canned streamed answer")
-    ap.add_argument("--stream-chunk-delay-ms", type=float, default=10,
-                    help="upstream pause between chunks (8 MiB at 10 ms: about 50 s per answer)")
+    ap.add_argument(
+        "--stream-chunk-delay-ms",
+        type=float,
+        default=10,
+        help="upstream pause between chunks (8 MiB at 10 ms: about 50 s per answer)",
+    )
     ap.add_argument("--only", nargs="*", choices=list(ABUSES), help="run only these abuses")
-    ap.add_argument("--settle", type=float, default=10, help="seconds after an abuse before RSS is read again")
-    ap.add_argument("--server", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="extra `server:` settings for config.yaml, e.g. max_connections=4096")
+    ap.add_argument(
+        "--settle", type=float, default=10, help="seconds after an abuse before RSS is read again"
+    )
+    ap.add_argument(
+        "--server",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra `server:` settings for config.yaml, e.g. max_connections=4096",
+    )
     args = ap.parse_args()
     args.stream_hold = args.stream_write_timeout + 60
     names = args.only or [n for n in ABUSES if n != "streams" or args.streams]
 
     work = Path(tempfile.mkdtemp(prefix="gw-abuse-"))
     words = max(1, int(args.stream_reply_mib * MiB / 6))
-    upstream = DevUpstream(reply=" ".join(["lorem"] * words), chunks=max(1, words // 300), record=False,
-                           chunk_delay_s=args.stream_chunk_delay_ms / 1000).start()
+    upstream = DevUpstream(
+        reply=" ".join(["lorem"] * words),
+        chunks=max(1, words // 300),
+        record=False,
+        chunk_delay_s=args.stream_chunk_delay_ms / 1000,
+    ).start()
     args.upstream = upstream
     gw_port = free_port()
     (work / "policies").mkdir()
@@ -280,10 +309,19 @@ server:
   stream_write_timeout_s: {args.stream_write_timeout}
   secret_key: ${{GATEWAY_SECRET}}
 {extra}""")
-    env = {**os.environ, "GATEWAY_CONFIG": str(work / "config.yaml"), "GATEWAY_LOG_LEVEL": "WARNING",
-           "GATEWAY_SECRET": SECRET}
-    args.key = subprocess.run([BIN / "gateway", "keys", "create", "--tenant", "bench", "--app", "abuse"], env=env,
-                              capture_output=True, text=True, check=True).stdout.strip()
+    env = {
+        **os.environ,
+        "GATEWAY_CONFIG": str(work / "config.yaml"),
+        "GATEWAY_LOG_LEVEL": "WARNING",
+        "GATEWAY_SECRET": SECRET,
+    }
+    args.key = subprocess.run(
+        [BIN / "gateway", "keys", "create", "--tenant", "bench", "--app", "abuse"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     log = open(work / "gateway.log", "w")  # noqa: SIM115 - kept open for the process lifetime
     gateway = subprocess.Popen([BIN / "gateway", "serve"], env=env, stdout=log, stderr=log, cwd=work)
     rows = []
@@ -305,9 +343,17 @@ server:
             after, fds_after = rss_mb(gateway.pid), fds(gateway.pid)
             lat = max(probe.latencies, default=0.0)
             back = "yes" if after <= before * 1.10 else "no"
-            rows.append((label, seen, f"{before:.0f} / {sampler.peak:.0f} / {after:.0f} MB", back,
-                         f"{fds_before} / {sampler.peak_fds} / {fds_after}", f"{lat * 1000:.0f} ms",
-                         f"{probe.failures}/{len(probe.latencies)}"))
+            rows.append(
+                (
+                    label,
+                    seen,
+                    f"{before:.0f} / {sampler.peak:.0f} / {after:.0f} MB",
+                    back,
+                    f"{fds_before} / {sampler.peak_fds} / {fds_after}",
+                    f"{lat * 1000:.0f} ms",
+                    f"{probe.failures}/{len(probe.latencies)}",
+                )
+            )
             print(f"{label}: {seen}", flush=True)
         probe.stopped.set()
         prober.join(10)
@@ -320,11 +366,15 @@ server:
         if not rows:
             print("gateway log:", *lines[-30:], sep="\n")
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\nMachine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-          f"Python {platform.python_version()}; one gateway worker; RSS after = {args.settle:.0f} s after the "
-          f"abusive clients are gone.\n")
-    print("| abuse | what the abusive client saw | RSS before / peak / after | RSS back within 10% | "
-          "open fds before / peak / after | /healthz max latency | /healthz failed |")
+    print(
+        f"\nMachine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}; one gateway worker; RSS after = {args.settle:.0f} s after the "
+        f"abusive clients are gone.\n"
+    )
+    print(
+        "| abuse | what the abusive client saw | RSS before / peak / after | RSS back within 10% | "
+        "open fds before / peak / after | /healthz max latency | /healthz failed |"
+    )
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")

@@ -36,7 +36,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--stream", action="store_true")
-    ap.add_argument("--unique", action="store_true", help="a different prompt in every request (no cached counts)")
+    ap.add_argument(
+        "--unique", action="store_true", help="a different prompt in every request (no cached counts)"
+    )
     args = ap.parse_args()
     empty: list[dict[str, float]] = []
     acct: list[dict[str, float]] = []
@@ -45,22 +47,30 @@ def main() -> None:
         order = (False, True) if i % 2 == 0 else (True, False)
         for accounting in order:
             (acct if accounting else empty).append(one(args.seconds, args.stream, accounting, args.unique))
-        print(f"round {i + 1}: empty {empty[-1]['g_rps']:.0f} req/s, accounting {acct[-1]['g_rps']:.0f} req/s",
-              file=sys.stderr)
+        print(
+            f"round {i + 1}: empty {empty[-1]['g_rps']:.0f} req/s, accounting {acct[-1]['g_rps']:.0f} req/s",
+            file=sys.stderr,
+        )
 
     def med(rows: list[dict[str, float]], key: str) -> float:
         return statistics.median(r[key] for r in rows)
 
     ratios = [a["g_rps"] / e["g_rps"] for a, e in zip(acct, empty, strict=True)]
     added = [a["g_p50"] - e["g_p50"] for a, e in zip(acct, empty, strict=True)]
-    kind = ("streamed" if args.stream else "non-streamed") + (", a different prompt per request" if args.unique else "")
+    kind = ("streamed" if args.stream else "non-streamed") + (
+        ", a different prompt per request" if args.unique else ""
+    )
     print(f"\n{kind}, {args.rounds} alternating rounds, wrk -t1 {args.seconds}s each\n")
     print("| metric | empty chain | token_accounting | accounting / empty |")
     print("|---|---|---|---|")
-    print(f"| c=32 throughput (median) | {med(empty, 'g_rps'):.0f} req/s | {med(acct, 'g_rps'):.0f} req/s | "
-          f"{statistics.median(ratios):.2f}x (per-round {min(ratios):.2f} to {max(ratios):.2f}) |")
-    print(f"| c=1 p50 latency (median) | {med(empty, 'g_p50'):.3f} ms | {med(acct, 'g_p50'):.3f} ms | "
-          f"+{statistics.median(added):.3f} ms |")
+    print(
+        f"| c=32 throughput (median) | {med(empty, 'g_rps'):.0f} req/s | {med(acct, 'g_rps'):.0f} req/s | "
+        f"{statistics.median(ratios):.2f}x (per-round {min(ratios):.2f} to {max(ratios):.2f}) |"
+    )
+    print(
+        f"| c=1 p50 latency (median) | {med(empty, 'g_p50'):.3f} ms | {med(acct, 'g_p50'):.3f} ms | "
+        f"+{statistics.median(added):.3f} ms |"
+    )
     print(f"| c=1 p99 latency (median) | {med(empty, 'g_p99'):.3f} ms | {med(acct, 'g_p99'):.3f} ms | |")
     print(f"\nper-round throughput ratios: {[round(r, 3) for r in ratios]}")
 

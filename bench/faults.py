@@ -75,6 +75,7 @@ def log(msg: str) -> None:
 
 # --- processes ---------------------------------------------------------------------------------
 
+
 class Procs:
     """Every child process this script starts; all of them are killed by ``kill_all``."""
 
@@ -83,13 +84,21 @@ class Procs:
         # setpriv --pdeathsig: a child gets SIGKILL when this script dies, however it dies.
         self._prefix = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
 
-    def spawn(self, args: list[str], log_file: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, args: list[str], log_file: Path, env: dict[str, str], cwd: Path
+    ) -> subprocess.Popen[bytes]:
         # PR_SET_PDEATHSIG follows the thread that forked: spawn from the main thread only.
         assert threading.current_thread() is threading.main_thread()
         with open(log_file, "ab") as out:
-            proc = subprocess.Popen([*self._prefix, *args], stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                    start_new_session=True)  # Ctrl-C reaches this script only
+            proc = subprocess.Popen(
+                [*self._prefix, *args],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+            )  # Ctrl-C reaches this script only
         self.live.append(proc)
         return proc
 
@@ -141,6 +150,7 @@ def stop_sync(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGINT, ti
 
 
 # --- one scenario's environment ----------------------------------------------------------------
+
 
 @dataclass
 class Env:
@@ -217,14 +227,39 @@ server:
   policies_dir: {self.work / "policies"}
   secret_key: ${{GATEWAY_SECRET}}
 """)
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("DATABASE_URL", "REDIS_URL", "GATEWAY_CONFIG", "PROMETHEUS_MULTIPROC_DIR")}
-        self.env = {**env, "GATEWAY_SECRET": secrets.token_urlsafe(36),  # 48 characters
-                    "GATEWAY_LOG_LEVEL": "WARNING"}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("DATABASE_URL", "REDIS_URL", "GATEWAY_CONFIG", "PROMETHEUS_MULTIPROC_DIR")
+        }
+        self.env = {
+            **env,
+            "GATEWAY_SECRET": secrets.token_urlsafe(36),  # 48 characters
+            "GATEWAY_LOG_LEVEL": "WARNING",
+        }
         self.key = subprocess.run(
-            [str(BIN / "gateway"), "keys", "create", "--tenant", "faults", "--app", "load", "--models", "mistral-7b",
-             "--scopes", "chat", "--config", str(self.config)],
-            env=self.env, cwd=self.work, capture_output=True, text=True, check=True, timeout=120).stdout.strip()
+            [
+                str(BIN / "gateway"),
+                "keys",
+                "create",
+                "--tenant",
+                "faults",
+                "--app",
+                "load",
+                "--models",
+                "mistral-7b",
+                "--scopes",
+                "chat",
+                "--config",
+                str(self.config),
+            ],
+            env=self.env,
+            cwd=self.work,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout.strip()
 
     def _out(self, what: str) -> Path:
         return self.work / f"{what}.log"
@@ -232,17 +267,37 @@ server:
     def start_upstream(self) -> None:
         self.upstream = self.procs.spawn(
             [str(BIN / "gateway"), "dev-upstream", "--port", str(self.up_port), "--chunk-delay-ms", "0"],
-            self._out("upstream"), self.env, self.work)
+            self._out("upstream"),
+            self.env,
+            self.work,
+        )
 
     def start_redis(self) -> None:
         self.redis = self.procs.spawn(
-            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            self._out("redis"), self.env, self.work)
+            [
+                "redis-server",
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            self._out("redis"),
+            self.env,
+            self.work,
+        )
 
     def start_gateway(self) -> None:
         self.gateway_starts += 1
-        self.gateway = self.procs.spawn([str(BIN / "gateway"), "serve", "--config", str(self.config)],
-                                        self._out("gateway"), self.env, self.work)
+        self.gateway = self.procs.spawn(
+            [str(BIN / "gateway"), "serve", "--config", str(self.config)],
+            self._out("gateway"),
+            self.env,
+            self.work,
+        )
 
     def pg(self) -> psycopg.Connection[Any]:
         # Counted directly, not through the proxy.
@@ -265,15 +320,21 @@ server:
         spool = self.work / "spool"
         if not spool.is_dir():
             return 0
-        return sum(sum(1 for line in p.read_bytes().splitlines() if line.strip())
-                   for p in spool.iterdir() if p.is_file() and (p.suffix == ".wal") == wal)
+        return sum(
+            sum(1 for line in p.read_bytes().splitlines() if line.strip())
+            for p in spool.iterdir()
+            if p.is_file() and (p.suffix == ".wal") == wal
+        )
 
     def error_log_lines(self) -> int:
         path = self.work / "gateway.log"
         if not path.exists():
             return 0
-        return sum(1 for line in path.read_text(errors="replace").splitlines()
-                   if '"level":"error"' in line or '"level":"critical"' in line or line.startswith("Traceback"))
+        return sum(
+            1
+            for line in path.read_text(errors="replace").splitlines()
+            if '"level":"error"' in line or '"level":"critical"' in line or line.startswith("Traceback")
+        )
 
     def teardown(self, keep: bool) -> None:
         for proc in (self.gateway, self.upstream, self.redis):
@@ -294,6 +355,7 @@ server:
 
 # --- load --------------------------------------------------------------------------------------
 
+
 @dataclass
 class Req:
     start: float
@@ -313,16 +375,27 @@ class Timeline:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-async def client(i: int, session: aiohttp.ClientSession, url: str, key: str, tl: Timeline, out: list[Req],
-                 stream_share: float, pause: float) -> None:
+async def client(
+    i: int,
+    session: aiohttp.ClientSession,
+    url: str,
+    key: str,
+    tl: Timeline,
+    out: list[Req],
+    stream_share: float,
+    pause: float,
+) -> None:
     rng = random.Random(i)
     headers = {"Authorization": f"Bearer {key}"}
     n = 0
     while time.monotonic() < tl.stop_at:
         n += 1
         stream = rng.random() < stream_share
-        body: dict[str, Any] = {"model": "mistral-7b", "max_tokens": 32,
-                                "messages": [{"role": "user", "content": f"Fault drill {i}-{n}: say hello."}]}
+        body: dict[str, Any] = {
+            "model": "mistral-7b",
+            "max_tokens": 32,
+            "messages": [{"role": "user", "content": f"Fault drill {i}-{n}: say hello."}],
+        }
         if stream:
             body["stream"] = True
         start = time.monotonic()
@@ -390,21 +463,28 @@ async def inject(env: Env, name: str, tl: Timeline, healthy: float, fault: float
     log(f"{name}: fault over at t={tl.fault_end:.1f}s")
 
 
-async def drive(env: Env, name: str, duration: float, stream_share: float, pause: float,
-                client_timeout: float) -> tuple[list[Req], Timeline]:
+async def drive(
+    env: Env, name: str, duration: float, stream_share: float, pause: float, client_timeout: float
+) -> tuple[list[Req], Timeline]:
     healthy, fault, recovered = duration / 4, duration / 2, duration / 4
     url = f"http://127.0.0.1:{env.gw_port}/v1/chat/completions"
     now = time.monotonic()
     tl = Timeline(t0=now, stop_at=now + duration)
     out: list[Req] = []
     timeout = aiohttp.ClientTimeout(total=client_timeout, sock_connect=2)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CLIENTS * 2), timeout=timeout) as session:
-        clients = [asyncio.create_task(client(i, session, url, env.key, tl, out, stream_share, pause))
-                   for i in range(CLIENTS)]
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=CLIENTS * 2), timeout=timeout
+    ) as session:
+        clients = [
+            asyncio.create_task(client(i, session, url, env.key, tl, out, stream_share, pause))
+            for i in range(CLIENTS)
+        ]
         injector = asyncio.create_task(inject(env, name, tl, healthy, fault, recovered))
         # The fault is bounded by its own timeouts; the clients by --client-timeout per request.
         await asyncio.wait_for(injector, duration + 240)
-        await asyncio.wait_for(asyncio.gather(*clients), max(1.0, tl.stop_at - time.monotonic()) + client_timeout + 30)
+        await asyncio.wait_for(
+            asyncio.gather(*clients), max(1.0, tl.stop_at - time.monotonic()) + client_timeout + 30
+        )
     return out, tl
 
 
@@ -426,6 +506,7 @@ async def drain(env: Env, bound: float = 90) -> tuple[int, int, float]:
 
 
 # --- one run -----------------------------------------------------------------------------------
+
 
 def rate(reqs: list[Req], lo: float, hi: float) -> float:
     return sum(1 for r in reqs if r.outcome == "ok" and lo <= r.end < hi) / (hi - lo) if hi > lo else 0.0
@@ -450,8 +531,14 @@ async def run_scenario(name: str, index: int, procs: Procs, args: argparse.Names
         stop_sync(env.gateway)  # clean stop: drains what is still queued
         gateway_rc = env.gateway.returncode if env.gateway else None
         ledger_ids, audit_ids = env.ids("usage_ledger"), env.ids("audit_records")
-        verify = subprocess.run([str(BIN / "gateway"), "audit", "verify", "--config", str(env.config)],
-                                env=env.env, cwd=env.work, capture_output=True, text=True, timeout=300)
+        verify = subprocess.run(
+            [str(BIN / "gateway"), "audit", "verify", "--config", str(env.config)],
+            env=env.env,
+            cwd=env.work,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         lines = [ln.strip() for ln in (verify.stdout + verify.stderr).splitlines() if ln.strip()]
         summary = next((ln for ln in reversed(lines) if "records checked" in ln), lines[-1] if lines else "")
         problems = [ln for ln in lines if ln != summary]  # e.g. "problem chain ...: records 5..9 are missing"
@@ -506,6 +593,7 @@ async def run_scenario(name: str, index: int, procs: Procs, args: argparse.Names
 
 # --- report ------------------------------------------------------------------------------------
 
+
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians of the numeric figures (integers stay integers: the lower median)."""
     out: dict[str, Any] = {}
@@ -532,7 +620,11 @@ def fmt(n: Any) -> str:
 def per_run(runs: list[dict[str, Any]], key: str) -> str:
     """A loss must not vanish in a median: one value if every run agrees, else every run's."""
     values = [r[key] for r in runs]
-    return fmt(values[0]) if len(set(values)) == 1 else f"max {fmt(max(values))} (runs: {' / '.join(map(fmt, values))})"
+    return (
+        fmt(values[0])
+        if len(set(values)) == 1
+        else f"max {fmt(max(values))} (runs: {' / '.join(map(fmt, values))})"
+    )
 
 
 def verify_cell(runs: list[dict[str, Any]]) -> str:
@@ -541,7 +633,9 @@ def verify_cell(runs: list[dict[str, Any]]) -> str:
     for i, r in enumerate(runs, 1):
         if r not in ok:
             first = (r.get("audit_verify_problems") or [""])[0]
-            cell += f"; run {i}: {r['audit_verify'].split(' (exit')[0].split(', ')[-1]}" + (f" ({first})" if first else "")
+            cell += f"; run {i}: {r['audit_verify'].split(' (exit')[0].split(', ')[-1]}" + (
+                f" ({first})" if first else ""
+            )
     return cell
 
 
@@ -555,23 +649,35 @@ def table(raw: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> str:
         r = median_of(runs)
         five = ", ".join(f"{s}: {fmt(n)}" for s, n in r["status_5xx"].items() if n) or "0"
         other = [f"{s}: {fmt(n)}" for s, n in r["status_other"].items() if n]
-        other += [f"{label}: {fmt(r[key])}" for key, label in (
-            ("stream_error_after_200", "stream error after 200"), ("disconnects", "disconnected"),
-            ("timeouts", "timed out"), ("client_errors", "client error")) if r[key]]
+        other += [
+            f"{label}: {fmt(r[key])}"
+            for key, label in (
+                ("stream_error_after_200", "stream error after 200"),
+                ("disconnects", "disconnected"),
+                ("timeouts", "timed out"),
+                ("client_errors", "client error"),
+            )
+            if r[key]
+        ]
         rows.append(
             f"| {runs[0]['scenario']} | {fmt(r['sent'])} | {fmt(r['answered_2xx'])} | {five} | "
             f"{'; '.join(other) or '0'} | {fmt(r['connect_failures'])} | {r['fault_window_s']:.1f} s | "
             f"{r['rps_2xx_healthy']:,.0f} / {r['rps_2xx_fault']:,.0f} / {r['rps_2xx_recovered']:,.0f} | "
-            f"{per_run(runs, 'ledger_lost')} | {per_run(runs, 'audit_lost')} | {verify_cell(runs)} |")
+            f"{per_run(runs, 'ledger_lost')} | {per_run(runs, 'audit_lost')} | {verify_cell(runs)} |"
+        )
     runs_n = max(len(v) for v in raw.values())
-    head = (f"{meta['date']}; {meta['machine']}; {CLIENTS} closed-loop clients, --duration {meta['duration']:g} "
-            f"(fault from 1/4 to 3/4); median of {runs_n} run(s) per scenario (rows lost: every run).\n")
+    head = (
+        f"{meta['date']}; {meta['machine']}; {CLIENTS} closed-loop clients, --duration {meta['duration']:g} "
+        f"(fault from 1/4 to 3/4); median of {runs_n} run(s) per scenario (rows lost: every run).\n"
+    )
     return head + "\n" + "\n".join(rows)
 
 
 def machine() -> str:
-    return (f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python "
-            f"{platform.python_version()}, PostgreSQL via a loopback proxy, redis-server {redis_version()}")
+    return (
+        f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python "
+        f"{platform.python_version()}, PostgreSQL via a loopback proxy, redis-server {redis_version()}"
+    )
 
 
 def redis_version() -> str:
@@ -584,15 +690,24 @@ def redis_version() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=float, default=20, help="seconds of load per run (quarter healthy, "
-                    "half fault, quarter recovered); default 20")
+    ap.add_argument(
+        "--duration",
+        type=float,
+        default=20,
+        help="seconds of load per run (quarter healthy, half fault, quarter recovered); default 20",
+    )
     ap.add_argument("--scenario", action="append", choices=SCENARIOS, help="repeatable; default: all")
     ap.add_argument("--runs", type=int, default=1, help="runs per scenario; the table shows medians")
-    ap.add_argument("--stream-share", type=float, default=0.2, help="share of streamed requests (default 0.2)")
+    ap.add_argument(
+        "--stream-share", type=float, default=0.2, help="share of streamed requests (default 0.2)"
+    )
     ap.add_argument("--pause", type=float, default=0.1, help="a client's pause after a failed request, s")
     ap.add_argument("--client-timeout", type=float, default=15, help="per-request timeout, s")
-    ap.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/test",
-                    help="where to create and drop this script's own databases")
+    ap.add_argument(
+        "--pg-admin-url",
+        default="postgresql://postgres@127.0.0.1:5432/test",
+        help="where to create and drop this script's own databases",
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write every run's figures here")
     ap.add_argument("--report", type=Path, default=None, help="print the table of a --json file and exit")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directories (logs, spool)")
@@ -634,10 +749,16 @@ def main() -> None:
         print(f"FAILED RUN: {line}")
     if not raw:
         sys.exit(1)
-    meta = {"date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC", "duration": args.duration, "argv": sys.argv[1:],
-            "machine": machine()}
+    meta = {
+        "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "duration": args.duration,
+        "argv": sys.argv[1:],
+        "machine": machine(),
+    }
     print("\n" + table(raw, meta) + "\n")
-    print("details (medians): " + json.dumps([median_of(runs) for runs in raw.values()], indent=1, default=str))
+    print(
+        "details (medians): " + json.dumps([median_of(runs) for runs in raw.values()], indent=1, default=str)
+    )
     if args.json:
         args.json.write_text(json.dumps({"meta": meta, "runs": raw}, indent=1, default=str))
     if failed:

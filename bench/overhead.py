@@ -30,8 +30,10 @@ BIN = Path(sys.executable).parent
 BODY = '{"model": "mistral-7b", "messages": [{"role": "user", "content": "Say hello in five words."}]}'
 STREAM_BODY = BODY[:-1] + ', "stream": true}'
 # With --pii: two identifiers to redact, so the answer is parsed for placeholder restore too.
-PII_BODY = ('{"model": "mistral-7b", "messages": [{"role": "user", "content": '
-            '"Refund jan.kowalski@example.pl to DE89 3704 0044 0532 0130 00 and confirm by mail."}]}')
+PII_BODY = (
+    '{"model": "mistral-7b", "messages": [{"role": "user", "content": '
+    '"Refund jan.kowalski@example.pl to DE89 3704 0044 0532 0130 00 and confirm by mail."}]}'
+)
 PII_BUNDLE = "version: 1\ndefaults:\n  pii_redaction: {}\n"
 # Limits far above what a run can use, so every request reserves and settles all five counters.
 ACCOUNTING_BUNDLE = f"""\
@@ -64,17 +66,28 @@ def wait_port(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"port {port} did not open")
 
 
-def wrk(url: str, body: str, key: str | None, connections: int, seconds: int, unique: bool = False) -> dict[str, float]:
+def wrk(
+    url: str, body: str, key: str | None, connections: int, seconds: int, unique: bool = False
+) -> dict[str, float]:
     auth = f'wrk.headers["Authorization"] = "Bearer {key}"\n' if key else ""
     # --unique: every request's last message ends with its own number, so nothing per-text is cached.
-    vary = ("n = 0\nrequest = function()\n  n = n + 1\n"
-            f"  return wrk.format(nil, nil, nil, (string.gsub([[{body}]], '\"}}]', ' #' .. n .. '\"}}]', 1)))\nend\n"
-            if unique else "")
+    vary = (
+        "n = 0\nrequest = function()\n  n = n + 1\n"
+        f"  return wrk.format(nil, nil, nil, (string.gsub([[{body}]], '\"}}]', ' #' .. n .. '\"}}]', 1)))\nend\n"
+        if unique
+        else ""
+    )
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(f'wrk.method = "POST"\nwrk.body = [[{body}]]\n'
-                     f'wrk.headers["Content-Type"] = "application/json"\n{auth}{vary}')
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url],
-                         capture_output=True, text=True, check=True).stdout
+        script.write(
+            f'wrk.method = "POST"\nwrk.body = [[{body}]]\n'
+            f'wrk.headers["Content-Type"] = "application/json"\n{auth}{vary}'
+        )
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     os.unlink(script.name)
     if "Non-2xx" in out:
         raise RuntimeError(f"non-2xx responses:\n{out}")
@@ -116,12 +129,21 @@ def main() -> None:
     ap.add_argument("--stream", action="store_true", help="benchmark streamed completions")
     ap.add_argument("--redis-url", default=None, help="storage.redis_url for the gateway")
     ap.add_argument("--label", default="empty chain")
-    ap.add_argument("--unique", action="store_true",
-                    help="a different prompt in every request (defeats per-text caches such as token counts)")
-    ap.add_argument("--pii", action="store_true",
-                    help="pii_redaction active (fast path, default entities) and a prompt with an email and IBAN")
-    ap.add_argument("--accounting", action="store_true",
-                    help="token_accounting active: Redis reserve/settle, ledger rows, cost metrics")
+    ap.add_argument(
+        "--unique",
+        action="store_true",
+        help="a different prompt in every request (defeats per-text caches such as token counts)",
+    )
+    ap.add_argument(
+        "--pii",
+        action="store_true",
+        help="pii_redaction active (fast path, default entities) and a prompt with an email and IBAN",
+    )
+    ap.add_argument(
+        "--accounting",
+        action="store_true",
+        help="token_accounting active: Redis reserve/settle, ledger rows, cost metrics",
+    )
     args = ap.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is required: apt-get install wrk")
@@ -130,7 +152,9 @@ def main() -> None:
     up_port, gw_port = free_port(), free_port()
     policies = args.policies or str(work / "policies")
     (work / "policies").mkdir()
-    bundle = ACCOUNTING_BUNDLE if args.accounting else PII_BUNDLE if args.pii else "version: 1\ndefaults: {}\n"
+    bundle = (
+        ACCOUNTING_BUNDLE if args.accounting else PII_BUNDLE if args.pii else "version: 1\ndefaults: {}\n"
+    )
     (work / "policies" / "bundle.yaml").write_text(bundle)
     if args.accounting and not args.redis_url:
         args.redis_url = "redis://127.0.0.1:6379/0"
@@ -154,12 +178,24 @@ storage:
   policies_dir: {Path(policies).resolve()}
   secret_key: ${{GATEWAY_SECRET}}
 """)
-    env = {**os.environ, "GATEWAY_CONFIG": str(work / "config.yaml"), "GATEWAY_LOG_LEVEL": "INFO",
-           "GATEWAY_SECRET": os.environ.get("GATEWAY_SECRET") or "bench-" + "x" * 40}
-    key = subprocess.run([BIN / "gateway", "keys", "create", "--tenant", "bench", "--app", "bench"],
-                         env=env, capture_output=True, text=True, check=True).stdout.strip()
-    upstream = subprocess.Popen([BIN / "gateway", "dev-upstream", "--port", str(up_port), "--chunk-delay-ms", "0"],
-                                stdout=subprocess.DEVNULL, env=env)
+    env = {
+        **os.environ,
+        "GATEWAY_CONFIG": str(work / "config.yaml"),
+        "GATEWAY_LOG_LEVEL": "INFO",
+        "GATEWAY_SECRET": os.environ.get("GATEWAY_SECRET") or "bench-" + "x" * 40,
+    }
+    key = subprocess.run(
+        [BIN / "gateway", "keys", "create", "--tenant", "bench", "--app", "bench"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    upstream = subprocess.Popen(
+        [BIN / "gateway", "dev-upstream", "--port", str(up_port), "--chunk-delay-ms", "0"],
+        stdout=subprocess.DEVNULL,
+        env=env,
+    )
     log = open(work / "gateway.log", "w")  # noqa: SIM115 - kept open for the process lifetime
     gateway = subprocess.Popen([BIN / "gateway", "serve"], env=env, stdout=log, stderr=log, cwd=work)
     try:
@@ -171,7 +207,10 @@ storage:
         wrk(gw_url, body, key, 4, 2, args.unique)  # warm-up
         rows: dict[str, list[float]] = {k: [] for k in ("d_p50", "d_p99", "d_rps", "g_p50", "g_p99", "g_rps")}
         for _ in range(args.runs):
-            d1, g1 = wrk(direct_url, body, None, 1, args.seconds), wrk(gw_url, body, key, 1, args.seconds, args.unique)
+            d1, g1 = (
+                wrk(direct_url, body, None, 1, args.seconds),
+                wrk(gw_url, body, key, 1, args.seconds, args.unique),
+            )
             d32 = wrk(direct_url, body, None, 32, args.seconds)
             g32 = wrk(gw_url, body, key, 32, args.seconds, args.unique)
             for prefix, one, many in (("d", d1, d32), ("g", g1, g32)):
@@ -181,16 +220,24 @@ storage:
         med = {k: statistics.median(v) for k, v in rows.items()}
         rss = rss_mb(gateway.pid)
         print(f"\n### {args.label}{' (streamed)' if args.stream else ''}\n")
-        print(f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-              f"Python {platform.python_version()}; median of {args.runs} runs; wrk -t1, {args.seconds}s each.\n")
+        print(
+            f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+            f"Python {platform.python_version()}; median of {args.runs} runs; wrk -t1, {args.seconds}s each.\n"
+        )
         print("| metric | direct to upstream | through gateway | ratio / added |")
         print("|---|---|---|---|")
-        print(f"| c=1 p50 latency | {med['d_p50']:.3f} ms | {med['g_p50']:.3f} ms | "
-              f"+{med['g_p50'] - med['d_p50']:.3f} ms |")
-        print(f"| c=1 p99 latency | {med['d_p99']:.3f} ms | {med['g_p99']:.3f} ms | "
-              f"+{med['g_p99'] - med['d_p99']:.3f} ms |")
-        print(f"| c=32 throughput | {med['d_rps']:.0f} req/s | {med['g_rps']:.0f} req/s | "
-              f"{med['g_rps'] / med['d_rps']:.2f}x |")
+        print(
+            f"| c=1 p50 latency | {med['d_p50']:.3f} ms | {med['g_p50']:.3f} ms | "
+            f"+{med['g_p50'] - med['d_p50']:.3f} ms |"
+        )
+        print(
+            f"| c=1 p99 latency | {med['d_p99']:.3f} ms | {med['g_p99']:.3f} ms | "
+            f"+{med['g_p99'] - med['d_p99']:.3f} ms |"
+        )
+        print(
+            f"| c=32 throughput | {med['d_rps']:.0f} req/s | {med['g_rps']:.0f} req/s | "
+            f"{med['g_rps'] / med['d_rps']:.2f}x |"
+        )
         print(f"| gateway worker RSS after load | | {rss:.0f} MB | |")
         print(f"\nraw runs: {rows}")
     finally:

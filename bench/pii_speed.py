@@ -84,14 +84,24 @@ def main() -> None:
     args = ap.parse_args()
     noop = NoOpNlpEngine(models=[{"lang_code": "en", "model_name": "none"}])
     presidio_noop = AnalyzerEngine(nlp_engine=noop)
-    presidio_spacy = AnalyzerEngine(nlp_engine=SpacyNlpEngine(models=[{"lang_code": "en", "model_name": MODEL}]))
+    presidio_spacy = AnalyzerEngine(
+        nlp_engine=SpacyNlpEngine(models=[{"lang_code": "en", "model_name": MODEL}])
+    )
     fast = Analyzer(dict.fromkeys(STRUCTURED, 0.5))
     ner = Analyzer(dict.fromkeys([*STRUCTURED, *NER_ENTITIES], 0.5), ner_models={"en": MODEL})
     detectors: list[tuple[str, Callable[[str], object], int]] = [
         ("gateway fast path", fast.analyze_text, args.runs),
-        ("presidio default, no-op engine", lambda t: presidio_noop.analyze(t, language="en"), max(args.runs // 4, 20)),
+        (
+            "presidio default, no-op engine",
+            lambda t: presidio_noop.analyze(t, language="en"),
+            max(args.runs // 4, 20),
+        ),
         ("gateway fast path + NER", ner.analyze_text, args.ner_runs),
-        (f"presidio default, spaCy {MODEL}", lambda t: presidio_spacy.analyze(t, language="en"), args.ner_runs),
+        (
+            f"presidio default, spaCy {MODEL}",
+            lambda t: presidio_spacy.analyze(t, language="en"),
+            args.ner_runs,
+        ),
     ]
     count = count_tokens()
     rng = random.Random(7)
@@ -102,8 +112,10 @@ def main() -> None:
             for n, text in prompts.items():
                 samples = timed(fn, text, runs)
                 results.setdefault((name, n), []).append((pct(samples, 0.5), pct(samples, 0.95)))
-    print(f"CPU ms per prompt, p50 / p95 (median of {args.repeat} run(s)); tokens: "
-          + ", ".join(f"{n}: {count(t)} ({len(t)} chars)" for n, t in prompts.items()))
+    print(
+        f"CPU ms per prompt, p50 / p95 (median of {args.repeat} run(s)); tokens: "
+        + ", ".join(f"{n}: {count(t)} ({len(t)} chars)" for n, t in prompts.items())
+    )
     print("\n| detector | 50 tok | 500 tok | 2,000 tok |\n|---|---|---|---|")
     med: dict[tuple[str, int], float] = {}
     for name, _, _ in detectors:
@@ -115,8 +127,10 @@ def main() -> None:
             cells.append(f"{p50:.3f} / {p95:.3f}")
         print(f"| {name} | " + " | ".join(cells) + " |")
     print("\n| ratio (p50) | 50 tok | 500 tok | 2,000 tok |\n|---|---|---|---|")
-    for label, a, b in (("presidio no-op ÷ gateway fast", detectors[1][0], detectors[0][0]),
-                        ("gateway NER ÷ presidio spaCy", detectors[2][0], detectors[3][0])):
+    for label, a, b in (
+        ("presidio no-op ÷ gateway fast", detectors[1][0], detectors[0][0]),
+        ("gateway NER ÷ presidio spaCy", detectors[2][0], detectors[3][0]),
+    ):
         print(f"| {label} | " + " | ".join(f"{med[(a, n)] / med[(b, n)]:.2f}" for n in prompts) + " |")
 
 

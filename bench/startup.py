@@ -131,7 +131,11 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def worker_config(work: Path, variant: str, up_port: int, gw_port: int) -> dict[str, Any]:
-    storage = {"database_url": f"sqlite:///{work}/gateway.db", "redis_url": None, "spool_dir": str(work / "spool")}
+    storage = {
+        "database_url": f"sqlite:///{work}/gateway.db",
+        "redis_url": None,
+        "spool_dir": str(work / "spool"),
+    }
     if variant.startswith("shipped"):
         config = yaml.safe_load((ROOT / "config.yaml").read_text())
         for name in ("mistral-7b-selfhosted", "mistral-embed"):  # chat, and RAG's query embeddings
@@ -139,15 +143,26 @@ def worker_config(work: Path, variant: str, up_port: int, gw_port: int) -> dict[
         if isinstance(config.get("rag"), dict) and isinstance(config["rag"].get("embedded"), dict):
             config["rag"]["embedded"]["path"] = str(work / "rag-index")  # empty: retrieval finds nothing
         config["storage"] = {**config.get("storage", {}), **storage}
-        config["server"] = {**config.get("server", {}), "port": gw_port, "policies_dir": str(ROOT / "policies"),
-                            "secret_key": "${GATEWAY_SECRET}"}
+        config["server"] = {
+            **config.get("server", {}),
+            "port": gw_port,
+            "policies_dir": str(ROOT / "policies"),
+            "secret_key": "${GATEWAY_SECRET}",
+        }
         return config
     policies = work / ("no-such-dir" if variant == "no policies dir" else "policies")
     if variant == "empty policies dir":
         policies.mkdir()
     return {
-        "deployments": {"eu": {"kind": "openai_compatible", "base_url": f"http://127.0.0.1:{up_port}/v1",
-                               "model": "mistral-7b-instruct", "jurisdiction": "EU", "region": "fr-par"}},
+        "deployments": {
+            "eu": {
+                "kind": "openai_compatible",
+                "base_url": f"http://127.0.0.1:{up_port}/v1",
+                "model": "mistral-7b-instruct",
+                "jurisdiction": "EU",
+                "region": "fr-par",
+            }
+        },
         "models": {"mistral-7b": {"deployments": ["eu"]}},
         "storage": storage,
         "server": {"port": gw_port, "policies_dir": str(policies), "secret_key": "${GATEWAY_SECRET}"},
@@ -159,10 +174,21 @@ def serve_once(variant: str, env: dict[str, str], up_port: int) -> dict[str, flo
     work = Path(tempfile.mkdtemp(prefix="gw-startup-"))
     gw_port = free_port()
     (work / "config.yaml").write_text(yaml.safe_dump(worker_config(work, variant, up_port, gw_port)))
-    env = {**env, "GATEWAY_CONFIG": str(work / "config.yaml"), "GATEWAY_SECRET": SECRET, "GATEWAY_LOG_LEVEL": "WARNING"}
+    env = {
+        **env,
+        "GATEWAY_CONFIG": str(work / "config.yaml"),
+        "GATEWAY_SECRET": SECRET,
+        "GATEWAY_LOG_LEVEL": "WARNING",
+    }
     tenant, app = ("hr", "chatbot") if variant.endswith("NER") else ("finance", "reports")
-    key = subprocess.run([GATEWAY, "keys", "create", "--tenant", tenant, "--app", app], env=env, cwd=work,
-                         capture_output=True, text=True, check=True).stdout.strip()
+    key = subprocess.run(
+        [GATEWAY, "keys", "create", "--tenant", tenant, "--app", app],
+        env=env,
+        cwd=work,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     log = open(work / "gateway.log", "wb")  # noqa: SIM115 - closed below, after the process
     started = time.perf_counter()
     proc = subprocess.Popen([GATEWAY, "serve"], env=env, cwd=work, stdout=log, stderr=log)
@@ -201,16 +227,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--only", choices=("cli", "serve"), default=None)
-    ap.add_argument("--bytecode", action="store_true", help="run with compiled bytecode (a temporary pycache)")
+    ap.add_argument(
+        "--bytecode", action="store_true", help="run with compiled bytecode (a temporary pycache)"
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write every run's figures here")
     args = ap.parse_args()
 
     pycache = Path(tempfile.mkdtemp(prefix="gw-pycache-")) if args.bytecode else None
     env = base_env(pycache)
     out: dict[str, Any] = {"runs": args.runs, "bytecode": args.bytecode, "cli": {}, "serve": {}}
-    print(f"Machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; "
-          f"median of {args.runs} runs; bytecode {'compiled' if args.bytecode else 'as the environment has it'} "
-          f"(PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r}).\n")
+    print(
+        f"Machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; "
+        f"median of {args.runs} runs; bytecode {'compiled' if args.bytecode else 'as the environment has it'} "
+        f"(PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r}).\n"
+    )
     try:
         if args.only in (None, "cli"):
             print("| command | wall | CPU (user+sys) | max RSS |")
@@ -221,24 +251,41 @@ def main() -> None:
                 runs = [run_measured([GATEWAY, *argv], env, ROOT) for _ in range(args.runs)]
                 out["cli"][label] = runs
                 m = median_of(runs)
-                print(f"| `{label}` | {m['wall_s']:.2f} s | {m['cpu_s']:.2f} s | {m['rss_mb']:.0f} MB |", flush=True)
+                print(
+                    f"| `{label}` | {m['wall_s']:.2f} s | {m['cpu_s']:.2f} s | {m['rss_mb']:.0f} MB |",
+                    flush=True,
+                )
             print()
         if args.only in (None, "serve"):
             up_port = free_port()
-            upstream = subprocess.Popen([GATEWAY, "dev-upstream", "--port", str(up_port), "--chunk-delay-ms", "0"],
-                                        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            upstream = subprocess.Popen(
+                [GATEWAY, "dev-upstream", "--port", str(up_port), "--chunk-delay-ms", "0"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             try:
                 wait_port(up_port)
-                print(f"| `gateway serve` worker | to /healthz | VmRSS at /healthz | VmRSS after {REQUESTS} requests |")
+                print(
+                    f"| `gateway serve` worker | to /healthz | VmRSS at /healthz | VmRSS after {REQUESTS} requests |"
+                )
                 print("|---|---|---|---|")
-                for variant in ("no policies dir", "empty policies dir", "shipped bundle", "shipped bundle, NER"):
+                for variant in (
+                    "no policies dir",
+                    "empty policies dir",
+                    "shipped bundle",
+                    "shipped bundle, NER",
+                ):
                     if args.bytecode:
                         serve_once(variant, env, up_port)
                     runs = [serve_once(variant, env, up_port) for _ in range(args.runs)]
                     out["serve"][variant] = runs
                     m = median_of(runs)
-                    print(f"| {variant} | {m['ready_s']:.2f} s | {m['rss_ready_mb']:.0f} MB | "
-                          f"{m['rss_after_mb']:.0f} MB |", flush=True)
+                    print(
+                        f"| {variant} | {m['ready_s']:.2f} s | {m['rss_ready_mb']:.0f} MB | "
+                        f"{m['rss_after_mb']:.0f} MB |",
+                        flush=True,
+                    )
             finally:
                 stop(upstream)
     finally:

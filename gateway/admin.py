@@ -65,19 +65,32 @@ class KeyCreated(KeyOut):
 
 def _out(row: ApiKey) -> dict[str, object]:
     return {
-        "key_id": row.key_id, "tenant": row.tenant, "app": row.app,
-        "models": [m for m in row.models.split(",") if m], "scopes": [s for s in row.scopes.split(",") if s],
-        "name": row.name, "created_at": row.created_at, "revoked_at": row.revoked_at,
+        "key_id": row.key_id,
+        "tenant": row.tenant,
+        "app": row.app,
+        "models": [m for m in row.models.split(",") if m],
+        "scopes": [s for s in row.scopes.split(",") if s],
+        "name": row.name,
+        "created_at": row.created_at,
+        "revoked_at": row.revoked_at,
     }
 
 
 class ConsentGrant(BaseModel):
     tenant: Name
-    subject_id: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00]+$",
-                                     description="Raw id; only its pseudonym is stored.")]
+    subject_id: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=256,
+            pattern=r"^[^\x00]+$",
+            description="Raw id; only its pseudonym is stored.",
+        ),
+    ]
     purpose: Name
-    evidence_ref: Annotated[str, Field(max_length=256, pattern=r"^[^\x00]*$",
-                                       description="Where the proof of consent is kept.")] = ""
+    evidence_ref: Annotated[
+        str, Field(max_length=256, pattern=r"^[^\x00]*$", description="Where the proof of consent is kept.")
+    ] = ""
     expires_in_days: int | None = Field(None, ge=1, le=3650)
 
 
@@ -107,7 +120,9 @@ def admin_app(gw: Host) -> FastAPI:
     @app.exception_handler(HTTPException)
     async def _http_error(_: Request, exc: HTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
-        message = {404: "Unknown admin path.", 405: "Method not allowed."}.get(exc.status_code, "Invalid request.")
+        message = {404: "Unknown admin path.", 405: "Method not allowed."}.get(
+            exc.status_code, "Invalid request."
+        )
         return _error(GatewayError(exc.status_code, code, message))
 
     @app.exception_handler(RequestValidationError)
@@ -121,8 +136,14 @@ def admin_app(gw: Host) -> FastAPI:
         from sqlalchemy.exc import OperationalError
 
         if isinstance(exc, OperationalError):  # the database is down: try again, not a bug
-            return _error(GatewayError(503, "database_unavailable", "The database is unavailable; retry shortly.",
-                                       headers={"Retry-After": "5"}))
+            return _error(
+                GatewayError(
+                    503,
+                    "database_unavailable",
+                    "The database is unavailable; retry shortly.",
+                    headers={"Retry-After": "5"},
+                )
+            )
         return _error(GatewayError(500, "internal_error", "The admin request failed."))
 
     async def admin(authorization: Annotated[str | None, Header()] = None) -> auth.Principal:
@@ -143,6 +164,7 @@ def admin_app(gw: Host) -> FastAPI:
     QueryName = Annotated[str | None, Query(max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")]
 
     if gw.config.server.admin_docs:
+
         @app.get("/admin/openapi.json", include_in_schema=False)
         async def openapi(_: Admin) -> dict[str, object]:
             from fastapi.openapi.utils import get_openapi
@@ -153,11 +175,18 @@ def admin_app(gw: Host) -> FastAPI:
     async def create_key(body: KeyCreate, principal: Admin) -> dict[str, object]:
         tenant_of(principal, body.tenant)
         if "global_admin" in body.scopes:
-            raise GatewayError(403, "admin.tenant_forbidden", "Global admin keys are issued with the CLI only.")
+            raise GatewayError(
+                403, "admin.tenant_forbidden", "Global admin keys are issued with the CLI only."
+            )
         try:
             key, row = await asyncio.to_thread(
-                auth.create_key, gw.engine, tenant=body.tenant, app=body.app, models=body.models,
-                scopes=body.scopes, name=body.name,
+                auth.create_key,
+                gw.engine,
+                tenant=body.tenant,
+                app=body.app,
+                models=body.models,
+                scopes=body.scopes,
+                name=body.name,
             )
         except ValueError as exc:
             raise GatewayError(400, "invalid_request", str(exc)) from None
@@ -181,28 +210,38 @@ def admin_app(gw: Host) -> FastAPI:
     async def grant_consent(body: ConsentGrant, principal: Admin) -> Consent:
         tenant_of(principal, body.tenant)
         return await asyncio.to_thread(
-            consent.grant, gw.engine, tenant=body.tenant, subject=gw.pseudonym(body.subject_id),
-            purpose=body.purpose, evidence_ref=body.evidence_ref,
+            consent.grant,
+            gw.engine,
+            tenant=body.tenant,
+            subject=gw.pseudonym(body.subject_id),
+            purpose=body.purpose,
+            evidence_ref=body.evidence_ref,
             expires_in=timedelta(days=body.expires_in_days) if body.expires_in_days else None,
         )
 
     @app.delete("/admin/consents")
-    async def withdraw_consent(tenant: Annotated[str, Query(max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")],
-                               subject_id: Annotated[str, Query(max_length=256, pattern=r"^[^\x00]+$")],
-                               purpose: Annotated[str, Query(max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")],
-                               principal: Admin) -> dict[str, int]:
+    async def withdraw_consent(
+        tenant: Annotated[str, Query(max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")],
+        subject_id: Annotated[str, Query(max_length=256, pattern=r"^[^\x00]+$")],
+        purpose: Annotated[str, Query(max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")],
+        principal: Admin,
+    ) -> dict[str, int]:
         tenant_of(principal, tenant)
-        n = await asyncio.to_thread(consent.withdraw, gw.engine, tenant=tenant,
-                                    subject=gw.pseudonym(subject_id), purpose=purpose)
+        n = await asyncio.to_thread(
+            consent.withdraw, gw.engine, tenant=tenant, subject=gw.pseudonym(subject_id), purpose=purpose
+        )
         return {"withdrawn": n}
 
     @app.get("/admin/consents", response_model=list[ConsentOut])
-    async def list_consents(principal: Admin, tenant: QueryName = None,
-                            subject_id: Annotated[str | None, Query(max_length=256, pattern=r"^[^\x00]+$")] = None,
-                            ) -> list[Consent]:
+    async def list_consents(
+        principal: Admin,
+        tenant: QueryName = None,
+        subject_id: Annotated[str | None, Query(max_length=256, pattern=r"^[^\x00]+$")] = None,
+    ) -> list[Consent]:
         subject = gw.pseudonym(subject_id) if subject_id else None
-        return await asyncio.to_thread(consent.list_consents, gw.engine, tenant=tenant_of(principal, tenant),
-                                       subject=subject)
+        return await asyncio.to_thread(
+            consent.list_consents, gw.engine, tenant=tenant_of(principal, tenant), subject=subject
+        )
 
     @app.get("/admin/audit/{request_id}")
     async def audit_record(request_id: str, principal: Admin) -> dict[str, object]:

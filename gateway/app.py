@@ -50,12 +50,23 @@ class Gateway:
         self.bundle = bundle or BundleHolder(Bundle.empty())
         self.pseudonym = pseudonymiser(config.server.secret_key)
         storage = config.storage
-        self.writer = Writer(self.engine, storage.spool_dir, batch_size=storage.writer_batch_size,
-                             flush_interval_s=storage.writer_flush_interval_s, wal_fsync=storage.wal_fsync)
+        self.writer = Writer(
+            self.engine,
+            storage.spool_dir,
+            batch_size=storage.writer_batch_size,
+            flush_interval_s=storage.writer_flush_interval_s,
+            wal_fsync=storage.wal_fsync,
+        )
         self.pipeline = Pipeline(config, self.bundle, self.router, self.pseudonym, record=self._finish)
         self.embed = self.pipeline.embed
-        self.services = Services(config=config, engine=self.engine, pseudonym=self.pseudonym, embed=self.embed,
-                                 writer=self.writer, consents=ConsentRegistry(self.engine))
+        self.services = Services(
+            config=config,
+            engine=self.engine,
+            pseudonym=self.pseudonym,
+            embed=self.embed,
+            writer=self.writer,
+            consents=ConsentRegistry(self.engine),
+        )
         self.auditor = Auditor(self.writer)
         self.writer.on_recover = self.auditor.recovered_marks
         metrics.configure_labels(config.accounting.metric_tenant_label, config.accounting.metric_app_label)
@@ -134,8 +145,9 @@ class Gateway:
     async def _admin(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The admin app, with its body read here first and bounded, before anything authenticates."""
         limit = self.config.server.max_admin_body_bytes
-        too_large = GatewayError(413, "request_too_large", f"Request body exceeds {limit} bytes.",
-                                 headers={"Connection": "close"})  # the rest of the body is not read
+        too_large = GatewayError(
+            413, "request_too_large", f"Request body exceeds {limit} bytes.", headers={"Connection": "close"}
+        )  # the rest of the body is not read
         try:
             body = await asgi.read_body(scope, receive, limit, too_large)
         except asgi.Disconnected:
@@ -177,8 +189,14 @@ class Gateway:
         target = ctx.target
         deployment, jurisdiction = (target.name, target.jurisdiction) if target else ("none", "none")
         p = ctx.principal
-        metrics.REQUESTS.labels(metrics.tenant_label(p.tenant), metrics.app_label(p.app), ctx.model, deployment,
-                                jurisdiction, str(ctx.status)).inc()
+        metrics.REQUESTS.labels(
+            metrics.tenant_label(p.tenant),
+            metrics.app_label(p.app),
+            ctx.model,
+            deployment,
+            jurisdiction,
+            str(ctx.status),
+        ).inc()
         if target is not None:
             metrics.UPSTREAM_LATENCY.labels(deployment).observe(ctx.upstream_s)
         metrics.OVERHEAD.observe(max(elapsed - ctx.upstream_s, 0.0))
@@ -197,12 +215,20 @@ class Gateway:
             access.info(
                 "request",
                 extra={
-                    "request_id": ctx.request_id, "tenant": p.tenant, "app": p.app, "key_id": p.key_id,
-                    "model": ctx.model, "deployment": deployment, "status": ctx.status,
-                    "attempts": len(ctx.attempts), "fallback": ctx.fallback_reason,
-                    "latency_ms": round(elapsed * 1000, 2), "upstream_ms": round(ctx.upstream_s * 1000, 2),
+                    "request_id": ctx.request_id,
+                    "tenant": p.tenant,
+                    "app": p.app,
+                    "key_id": p.key_id,
+                    "model": ctx.model,
+                    "deployment": deployment,
+                    "status": ctx.status,
+                    "attempts": len(ctx.attempts),
+                    "fallback": ctx.fallback_reason,
+                    "latency_ms": round(elapsed * 1000, 2),
+                    "upstream_ms": round(ctx.upstream_s * 1000, 2),
                 },
             )
+
 
 def create_app(config_path: str | None = None) -> Gateway:
     """uvicorn factory: ``uvicorn --factory gateway.app:create_app``."""

@@ -25,9 +25,27 @@ from gateway.policy import Context
 from gateway.store.db import AuditChainMark, AuditRecord, utcnow
 
 GENESIS = "0" * 64
-_HASHED = ("request_id", "chain_id", "seq", "at", "tenant", "app", "key_id", "subject", "model", "endpoint",
-           "policy_hash", "decisions", "attempts", "deployment", "jurisdiction", "fallback", "consent_ref",
-           "status", "prev_hash")
+_HASHED = (
+    "request_id",
+    "chain_id",
+    "seq",
+    "at",
+    "tenant",
+    "app",
+    "key_id",
+    "subject",
+    "model",
+    "endpoint",
+    "policy_hash",
+    "decisions",
+    "attempts",
+    "deployment",
+    "jurisdiction",
+    "fallback",
+    "consent_ref",
+    "status",
+    "prev_hash",
+)
 
 
 def _digest(values: dict[str, Any]) -> str:
@@ -52,17 +70,28 @@ class Auditor:
         self.seq += 1
         target = ctx.target
         fields: dict[str, Any] = dict(
-            request_id=ctx.request_id, chain_id=self.chain_id, seq=self.seq, at=utcnow(),
-            tenant=ctx.principal.tenant, app=ctx.principal.app, key_id=ctx.principal.key_id,
-            subject=ctx.subject, model=ctx.model, endpoint=ctx.endpoint, policy_hash=ctx.bundle_hash,
-            decisions=orjson.dumps([{"policy": d.policy, "action": d.action, "facts": d.facts}
-                                    for d in ctx.decisions], default=str).decode(),
+            request_id=ctx.request_id,
+            chain_id=self.chain_id,
+            seq=self.seq,
+            at=utcnow(),
+            tenant=ctx.principal.tenant,
+            app=ctx.principal.app,
+            key_id=ctx.principal.key_id,
+            subject=ctx.subject,
+            model=ctx.model,
+            endpoint=ctx.endpoint,
+            policy_hash=ctx.bundle_hash,
+            decisions=orjson.dumps(
+                [{"policy": d.policy, "action": d.action, "facts": d.facts} for d in ctx.decisions],
+                default=str,
+            ).decode(),
             attempts=orjson.dumps(ctx.attempts).decode(),
             deployment=target.name if target else None,
             jurisdiction=target.jurisdiction if target else None,
             fallback=ctx.fallback_reason,
             consent_ref=ctx.consents.get(target.name) if target else None,
-            status=ctx.status, prev_hash=self.prev,
+            status=ctx.status,
+            prev_hash=self.prev,
         )
         # model_construct: every field is ours and typed; validation would cost ~40 µs per request.
         row = AuditRecord.model_construct(**fields, hash=_digest(fields))
@@ -135,7 +164,9 @@ def verify(engine: Engine) -> tuple[int, list[str]]:
             elif row.prev_hash != prev:
                 problems.append(f"chain {row.chain_id} seq {row.seq}: link to the previous record is broken")
             if _digest(row.model_dump()) != row.hash:
-                problems.append(f"chain {row.chain_id} seq {row.seq} (request {row.request_id}): record was modified")
+                problems.append(
+                    f"chain {row.chain_id} seq {row.seq} (request {row.request_id}): record was modified"
+                )
             expected_seq, prev = row.seq + 1, row.hash
         if chain is not None:
             tail(chain, expected_seq - 1)
@@ -154,7 +185,11 @@ def open_chains(engine: Engine) -> list[tuple[str, int]]:
         started = sorted(c for c, k in kinds.items() if k == {"start"})
         out = []
         for c in started:
-            last = s.exec(select(AuditRecord.seq).where(AuditRecord.chain_id == c)
-                          .order_by(col(AuditRecord.seq).desc()).limit(1)).first()
+            last = s.exec(
+                select(AuditRecord.seq)
+                .where(AuditRecord.chain_id == c)
+                .order_by(col(AuditRecord.seq).desc())
+                .limit(1)
+            ).first()
             out.append((c, last or 0))
     return out

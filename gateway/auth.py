@@ -65,7 +65,7 @@ def _hash(secret: str) -> str:
 def _split(token: str) -> tuple[str, str] | None:
     if not token.startswith(PREFIX) or len(token) < len(PREFIX) + _ID_LEN + 2:
         return None
-    key_id, sep, secret = token[len(PREFIX):].partition("-")
+    key_id, sep, secret = token[len(PREFIX) :].partition("-")
     if not sep or len(key_id) != _ID_LEN or not secret:
         return None
     return key_id, secret
@@ -88,7 +88,9 @@ def create_key(
     scopes = sorted(set(scopes))
     unknown = set(scopes) - SCOPES
     if unknown:
-        raise ValueError(f"unknown scope(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(SCOPES))}")
+        raise ValueError(
+            f"unknown scope(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(SCOPES))}"
+        )
     if not tenant or not app:
         raise ValueError("tenant and app must not be empty")
     from sqlmodel import Session
@@ -183,8 +185,12 @@ class KeyStore:
             row = await asyncio.to_thread(self._fetch, key_id)
         except Exception as exc:  # the database is down: the caller may retry, it is not a gateway bug  # noqa: BLE001
             log.warning("key lookup failed", extra={"exc_type": type(exc).__name__})
-            raise GatewayError(503, "key_store_unavailable", "API keys cannot be checked right now; retry shortly.",
-                               headers={"Retry-After": "5"}) from None
+            raise GatewayError(
+                503,
+                "key_store_unavailable",
+                "API keys cannot be checked right now; retry shortly.",
+                headers={"Retry-After": "5"},
+            ) from None
         if row is None or row.revoked_at is not None:
             if len(self._negative) > 10_000:
                 self._negative.clear()

@@ -141,8 +141,11 @@ class Bundle:
         """Raise a 400 when a declared header carries a value no policy names (it would reach records)."""
         allowed = self.header_values().get(header)
         if value is not None and allowed is not None and value not in allowed:
-            raise GatewayError(400, f"invalid_request.{header.removeprefix('x-').replace('-', '_')}",
-                               f"{header.title()} must be one of the configured values: {', '.join(sorted(allowed))}.")
+            raise GatewayError(
+                400,
+                f"invalid_request.{header.removeprefix('x-').replace('-', '_')}",
+                f"{header.title()} must be one of the configured values: {', '.join(sorted(allowed))}.",
+            )
 
     def loosenings(self) -> list[Loosening]:
         """Every loosening of an inherited value, once each (a tenant's shows under each of its apps too)."""
@@ -165,8 +168,16 @@ class Bundle:
 
     def with_services(self, services: Services) -> Bundle:
         """The same bundle bound to other services (dry runs); resolutions are shared, chains are not."""
-        return Bundle(self.hash, self.defaults, self.tenants, services, self.sources, {}, self._resolved,
-                      order=self.order)
+        return Bundle(
+            self.hash,
+            self.defaults,
+            self.tenants,
+            services,
+            self.sources,
+            {},
+            self._resolved,
+            order=self.order,
+        )
 
 
 def _instantiate(resolved: Resolved, services: Services | None) -> Chain:
@@ -227,8 +238,10 @@ def _check_sections(src: Source, sections: Any, loc: Loc, problems: list[str]) -
     for name, raw in sections.items():
         here = (*loc, name)
         if name == "replace":
-            problems.append(f"{src.where(here)}: {dotted(here)}: `replace` belongs at the top of a policy "
-                            "section, not here")
+            problems.append(
+                f"{src.where(here)}: {dotted(here)}: `replace` belongs at the top of a policy "
+                "section, not here"
+            )
             continue
         if name not in REGISTRY:
             known = ", ".join(sorted(REGISTRY)) or "none installed"
@@ -240,20 +253,26 @@ def _check_sections(src: Source, sections: Any, loc: Loc, problems: list[str]) -
             continue
         mode = mode_of(raw)
         if mode not in MODES:
-            problems.append(f"{src.where((*here, 'mode'))}: {dotted((*here, 'mode'))}: must be one of {MODES}")
+            problems.append(
+                f"{src.where((*here, 'mode'))}: {dotted((*here, 'mode'))}: must be one of {MODES}"
+            )
         if "replace" in raw:
             at = (*here, "replace")
             if not isinstance(raw["replace"], bool):
                 problems.append(f"{src.where(at)}: {dotted(at)}: must be true or false")
             elif loc == ("defaults",):
-                problems.append(f"{src.where(at)}: {dotted(at)}: defaults have nothing to replace; "
-                                "`replace` belongs in a tenant or app layer")
+                problems.append(
+                    f"{src.where(at)}: {dotted(at)}: defaults have nothing to replace; "
+                    "`replace` belongs in a tenant or app layer"
+                )
         if "reason" in raw and not (isinstance(raw["reason"], str) and raw["reason"].strip()):
-            problems.append(f"{src.where((*here, 'reason'))}: {dotted((*here, 'reason'))}: must be a non-empty "
-                            "string")
+            problems.append(
+                f"{src.where((*here, 'reason'))}: {dotted((*here, 'reason'))}: must be a non-empty string"
+            )
         for at in _nested_meta(raw, here):
-            problems.append(f"{src.where(at)}: {dotted(at)}: `replace` belongs at the top of a policy section, "
-                            "not here")
+            problems.append(
+                f"{src.where(at)}: {dotted(at)}: `replace` belongs at the top of a policy section, not here"
+            )
         out[name] = raw
     return out
 
@@ -264,8 +283,10 @@ def _check_order(src: Source, raw: Any, problems: list[str]) -> tuple[str, ...]:
         return CANONICAL_ORDER
     for i, name in enumerate(raw):
         if name not in REGISTRY:
-            problems.append(f"{src.where(('order', i))}: order[{i}]: unknown policy {name!r} "
-                            f"(known: {', '.join(sorted(REGISTRY))})")
+            problems.append(
+                f"{src.where(('order', i))}: order[{i}]: unknown policy {name!r} "
+                f"(known: {', '.join(sorted(REGISTRY))})"
+            )
         elif name in raw[:i]:
             problems.append(f"{src.where(('order', i))}: order[{i}]: {name!r} is listed twice")
     return tuple(raw)
@@ -275,21 +296,29 @@ def order_warnings(bundle: Bundle) -> list[str]:
     """Orders that defeat a promise: retrieved context that PII redaction would not scan."""
     position = bundle.position()
     used = {name for t, a in bundle.scopes() for name in bundle.sections_for(t, a)}
-    if {"rag_context", "pii_redaction"} <= used and position.index("rag_context") > position.index("pii_redaction"):
+    if {"rag_context", "pii_redaction"} <= used and position.index("rag_context") > position.index(
+        "pii_redaction"
+    ):
         where = next((s.where(("order",)) for s in bundle.sources if ("order",) in s.lines), "<bundle>")
-        return [f"{where}: order: rag_context runs after pii_redaction, so retrieved context reaches the model "
-                "without PII redaction; put rag_context first"]
+        return [
+            f"{where}: order: rag_context runs after pii_redaction, so retrieved context reaches the model "
+            "without PII redaction; put rag_context first"
+        ]
     return []
 
 
-def _claim(claims: dict[Loc, Source], src: Source, sections: dict[str, Any], loc: Loc, problems: list[str]) -> None:
+def _claim(
+    claims: dict[Loc, Source], src: Source, sections: dict[str, Any], loc: Loc, problems: list[str]
+) -> None:
     """A section may be written once per layer; two files writing it would make the result depend on file order."""
     for name in sections:
         here = (*loc, name)
         first = claims.setdefault(here, src)
         if first is not src:
-            problems.append(f"{src.where(here)}: {dotted(here)}: already defined at {first.where(here)}; "
-                            "write each section once per layer")
+            problems.append(
+                f"{src.where(here)}: {dotted(here)}: already defined at {first.where(here)}; "
+                "write each section once per layer"
+            )
 
 
 def _validate_merged(bundle: Bundle, problems: list[str]) -> None:
@@ -302,9 +331,11 @@ def _validate_merged(bundle: Bundle, problems: list[str]) -> None:
         for name, key, raw in sections:
             if key != name and not REGISTRY[name].repeatable:
                 at = (*resolved.origin[(key,)], "mode")
-                problems.append(f"{bundle.where(at)}: {dotted(at)}: a shadow {name} beside the inherited enforced "
-                                "one would run twice (charging twice); add `replace: true` to run only the shadow "
-                                "variant")
+                problems.append(
+                    f"{bundle.where(at)}: {dotted(at)}: a shadow {name} beside the inherited enforced "
+                    "one would run twice (charging twice); add `replace: true` to run only the shadow "
+                    "variant"
+                )
                 continue
             try:
                 REGISTRY[name].Config.model_validate(body(raw))
@@ -318,7 +349,9 @@ def _validate_merged(bundle: Bundle, problems: list[str]) -> None:
         problems += _unmet_requirements(bundle, resolved, f"{tenant or '*'}/{app or '*'}", seen)
 
 
-def _unmet_requirements(bundle: Bundle, resolved: Resolved, scope: str, seen: set[tuple[str, Loc, str]]) -> list[str]:
+def _unmet_requirements(
+    bundle: Bundle, resolved: Resolved, scope: str, seen: set[tuple[str, Loc, str]]
+) -> list[str]:
     """An enforced section whose ``requires`` are not enforced in the same chain (reported once per place)."""
     enforced = {name for name, raw in resolved.sections.items() if mode_of(raw) == "enforce"}
     out = []
@@ -333,15 +366,17 @@ def _unmet_requirements(bundle: Bundle, resolved: Resolved, scope: str, seen: se
                 at, state = resolved.origin[(name,)], "not in the chain"
             if (needed, at, name) not in seen:
                 seen.add((needed, at, name))
-                out.append(f"{bundle.where(at)}: {dotted(at)}: {name} requires {needed} enforced for the same "
-                           f"apps ({scope}), but it is {state}")
+                out.append(
+                    f"{bundle.where(at)}: {dotted(at)}: {name} requires {needed} enforced for the same "
+                    f"apps ({scope}), but it is {state}"
+                )
     return out
 
 
 def _written_at(resolved: Resolved, key: str, loc: Loc) -> Loc:
     """The bundle location of the most specific layer that wrote ``loc`` (or the nearest thing above it)."""
     at = written_at(resolved.origin, (key, *loc))
-    return () if at is None else (*at[0], *loc[at[1] - 1:])
+    return () if at is None else (*at[0], *loc[at[1] - 1 :])
 
 
 def parse_bundle(sources: Iterable[Source]) -> Bundle:
@@ -363,16 +398,21 @@ def parse_bundle(sources: Iterable[Source]) -> Bundle:
             continue
         for key in data:
             if key not in ("version", "order", "defaults", "tenants"):
-                problems.append(f"{src.where((key,))}: {key}: unknown key (expected version, order, defaults, "
-                                "tenants)")
+                problems.append(
+                    f"{src.where((key,))}: {key}: unknown key (expected version, order, defaults, tenants)"
+                )
         if "order" in data:
             if order_at is not None:
-                problems.append(f"{src.where(('order',))}: order: already set at {order_at.where(('order',))}; "
-                                "write it in one file")
+                problems.append(
+                    f"{src.where(('order',))}: order: already set at {order_at.where(('order',))}; "
+                    "write it in one file"
+                )
             order_at = src
             order = _check_order(src, data["order"], problems)
         if data.get("version", 1) != 1:
-            problems.append(f"{src.where(('version',))}: version: unsupported version {data.get('version')!r}")
+            problems.append(
+                f"{src.where(('version',))}: version: unsupported version {data.get('version')!r}"
+            )
         sections = _check_sections(src, data.get("defaults"), ("defaults",), problems)
         _claim(claims, src, sections, ("defaults",), problems)
         defaults.update(sections)
@@ -389,7 +429,9 @@ def parse_bundle(sources: Iterable[Source]) -> Bundle:
             entry = tenants.setdefault(tenant, {"policies": {}, "apps": {}})
             raw_apps = spec.get("apps") or {}
             if not isinstance(raw_apps, dict):
-                problems.append(f"{src.where((*loc, 'apps'))}: {dotted((*loc, 'apps'))}: expected a mapping of apps")
+                problems.append(
+                    f"{src.where((*loc, 'apps'))}: {dotted((*loc, 'apps'))}: expected a mapping of apps"
+                )
                 raw_apps = {}
             for app, app_spec in raw_apps.items():
                 app_loc = (*loc, "apps", app)
@@ -399,8 +441,13 @@ def parse_bundle(sources: Iterable[Source]) -> Bundle:
             sections = _check_sections(src, {k: v for k, v in spec.items() if k != "apps"}, loc, problems)
             _claim(claims, src, sections, loc, problems)
             entry["policies"].update(sections)
-    bundle = Bundle(hash=digest.hexdigest()[:16], defaults=defaults, tenants=tenants, sources=srcs,
-                    order=order or CANONICAL_ORDER)
+    bundle = Bundle(
+        hash=digest.hexdigest()[:16],
+        defaults=defaults,
+        tenants=tenants,
+        sources=srcs,
+        order=order or CANONICAL_ORDER,
+    )
     if not problems:
         _validate_merged(bundle, problems)
     if problems:
@@ -434,13 +481,19 @@ async def watch(holder: BundleHolder, directory: Path, stop: asyncio.Event) -> N
             bundle = await asyncio.to_thread(load_bundle, [directory])
         except ConfigError as exc:
             metrics.POLICY_RELOAD_FAILURES.inc()
-            log.error("policy reload rejected; keeping bundle %s", holder.current.hash,
-                      extra={"problems": exc.problems})
+            log.error(
+                "policy reload rejected; keeping bundle %s",
+                holder.current.hash,
+                extra={"problems": exc.problems},
+            )
             continue
         except Exception as exc:  # a failed reload keeps the last good bundle  # noqa: BLE001
             metrics.POLICY_RELOAD_FAILURES.inc()
-            log.error("policy reload failed; keeping bundle %s", holder.current.hash,
-                      extra={"exc_type": type(exc).__name__})
+            log.error(
+                "policy reload failed; keeping bundle %s",
+                holder.current.hash,
+                extra={"exc_type": type(exc).__name__},
+            )
             continue
         if bundle.hash != holder.current.hash:
             holder.swap(bundle)

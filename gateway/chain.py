@@ -47,9 +47,16 @@ def _copy(body: dict[str, Any]) -> dict[str, Any]:
 
 def _fork(ctx: Context) -> Context:
     """The context as a shadow run sees it: the same facts, its own containers, no decisions yet."""
-    return replace(ctx, candidates=list(ctx.candidates), consents=dict(ctx.consents), withheld=list(ctx.withheld),
-                   decisions=[], attempts=list(ctx.attempts), response_headers=dict(ctx.response_headers),
-                   usage=dict(ctx.usage) if ctx.usage is not None else None)
+    return replace(
+        ctx,
+        candidates=list(ctx.candidates),
+        consents=dict(ctx.consents),
+        withheld=list(ctx.withheld),
+        decisions=[],
+        attempts=list(ctx.attempts),
+        response_headers=dict(ctx.response_headers),
+        usage=dict(ctx.usage) if ctx.usage is not None else None,
+    )
 
 
 async def _drain(ctx: Context, run: Run, events: list[Event]) -> None:

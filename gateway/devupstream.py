@@ -31,8 +31,16 @@ from typing import Any
 import httptools
 import orjson
 
-_REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found", 429: b"Too Many Requests",
-            500: b"Internal Server Error", 502: b"Bad Gateway", 503: b"Service Unavailable"}
+_REASONS = {
+    200: b"OK",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    404: b"Not Found",
+    429: b"Too Many Requests",
+    500: b"Internal Server Error",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+}
 
 
 @dataclass
@@ -60,9 +68,13 @@ class DevUpstream:
     include_usage: bool = True
     # Opt-in answer shapes (see the module docstring); reset() turns them off again.
     stream_tool_calls: bool = False  # a streamed request with ``tools`` gets ``delta.tool_calls``
-    tool_calls: int = 1  # tool calls per streamed choice (arguments ``{"call": i, "echo": <last user message>}``)
+    tool_calls: int = (
+        1  # tool calls per streamed choice (arguments ``{"call": i, "echo": <last user message>}``)
+    )
     arguments_chunk: int = 5  # characters of a streamed tool call's (or function call's) arguments per chunk
-    stream_choices: bool = False  # a streamed request with ``n`` > 1 gets n choices, events interleaved by index
+    stream_choices: bool = (
+        False  # a streamed request with ``n`` > 1 gets n choices, events interleaved by index
+    )
     finish_reason: bool = True  # False: streams end ([DONE]) without any chunk carrying a finish_reason
     legacy_function_call: bool = False  # a request with ``functions`` gets ``function_call``, streamed or not
     record: bool = True
@@ -150,23 +162,44 @@ class DevUpstream:
         finish = "stop"
         if body.get("tools"):
             tool = body["tools"][0]["function"]["name"]
-            message = {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "call_dev_1", "type": "function",
-                 "function": {"name": tool, "arguments": orjson.dumps({"echo": _last_user(body)}).decode()}}]}
+            message = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_dev_1",
+                        "type": "function",
+                        "function": {
+                            "name": tool,
+                            "arguments": orjson.dumps({"echo": _last_user(body)}).decode(),
+                        },
+                    }
+                ],
+            }
             finish = "tool_calls"
         function = self._legacy_function(body)
         if function is not None:
-            message = {"role": "assistant", "content": None,
-                       "function_call": {"name": function, "arguments": _arguments(body)}}
+            message = {
+                "role": "assistant",
+                "content": None,
+                "function_call": {"name": function, "arguments": _arguments(body)},
+            }
             finish = "function_call"
         n = body.get("n") or 1
         prompt = _count(body)
         return {
-            "id": "chatcmpl-dev", "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": i, "message": message, "finish_reason": finish, "logprobs": None}
-                        for i in range(n)],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": len(reply.split()),
-                      "total_tokens": prompt + len(reply.split())},
+            "id": "chatcmpl-dev",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {"index": i, "message": message, "finish_reason": finish, "logprobs": None} for i in range(n)
+            ],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": len(reply.split()),
+                "total_tokens": prompt + len(reply.split()),
+            },
         }
 
     def answer(self, body: dict[str, Any]) -> str:
@@ -181,11 +214,23 @@ class DevUpstream:
     def stream_events(self, body: dict[str, Any]) -> list[bytes]:
         model = body.get("model", "dev")
         words = self.answer(body).split(" ")
-        base = {"id": "chatcmpl-dev", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+        base = {
+            "id": "chatcmpl-dev",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+        }
         n = max(1, int(body.get("n") or 1)) if self.stream_choices else 1
         function = self._legacy_function(body)
-        tools = [t["function"]["name"] for t in body.get("tools") or () if isinstance(t, dict)
-                 and isinstance(t.get("function"), dict)] if self.stream_tool_calls else []
+        tools = (
+            [
+                t["function"]["name"]
+                for t in body.get("tools") or ()
+                if isinstance(t, dict) and isinstance(t.get("function"), dict)
+            ]
+            if self.stream_tool_calls
+            else []
+        )
         per_choice: list[list[tuple[dict[str, Any], str | None]]] = []
         for index in range(n):
             if function is not None:
@@ -204,40 +249,72 @@ class DevUpstream:
                         if not delta:
                             continue
                         finish = None
-                    events.append({**base, "choices": [{"index": index, "delta": delta, "finish_reason": finish}]})
+                    events.append(
+                        {**base, "choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
+                    )
         if (body.get("stream_options") or {}).get("include_usage") and self.include_usage:
             prompt = _count(body)
-            events.append({**base, "choices": [], "usage": {"prompt_tokens": prompt,
-                           "completion_tokens": len(words), "total_tokens": prompt + len(words)}})
+            events.append(
+                {
+                    **base,
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": prompt,
+                        "completion_tokens": len(words),
+                        "total_tokens": prompt + len(words),
+                    },
+                }
+            )
         return [b"data: " + orjson.dumps(e) + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
 
     @staticmethod
     def _content_deltas(words: list[str], chunks: int) -> list[tuple[dict[str, Any], str | None]]:
         per = max(1, -(-len(words) // max(1, chunks)))
-        pieces = [" ".join(words[i:i + per]) + (" " if i + per < len(words) else "")
-                  for i in range(0, len(words), per)]
-        return [({"role": "assistant", "content": ""}, None), *(({"content": p}, None) for p in pieces),
-                ({}, "stop")]
+        pieces = [
+            " ".join(words[i : i + per]) + (" " if i + per < len(words) else "")
+            for i in range(0, len(words), per)
+        ]
+        return [
+            ({"role": "assistant", "content": ""}, None),
+            *(({"content": p}, None) for p in pieces),
+            ({}, "stop"),
+        ]
 
     def _split(self, text: str) -> list[str]:
         size = max(1, self.arguments_chunk)
-        return [text[i:i + size] for i in range(0, len(text), size)]
+        return [text[i : i + size] for i in range(0, len(text), size)]
 
     def _tool_deltas(self, body: dict[str, Any], tools: list[str]) -> list[tuple[dict[str, Any], str | None]]:
         """OpenAI's shape: per call, a chunk with its index, id, type and name (arguments ""), then
         chunks carrying only ``index`` and a piece of ``function.arguments``."""
         out: list[tuple[dict[str, Any], str | None]] = [({"role": "assistant", "content": None}, None)]
         for i in range(max(1, self.tool_calls)):
-            out.append(({"tool_calls": [{"index": i, "id": f"call_dev_{i + 1}", "type": "function",
-                                         "function": {"name": tools[i % len(tools)], "arguments": ""}}]}, None))
-            out += [({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}, None)
-                    for piece in self._split(_arguments(body, i))]
+            out.append(
+                (
+                    {
+                        "tool_calls": [
+                            {
+                                "index": i,
+                                "id": f"call_dev_{i + 1}",
+                                "type": "function",
+                                "function": {"name": tools[i % len(tools)], "arguments": ""},
+                            }
+                        ]
+                    },
+                    None,
+                )
+            )
+            out += [
+                ({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}, None)
+                for piece in self._split(_arguments(body, i))
+            ]
         out.append(({}, "tool_calls"))
         return out
 
     def _function_deltas(self, body: dict[str, Any], name: str) -> list[tuple[dict[str, Any], str | None]]:
         out: list[tuple[dict[str, Any], str | None]] = [
-            ({"role": "assistant", "content": None, "function_call": {"name": name, "arguments": ""}}, None)]
+            ({"role": "assistant", "content": None, "function_call": {"name": name, "arguments": ""}}, None)
+        ]
         out += [({"function_call": {"arguments": piece}}, None) for piece in self._split(_arguments(body))]
         out.append(({}, "function_call"))
         return out
@@ -245,11 +322,17 @@ class DevUpstream:
     def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
         inputs = body.get("input")
         items = inputs if isinstance(inputs, list) else [inputs]
-        data = [{"object": "embedding", "index": i, "embedding": embed(str(x), self.embedding_dim)}
-                for i, x in enumerate(items)]
+        data = [
+            {"object": "embedding", "index": i, "embedding": embed(str(x), self.embedding_dim)}
+            for i, x in enumerate(items)
+        ]
         tokens = sum(len(str(x).split()) for x in items)
-        return {"object": "list", "data": data, "model": body.get("model", "dev"),
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        return {
+            "object": "list",
+            "data": data,
+            "model": body.get("model", "dev"),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
 
 
 def embed(text: str, dim: int) -> list[float]:
@@ -258,7 +341,7 @@ def embed(text: str, dim: int) -> list[float]:
     out = [0.0] * dim
     for word in _WORDS.findall(text.lower()):
         padded = f" {word} "
-        for feature, weight in ((word, 1.0), *((padded[i:i + 3], 0.5) for i in range(len(padded) - 2))):
+        for feature, weight in ((word, 1.0), *((padded[i : i + 3], 0.5) for i in range(len(padded) - 2))):
             h = int.from_bytes(hashlib.blake2b(feature.encode(), digest_size=8).digest(), "little")
             out[h % dim] += weight if (h >> 32) & 1 else -weight
     norm = sum(v * v for v in out) ** 0.5
@@ -272,10 +355,12 @@ def report(body: dict[str, Any]) -> str:
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
     roles = ", ".join(str(m.get("role")) for m in messages)
     last = _last_user(body)
-    lines = [f"DEVELOPMENT upstream, not a model. It received {len(messages)} message(s) for "
-             f"{body.get('model', '?')}: {roles}.",
-             f"Last user message as it arrived here: {_shown(last)}",
-             f"The same, echoed for the gateway to restore: {last}"]
+    lines = [
+        f"DEVELOPMENT upstream, not a model. It received {len(messages)} message(s) for "
+        f"{body.get('model', '?')}: {roles}.",
+        f"Last user message as it arrived here: {_shown(last)}",
+        f"The same, echoed for the gateway to restore: {last}",
+    ]
     for m in messages:
         if m.get("role") == "system" and isinstance(m.get("content"), str):
             content = " ".join(m["content"].split())
@@ -302,7 +387,9 @@ def _last_user(body: dict[str, Any]) -> str:
 
 def _arguments(body: dict[str, Any], call: int | None = None) -> str:
     """A tool or function call's arguments: the last user message, echoed for the gateway to restore."""
-    args: dict[str, Any] = {"echo": _last_user(body)} if call is None else {"call": call, "echo": _last_user(body)}
+    args: dict[str, Any] = (
+        {"echo": _last_user(body)} if call is None else {"call": call, "echo": _last_user(body)}
+    )
     return orjson.dumps(args).decode()
 
 
@@ -311,8 +398,10 @@ def _count(body: dict[str, Any]) -> int:
 
 
 def _response(status: int, body: bytes, content_type: bytes = b"application/json") -> bytes:
-    return (b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n"
-            % (status, _REASONS.get(status, b"Status"), content_type, len(body))) + body
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n"
+        % (status, _REASONS.get(status, b"Status"), content_type, len(body))
+    ) + body
 
 
 class _Protocol(asyncio.Protocol):
@@ -379,8 +468,15 @@ class _Protocol(asyncio.Protocol):
     def _answer(self, path: str, method: bytes, body: dict[str, Any]) -> bytes:
         srv = self.server
         if method == b"GET" and path.rstrip("/").endswith("/models"):
-            return _response(200, orjson.dumps({"object": "list", "data": [
-                {"id": "dev", "object": "model", "created": 0, "owned_by": "dev-upstream"}]}))
+            return _response(
+                200,
+                orjson.dumps(
+                    {
+                        "object": "list",
+                        "data": [{"id": "dev", "object": "model", "created": 0, "owned_by": "dev-upstream"}],
+                    }
+                ),
+            )
         if path.endswith("/embeddings"):
             return _response(200, orjson.dumps(srv.embeddings(body)))
         if path.endswith("/chat/completions"):
@@ -401,8 +497,10 @@ class _Protocol(asyncio.Protocol):
             transport.write(self._answer(path, method, body))
             return
         srv.streams_started += 1
-        transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
-                        b"transfer-encoding: chunked\r\n\r\n")
+        transport.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
         try:
             for event in srv.stream_events(body):
                 if self.closed:
@@ -417,8 +515,9 @@ class _Protocol(asyncio.Protocol):
 
 
 def main(host: str = "127.0.0.1", port: int = 9100, chunk_delay_s: float = 0.05, echo: bool = True) -> None:
-    server = DevUpstream(host=host, port=port, chunk_delay_s=chunk_delay_s, record=False, echo=echo,
-                         embedding_dim=256)
+    server = DevUpstream(
+        host=host, port=port, chunk_delay_s=chunk_delay_s, record=False, echo=echo, embedding_dim=256
+    )
 
     async def run() -> None:
         await server.serve()

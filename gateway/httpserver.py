@@ -66,8 +66,13 @@ def reset(transport: asyncio.Transport) -> None:
 
 def _response(status: int, phrase: str, code: str, message: str, extra: bytes = b"") -> bytes:
     body = GatewayError(status, code, message).body()
-    return (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\n".encode() + extra + b"connection: close\r\n\r\n" + body)
+    return (
+        f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n".encode()
+        + extra
+        + b"connection: close\r\n\r\n"
+        + body
+    )
 
 
 @dataclass(frozen=True)
@@ -79,24 +84,38 @@ class Limits:
 
     @classmethod
     def of(cls, server: Server) -> Limits:
-        return cls(server.max_header_bytes, server.header_timeout_s, server.body_timeout_s, server.max_connections)
+        return cls(
+            server.max_header_bytes, server.header_timeout_s, server.body_timeout_s, server.max_connections
+        )
 
     @functools.cached_property
     def too_large(self) -> bytes:
-        return _response(431, "Request Header Fields Too Large", "request_header_too_large",
-                         f"The request head exceeds {self.max_header_bytes} bytes.")
+        return _response(
+            431,
+            "Request Header Fields Too Large",
+            "request_header_too_large",
+            f"The request head exceeds {self.max_header_bytes} bytes.",
+        )
 
     @functools.cached_property
     def timed_out(self) -> bytes:
-        return _response(408, "Request Timeout", "request_timeout",
-                         f"The request head was not received within {self.header_timeout_s:g} s.")
+        return _response(
+            408,
+            "Request Timeout",
+            "request_timeout",
+            f"The request head was not received within {self.header_timeout_s:g} s.",
+        )
 
     @functools.cached_property
     def too_large_app(self) -> Callable[..., Awaitable[None]]:
-        body = GatewayError(431, "request_header_too_large",
-                            f"The request head exceeds {self.max_header_bytes} bytes.").body()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"connection", b"close")]
+        body = GatewayError(
+            431, "request_header_too_large", f"The request head exceeds {self.max_header_bytes} bytes."
+        ).body()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
 
         async def app(_scope: Any, _receive: Any, send: Callable[[Any], Awaitable[None]]) -> None:
             await send({"type": "http.response.start", "status": 431, "headers": headers})
@@ -106,8 +125,13 @@ class Limits:
 
     @functools.cached_property
     def busy(self) -> bytes:
-        return _response(503, "Service Unavailable", "server_busy",
-                         "The server has too many open connections; retry shortly.", b"retry-after: 1\r\n")
+        return _response(
+            503,
+            "Service Unavailable",
+            "server_busy",
+            "The server has too many open connections; retry shortly.",
+            b"retry-after: 1\r\n",
+        )
 
 
 class _Refusals:
@@ -122,8 +146,12 @@ class _Refusals:
         now = time.monotonic()
         if now - self.logged.get(reason, -_LOG_EVERY_S) >= _LOG_EVERY_S:
             self.logged[reason] = now
-            log.warning("HTTP limit reached: %s (%d in this worker so far)", reason, self.counts[reason],
-                        extra={"reason": reason, "count": self.counts[reason]})
+            log.warning(
+                "HTTP limit reached: %s (%d in this worker so far)",
+                reason,
+                self.counts[reason],
+                extra={"reason": reason, "count": self.counts[reason]},
+            )
 
 
 refusals = _Refusals()
@@ -155,8 +183,15 @@ class _Linger(asyncio.Protocol):
 class GatewayHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with head size, head and body timeouts, and a connection cap."""
 
-    def __init__(self, config: uvicorn.Config, server_state: Any, app_state: dict[str, Any],
-                 _loop: asyncio.AbstractEventLoop | None = None, *, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        limits: Limits | None = None,
+    ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         limits = limits or Limits()
         self.limits = limits
@@ -191,7 +226,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._read_len = len(data)  # set to 0 when a message ends inside this read
         super().data_received(data)
         if self._head_open:
-            self._head_bytes += self._read_len  # (0: the head began inside this read, after the previous message)
+            self._head_bytes += (
+                self._read_len
+            )  # (0: the head began inside this read, after the previous message)
             if self._head_bytes > self._max_head:
                 self._head_too_large()
                 return
@@ -314,7 +351,11 @@ def server_options(server: Server) -> dict[str, Any]:
     # A partial of a module-level class pickles, so it reaches uvicorn's spawned worker processes.
     protocol = functools.partial(GatewayHttpProtocol, limits=Limits.of(server))
     return {
-        "http": protocol, "loop": "uvloop", "ws": "none", "access_log": False, "log_config": None,
+        "http": protocol,
+        "loop": "uvloop",
+        "ws": "none",
+        "access_log": False,
+        "log_config": None,
         "timeout_keep_alive": server.keep_alive_s,
     }
 
@@ -322,4 +363,3 @@ def server_options(server: Server) -> dict[str, Any]:
 def uvicorn_config(app_or_factory: Any, server: Server, **kwargs: Any) -> uvicorn.Config:
     """A ``uvicorn.Config`` with the gateway's protocol and limits; ``kwargs`` add or override settings."""
     return uvicorn.Config(app_or_factory, **{**server_options(server), **kwargs})
-

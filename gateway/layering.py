@@ -52,19 +52,21 @@ class Layer:
 class Loosening:
     """An override that weakens an inherited value."""
 
-    scope: str          # tenant/app ("hr/chatbot", "hr/*")
+    scope: str  # tenant/app ("hr/chatbot", "hr/*")
     section: str
-    path: Loc           # inside the section
+    path: Loc  # inside the section
     message: str
-    inherited_at: str   # file:line of the weaker-made value ("built-in default" when no file set it)
+    inherited_at: str  # file:line of the weaker-made value ("built-in default" when no file set it)
     override_at: str
     reason: str | None  # the documented reason, if any
 
     def line(self) -> str:
         where = f"{self.section}.{'.'.join(map(str, self.path))}" if self.path else self.section
         why = f" (reason: {self.reason})" if self.reason else " (no reason given)"
-        return (f"{self.override_at}: {self.scope}: {where}: {self.message}; inherited from {self.inherited_at}"
-                f"{why}")
+        return (
+            f"{self.override_at}: {self.scope}: {where}: {self.message}; inherited from {self.inherited_at}"
+            f"{why}"
+        )
 
 
 @dataclass
@@ -112,8 +114,11 @@ def _set_origins(origin: dict[Loc, Loc], key: str, raw: Mapping[str, Any], loc: 
     for path, _ in leaves(dict(raw)):
         if not path:
             continue  # an empty section sets nothing
-        for k in [k for k in origin if k[0] == key and len(k) > 1
-                  and (k[1:len(path) + 1] == path or path[:len(k) - 1] == k[1:])]:
+        for k in [
+            k
+            for k in origin
+            if k[0] == key and len(k) > 1 and (k[1 : len(path) + 1] == path or path[: len(k) - 1] == k[1:])
+        ]:
             del origin[k]  # the layer's value replaces anything at, under or above this leaf
         origin[(key, *path)] = (*loc, *path)
 
@@ -132,8 +137,14 @@ def find_reason(raw: Any, path: Loc) -> str | None:
     return None
 
 
-def resolve(layers: list[Layer], scope: str, normalize: Normalize, validate: Validate, loosened: Loosened,
-            where: Where) -> Resolved:
+def resolve(
+    layers: list[Layer],
+    scope: str,
+    normalize: Normalize,
+    validate: Validate,
+    loosened: Loosened,
+    where: Where,
+) -> Resolved:
     """Merge ``layers`` in order; the first layer is the baseline and is never reported as loosening."""
     out = Resolved()
     last_on: dict[str, dict[str, Any]] = {}  # per section, the last merged state that was not off
@@ -142,8 +153,12 @@ def resolve(layers: list[Layer], scope: str, normalize: Normalize, validate: Val
             raw = normalize(name, dict(raw or {}))
             loc = (*layer.loc, name)
             inherited = out.sections.get(name)
-            if inherited is not None and mode_of(raw) == "shadow" and mode_of(inherited) == "enforce" \
-                    and raw.get("replace") is not True:
+            if (
+                inherited is not None
+                and mode_of(raw) == "shadow"
+                and mode_of(inherited) == "enforce"
+                and raw.get("replace") is not True
+            ):
                 # A trial: the inherited rule keeps enforcing; the variant runs beside it in shadow.
                 base = out.trials.get(name, inherited)
                 out.trials[name] = {**deep_merge(body(base), body(raw)), "mode": "shadow"}
@@ -161,19 +176,34 @@ def resolve(layers: list[Layer], scope: str, normalize: Normalize, validate: Val
                 compared: dict[str, Any] | None = inherited
                 if inherited is not None and mode_of(inherited) == "off":
                     compared = last_on.get(name, inherited)
-                out.loosenings += _loosenings(name, compared, merged, raw, loc, scope, out.origin, validate,
-                                              loosened, where)
+                out.loosenings += _loosenings(
+                    name, compared, merged, raw, loc, scope, out.origin, validate, loosened, where
+                )
             out.sections[name] = merged
             if mode_of(merged) != "off":
                 last_on[name] = merged
-            _set_origins(out.origin, name, {**body(raw), **({"mode": raw["mode"]} if "mode" in raw else {})},
-                         loc, replace)
+            _set_origins(
+                out.origin,
+                name,
+                {**body(raw), **({"mode": raw["mode"]} if "mode" in raw else {})},
+                loc,
+                replace,
+            )
     return out
 
 
-def _loosenings(name: str, inherited: dict[str, Any] | None, merged: dict[str, Any], raw: dict[str, Any], loc: Loc,
-                scope: str, origin: dict[Loc, Loc], validate: Validate, loosened: Loosened,
-                where: Where) -> list[Loosening]:
+def _loosenings(
+    name: str,
+    inherited: dict[str, Any] | None,
+    merged: dict[str, Any],
+    raw: dict[str, Any],
+    loc: Loc,
+    scope: str,
+    origin: dict[Loc, Loc],
+    validate: Validate,
+    loosened: Loosened,
+    where: Where,
+) -> list[Loosening]:
     found: list[tuple[Loc, str]] = []
     if raw.get("replace") is True and inherited is not None:
         found.append((("replace",), "replace: true discards the inherited section"))
@@ -191,11 +221,17 @@ def _loosenings(name: str, inherited: dict[str, Any] | None, merged: dict[str, A
     out = []
     for path, message in found:
         at = written_at(origin, (name, *path))
-        inherited_at = ("nothing (the section is new in this layer)" if inherited is None
-                        else where(at[0]) if at is not None else "a built-in default")
+        inherited_at = (
+            "nothing (the section is new in this layer)"
+            if inherited is None
+            else where(at[0])
+            if at is not None
+            else "a built-in default"
+        )
         override_loc = (*loc, *path)
-        out.append(Loosening(scope, name, path, message, inherited_at, where(override_loc),
-                             find_reason(raw, path)))
+        out.append(
+            Loosening(scope, name, path, message, inherited_at, where(override_loc), find_reason(raw, path))
+        )
     return out
 
 
@@ -207,5 +243,5 @@ def written_at(origin: dict[Loc, Loc], key: Loc) -> tuple[Loc, int] | None:
         if hits:
             k = max(hits, key=lambda h: len(origin[h]) - len(h))
             written = origin[k]
-            return written[:len(written) - (len(k) - i)], i
+            return written[: len(written) - (len(k) - i)], i
     return None

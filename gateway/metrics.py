@@ -13,7 +13,25 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 __all__ = ["CONTENT_TYPE", "render"]
 
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 
 REQUESTS = Counter(
@@ -108,6 +126,7 @@ def tenant_label(tenant: str) -> str:
 def app_label(app: str) -> str:
     return app if _LABEL_APP else "-"
 
+
 RAG_RETRIEVALS = Counter(
     "gateway_rag_retrievals_total",
     "rag_context retrievals by outcome: injected, empty, skipped, denied, residency, timeout, error.",
@@ -117,7 +136,8 @@ RAG_RETRIEVALS = Counter(
 
 POLICY_RELOADS = Counter("gateway_policy_reloads_total", "Policy bundles loaded by hot reload.")
 POLICY_RELOAD_FAILURES = Counter(
-    "gateway_policy_reload_failures_total", "Policy bundle reloads rejected as invalid; the last good bundle stays."
+    "gateway_policy_reload_failures_total",
+    "Policy bundle reloads rejected as invalid; the last good bundle stays.",
 )
 
 

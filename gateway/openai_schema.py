@@ -23,7 +23,14 @@ from typing import Annotated, Any, Literal, NotRequired, Required, Union, get_ar
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict
 
-TEXT, JSON_TEXT, FREE_JSON, URL, BINARY, PSEUDONYM = "text", "json_text", "free_json", "url", "binary", "pseudonym"
+TEXT, JSON_TEXT, FREE_JSON, URL, BINARY, PSEUDONYM = (
+    "text",
+    "json_text",
+    "free_json",
+    "url",
+    "binary",
+    "pseudonym",
+)
 MAX_DEPTH = 32
 _FORBID = ConfigDict(extra="forbid")
 
@@ -39,6 +46,7 @@ ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:/+\-]{1,256}$")]
 
 
 # --- chat completions ----------------------------------------------------------------------------
+
 
 @with_config(_FORBID)
 class TextPart(TypedDict):
@@ -150,8 +158,10 @@ class FunctionMessage(TypedDict):
     name: FnName
 
 
-Message = Annotated[SystemMessage | UserMessage | AssistantMessage | ToolMessage | FunctionMessage,
-                    Field(discriminator="role")]
+Message = Annotated[
+    SystemMessage | UserMessage | AssistantMessage | ToolMessage | FunctionMessage,
+    Field(discriminator="role"),
+]
 
 
 @with_config(_FORBID)
@@ -241,12 +251,19 @@ class ChatRequest(TypedDict, total=False):
     response_format: ResponseFormatText | ResponseFormatSchema | None
     logprobs: bool | None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None
-    logit_bias: dict[Annotated[str, Field(pattern=r"^\d{1,7}$")], Annotated[int, Field(ge=-100, le=100)]] | None
+    logit_bias: (
+        dict[Annotated[str, Field(pattern=r"^\d{1,7}$")], Annotated[int, Field(ge=-100, le=100)]] | None
+    )
     user: EndUser
     safety_identifier: EndUser | None
     prompt_cache_key: EndUser | None
-    metadata: Annotated[dict[Annotated[str, Field(max_length=64)], Annotated[Text, Field(max_length=512)]],
-                        Field(max_length=16)] | None
+    metadata: (
+        Annotated[
+            dict[Annotated[str, Field(max_length=64)], Annotated[Text, Field(max_length=512)]],
+            Field(max_length=16),
+        ]
+        | None
+    )
     prediction: Prediction | None
     modalities: list[Literal["text", "audio"]] | None
     audio: AudioOut | None
@@ -258,11 +275,16 @@ class ChatRequest(TypedDict, total=False):
 
 # --- embeddings ------------------------------------------------------------------------------------
 
+
 @with_config(_FORBID)
 class EmbeddingsRequest(TypedDict, total=False):
     model: Required[ModelName]
-    input: Required[Text | Annotated[list[Text], Field(min_length=1, max_length=2048)]
-                    | Annotated[list[int], Field(min_length=1)] | Annotated[list[list[int]], Field(min_length=1)]]
+    input: Required[
+        Text
+        | Annotated[list[Text], Field(min_length=1, max_length=2048)]
+        | Annotated[list[int], Field(min_length=1)]
+        | Annotated[list[list[int]], Field(min_length=1)]
+    ]
     encoding_format: Literal["float", "base64"]
     dimensions: Annotated[int, Field(ge=1)]
     user: EndUser
@@ -270,7 +292,10 @@ class EmbeddingsRequest(TypedDict, total=False):
 
 CHAT = TypeAdapter(ChatRequest)
 EMBEDDINGS = TypeAdapter(EmbeddingsRequest)
-TOP_LEVEL = {"chat": frozenset(ChatRequest.__annotations__), "embeddings": frozenset(EmbeddingsRequest.__annotations__)}
+TOP_LEVEL = {
+    "chat": frozenset(ChatRequest.__annotations__),
+    "embeddings": frozenset(EmbeddingsRequest.__annotations__),
+}
 
 
 # --- the PII walker's plan ---------------------------------------------------------------------------
@@ -321,8 +346,11 @@ def _hints(tp: type) -> dict[str, Any]:
 
 
 PLAN: dict[str, Plan] = {"chat": _plan(ChatRequest) or {}, "embeddings": _plan(EmbeddingsRequest) or {}}
-PSEUDONYMISED = {endpoint: tuple(k for k, v in plan.items() if v == PSEUDONYM)
-                 for endpoint, plan in PLAN.items() if isinstance(plan, dict)}
+PSEUDONYMISED = {
+    endpoint: tuple(k for k, v in plan.items() if v == PSEUDONYM)
+    for endpoint, plan in PLAN.items()
+    if isinstance(plan, dict)
+}
 
 
 def depth(value: Any, limit: int = MAX_DEPTH) -> int:

@@ -49,16 +49,29 @@ class Pipeline:
     once per request after the chain's completion hooks, and is None for dry runs.
     """
 
-    def __init__(self, config: Config, bundles: Bundles, router: Router, pseudonym: Callable[[str], str],
-                 record: Callable[[Context], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        bundles: Bundles,
+        router: Router,
+        pseudonym: Callable[[str], str],
+        record: Callable[[Context], None] | None = None,
+    ) -> None:
         self.config = config
         self.bundles = bundles
         self.router = router
         self.pseudonym = pseudonym
         self.record = record
 
-    def context(self, principal: Principal, endpoint: Endpoint, body: dict[str, Any], *,
-                subject: str | None = None, data_class: str | None = None) -> Context:
+    def context(
+        self,
+        principal: Principal,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        *,
+        subject: str | None = None,
+        data_class: str | None = None,
+    ) -> Context:
         """The request's context: the model's deployments as candidates, the subject pseudonymised.
 
         Raises the client's error for an unknown, forbidden or wrong-endpoint model and for a subject id
@@ -68,17 +81,27 @@ class Pipeline:
         if alias is None:
             raise GatewayError(404, "model_not_found", "The model does not exist.", param="model")
         if not principal.may_use(model):
-            raise GatewayError(403, "model_not_allowed", f"This API key may not use the model '{model}'.",
-                               param="model")
+            raise GatewayError(
+                403, "model_not_allowed", f"This API key may not use the model '{model}'.", param="model"
+            )
         if alias.type != endpoint:
             fit = [m for m, a in self.config.models.items() if a.type == endpoint and principal.may_use(m)]
-            raise GatewayError(400, "model_wrong_endpoint", f"{model} is a {alias.type} model; {endpoint} models: "
-                               f"{', '.join(fit) or 'none this key may use'}.", param="model")
+            raise GatewayError(
+                400,
+                "model_wrong_endpoint",
+                f"{model} is a {alias.type} model; {endpoint} models: "
+                f"{', '.join(fit) or 'none this key may use'}.",
+                param="model",
+            )
         if subject is not None and len(subject) > 256:
-            raise bad_request("X-Subject-Id may be at most 256 characters.", code="invalid_request.subject_id")
+            raise bad_request(
+                "X-Subject-Id may be at most 256 characters.", code="invalid_request.subject_id"
+            )
         if data_class is not None and not _DATA_CLASS.fullmatch(data_class):
-            raise bad_request("X-Data-Class must be a data class name: 1-64 letters, digits, '_', '-' or '.'.",
-                              code="invalid_request.data_class")
+            raise bad_request(
+                "X-Data-Class must be a data class name: 1-64 letters, digits, '_', '-' or '.'.",
+                code="invalid_request.data_class",
+            )
         bundle = self.bundles.current
         bundle.check_header("x-data-class", data_class)
         return Context(
@@ -109,7 +132,9 @@ class Pipeline:
             try:
                 response = orjson.loads(raw)
             except orjson.JSONDecodeError:
-                raise UpstreamError(502, "upstream_invalid_response", "The upstream returned invalid JSON.") from None
+                raise UpstreamError(
+                    502, "upstream_invalid_response", "The upstream returned invalid JSON."
+                ) from None
             raw = orjson.dumps(await chain.response(response))
         ctx.status = 200
         return raw

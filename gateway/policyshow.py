@@ -21,12 +21,16 @@ def _check_scope(bundle: Bundle, tenant: str, app: str) -> None:
         raise UnknownScope("--app needs --tenant")
     if tenant and tenant not in bundle.tenants:
         known = ", ".join(sorted(bundle.tenants)) or "none"
-        raise UnknownScope(f"{bundle.where(('tenants',))}: tenants: no tenant {tenant!r} (listed: {known}); "
-                           "unlisted tenants get the defaults, shown without --tenant")
+        raise UnknownScope(
+            f"{bundle.where(('tenants',))}: tenants: no tenant {tenant!r} (listed: {known}); "
+            "unlisted tenants get the defaults, shown without --tenant"
+        )
     if app and app not in bundle.tenants[tenant].get("apps", {}):
         known = ", ".join(sorted(bundle.tenants[tenant].get("apps", {}))) or "none"
-        raise UnknownScope(f"{bundle.where(('tenants', tenant))}: tenants.{tenant}: no app {app!r} (listed: "
-                           f"{known}); unlisted apps get the tenant layer, shown without --app")
+        raise UnknownScope(
+            f"{bundle.where(('tenants', tenant))}: tenants.{tenant}: no app {app!r} (listed: "
+            f"{known}); unlisted apps get the tenant layer, shown without --app"
+        )
 
 
 def effective(bundle: Bundle, tenant: str, app: str, *, diff_defaults: bool = False) -> dict[str, Any]:
@@ -49,8 +53,14 @@ def effective(bundle: Bundle, tenant: str, app: str, *, diff_defaults: bool = Fa
             written = bundle.where(origin) if origin is not None else BUILT_IN
             if diff_defaults and (origin is None or origin[0] == "defaults"):
                 continue
-            values.append({"path": dotted(path), "value": value, "from": written,
-                           "layer": "built-in" if origin is None else _layer(origin)})
+            values.append(
+                {
+                    "path": dotted(path),
+                    "value": value,
+                    "from": written,
+                    "layer": "built-in" if origin is None else _layer(origin),
+                }
+            )
         if values or not diff_defaults:
             title = f"{name} (shadow trial beside the enforced {name})" if key != name else name
             sections.append({"policy": name, "trial": key != name, "title": title, "values": values})

@@ -30,8 +30,11 @@ from gateway.yamlsrc import ConfigError, Source, dotted, load, problems_of
 
 FailReason = Literal["connect_error", "timeout", "upstream_5xx", "rate_limited", "context_length"]
 _FAILURES: dict[str, tuple[int, str]] = {
-    "connect_error": (502, "unreachable"), "timeout": (504, "timed out"), "upstream_5xx": (502, "failed"),
-    "rate_limited": (429, "rate limited"), "context_length": (400, "context length exceeded"),
+    "connect_error": (502, "unreachable"),
+    "timeout": (504, "timed out"),
+    "upstream_5xx": (502, "failed"),
+    "rate_limited": (429, "rate limited"),
+    "context_length": (400, "context length exceeded"),
 }
 SIMULATED_REPLY = "Simulated reply."
 
@@ -52,9 +55,15 @@ class SimRequest(Strict):
 
 
 class HopExpect(Strict):
-    redacted: list[str] | None = Field(None, description="Types redacted on this hop (by rule or DPA floor), exactly.")
-    floor: list[str] | None = Field(None, description="Of those, the types only the DPA floor redacted, exactly.")
-    clear: list[str] | None = Field(None, description="Types detected and sent to this hop in the clear, exactly.")
+    redacted: list[str] | None = Field(
+        None, description="Types redacted on this hop (by rule or DPA floor), exactly."
+    )
+    floor: list[str] | None = Field(
+        None, description="Of those, the types only the DPA floor redacted, exactly."
+    )
+    clear: list[str] | None = Field(
+        None, description="Types detected and sent to this hop in the clear, exactly."
+    )
     never_sees: list[str] = Field([], description="Text that must not appear in what this hop was sent.")
 
 
@@ -142,11 +151,23 @@ class SimUpstream(Upstream):
             raise UpstreamFailure(self.fail, status, message=f"Simulated: upstream {what}.")
         if endpoint == "embeddings":
             return _Canned(orjson.dumps({"object": "list", "data": [{"index": 0, "embedding": [0.0]}]}))
-        return _Canned(orjson.dumps({
-            "id": "sim", "object": "chat.completion", "model": self.deployment.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": SIMULATED_REPLY},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}))
+        return _Canned(
+            orjson.dumps(
+                {
+                    "id": "sim",
+                    "object": "chat.completion",
+                    "model": self.deployment.model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": SIMULATED_REPLY},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                }
+            )
+        )
 
 
 class _Consents:
@@ -169,9 +190,16 @@ class Registry:
     pseudonym: Callable[[str], str]
 
 
-async def simulate(config: Config, bundle: Bundle, request: SimRequest, consents: Sequence[str] = (),
-                   fail: dict[str, str] | None = None, *, registry: Registry | None = None,
-                   embed: Embed | None = None) -> Outcome:
+async def simulate(
+    config: Config,
+    bundle: Bundle,
+    request: SimRequest,
+    consents: Sequence[str] = (),
+    fail: dict[str, str] | None = None,
+    *,
+    registry: Registry | None = None,
+    embed: Embed | None = None,
+) -> Outcome:
     """Run one request through the bundle's chain and router against simulated upstreams.
 
     Consent comes from ``consents`` (the purposes the subject has granted) unless ``registry`` is given.
@@ -179,19 +207,28 @@ async def simulate(config: Config, bundle: Bundle, request: SimRequest, consents
     outcome = Outcome()
     fail = fail or {}
     pseudonym = registry.pseudonym if registry is not None else _pseudonym
-    services = Services(config=config, pseudonym=pseudonym, embed=embed,
-                        consents=registry.consents if registry is not None else _Consents(list(consents)))
+    services = Services(
+        config=config,
+        pseudonym=pseudonym,
+        embed=embed,
+        consents=registry.consents if registry is not None else _Consents(list(consents)),
+    )
     router = Router({n: SimUpstream(n, d, outcome, fail.get(n)) for n, d in config.deployments.items()})
     pipeline = Pipeline(config, BundleHolder(bundle.with_services(services)), router, pseudonym)
-    principal = Principal("sim", request.tenant, request.app, frozenset({"*"}), frozenset({"chat", "embeddings"}))
+    principal = Principal(
+        "sim", request.tenant, request.app, frozenset({"*"}), frozenset({"chat", "embeddings"})
+    )
     body: dict[str, Any] = (
         {"model": request.model, "messages": [{"role": "user", "content": request.message}]}
-        if request.endpoint == "chat" else {"model": request.model, "input": request.message})
+        if request.endpoint == "chat"
+        else {"model": request.model, "input": request.message}
+    )
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
     try:
-        ctx = pipeline.context(principal, request.endpoint, body, subject=request.subject,
-                               data_class=request.data_class)
+        ctx = pipeline.context(
+            principal, request.endpoint, body, subject=request.subject, data_class=request.data_class
+        )
     except GatewayError as exc:
         outcome.denied, outcome.status = exc.code, exc.status
         return outcome
@@ -211,6 +248,7 @@ async def simulate(config: Config, bundle: Bundle, request: SimRequest, consents
 
 
 # --- policy test -------------------------------------------------------------------------------
+
 
 @dataclass
 class CaseResult:
@@ -248,8 +286,11 @@ def check_case(case: Case, outcome: Outcome) -> list[str]:
         if hop not in outcome.sent:
             problems.append(f"expected a request to {hop!r}, but it was never sent anything")
             continue
-        got = {"redacted": outcome.hop_types(hop, "redact", "mask", "hash", "floor_redact"),
-               "floor": outcome.hop_types(hop, "floor_redact"), "clear": outcome.hop_types(hop, "allow")}
+        got = {
+            "redacted": outcome.hop_types(hop, "redact", "mask", "hash", "floor_redact"),
+            "floor": outcome.hop_types(hop, "floor_redact"),
+            "clear": outcome.hop_types(hop, "allow"),
+        }
         for what, types in got.items():
             expected = getattr(want, what)
             if expected is not None and sorted(expected) != types:
@@ -265,12 +306,20 @@ async def run_cases(config: Config, bundle: Bundle, path: Path) -> list[CaseResu
     for i, case in enumerate(cases.cases):
         fail = case.fail if isinstance(case.fail, dict) else {name: "upstream_5xx" for name in case.fail}
         outcome = await simulate(config, bundle, case.request, case.consents, dict(fail))
-        results.append(CaseResult(src.where(("cases", i)), case.name, check_case(case, outcome),
-                                  scope_of(bundle, case.request.tenant, case.request.app), outcome))
+        results.append(
+            CaseResult(
+                src.where(("cases", i)),
+                case.name,
+                check_case(case, outcome),
+                scope_of(bundle, case.request.tenant, case.request.app),
+                outcome,
+            )
+        )
     return results
 
 
 # --- policy test --coverage ------------------------------------------------------------------
+
 
 def scope_of(bundle: Bundle, tenant: str, app: str) -> tuple[str, str]:
     """The bundle layer a request falls under: (tenant, app), (tenant, "") or the defaults ("", "")."""
@@ -297,11 +346,14 @@ def coverage(bundle: Bundle, results: list[CaseResult]) -> list[CoverageRow]:
                 for policy, action, _ in r.outcome.decisions:
                     seen.setdefault(policy, set()).add(action)
         names = dict.fromkeys(p.name for p in bundle.chain_for(tenant, app).policies)
-        rows += [CoverageRow(f"{tenant or '*'}/{app or '*'}", name, sorted(seen.get(name, ()))) for name in names]
+        rows += [
+            CoverageRow(f"{tenant or '*'}/{app or '*'}", name, sorted(seen.get(name, ()))) for name in names
+        ]
     return rows
 
 
 # --- policy check (lint) ---------------------------------------------------------------------
+
 
 def lint(config: Config, bundle: Bundle) -> list[str]:
     """Semantic problems: unknown deployments or models, contradictions between sections."""
@@ -338,12 +390,21 @@ def _lint_sections(config: Config, sections: dict[str, dict[str, Any]]) -> list[
             if model not in config.models:
                 out.append(f"consent_fallback.models: unknown model {model!r}")
         strict = (residency or {}).get("strict", True)
-        if (deployment is not None and residency and strict and deployment.jurisdiction not in allowed
-                and fallback.get("require_consent", True) is False):
-            out.append(f"contradiction: consent_fallback.target {target!r} is in {deployment.jurisdiction}, outside "
-                       f"residency.allow {sorted(allowed)}, with require_consent: false under strict residency")
+        if (
+            deployment is not None
+            and residency
+            and strict
+            and deployment.jurisdiction not in allowed
+            and fallback.get("require_consent", True) is False
+        ):
+            out.append(
+                f"contradiction: consent_fallback.target {target!r} is in {deployment.jurisdiction}, outside "
+                f"residency.allow {sorted(allowed)}, with require_consent: false under strict residency"
+            )
     if residency:
         for name, alias in config.models.items():
             if not any(config.deployments[d].jurisdiction in allowed for d in alias.deployments):
-                out.append(f"warning: residency.allow {sorted(allowed)} leaves model {name!r} with no deployment")
+                out.append(
+                    f"warning: residency.allow {sorted(allowed)} leaves model {name!r} with no deployment"
+                )
     return out

@@ -135,13 +135,17 @@ class Router:
         self.breakers = {name: Breaker() for name in upstreams}
         # Provider extensions go only to the deployments that list them.
         every = {f for u in upstreams.values() for f in u.deployment.extra_fields}
-        self._foreign = {name: frozenset(every - set(u.deployment.extra_fields)) for name, u in upstreams.items()}
-        self.slots = KeySlots({name: u.deployment.max_concurrency_per_key or max(1, u.deployment.max_concurrency // 2)
-                               for name, u in upstreams.items()})
+        self._foreign = {
+            name: frozenset(every - set(u.deployment.extra_fields)) for name, u in upstreams.items()
+        }
+        self.slots = KeySlots(
+            {
+                name: u.deployment.max_concurrency_per_key or max(1, u.deployment.max_concurrency // 2)
+                for name, u in upstreams.items()
+            }
+        )
 
-    async def send(
-        self, ctx: Context, chain: Pass, endpoint: Endpoint, request: dict[str, Any]
-    ) -> Committed:
+    async def send(self, ctx: Context, chain: Pass, endpoint: Endpoint, request: dict[str, Any]) -> Committed:
         """Return the first usable answer; raise UpstreamError when every candidate failed."""
         if not ctx.candidates:
             raise UpstreamError(503, "no_deployment", "No deployment is available for this model.")
@@ -182,8 +186,12 @@ class Router:
         refusal = vetoed or (ctx.withheld[0] if ctx.withheld else None)
         if last.retryable and refusal is not None and last.reason != _KEY_BUSY:
             # A fallback existed but policy did not allow it: say so, rather than look like an upstream failure.
-            raise PolicyDenied(refusal.status, refusal.code, refusal.message,
-                               headers={"Retry-After": str(int(last.retry_after or 1))})
+            raise PolicyDenied(
+                refusal.status,
+                refusal.code,
+                refusal.message,
+                headers={"Retry-After": str(int(last.retry_after or 1))},
+            )
         headers = {"Retry-After": str(int(last.retry_after or 1))} if last.status == 429 else {}
         if last.reason == "timeout":
             raise UpstreamError(504, "upstream_timeout", last.message, headers=headers)
@@ -191,14 +199,21 @@ class Router:
             raise GatewayError(last.status, last.reason, last.message)
         raise UpstreamError(last.status, last.reason, last.message, headers=headers)
 
-    async def _try(self, target: Target, endpoint: Endpoint, body: dict[str, Any], stream: bool,
-                   key_id: str) -> Committed:
+    async def _try(
+        self, target: Target, endpoint: Endpoint, body: dict[str, Any], stream: bool, key_id: str
+    ) -> Committed:
         foreign = self._foreign.get(target.name)
         if foreign and not foreign.isdisjoint(body):
             body = {k: v for k, v in body.items() if k not in foreign}
         if not self.slots.acquire(target.name, key_id):
-            raise UpstreamFailure(_KEY_BUSY, 429, retry_after=1, message=(
-                "This API key has too many requests in flight on this deployment; retry when one finishes."))
+            raise UpstreamFailure(
+                _KEY_BUSY,
+                429,
+                retry_after=1,
+                message=(
+                    "This API key has too many requests in flight on this deployment; retry when one finishes."
+                ),
+            )
         began = time.perf_counter()
         try:
             response = await self.upstreams[target.name].send(endpoint, body, stream)
@@ -225,19 +240,29 @@ class Router:
         return Committed(target, response, _prepend(first, chunks), began)
 
 
-async def embed_via(config: Config, router: Router, model: str, texts: list[str],
-                    allowed: frozenset[str] | None) -> list[list[float]]:
+async def embed_via(
+    config: Config, router: Router, model: str, texts: list[str], allowed: frozenset[str] | None
+) -> list[list[float]]:
     """Embed texts through ``router`` to the deployments of the embeddings model ``model`` in ``allowed``
     jurisdictions, with no policy chain: the gateway's internal embeddings path (RAG queries, ingest,
     ``policy explain``)."""
     alias = config.models.get(model)
     if alias is None or alias.type != "embeddings":
         raise GatewayError(500, "embeddings_model_missing", "The configured embeddings model does not exist.")
-    internal = Principal(key_id="internal", tenant="internal", app="internal", models=frozenset({model}),
-                         scopes=frozenset({"embeddings"}))
+    internal = Principal(
+        key_id="internal",
+        tenant="internal",
+        app="internal",
+        models=frozenset({model}),
+        scopes=frozenset({"embeddings"}),
+    )
     targets = [Target(n, config.deployments[n]) for n in alias.deployments]
-    ctx = Context(principal=internal, endpoint="embeddings", model=model,
-                  candidates=[t for t in targets if allowed is None or t.jurisdiction in allowed])
+    ctx = Context(
+        principal=internal,
+        endpoint="embeddings",
+        model=model,
+        candidates=[t for t in targets if allowed is None or t.jurisdiction in allowed],
+    )
     committed = await router.send(ctx, Chain().start(ctx), "embeddings", {"model": model, "input": texts})
     data = orjson.loads(await committed.response.read())["data"]
     return [d["embedding"] for d in sorted(data, key=lambda d: d["index"])]

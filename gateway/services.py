@@ -62,4 +62,6 @@ class Services:
             try:
                 await close()
             except Exception as exc:  # one failing must not keep the others open  # noqa: BLE001
-                logging.getLogger("gateway.services").warning("closing %s failed (%s)", name, type(exc).__name__)
+                logging.getLogger("gateway.services").warning(
+                    "closing %s failed (%s)", name, type(exc).__name__
+                )

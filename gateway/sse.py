@@ -84,7 +84,7 @@ class Parser:
             end = buf.find(b"\n\n")
             if end < 0:
                 break
-            block, buf = buf[:end], buf[end + 2:]
+            block, buf = buf[:end], buf[end + 2 :]
             ev = _parse_block(block)
             if ev is not None:
                 events.append(ev)

@@ -112,7 +112,9 @@ def family_of(deployment: Deployment) -> str:
 @functools.lru_cache(maxsize=256)
 def _family(kind: str, model_: str, litellm_model: str | None) -> str:
     deployment = _Names(kind, model_, litellm_model)
-    model = (deployment.litellm_model or deployment.model) if deployment.kind == "litellm" else deployment.model
+    model = (
+        (deployment.litellm_model or deployment.model) if deployment.kind == "litellm" else deployment.model
+    )
     name = model.lower().rsplit("/", 1)[-1]
     if _O200K.match(name):
         return "o200k_base"
@@ -208,7 +210,9 @@ def count_chat(tok: Tokenizer, body: dict[str, Any]) -> tuple[int, bool]:
         for call in message.get("tool_calls") or ():
             fn = call.get("function") if isinstance(call, dict) else None
             fn = fn if isinstance(fn, dict) else {}
-            total += tok.count_prompt(str(fn.get("name") or "")) + tok.count_prompt(str(fn.get("arguments") or ""))
+            total += tok.count_prompt(str(fn.get("name") or "")) + tok.count_prompt(
+                str(fn.get("arguments") or "")
+            )
     tools = body.get("tools") or body.get("functions")
     if tools:
         # Upstreams render tool schemas in their own (undocumented) format; the JSON is close.
@@ -220,4 +224,6 @@ def count_chat(tok: Tokenizer, body: dict[str, Any]) -> tuple[int, bool]:
 def count_embeddings(tok: Tokenizer, body: dict[str, Any]) -> int:
     inputs = body.get("input")
     items = inputs if isinstance(inputs, list) else [inputs]
-    return sum(tok.count_prompt(x) if isinstance(x, str) else len(x) if isinstance(x, list) else 0 for x in items)
+    return sum(
+        tok.count_prompt(x) if isinstance(x, str) else len(x) if isinstance(x, list) else 0 for x in items
+    )

@@ -19,8 +19,9 @@ GATEWAY_FIELDS = frozenset({"gateway_rag"})  # our own request extensions, remov
 Validator = Callable[[dict[str, Any]], None]
 
 
-def validator(endpoint: str, *, unknown_fields: str = "reject", max_n: int = 8,
-              extensions: Collection[str] = ()) -> Validator:
+def validator(
+    endpoint: str, *, unknown_fields: str = "reject", max_n: int = 8, extensions: Collection[str] = ()
+) -> Validator:
     """A function that checks (and, for ``drop``, trims) one request body in place; raises a 400."""
     adapter = CHAT if endpoint == "chat" else EMBEDDINGS
     known = TOP_LEVEL[endpoint] | GATEWAY_FIELDS | frozenset(extensions)
@@ -28,11 +29,17 @@ def validator(endpoint: str, *, unknown_fields: str = "reject", max_n: int = 8,
 
     def validate(body: dict[str, Any]) -> None:
         if depth(body) > MAX_DEPTH:
-            raise GatewayError(400, "invalid_request.too_deep", f"The request nests deeper than {MAX_DEPTH} levels.")
+            raise GatewayError(
+                400, "invalid_request.too_deep", f"The request nests deeper than {MAX_DEPTH} levels."
+            )
         unknown = [k for k in body if k not in known]
         if unknown and unknown_fields == "reject":
-            raise GatewayError(400, "invalid_request.unknown_field",
-                               f"Unknown field '{unknown[0][:64]}'.", param=unknown[0][:64])
+            raise GatewayError(
+                400,
+                "invalid_request.unknown_field",
+                f"Unknown field '{unknown[0][:64]}'.",
+                param=unknown[0][:64],
+            )
         if unknown and unknown_fields == "drop":
             for k in unknown:
                 del body[k]
@@ -46,6 +53,8 @@ def validator(endpoint: str, *, unknown_fields: str = "reject", max_n: int = 8,
         if isinstance(n, int) and n > max_n:
             raise bad_request(f"'n' may be at most {max_n}.", param="n", code="invalid_request.invalid_value")
         if body.get("stream_options") is not None and not body.get("stream"):
-            raise bad_request("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
+            raise bad_request(
+                "'stream_options' is only allowed when 'stream' is true.", param="stream_options"
+            )
 
     return validate

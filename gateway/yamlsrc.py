@@ -94,7 +94,11 @@ def loads(text: str, name: str, *, expand_env: bool = True) -> Source:
                 raise ConfigError([f"{name}:{lines[loc]}: {dotted(loc)}: {exc.problem}"]) from None
             out: dict[Any, Any] = {}
             for k, v in n.value:
-                key = yaml.SafeLoader(" ").construct_object(k) if not isinstance(k, yaml.ScalarNode) else k.value
+                key = (
+                    yaml.SafeLoader(" ").construct_object(k)
+                    if not isinstance(k, yaml.ScalarNode)
+                    else k.value
+                )
                 out[key] = build(v, (*loc, key))
                 lines[(*loc, key)] = k.start_mark.line + 1
             return out
@@ -110,8 +114,10 @@ def loads(text: str, name: str, *, expand_env: bool = True) -> Source:
     data = build(node, ())
     if missing:
         raise ConfigError(
-            [f"{name}:{lines.get(m[:-1], '?')}: {dotted(m[:-1])}: environment variable {m[-1]} is not set"
-             for m in missing]
+            [
+                f"{name}:{lines.get(m[:-1], '?')}: {dotted(m[:-1])}: environment variable {m[-1]} is not set"
+                for m in missing
+            ]
         )
     return Source(name, {} if data is None else data, lines)
 
@@ -130,4 +136,6 @@ def error_items(exc: ValidationError) -> list[tuple[tuple[str | int, ...], str]]
 
 def problems_of(exc: ValidationError, src: Source, prefix: tuple[str | int, ...] = ()) -> list[str]:
     """Turn a pydantic error into ``file:line: dotted.path: message`` lines."""
-    return [f"{src.where((*prefix, *loc))}: {dotted((*prefix, *loc))}: {msg}" for loc, msg in error_items(exc)]
+    return [
+        f"{src.where((*prefix, *loc))}: {dotted((*prefix, *loc))}: {msg}" for loc, msg in error_items(exc)
+    ]

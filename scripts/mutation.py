@@ -35,24 +35,79 @@ KILLED = {"killed", "timeout", "caught by type check"}
 
 # The test files about each module: what must kill its mutants.
 TESTS: dict[str, list[str]] = {
-    "gateway/pii/actions.py": ["test_pii_policy", "test_pii_presidio_parity", "test_pii_placeholders",
-                               "test_regressions", "test_request_fields", "test_pii_gateway"],
-    "gateway/pii/stream.py": ["test_pii_stream", "test_stream_shapes", "test_pii_gateway", "test_pii_policy", "test_dev_echo"],
-    "gateway/pii/texts.py": ["test_pii_texts", "test_request_fields", "test_pii_policy", "test_pii_gateway", "test_regressions",
-                             "test_stream_shapes"],
-    "gateway/pii/placeholders.py": ["test_pii_placeholders", "test_pii_stream", "test_stream_shapes", "test_pii_gateway",
-                                    "test_regressions"],
+    "gateway/pii/actions.py": [
+        "test_pii_policy",
+        "test_pii_presidio_parity",
+        "test_pii_placeholders",
+        "test_regressions",
+        "test_request_fields",
+        "test_pii_gateway",
+    ],
+    "gateway/pii/stream.py": [
+        "test_pii_stream",
+        "test_stream_shapes",
+        "test_pii_gateway",
+        "test_pii_policy",
+        "test_dev_echo",
+    ],
+    "gateway/pii/texts.py": [
+        "test_pii_texts",
+        "test_request_fields",
+        "test_pii_policy",
+        "test_pii_gateway",
+        "test_regressions",
+        "test_stream_shapes",
+    ],
+    "gateway/pii/placeholders.py": [
+        "test_pii_placeholders",
+        "test_pii_stream",
+        "test_stream_shapes",
+        "test_pii_gateway",
+        "test_regressions",
+    ],
     "gateway/audit.py": ["test_audit_chain", "test_writer_wal", "test_regressions", "test_admin_surface"],
-    "gateway/store/writer.py": ["test_writer", "test_writer_wal", "test_writer_paths", "test_regressions", "test_storage"],
-    "gateway/policies/consent_fallback.py": ["test_routing_policies", "test_consent_cases", "test_policy_residency", "test_shipped_bundle",
-                                             "test_property_residency", "test_rag_pii_ordering"],
-    "gateway/policies/residency.py": ["test_routing_policies", "test_policy_residency", "test_consent_cases", "test_property_residency",
-                                      "test_shipped_bundle"],
-    "gateway/accounting/limits.py": ["test_accounting_limits", "test_accounting_policy", "test_two_gateways", "test_accounting_lease"],
-    "gateway/accounting/lease.py": ["test_accounting_lease", "test_accounting_policy", "test_two_gateways",
-                                    "test_counters"],
-    "gateway/bundle.py": ["test_bundle_errors", "test_layering", "test_property_layering", "test_policy_cli", "test_chain",
-                          "test_config"],
+    "gateway/store/writer.py": [
+        "test_writer",
+        "test_writer_wal",
+        "test_writer_paths",
+        "test_regressions",
+        "test_storage",
+    ],
+    "gateway/policies/consent_fallback.py": [
+        "test_routing_policies",
+        "test_consent_cases",
+        "test_policy_residency",
+        "test_shipped_bundle",
+        "test_property_residency",
+        "test_rag_pii_ordering",
+    ],
+    "gateway/policies/residency.py": [
+        "test_routing_policies",
+        "test_policy_residency",
+        "test_consent_cases",
+        "test_property_residency",
+        "test_shipped_bundle",
+    ],
+    "gateway/accounting/limits.py": [
+        "test_accounting_limits",
+        "test_accounting_policy",
+        "test_two_gateways",
+        "test_accounting_lease",
+    ],
+    "gateway/accounting/lease.py": [
+        "test_accounting_lease",
+        "test_accounting_policy",
+        "test_two_gateways",
+        "test_counters",
+    ],
+    "gateway/bundle.py": [
+        "test_bundle_errors",
+        "test_layering",
+        "test_property_layering",
+        "test_policy_cli",
+        "test_chain",
+        "test_config",
+    ],
 }
 
 
@@ -76,8 +131,13 @@ def prepare(module: str, fresh: bool) -> Path:
     work = workdir(module)
     if fresh and work.exists():
         shutil.rmtree(work)
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                           cwd=ROOT, check=True, capture_output=True, text=True).stdout.split("\0")
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split("\0")
     for name in filter(None, files):
         source, target = ROOT / name, work / name
         if source.is_file() and (not target.exists() or target.stat().st_mtime != source.stat().st_mtime):
@@ -85,14 +145,15 @@ def prepare(module: str, fresh: bool) -> Path:
             shutil.copy2(source, target)
     pyproject = (ROOT / "pyproject.toml").read_text()
     head, _, rest = pyproject.partition("[tool.mutmut]")
-    tail = rest[m.start():] if (m := re.search(r"^\[", rest, flags=re.M)) else ""
+    tail = rest[m.start() :] if (m := re.search(r"^\[", rest, flags=re.M)) else ""
     shared = rest[: len(rest) - len(tail)]
     shared = re.sub(r"^only_mutate = \[.*?\]\n", "", shared, flags=re.M | re.S)
     shared = re.sub(r"^pytest_add_cli_args_test_selection = .*\n", "", shared, flags=re.M)
     selection = json.dumps([f"tests/{name}.py" for name in TESTS[module]])
     (work / "pyproject.toml").write_text(
         f"{head}{tail}\n[tool.mutmut]{shared}only_mutate = {json.dumps([module])}\n"
-        f"pytest_add_cli_args_test_selection = {selection}\n")
+        f"pytest_add_cli_args_test_selection = {selection}\n"
+    )
     retry_survivors(work / "mutants" / f"{module}.meta")
     return work
 
@@ -131,8 +192,9 @@ def report(module: str, explained: str) -> tuple[bool, list[str]]:
     killed = sum(n for status, n in counts.items() if status in KILLED)
     score = killed / total if total else 1.0
     survivors = sorted(name for name, status in by_name.items() if status not in KILLED)
-    unexplained = [name for name in survivors
-                   if not re.search(re.escape(name.rpartition(".")[2]) + r"(?!\d)", explained)]
+    unexplained = [
+        name for name in survivors if not re.search(re.escape(name.rpartition(".")[2]) + r"(?!\d)", explained)
+    ]
     others = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()) if status not in KILLED)
     print(f"{module}: {killed}/{total} killed = {score:.1%}" + (f" ({others})" if others else ""))
     for name in survivors:
@@ -142,9 +204,15 @@ def report(module: str, explained: str) -> tuple[bool, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("modules", nargs="*", help="module paths, e.g. gateway/pii/stream.py (default: all listed)")
-    parser.add_argument("--report-only", action="store_true", help="print the last run's results without running")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "modules", nargs="*", help="module paths, e.g. gateway/pii/stream.py (default: all listed)"
+    )
+    parser.add_argument(
+        "--report-only", action="store_true", help="print the last run's results without running"
+    )
     parser.add_argument("--fresh", action="store_true", help="forget earlier results (after a test change)")
     args = parser.parse_args(argv)
     listed = listed_modules()
@@ -155,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         for module in modules:
             print(f"== {module}: mutmut run against {', '.join(TESTS[module])}", flush=True)
-            subprocess.run([sys.executable, "-m", "mutmut", "run"], cwd=prepare(module, args.fresh), check=True)
+            subprocess.run(
+                [sys.executable, "-m", "mutmut", "run"], cwd=prepare(module, args.fresh), check=True
+            )
     explained = explained_survivors()
     failed = []
     for module in modules:
@@ -163,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         if not meets_bar or unexplained:
             failed.append(module)
     if failed:
-        print(f"under the {BAR:.0%} bar or with survivors not explained in docs/testing.md: {', '.join(failed)}")
+        print(
+            f"under the {BAR:.0%} bar or with survivors not explained in docs/testing.md: {', '.join(failed)}"
+        )
         return 1
     return 0
 

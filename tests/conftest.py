@@ -94,11 +94,22 @@ def make_config(upstream: DevUpstream, **overrides: Any) -> Config:
     """A config with EU and US deployments on the given loopback upstream."""
     base: dict[str, Any] = {
         "deployments": {
-            "eu-primary": {"kind": "openai_compatible", "base_url": upstream.url, "model": "mistral-7b-instruct",
-                           "jurisdiction": "EU", "region": "fr-par", "api_key": "sk-upstream-secret-eu",
-                           "timeouts": {"connect_s": 1, "read_s": 5, "total_s": 10}},
-            "eu-embed": {"kind": "openai_compatible", "base_url": upstream.url, "model": "mistral-embed",
-                         "jurisdiction": "EU", "region": "fr-par"},
+            "eu-primary": {
+                "kind": "openai_compatible",
+                "base_url": upstream.url,
+                "model": "mistral-7b-instruct",
+                "jurisdiction": "EU",
+                "region": "fr-par",
+                "api_key": "sk-upstream-secret-eu",
+                "timeouts": {"connect_s": 1, "read_s": 5, "total_s": 10},
+            },
+            "eu-embed": {
+                "kind": "openai_compatible",
+                "base_url": upstream.url,
+                "model": "mistral-embed",
+                "jurisdiction": "EU",
+                "region": "fr-par",
+            },
         },
         "models": {
             "mistral-7b": {"deployments": ["eu-primary"]},
@@ -115,13 +126,16 @@ def make_config(upstream: DevUpstream, **overrides: Any) -> Config:
     return Config.model_validate(base)
 
 
-def with_secondary(upstream: DevUpstream, secondary: DevUpstream, name: str = "eu-secondary",
-                   **overrides: Any) -> Config:
+def with_secondary(
+    upstream: DevUpstream, secondary: DevUpstream, name: str = "eu-secondary", **overrides: Any
+) -> Config:
     """make_config plus a second EU deployment on ``secondary``, tried after eu-primary."""
     deployments = dict(make_config(upstream).model_dump()["deployments"])
     deployments[name] = {**deployments["eu-primary"], "base_url": secondary.url}
-    models = {"mistral-7b": {"deployments": ["eu-primary", name]},
-              "mistral-embed": {"type": "embeddings", "deployments": ["eu-embed"]}}
+    models = {
+        "mistral-7b": {"deployments": ["eu-primary", name]},
+        "mistral-embed": {"type": "embeddings", "deployments": ["eu-embed"]},
+    }
     return make_config(upstream, deployments=deployments, models=models, **overrides)
 
 
@@ -136,8 +150,14 @@ class RunningGateway:
     def base_url(self) -> str:
         return f"{self.url}/v1"
 
-    def key(self, *, tenant: str = "acme", app: str = "chat", models: tuple[str, ...] = ("*",),
-            scopes: tuple[str, ...] = ("chat", "embeddings")) -> str:
+    def key(
+        self,
+        *,
+        tenant: str = "acme",
+        app: str = "chat",
+        models: tuple[str, ...] = ("*",),
+        scopes: tuple[str, ...] = ("chat", "embeddings"),
+    ) -> str:
         key, _ = auth.create_key(self.gateway.engine, tenant=tenant, app=app, models=models, scopes=scopes)
         return key
 
@@ -150,7 +170,9 @@ def start_gateway(config: Config, bundle: BundleHolder | None = None) -> Running
     upgrade(config.storage.database_url)
     gateway = Gateway(config, bundle=bundle)
     port = free_port()
-    server = uvicorn.Server(uvicorn_config(gateway, config.server, host="127.0.0.1", port=port, lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn_config(gateway, config.server, host="127.0.0.1", port=port, lifespan="on")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
@@ -168,11 +190,19 @@ def gateway_factory(sqlite_url: str) -> Iterator[Callable[..., RunningGateway]]:
 
     def factory(config: Config, policies: str | Path | None = None) -> RunningGateway:
         if config.storage.database_url == "sqlite:///:memory:":
-            config = config.model_copy(update={"storage": config.storage.model_copy(
-                update={"database_url": sqlite_url})})
+            config = config.model_copy(
+                update={"storage": config.storage.model_copy(update={"database_url": sqlite_url})}
+            )
         if config.storage.spool_dir == "./spool":  # keep the writer's spool out of the work tree
-            config = config.model_copy(update={"storage": config.storage.model_copy(
-                update={"spool_dir": str(Path(sqlite_url.removeprefix("sqlite:///")).parent / "spool")})})
+            config = config.model_copy(
+                update={
+                    "storage": config.storage.model_copy(
+                        update={
+                            "spool_dir": str(Path(sqlite_url.removeprefix("sqlite:///")).parent / "spool")
+                        }
+                    )
+                }
+            )
         holder = BundleHolder(load_bundle([policies])) if policies else None
         running = start_gateway(config, holder)
         started.append(running)
@@ -202,7 +232,9 @@ class _PiiLeakCheck(logging.Handler):
             text = self.formatter_.format(record) + repr(record.args) + (record.exc_text or "")
         except Exception:  # a log handler must never raise  # noqa: BLE001
             text = repr(record.__dict__)
-        self.leaks.update(f"{record.name}: test PII value #{i}" for i, v in enumerate(self.values) if v in text)
+        self.leaks.update(
+            f"{record.name}: test PII value #{i}" for i, v in enumerate(self.values) if v in text
+        )
 
 
 @pytest.fixture(scope="session", autouse=True)

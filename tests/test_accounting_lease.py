@@ -146,15 +146,30 @@ async def test_a_request_cancelled_during_its_top_up_does_not_leave_the_others_w
     from gateway.policy import Context, Target
     from gateway.services import Services
 
-    config = Config.model_validate({
-        "deployments": {"eu": {"kind": "openai_compatible", "base_url": "http://127.0.0.1:9/v1",
-                               "model": "mistral-7b-instruct", "jurisdiction": "EU", "region": "fr-par"}},
-        "models": {"m": {"deployments": ["eu"]}}, "storage": {"redis_url": REDIS_URL}})
+    config = Config.model_validate(
+        {
+            "deployments": {
+                "eu": {
+                    "kind": "openai_compatible",
+                    "base_url": "http://127.0.0.1:9/v1",
+                    "model": "mistral-7b-instruct",
+                    "jurisdiction": "EU",
+                    "region": "fr-par",
+                }
+            },
+            "models": {"m": {"deployments": ["eu"]}},
+            "storage": {"redis_url": REDIS_URL},
+        }
+    )
     services = Services(config=config)
     services.redis = aioredis.from_url(REDIS_URL)
     prefix = f"test:{uuid.uuid4().hex}"
-    policy = TokenAccounting(TokenAccounting.Config.model_validate(
-        {"key_prefix": prefix, "rate_limits": [{"scope": "key", "rpm": 1_000_000}]}), services=services)
+    policy = TokenAccounting(
+        TokenAccounting.Config.model_validate(
+            {"key_prefix": prefix, "rate_limits": [{"scope": "key", "rpm": 1_000_000}]}
+        ),
+        services=services,
+    )
     principal = Principal("k1", "t", "a", frozenset({"*"}), frozenset({"chat"}))
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     stuck = asyncio.Event()

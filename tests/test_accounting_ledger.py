@@ -31,13 +31,23 @@ def proxy() -> Iterator[TcpProxy]:
 
 
 def test_every_request_has_exactly_one_ledger_row_after_postgres_drops_out_mid_load(
-    gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream, postgres_url: str,
-    proxy: TcpProxy, tmp_path: Path,
+    gateway_factory: Callable[..., RunningGateway],
+    upstream: DevUpstream,
+    postgres_url: str,
+    proxy: TcpProxy,
+    tmp_path: Path,
 ) -> None:
     url = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
     policies, _ = policy_file(tmp_path)
-    config = priced_config(upstream, storage={"database_url": url, "spool_dir": str(tmp_path / "spool"),
-                                              "writer_flush_interval_s": 0.05, "writer_batch_size": 20})
+    config = priced_config(
+        upstream,
+        storage={
+            "database_url": url,
+            "spool_dir": str(tmp_path / "spool"),
+            "writer_flush_interval_s": 0.05,
+            "writer_batch_size": 20,
+        },
+    )
     gw = gateway_factory(config, policies)
     tenant = f"t{uuid.uuid4().hex[:8]}"
     key = gw.key(tenant=tenant)
@@ -45,7 +55,9 @@ def test_every_request_has_exactly_one_ledger_row_after_postgres_drops_out_mid_l
     lock = threading.Lock()
 
     def one(client: httpx.Client) -> None:
-        resp = client.post(f"{gw.base_url}/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {key}"})
+        resp = client.post(
+            f"{gw.base_url}/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {key}"}
+        )
         assert resp.status_code == 200
         with lock:
             ids.append(resp.headers["x-gateway-request-id"])
@@ -66,8 +78,11 @@ def test_every_request_has_exactly_one_ledger_row_after_postgres_drops_out_mid_l
     assert spooled, "rows were not spooled while the database was unreachable"
     engine = make_engine(postgres_url)
     with Session(engine) as s:
-        rows = s.exec(select(col(UsageRecord.request_id), func.count()).where(col(UsageRecord.tenant) == tenant)
-                      .group_by(col(UsageRecord.request_id))).all()
+        rows = s.exec(
+            select(col(UsageRecord.request_id), func.count())
+            .where(col(UsageRecord.tenant) == tenant)
+            .group_by(col(UsageRecord.request_id))
+        ).all()
     engine.dispose()
     assert len(ids) == 240
     assert {r[0] for r in rows} == set(ids)

@@ -11,8 +11,9 @@ from gateway.accounting.limits import _window, check, nano_eur, owner, utcnow, w
 from gateway.store.counters import Limit
 
 
-def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0,
-       micro: int = 0) -> datetime:
+def at(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, micro: int = 0
+) -> datetime:
     return datetime(year, month, day, hour, minute, second, micro, tzinfo=UTC)
 
 
@@ -24,15 +25,18 @@ def test_money_is_counted_in_whole_nano_euros_rounded_up() -> None:
     assert nano_eur(Decimal("0")) == 0
 
 
-@pytest.mark.parametrize(("period", "now", "wid", "end"), [
-    ("minute", at(2026, 11, 30, 23, 59, 59, 999999), "202611302359", at(2026, 12, 1, 0, 0)),
-    ("minute", at(2026, 11, 30, 10, 5), "202611301005", at(2026, 11, 30, 10, 6)),
-    ("day", at(2026, 11, 30, 23, 59, 30), "20261130", at(2026, 12, 1)),
-    ("day", at(2026, 12, 1, 0, 0), "20261201", at(2026, 12, 2)),
-    ("month", at(2026, 12, 31, 23, 59), "202612", at(2027, 1, 1)),
-    ("month", at(2026, 2, 1, 0, 0, 1), "202602", at(2026, 3, 1)),
-    ("month", at(2026, 1, 31, 12), "202601", at(2026, 2, 1)),
-])
+@pytest.mark.parametrize(
+    ("period", "now", "wid", "end"),
+    [
+        ("minute", at(2026, 11, 30, 23, 59, 59, 999999), "202611302359", at(2026, 12, 1, 0, 0)),
+        ("minute", at(2026, 11, 30, 10, 5), "202611301005", at(2026, 11, 30, 10, 6)),
+        ("day", at(2026, 11, 30, 23, 59, 30), "20261130", at(2026, 12, 1)),
+        ("day", at(2026, 12, 1, 0, 0), "20261201", at(2026, 12, 2)),
+        ("month", at(2026, 12, 31, 23, 59), "202612", at(2027, 1, 1)),
+        ("month", at(2026, 2, 1, 0, 0, 1), "202602", at(2026, 3, 1)),
+        ("month", at(2026, 1, 31, 12), "202601", at(2026, 2, 1)),
+    ],
+)
 def test_windows_are_utc_calendar_periods(period: str, now: datetime, wid: str, end: datetime) -> None:
     assert window(period, now) == (wid, end)  # type: ignore[arg-type]
 
@@ -58,8 +62,14 @@ def test_a_check_names_its_counter_window_and_lifetime() -> None:
     assert c.key == "{acme}:budget:app:acme/chat:day:20261130:eur"
     assert c.resets_at == at(2026, 12, 1)
     assert c.ttl_s == int(timedelta(hours=1, minutes=50).total_seconds()) + 3600  # from the whole minute
-    assert (c.kind, c.scope, c.owner, c.period, c.unit, c.max) == ("budget", "app", "acme/chat", "day", "eur",
-                                                                   5_000_000_000)
+    assert (c.kind, c.scope, c.owner, c.period, c.unit, c.max) == (
+        "budget",
+        "app",
+        "acme/chat",
+        "day",
+        "eur",
+        5_000_000_000,
+    )
     assert c.name == "app:day:eur"
     assert c.limit(7) == Limit(c.key, 5_000_000_000, 7, c.ttl_s)
     rate = check("rate_limit", "key", "k1", "acme", "minute", "requests", 600, now)
@@ -78,15 +88,20 @@ def test_retry_after_rounds_up_to_whole_seconds_and_is_at_least_one() -> None:
 
 def test_refusal_messages_say_which_limit_of_whom_and_when_it_resets() -> None:
     now = at(2026, 11, 30, 10, 0)
-    assert check("budget", "tenant", "acme", "acme", "month", "eur", nano_eur(Decimal("5000")), now).message() == (
+    assert check(
+        "budget", "tenant", "acme", "acme", "month", "eur", nano_eur(Decimal("5000")), now
+    ).message() == (
         "The monthly budget of tenant 'acme' (5000.00 EUR) does not allow this request; "
-        "it resets at 2026-12-01T00:00:00Z.")
+        "it resets at 2026-12-01T00:00:00Z."
+    )
     assert check("budget", "key", "k1", "acme", "day", "tokens", 2_000_000, now).message() == (
         "The daily budget of key 'k1' (2000000 tokens) does not allow this request; "
-        "it resets at 2026-12-01T00:00:00Z.")
+        "it resets at 2026-12-01T00:00:00Z."
+    )
     assert check("rate_limit", "app", "acme/chat", "acme", "minute", "requests", 600, now).message() == (
         "The per-minute rate limit of app 'acme/chat' (600 requests) does not allow this request; "
-        "it resets at 2026-11-30T10:01:00Z.")
+        "it resets at 2026-11-30T10:01:00Z."
+    )
 
 
 def test_utcnow_is_aware_utc() -> None:

@@ -29,9 +29,17 @@ def test_a_request_gets_one_ledger_row_with_the_upstream_usage_and_exact_cost(
     [row] = ledger(gw.gateway.engine, 1)
     assert row.request_id == resp.headers["x-gateway-request-id"]
     assert (row.tenant, row.app, row.model, row.deployment, row.jurisdiction) == (
-        "acme", "chat", "mistral-7b", "eu-primary", "EU")
+        "acme",
+        "chat",
+        "mistral-7b",
+        "eu-primary",
+        "EU",
+    )
     assert (row.prompt_tokens, row.completion_tokens, row.estimated) == (
-        usage["prompt_tokens"], usage["completion_tokens"], False)
+        usage["prompt_tokens"],
+        usage["completion_tokens"],
+        False,
+    )
     expected = (Decimal(usage["prompt_tokens"]) * 2 + Decimal(usage["completion_tokens"]) * 6) / 1_000_000
     assert row.cost_eur == expected
     assert row.fx_rate == 1
@@ -50,7 +58,9 @@ def test_usd_prices_are_converted_with_the_configured_rate_and_the_rate_is_recor
     resp = chat(gw, gw.key(), {**CHAT, "model": "gpt-4o"})
     usage = resp.json()["usage"]
     [row] = ledger(gw.gateway.engine, 1)
-    usd = (Decimal(usage["prompt_tokens"]) * Decimal("2.5") + Decimal(usage["completion_tokens"]) * 10) / 1_000_000
+    usd = (
+        Decimal(usage["prompt_tokens"]) * Decimal("2.5") + Decimal(usage["completion_tokens"]) * 10
+    ) / 1_000_000
     assert row.cost_eur == usd * Decimal("0.9")
     assert row.fx_rate == Decimal("0.9")
 
@@ -61,14 +71,21 @@ def test_a_stream_asks_upstream_for_usage_and_strips_it_when_the_client_did_not(
     policies, _ = policy_file(tmp_path)
     gw = gateway_factory(priced_config(upstream), policies)
     key = gw.key()
-    body = httpx.post(f"{gw.base_url}/chat/completions", json={**CHAT, "stream": True},
-                      headers={"Authorization": f"Bearer {key}"}, timeout=10).text
+    body = httpx.post(
+        f"{gw.base_url}/chat/completions",
+        json={**CHAT, "stream": True},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=10,
+    ).text
     assert upstream.received[-1].body["stream_options"] == {"include_usage": True}
     assert '"usage"' not in body
     assert body.rstrip().endswith("data: [DONE]")
-    asked = httpx.post(f"{gw.base_url}/chat/completions",
-                       json={**CHAT, "stream": True, "stream_options": {"include_usage": True}},
-                       headers={"Authorization": f"Bearer {key}"}, timeout=10).text
+    asked = httpx.post(
+        f"{gw.base_url}/chat/completions",
+        json={**CHAT, "stream": True, "stream_options": {"include_usage": True}},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=10,
+    ).text
     assert '"usage"' in asked
     rows = ledger(gw.gateway.engine, 2)
     assert len(rows) == 2
@@ -82,8 +99,12 @@ def test_a_stream_without_upstream_usage_is_counted_and_marked_estimated(
     gw = gateway_factory(priced_config(upstream), policies)
     upstream.include_usage = False
     try:
-        httpx.post(f"{gw.base_url}/chat/completions", json={**CHAT, "stream": True},
-                   headers={"Authorization": f"Bearer {gw.key()}"}, timeout=10)
+        httpx.post(
+            f"{gw.base_url}/chat/completions",
+            json={**CHAT, "stream": True},
+            headers={"Authorization": f"Bearer {gw.key()}"},
+            timeout=10,
+        )
     finally:
         upstream.include_usage = True
     [row] = ledger(gw.gateway.engine, 1)
@@ -97,8 +118,9 @@ def test_a_spent_budget_refuses_with_429_retry_after_and_a_clear_message(
     gateway_factory: Factory, upstream: DevUpstream, tmp_path: Path
 ) -> None:
     # Each request reserves about (15 + 100) tokens; the settled cost is far lower.
-    policies, _ = policy_file(tmp_path, default_max_tokens=100,
-                              budgets=[{"scope": "tenant", "period": "day", "tokens": 300}])
+    policies, _ = policy_file(
+        tmp_path, default_max_tokens=100, budgets=[{"scope": "tenant", "period": "day", "tokens": 300}]
+    )
     gw = gateway_factory(priced_config(upstream), policies)
     key = gw.key(tenant="acme")
     statuses = [chat(gw, key).status_code for _ in range(12)]
@@ -118,7 +140,10 @@ def test_a_spent_budget_refuses_with_429_retry_after_and_a_clear_message(
     assert refused
     assert all(r.cost_eur == 0 and r.completion_tokens == 0 for r in refused)
     metrics = httpx.get(f"{gw.url}/metrics").text
-    assert 'gateway_limit_rejections_total{app="chat",kind="budget",limit="tenant:day:tokens",tenant="acme"}' in metrics
+    assert (
+        'gateway_limit_rejections_total{app="chat",kind="budget",limit="tenant:day:tokens",tenant="acme"}'
+        in metrics
+    )
     assert 'gateway_budget_limit{owner="acme",period="day",scope="tenant",unit="tokens"} 300.0' in metrics
 
 
@@ -140,8 +165,9 @@ def test_settling_frees_what_the_reservation_overestimated(
     gateway_factory: Factory, upstream: DevUpstream, tmp_path: Path
 ) -> None:
     # 1000-token reservations against a 1500-token budget: without settling, the 2nd would fail.
-    policies, _ = policy_file(tmp_path, default_max_tokens=1000,
-                              budgets=[{"scope": "key", "period": "month", "tokens": 1500}])
+    policies, _ = policy_file(
+        tmp_path, default_max_tokens=1000, budgets=[{"scope": "key", "period": "month", "tokens": 1500}]
+    )
     gw = gateway_factory(priced_config(upstream), policies)
     key = gw.key()
     assert [chat(gw, key).status_code for _ in range(5)] == [200] * 5
@@ -167,8 +193,9 @@ def test_budget_state_in_redis_survives_a_gateway_restart(
     import redis
 
     # Room for several requests (a one-request budget would refuse on any gateway, Redis or not).
-    policies, prefix = policy_file(tmp_path, default_max_tokens=100,
-                                   budgets=[{"scope": "tenant", "period": "day", "tokens": 300}])
+    policies, prefix = policy_file(
+        tmp_path, default_max_tokens=100, budgets=[{"scope": "tenant", "period": "day", "tokens": 300}]
+    )
     config = priced_config(upstream, storage={"redis_url": REDIS_URL})
     first = gateway_factory(config, policies)
     key = first.key(tenant="restart")
@@ -192,29 +219,42 @@ def test_redis_down_fails_closed_with_503_by_default(
     gateway_factory: Factory, upstream: DevUpstream, tmp_path: Path
 ) -> None:
     policies, _ = policy_file(tmp_path, budgets=[{"scope": "tenant", "period": "day", "eur": 10}])
-    gw = gateway_factory(priced_config(upstream, storage={"redis_url": f"redis://127.0.0.1:{free_port()}/0"}),
-                         policies)
+    gw = gateway_factory(
+        priced_config(upstream, storage={"redis_url": f"redis://127.0.0.1:{free_port()}/0"}), policies
+    )
     resp = chat(gw, gw.key())
     assert resp.status_code == 503
     assert resp.json()["error"]["code"] == "accounting.unavailable"
-    assert 'gateway_accounting_backend_errors_total{behaviour="fail_closed"}' in httpx.get(f"{gw.url}/metrics").text
+    assert (
+        'gateway_accounting_backend_errors_total{behaviour="fail_closed"}'
+        in httpx.get(f"{gw.url}/metrics").text
+    )
 
 
 def test_redis_down_fails_open_to_an_in_process_limit_when_configured(
     gateway_factory: Factory, upstream: DevUpstream, tmp_path: Path
 ) -> None:
-    policies, _ = policy_file(tmp_path, on_backend_error="fail_open", rate_limits=[{"scope": "key", "rpm": 2}])
-    gw = gateway_factory(priced_config(upstream, storage={"redis_url": f"redis://127.0.0.1:{free_port()}/0"}),
-                         policies)
+    policies, _ = policy_file(
+        tmp_path, on_backend_error="fail_open", rate_limits=[{"scope": "key", "rpm": 2}]
+    )
+    gw = gateway_factory(
+        priced_config(upstream, storage={"redis_url": f"redis://127.0.0.1:{free_port()}/0"}), policies
+    )
     key = gw.key()
     assert [chat(gw, key).status_code for _ in range(3)] == [200, 200, 429]
 
 
-def test_embeddings_are_counted_and_ledgered(gateway_factory: Factory, upstream: DevUpstream, tmp_path: Path) -> None:
+def test_embeddings_are_counted_and_ledgered(
+    gateway_factory: Factory, upstream: DevUpstream, tmp_path: Path
+) -> None:
     policies, _ = policy_file(tmp_path)
     gw = gateway_factory(priced_config(upstream), policies)
-    resp = httpx.post(f"{gw.base_url}/embeddings", json={"model": "mistral-embed", "input": ["a b c", "d e"]},
-                      headers={"Authorization": f"Bearer {gw.key()}"}, timeout=10)
+    resp = httpx.post(
+        f"{gw.base_url}/embeddings",
+        json={"model": "mistral-embed", "input": ["a b c", "d e"]},
+        headers={"Authorization": f"Bearer {gw.key()}"},
+        timeout=10,
+    )
     assert resp.status_code == 200
     [row] = ledger(gw.gateway.engine, 1)
     assert row.endpoint == "embeddings"
@@ -222,7 +262,9 @@ def test_embeddings_are_counted_and_ledgered(gateway_factory: Factory, upstream:
     assert row.completion_tokens == 0
 
 
-def test_the_ledger_holds_no_prompt_text(gateway_factory: Factory, upstream: DevUpstream, tmp_path: Path) -> None:
+def test_the_ledger_holds_no_prompt_text(
+    gateway_factory: Factory, upstream: DevUpstream, tmp_path: Path
+) -> None:
     policies, _ = policy_file(tmp_path)
     gw = gateway_factory(priced_config(upstream), policies)
     chat(gw, gw.key(), {**CHAT, "messages": [{"role": "user", "content": "secret-project-zebra"}]})
@@ -235,7 +277,9 @@ def test_a_clean_shutdown_gives_leases_back_so_redis_holds_exactly_what_was_used
 ) -> None:
     import redis
 
-    policies, prefix = policy_file(tmp_path, budgets=[{"scope": "tenant", "period": "month", "tokens": 10_000_000}])
+    policies, prefix = policy_file(
+        tmp_path, budgets=[{"scope": "tenant", "period": "month", "tokens": 10_000_000}]
+    )
     gw = gateway_factory(priced_config(upstream, storage={"redis_url": REDIS_URL}), policies)
     key = gw.key(tenant="lease")
     assert all(chat(gw, key).status_code == 200 for _ in range(3))

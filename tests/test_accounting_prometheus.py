@@ -45,8 +45,10 @@ def _bundle(tmp_path: Path, acme: str, globex: str) -> Path:
         "version": 1,
         "defaults": {
             "pii_redaction": {"entities": {"EMAIL_ADDRESS": "redact"}},
-            "token_accounting": {"key_prefix": prefix,
-                                 "budgets": [{"scope": "tenant", "period": "day", "eur": "1000"}]},
+            "token_accounting": {
+                "key_prefix": prefix,
+                "budgets": [{"scope": "tenant", "period": "day", "eur": "1000"}],
+            },
         },
         "tenants": {
             globex: {"token_accounting": {"budgets": [{"scope": "tenant", "period": "day", "eur": "0.5"}]}},
@@ -68,14 +70,24 @@ def prometheus(prometheus_bin: str, tmp_path: Path) -> Iterator[Callable[[str], 
 
     def start(target: str) -> str:
         nonlocal proc
-        config.write_text(yaml.safe_dump({
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": "gateway", "static_configs": [{"targets": [target]}]}],
-        }))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "scrape_configs": [{"job_name": "gateway", "static_configs": [{"targets": [target]}]}],
+                }
+            )
+        )
         proc = subprocess.Popen(
-            [prometheus_bin, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "wb"),  # noqa: SIM115
+            [
+                prometheus_bin,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp_path / "prometheus.log", "wb"),  # noqa: SIM115
         )
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
@@ -86,7 +98,9 @@ def prometheus(prometheus_bin: str, tmp_path: Path) -> Iterator[Callable[[str], 
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError("prometheus did not become ready: " + (tmp_path / "prometheus.log").read_text()[-2000:])
+        raise RuntimeError(
+            "prometheus did not become ready: " + (tmp_path / "prometheus.log").read_text()[-2000:]
+        )
 
     yield start
     if proc is not None:
@@ -98,8 +112,12 @@ def _drive(gw: RunningGateway, acme: str, globex: str) -> None:
     keys = {(t, a): gw.key(tenant=t, app=a) for t, a in [(acme, "chat"), (acme, "rag"), (globex, "hr")]}
 
     def post(key: str, body: dict[str, Any]) -> httpx.Response:
-        return httpx.post(f"{gw.base_url}/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"},
-                          timeout=10)
+        return httpx.post(
+            f"{gw.base_url}/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10,
+        )
 
     for round_ in range(8):
         for (_tenant, app), key in keys.items():
@@ -115,8 +133,13 @@ def _drive(gw: RunningGateway, acme: str, globex: str) -> None:
 
 
 def _substitute(expr: str, tenant: str = ".*", model: str = ".*") -> str:
-    return (expr.replace("${tenant}", tenant).replace("$tenant", tenant).replace("$model", model)
-            .replace("$__rate_interval", "1m").replace("$__range", "10m"))
+    return (
+        expr.replace("${tenant}", tenant)
+        .replace("$tenant", tenant)
+        .replace("$model", model)
+        .replace("$__rate_interval", "1m")
+        .replace("$__range", "10m")
+    )
 
 
 def _query(prom: str, expr: str) -> list[dict[str, Any]]:
@@ -126,7 +149,9 @@ def _query(prom: str, expr: str) -> list[dict[str, Any]]:
 
 
 def test_every_dashboard_panel_returns_data_and_the_cost_matches_the_ledger(
-    gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream, prometheus: Callable[[str], str],
+    gateway_factory: Callable[..., RunningGateway],
+    upstream: DevUpstream,
+    prometheus: Callable[[str], str],
     tmp_path: Path,
 ) -> None:
     price = {"input_per_1m": "3000", "output_per_1m": "9000", "currency": "EUR"}

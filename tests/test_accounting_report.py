@@ -30,15 +30,35 @@ def config(tmp_path: Path) -> Path:
     upgrade(url)
     engine = make_engine(url)
     now = utcnow()
-    rows = [("r1", "chat", "mistral-7b", "0.0100000000", 0), ("r2", "chat", "mistral-7b", "0.0200000000", 1),
-            ("r3", "hr", "gpt-4o", "0.5000000000", 2), ("old", "chat", "mistral-7b", "9", 40)]
+    rows = [
+        ("r1", "chat", "mistral-7b", "0.0100000000", 0),
+        ("r2", "chat", "mistral-7b", "0.0200000000", 1),
+        ("r3", "hr", "gpt-4o", "0.5000000000", 2),
+        ("old", "chat", "mistral-7b", "9", 40),
+    ]
     with Session(engine) as s:
         for rid, app_, model, cost, days in rows:
-            s.add(UsageRecord(request_id=rid, at=now - timedelta(days=days), tenant="acme", app=app_, key_id="k",
-                              model=model, deployment="eu", jurisdiction="EU", prompt_tokens=10,
-                              completion_tokens=5, cost_eur=Decimal(cost), estimated=rid == "r2"))
-        s.add(UsageRecord(request_id="other", tenant="globex", app="x", key_id="k", model="m",
-                          cost_eur=Decimal(1)))
+            s.add(
+                UsageRecord(
+                    request_id=rid,
+                    at=now - timedelta(days=days),
+                    tenant="acme",
+                    app=app_,
+                    key_id="k",
+                    model=model,
+                    deployment="eu",
+                    jurisdiction="EU",
+                    prompt_tokens=10,
+                    completion_tokens=5,
+                    cost_eur=Decimal(cost),
+                    estimated=rid == "r2",
+                )
+            )
+        s.add(
+            UsageRecord(
+                request_id="other", tenant="globex", app="x", key_id="k", model="m", cost_eur=Decimal(1)
+            )
+        )
         s.commit()
     engine.dispose()
     path = tmp_path / "config.yaml"
@@ -47,8 +67,9 @@ def config(tmp_path: Path) -> Path:
 
 
 def test_usage_report_groups_by_model_within_the_window(config: Path) -> None:
-    result = CliRunner().invoke(app, ["usage", "report", "--tenant", "acme", "--since", "30d", "--csv",
-                                      "-c", str(config)])
+    result = CliRunner().invoke(
+        app, ["usage", "report", "--tenant", "acme", "--since", "30d", "--csv", "-c", str(config)]
+    )
     assert result.exit_code == 0, result.output
     assert result.output.splitlines() == [
         "model,requests,prompt_tokens,completion_tokens,cost_eur,estimated",
@@ -58,7 +79,9 @@ def test_usage_report_groups_by_model_within_the_window(config: Path) -> None:
 
 
 def test_usage_report_by_app_prints_a_table_with_the_total(config: Path) -> None:
-    result = CliRunner().invoke(app, ["usage", "report", "--tenant", "acme", "--by", "app", "-c", str(config)])
+    result = CliRunner().invoke(
+        app, ["usage", "report", "--tenant", "acme", "--by", "app", "-c", str(config)]
+    )
     assert result.exit_code == 0, result.output
     assert "hr" in result.output
     assert "total" in result.output
@@ -66,6 +89,7 @@ def test_usage_report_by_app_prints_a_table_with_the_total(config: Path) -> None
 
 
 def test_usage_report_rejects_a_bad_window(config: Path) -> None:
-    result = CliRunner().invoke(app, ["usage", "report", "--tenant", "acme", "--since", "a month",
-                                      "-c", str(config)])
+    result = CliRunner().invoke(
+        app, ["usage", "report", "--tenant", "acme", "--since", "a month", "-c", str(config)]
+    )
     assert result.exit_code == 2

@@ -37,30 +37,39 @@ assert "litellm" not in sys.modules  # the price map is read without importing l
 
 
 def _deployment(**kw: str) -> Deployment:
-    base = {"kind": "openai_compatible", "base_url": "http://127.0.0.1:1/v1", "model": "x",
-            "jurisdiction": "EU", "region": "fr-par"}
+    base = {
+        "kind": "openai_compatible",
+        "base_url": "http://127.0.0.1:1/v1",
+        "model": "x",
+        "jurisdiction": "EU",
+        "region": "fr-par",
+    }
     return Deployment.model_validate({**base, **kw})
 
 
 def test_every_tokenizer_and_the_price_map_load_with_the_network_blocked() -> None:
     env = {k: v for k, v in os.environ.items() if k != "TIKTOKEN_CACHE_DIR"}
-    out = subprocess.run([sys.executable, "-c", _NO_NETWORK], capture_output=True, text=True, env=env,
-                         timeout=120, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", _NO_NETWORK], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     counts = dict(line.split() for line in out.stdout.splitlines())
     assert len(counts) == 5
     assert all(int(c) > 5 for c in counts.values())
 
 
-@pytest.mark.parametrize(("kw", "family"), [
-    ({"model": "gpt-4o"}, "o200k_base"),
-    ({"model": "gpt-4-turbo"}, "cl100k_base"),
-    ({"kind": "azure_openai", "model": "my-deployment"}, "o200k_base"),
-    ({"model": "mistral-small-latest"}, "mistral-tekken"),
-    ({"model": "mistralai/Mistral-7B-Instruct-v0.3"}, "mistral-v3"),
-    ({"model": "mistral-embed"}, "mistral-v1"),
-    ({"model": "llama-3.1-8b"}, "estimate"),
-])
+@pytest.mark.parametrize(
+    ("kw", "family"),
+    [
+        ({"model": "gpt-4o"}, "o200k_base"),
+        ({"model": "gpt-4-turbo"}, "cl100k_base"),
+        ({"kind": "azure_openai", "model": "my-deployment"}, "o200k_base"),
+        ({"model": "mistral-small-latest"}, "mistral-tekken"),
+        ({"model": "mistralai/Mistral-7B-Instruct-v0.3"}, "mistral-v3"),
+        ({"model": "mistral-embed"}, "mistral-v1"),
+        ({"model": "llama-3.1-8b"}, "estimate"),
+    ],
+)
 def test_the_tokenizer_follows_the_model_family(kw: dict[str, str], family: str) -> None:
     assert tokens.family_of(_deployment(**kw)) == family
 
@@ -75,10 +84,17 @@ def test_message_overhead_and_tool_definitions_count() -> None:
     bare, exact = tokens.count_chat(tok, {"messages": [{"role": "user", "content": text}]})
     assert exact
     assert bare == tok.count(text) + tok.count("user") + tokens.PER_MESSAGE + tokens.REPLY_PRIMER
-    tool = {"type": "function", "function": {"name": "weather", "description": "Current weather for a city",
-                                             "parameters": {"type": "object",
-                                                            "properties": {"city": {"type": "string"}}}}}
-    with_tools, exact = tokens.count_chat(tok, {"messages": [{"role": "user", "content": text}], "tools": [tool]})
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "weather",
+            "description": "Current weather for a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+    with_tools, exact = tokens.count_chat(
+        tok, {"messages": [{"role": "user", "content": text}], "tools": [tool]}
+    )
     assert with_tools > bare + 10
     assert not exact
 
@@ -100,16 +116,23 @@ def test_prompt_counts_are_remembered_per_text_per_tokenizer_and_the_cache_is_bo
     assert [spy.count_prompt(t) for t in texts] == [tok.count(t) for t in texts]
     assert calls == ["first turn", "second turn", "third", "fourth", "first turn"]  # evicted, then again
     assert len(tokens._PROMPTS) == 3
-    assert not any(isinstance(part, str) and "turn" in part
-                                                 for key in tokens._PROMPTS for part in key)
+    assert not any(isinstance(part, str) and "turn" in part for key in tokens._PROMPTS for part in key)
     other = tokens.load("cl100k_base")
     assert other.count_prompt("first turn") == other.count("first turn")  # its own entry
 
 
 def test_usage_is_found_without_decoding_the_body() -> None:
-    body = orjson.dumps({"id": "x", "choices": [{"message": {"content": 'he said "usage": {"a": 1}'}}],
-                         "usage": {"prompt_tokens": 7, "completion_tokens": 3,
-                                   "prompt_tokens_details": {"cached_tokens": 2}}})
+    body = orjson.dumps(
+        {
+            "id": "x",
+            "choices": [{"message": {"content": 'he said "usage": {"a": 1}'}}],
+            "usage": {
+                "prompt_tokens": 7,
+                "completion_tokens": 3,
+                "prompt_tokens_details": {"cached_tokens": 2},
+            },
+        }
+    )
     found = usage.find_usage(body)
     assert found is not None
     assert usage.tokens_of(found) == (7, 3, 2)
@@ -121,8 +144,9 @@ def test_a_body_without_usage_yields_its_completion_text_for_an_estimate() -> No
 
 
 def test_litellm_prices_are_read_offline_and_converted_from_usd() -> None:
-    price = price_for(_deployment(base_url="https://api.mistral.ai/v1", model="mistral-small-latest"),
-                      Decimal("0.9"))
+    price = price_for(
+        _deployment(base_url="https://api.mistral.ai/v1", model="mistral-small-latest"), Decimal("0.9")
+    )
     assert price.source == "litellm"
     assert price.fx_rate == Decimal("0.9")
     assert price.input == Decimal("0.15") * Decimal("0.9")  # 1.5e-07 USD per token

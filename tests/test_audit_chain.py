@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, delete, update
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from gateway import audit
 from gateway.auth import Principal
@@ -29,14 +29,33 @@ from gateway.store.db import AuditChainMark, AuditRecord, make_engine, upgrade
 from gateway.store.writer import Writer
 
 RECORDS = 4
-US = Target("us-gpt4", Deployment(kind="openai_compatible", base_url="http://127.0.0.1:9/v1", model="gpt-4o",
-                                  jurisdiction="US", region="us-east"))
+US = Target(
+    "us-gpt4",
+    Deployment(
+        kind="openai_compatible",
+        base_url="http://127.0.0.1:9/v1",
+        model="gpt-4o",
+        jurisdiction="US",
+        region="us-east",
+    ),
+)
 # A changed value for every hashed field, valid for its column; "chain_id" and "request_id" get fresh ids.
 TAMPERED: dict[str, Any] = {
-    "tenant": "evil", "app": "other", "key_id": "k" * 32, "subject": "someone-else", "model": "gpt-4o",
-    "endpoint": "embeddings", "policy_hash": "0" * 16, "decisions": "[]",
-    "attempts": '[["eu-primary", "ok"]]', "deployment": "eu-primary", "jurisdiction": "EU", "fallback": None,
-    "consent_ref": None, "status": 403, "prev_hash": "f" * 64,
+    "tenant": "evil",
+    "app": "other",
+    "key_id": "k" * 32,
+    "subject": "someone-else",
+    "model": "gpt-4o",
+    "endpoint": "embeddings",
+    "policy_hash": "0" * 16,
+    "decisions": "[]",
+    "attempts": '[["eu-primary", "ok"]]',
+    "deployment": "eu-primary",
+    "jurisdiction": "EU",
+    "fallback": None,
+    "consent_ref": None,
+    "status": 403,
+    "prev_hash": "f" * 64,
 }
 
 
@@ -59,7 +78,11 @@ class _Sink:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    url = f"sqlite:///{tmp_path / 'audit.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    url = (
+        f"sqlite:///{tmp_path / 'audit.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
     upgrade(url)
     engine = make_engine(url)
     yield engine
@@ -73,8 +96,13 @@ def chain(engine: Engine, tmp_path: Path) -> str:
     auditor = audit.Auditor(writer=sink)
     auditor.start()
     for i in range(RECORDS):
-        ctx = Context(principal=Principal("k1", "acme", "chat", frozenset(), frozenset()), endpoint="chat",
-                      model="mistral-7b", candidates=[US], subject=f"subject-{i}")
+        ctx = Context(
+            principal=Principal("k1", "acme", "chat", frozenset(), frozenset()),
+            endpoint="chat",
+            model="mistral-7b",
+            candidates=[US],
+            subject=f"subject-{i}",
+        )
         ctx.bundle_hash = "a" * 16
         ctx.record("residency", "allow", allowed=["EU"])
         ctx.record("consent_fallback", "fallback", target="us-gpt4")
@@ -107,8 +135,11 @@ def change(engine: Engine, chain: str, at: int, values: dict[str, Any], rehash: 
     if rehash:
         values = {**values, "hash": audit._digest({**record(engine, chain, at).model_dump(), **values})}
     with engine.begin() as conn:
-        conn.execute(update(AuditRecord).where(
-            AuditRecord.chain_id == chain, AuditRecord.seq == at).values(**values))  # type: ignore[arg-type]
+        conn.execute(
+            update(AuditRecord)
+            .where(col(AuditRecord.chain_id) == chain, col(AuditRecord.seq) == at)
+            .values(**values)
+        )
 
 
 def tampered(engine: Engine, chain: str, seq: int, name: str) -> dict[str, Any]:
@@ -141,7 +172,9 @@ def test_a_rewritten_prev_hash_is_reported(engine: Engine, chain: str, seq: int)
 
 
 @pytest.mark.parametrize("seq", [1, 2, 3])
-def test_a_rewritten_prev_hash_with_a_recomputed_hash_breaks_the_link(engine: Engine, chain: str, seq: int) -> None:
+def test_a_rewritten_prev_hash_with_a_recomputed_hash_breaks_the_link(
+    engine: Engine, chain: str, seq: int
+) -> None:
     # The record is self-consistent again: only the link from it to the record before catches it.
     change(engine, chain, seq, {"prev_hash": record(engine, chain, seq).hash[::-1]}, rehash=True)
     assert any(f"seq {seq}: link to the previous record is broken" in p for p in problems(engine, chain))
@@ -158,8 +191,7 @@ def test_a_forged_record_with_a_recomputed_hash_breaks_the_next_records_link(
 @pytest.mark.parametrize("seq", [1, 2, RECORDS], ids=["first", "middle", "last"])
 def test_a_deleted_record_is_reported(engine: Engine, chain: str, seq: int) -> None:
     with engine.begin() as conn:
-        conn.execute(delete(AuditRecord).where(
-            AuditRecord.chain_id == chain, AuditRecord.seq == seq))  # type: ignore[arg-type]
+        conn.execute(delete(AuditRecord).where(AuditRecord.chain_id == chain, AuditRecord.seq == seq))  # type: ignore[arg-type]
     found = problems(engine, chain)
     expected = f"records {seq}..{seq} are missing" + (" (end of chain)" if seq == RECORDS else "")
     assert any(expected in p for p in found), found
@@ -167,8 +199,7 @@ def test_a_deleted_record_is_reported(engine: Engine, chain: str, seq: int) -> N
 
 def test_a_deleted_tail_of_several_records_is_reported(engine: Engine, chain: str) -> None:
     with engine.begin() as conn:
-        conn.execute(delete(AuditRecord).where(
-            AuditRecord.chain_id == chain, AuditRecord.seq >= 3))  # type: ignore[arg-type]
+        conn.execute(delete(AuditRecord).where(AuditRecord.chain_id == chain, AuditRecord.seq >= 3))  # type: ignore[arg-type]
     assert any(f"records 3..{RECORDS} are missing (end of chain)" in p for p in problems(engine, chain))
 
 
@@ -205,8 +236,13 @@ def test_swapped_records_with_recomputed_hashes_are_reported(
 
 
 def finished_request(target: Target | None, status: int = 200) -> Context:
-    ctx = Context(principal=Principal("k9", "acme", "chat", frozenset(), frozenset()), endpoint="chat",
-                  model="mistral-7b", candidates=[US], subject="pseudo-1")
+    ctx = Context(
+        principal=Principal("k9", "acme", "chat", frozenset(), frozenset()),
+        endpoint="chat",
+        model="mistral-7b",
+        candidates=[US],
+        subject="pseudo-1",
+    )
     ctx.bundle_hash = "b" * 16
     ctx.record("residency", "deny", allowed=["EU"])
     ctx.record("token_accounting", "charge", cost_eur=Decimal("0.0012"))  # not JSON by itself: kept as text
@@ -228,13 +264,26 @@ def test_records_chain_in_order_and_hold_the_request_not_its_text() -> None:
     assert first.hash == audit._digest(first.model_dump())
     assert second.hash == audit._digest(second.model_dump())
     assert (first.tenant, first.app, first.key_id, first.subject, first.model, first.endpoint) == (
-        "acme", "chat", "k9", "pseudo-1", "mistral-7b", "chat")
+        "acme",
+        "chat",
+        "k9",
+        "pseudo-1",
+        "mistral-7b",
+        "chat",
+    )
     assert (first.policy_hash, first.status) == ("b" * 16, 200)
-    assert first.decisions == ('[{"policy":"residency","action":"deny","facts":{"allowed":["EU"]}},'
-                               '{"policy":"token_accounting","action":"charge","facts":{"cost_eur":"0.0012"}}]')
+    assert first.decisions == (
+        '[{"policy":"residency","action":"deny","facts":{"allowed":["EU"]}},'
+        '{"policy":"token_accounting","action":"charge","facts":{"cost_eur":"0.0012"}}]'
+    )
     assert first.attempts == '[["us-gpt4","ok"]]'
     assert (first.deployment, first.jurisdiction, first.consent_ref) == ("us-gpt4", "US", "consent-7")
-    assert (second.deployment, second.jurisdiction, second.consent_ref, second.status) == (None, None, None, 403)
+    assert (second.deployment, second.jurisdiction, second.consent_ref, second.status) == (
+        None,
+        None,
+        None,
+        403,
+    )
     assert len({first.request_id, second.request_id}) == 2
 
 
@@ -258,22 +307,26 @@ def test_recovered_marks_end_each_chain_at_its_newest_record_in_the_write_ahead_
         {"table": table, "row": {"chain_id": "a", "seq": 5}},
         {"table": table, "row": {"chain_id": "a", "seq": 4}},
         {"table": table, "row": {"chain_id": "b", "seq": 1}},
-        {"table": "usage_ledger", "row": {"chain_id": "c", "seq": 9}},   # not an audit record
-        {"table": table, "row": {"chain_id": "d", "seq": "7"}},          # malformed: ignored
+        {"table": "usage_ledger", "row": {"chain_id": "c", "seq": 9}},  # not an audit record
+        {"table": table, "row": {"chain_id": "d", "seq": "7"}},  # malformed: ignored
         {"table": table, "row": {"chain_id": 5, "seq": 7}},
-        {"table": table, "row": {"chain_id": "e", "seq": 0}},            # no record made
+        {"table": table, "row": {"chain_id": "e", "seq": 0}},  # no record made
         {"table": table, "row": ["e", 2]},
         {"row": {"chain_id": "f", "seq": 2}},
     ]
     before = datetime.now(UTC)
     marks = audit.Auditor.recovered_marks(items)
-    assert sorted((m.chain_id, m.kind, m.seq) for m in marks) == [("a", "recovered", 5), ("b", "recovered", 1)]
+    assert sorted((m.chain_id, m.kind, m.seq) for m in marks) == [
+        ("a", "recovered", 5),
+        ("b", "recovered", 1),
+    ]
     assert all(before <= m.at <= datetime.now(UTC) for m in marks)
     assert audit.Auditor.recovered_marks([]) == []
 
 
-def test_verify_counts_the_records_it_checked_and_open_chains_lists_unclosed_ones(engine: Engine,
-                                                                                   tmp_path: Path) -> None:
+def test_verify_counts_the_records_it_checked_and_open_chains_lists_unclosed_ones(
+    engine: Engine, tmp_path: Path
+) -> None:
     sink = _Sink()
     running, idle, done = audit.Auditor(writer=sink), audit.Auditor(writer=sink), audit.Auditor(writer=sink)
     for auditor in (running, idle, done):
@@ -303,13 +356,30 @@ def test_the_record_hash_is_the_documented_function_of_the_fields(monkeypatch: p
     monkeypatch.setenv("TZ", "America/New_York")
     time.tzset()
     fields: dict[str, Any] = dict.fromkeys(audit._HASHED)
-    fields.update(request_id="r1", chain_id="c" * 32, seq=7, at=datetime(2026, 11, 30, 12, 0, 1, 2, tzinfo=UTC),
-                  tenant="acme", app="chat", key_id="k1", subject="pseudo", model="mistral-7b", endpoint="chat",
-                  policy_hash="a" * 16, decisions="[]", attempts="[]", deployment="eu-1", jurisdiction="EU",
-                  status=200, prev_hash=audit.GENESIS)
+    fields.update(
+        request_id="r1",
+        chain_id="c" * 32,
+        seq=7,
+        at=datetime(2026, 11, 30, 12, 0, 1, 2, tzinfo=UTC),
+        tenant="acme",
+        app="chat",
+        key_id="k1",
+        subject="pseudo",
+        model="mistral-7b",
+        endpoint="chat",
+        policy_hash="a" * 16,
+        decisions="[]",
+        attempts="[]",
+        deployment="eu-1",
+        jurisdiction="EU",
+        status=200,
+        prev_hash=audit.GENESIS,
+    )
     golden = "c81d191dde2fce9d900c819ee8213ef814921a91fc62da0b548fb4e0ce2846ca"
     assert audit._digest(fields) == golden
-    assert audit._digest({**fields, "at": datetime(2026, 11, 30, 12, 0, 1, 2)}) == golden  # naive UTC: the same
+    assert (
+        audit._digest({**fields, "at": datetime(2026, 11, 30, 12, 0, 1, 2)}) == golden
+    )  # naive UTC: the same
     berlin = datetime(2026, 11, 30, 13, 0, 1, 2, tzinfo=timezone(timedelta(hours=1)))
     assert audit._digest({**fields, "at": berlin}) == golden
     monkeypatch.undo()
@@ -339,7 +409,9 @@ def test_chains_verify_whatever_time_zone_the_database_session_and_the_process_u
         time.tzset()
 
 
-def test_the_newest_end_mark_counts_and_an_empty_closed_chain_is_whole(engine: Engine, tmp_path: Path) -> None:
+def test_the_newest_end_mark_counts_and_an_empty_closed_chain_is_whole(
+    engine: Engine, tmp_path: Path
+) -> None:
     sink = _Sink()
     auditor, empty = audit.Auditor(writer=sink), audit.Auditor(writer=sink)
     auditor.start()
@@ -352,5 +424,6 @@ def test_the_newest_end_mark_counts_and_an_empty_closed_chain_is_whole(engine: E
     sink.rows.append(AuditChainMark(chain_id=auditor.chain_id, kind="end", seq=3, at=now))
     Writer(engine, tmp_path / "spool")._write(sink.rows)
     assert problems(engine, auditor.chain_id) == [
-        f"chain {auditor.chain_id}: records 4..5 are missing (end of chain)"]
+        f"chain {auditor.chain_id}: records 4..5 are missing (end of chain)"
+    ]
     assert problems(engine, empty.chain_id) == []

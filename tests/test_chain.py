@@ -75,18 +75,26 @@ def bundle(tmp_path: Path, text: str) -> Path:
 def test_request_hooks_run_in_listed_order_and_responses_in_reverse(
     gateway_factory, upstream, tagger, tmp_path
 ) -> None:
-    path = bundle(tmp_path, "version: 1\ndefaults:\n  tagger: {tag: outer}\ntenants:\n  acme:\n    apps:\n"
-                            "      chat:\n        tagger: {tag: inner}\n")
+    path = bundle(
+        tmp_path,
+        "version: 1\ndefaults:\n  tagger: {tag: outer}\ntenants:\n  acme:\n    apps:\n"
+        "      chat:\n        tagger: {tag: inner}\n",
+    )
     gw = gateway_factory(make_config(upstream), path)
-    httpx.post(f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {gw.key()}"},
-               json={"model": "mistral-7b", "messages": [{"role": "user", "content": "hi"}]})
+    httpx.post(
+        f"{gw.base_url}/chat/completions",
+        headers={"Authorization": f"Bearer {gw.key()}"},
+        json={"model": "mistral-7b", "messages": [{"role": "user", "content": "hi"}]},
+    )
     # The app's section overrides the default key by key; the chain still has one tagger.
     assert tagger.seen == ["request:inner", "response:inner"]
     assert upstream.received[-1].body["messages"][0] == {"role": "system", "content": "inner"}
 
 
 def test_denial_before_first_byte_is_an_openai_error(gateway_factory, upstream, tagger, tmp_path) -> None:
-    gw = gateway_factory(make_config(upstream), bundle(tmp_path, "defaults:\n  tagger: {deny: tagger.nope}\n"))
+    gw = gateway_factory(
+        make_config(upstream), bundle(tmp_path, "defaults:\n  tagger: {deny: tagger.nope}\n")
+    )
     client = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
     with pytest.raises(openai.PermissionDeniedError) as exc:
         client.chat.completions.create(model="mistral-7b", messages=[{"role": "user", "content": "x"}])
@@ -95,14 +103,20 @@ def test_denial_before_first_byte_is_an_openai_error(gateway_factory, upstream, 
 
 
 def test_shadow_mode_records_would_deny_and_forwards(gateway_factory, upstream, tagger, tmp_path) -> None:
-    gw = gateway_factory(make_config(upstream),
-                         bundle(tmp_path, "defaults:\n  tagger: {deny: tagger.nope, mode: shadow}\n"))
-    resp = httpx.post(f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {gw.key()}"},
-                      json={"model": "mistral-7b", "messages": [{"role": "user", "content": "x"}]})
+    gw = gateway_factory(
+        make_config(upstream), bundle(tmp_path, "defaults:\n  tagger: {deny: tagger.nope, mode: shadow}\n")
+    )
+    resp = httpx.post(
+        f"{gw.base_url}/chat/completions",
+        headers={"Authorization": f"Bearer {gw.key()}"},
+        json={"model": "mistral-7b", "messages": [{"role": "user", "content": "x"}]},
+    )
     assert resp.status_code == 200
     assert upstream.received[-1].body["messages"] == [{"role": "user", "content": "x"}]
-    assert 'gateway_policy_decisions_total{action="would_deny",policy="tagger"}' in httpx.get(
-        f"{gw.url}/metrics").text
+    assert (
+        'gateway_policy_decisions_total{action="would_deny",policy="tagger"}'
+        in httpx.get(f"{gw.url}/metrics").text
+    )
 
 
 def audit_of(gw: Any, request_id: str) -> dict[str, Any]:
@@ -118,26 +132,42 @@ def audit_of(gw: Any, request_id: str) -> dict[str, Any]:
 
 
 def test_a_shadow_policy_changes_nothing_and_records_what_it_would_have_done(
-        gateway_factory, upstream, tagger, tmp_path) -> None:
+    gateway_factory, upstream, tagger, tmp_path
+) -> None:
     """Request edits, stream edits and a mid-stream refusal: all on copies, all recorded as would_*."""
-    gw = gateway_factory(make_config(upstream), bundle(
-        tmp_path, "defaults:\n  tagger: {tag: shadowed, deny_mid_stream: true, mode: shadow}\n"))
+    gw = gateway_factory(
+        make_config(upstream),
+        bundle(tmp_path, "defaults:\n  tagger: {tag: shadowed, deny_mid_stream: true, mode: shadow}\n"),
+    )
     client = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
     stream = client.chat.completions.with_raw_response.create(
-        model="mistral-7b", messages=[{"role": "user", "content": "x"}], stream=True)
+        model="mistral-7b", messages=[{"role": "user", "content": "x"}], stream=True
+    )
     text = "".join(c.choices[0].delta.content or "" for c in stream.parse() if c.choices)
     assert text == upstream.reply  # not upper-cased, and no error event
     assert upstream.received[-1].body["messages"] == [{"role": "user", "content": "x"}]
     assert tagger.seen == ["request:shadowed"]
     decisions = audit_of(gw, stream.headers["x-gateway-request-id"])["decisions"]
-    assert [(d["policy"], d["action"]) for d in decisions] == [("tagger", "would_tag"), ("tagger", "would_deny")]
-    assert decisions[1]["facts"] == {"code": "tagger.mid_stream", "status": 400, "reason": "Stopped mid-stream."}
+    assert [(d["policy"], d["action"]) for d in decisions] == [
+        ("tagger", "would_tag"),
+        ("tagger", "would_deny"),
+    ]
+    assert decisions[1]["facts"] == {
+        "code": "tagger.mid_stream",
+        "status": 400,
+        "reason": "Stopped mid-stream.",
+    }
 
 
 def test_mode_off_removes_the_policy(gateway_factory, upstream, tagger, tmp_path) -> None:
-    gw = gateway_factory(make_config(upstream), bundle(tmp_path, "defaults:\n  tagger: {deny: x.y, mode: 'off'}\n"))
-    resp = httpx.post(f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {gw.key()}"},
-                      json={"model": "mistral-7b", "messages": [{"role": "user", "content": "x"}]})
+    gw = gateway_factory(
+        make_config(upstream), bundle(tmp_path, "defaults:\n  tagger: {deny: x.y, mode: 'off'}\n")
+    )
+    resp = httpx.post(
+        f"{gw.base_url}/chat/completions",
+        headers={"Authorization": f"Bearer {gw.key()}"},
+        json={"model": "mistral-7b", "messages": [{"role": "user", "content": "x"}]},
+    )
     assert resp.status_code == 200
     assert tagger.seen == []
 
@@ -145,17 +175,25 @@ def test_mode_off_removes_the_policy(gateway_factory, upstream, tagger, tmp_path
 def test_stream_transforms_see_parsed_events(gateway_factory, upstream, tagger, tmp_path) -> None:
     gw = gateway_factory(make_config(upstream), bundle(tmp_path, "defaults:\n  tagger: {}\n"))
     client = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
-    text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
-        model="mistral-7b", messages=[{"role": "user", "content": "x"}], stream=True) if c.choices)
+    text = "".join(
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(
+            model="mistral-7b", messages=[{"role": "user", "content": "x"}], stream=True
+        )
+        if c.choices
+    )
     assert text == upstream.reply.upper()
 
 
 def test_denial_mid_stream_ends_with_an_error_event(gateway_factory, upstream, tagger, tmp_path) -> None:
-    gw = gateway_factory(make_config(upstream), bundle(tmp_path, "defaults:\n  tagger: {deny_mid_stream: true}\n"))
+    gw = gateway_factory(
+        make_config(upstream), bundle(tmp_path, "defaults:\n  tagger: {deny_mid_stream: true}\n")
+    )
     client = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
     with pytest.raises(openai.APIError) as exc:
-        for _ in client.chat.completions.create(model="mistral-7b", messages=[{"role": "user", "content": "x"}],
-                                                stream=True):
+        for _ in client.chat.completions.create(
+            model="mistral-7b", messages=[{"role": "user", "content": "x"}], stream=True
+        ):
             pass
     assert "Stopped mid-stream" in str(exc.value)
 

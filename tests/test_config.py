@@ -51,7 +51,9 @@ def test_unknown_key_names_file_line_and_path(tmp_path: Path) -> None:
 
 def test_bad_jurisdiction_is_reported_at_its_line(tmp_path: Path) -> None:
     [problem] = problems(tmp_path, VALID.replace("jurisdiction: EU", "jurisdiction: europe"))
-    assert problem.startswith(f"{tmp_path / 'config.yaml'}:6: deployments.eu.jurisdiction: String should match")
+    assert problem.startswith(
+        f"{tmp_path / 'config.yaml'}:6: deployments.eu.jurisdiction: String should match"
+    )
 
 
 def test_alias_naming_a_missing_deployment(tmp_path: Path) -> None:
@@ -59,11 +61,15 @@ def test_alias_naming_a_missing_deployment(tmp_path: Path) -> None:
     assert problem == f"{tmp_path / 'config.yaml'}:10: models.chat.deployments[1]: unknown deployment 'gone'"
 
 
-def test_missing_env_var_is_an_error_and_defaults_apply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_env_var_is_an_error_and_defaults_apply(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("GW_TEST_KEY", raising=False)
     [problem] = problems(tmp_path, VALID.replace("model: m", "model: m\n    api_key: ${GW_TEST_KEY}"))
     assert "deployments.eu.api_key: environment variable GW_TEST_KEY is not set" in problem
-    (tmp_path / "config.yaml").write_text(VALID.replace("model: m", "model: m\n    api_key: ${GW_TEST_KEY:-x}"))
+    (tmp_path / "config.yaml").write_text(
+        VALID.replace("model: m", "model: m\n    api_key: ${GW_TEST_KEY:-x}")
+    )
     assert load_config(tmp_path / "config.yaml").deployments["eu"].api_key == "x"
     monkeypatch.setenv("GW_TEST_KEY", "from-env")
     assert load_config(tmp_path / "config.yaml").deployments["eu"].api_key == "from-env"
@@ -93,8 +99,12 @@ def test_environment_values_stay_strings_and_the_settings_coerce_them(
     monkeypatch.setenv("GW_TEST_KEY", "0123")  # not the octal 83
     monkeypatch.setenv("GW_TEST_REGION", "on")  # not True
     monkeypatch.setenv("GW_TEST_PORT", "9090")
-    text = (VALID.replace("model: m", "model: m\n    api_key: ${GW_TEST_KEY}").replace("region: fr", "region: ${GW_TEST_REGION}")
-            + "server:\n  port: ${GW_TEST_PORT}\n  workers: ${GW_TEST_WORKERS:-2}\n")
+    text = (
+        VALID.replace("model: m", "model: m\n    api_key: ${GW_TEST_KEY}").replace(
+            "region: fr", "region: ${GW_TEST_REGION}"
+        )
+        + "server:\n  port: ${GW_TEST_PORT}\n  workers: ${GW_TEST_WORKERS:-2}\n"
+    )
     (tmp_path / "config.yaml").write_text(text)
     config = load_config(tmp_path / "config.yaml")
     assert config.deployments["eu"].api_key == "0123"
@@ -107,13 +117,22 @@ def test_environment_values_stay_strings_and_the_settings_coerce_them(
 
 def test_merge_keys_merge_and_keep_the_line_of_what_they_merged(tmp_path: Path) -> None:
     text = VALID.replace("deployments:\n  eu:\n", "deployments:\n  eu: &eu\n") + (
-        "  eu2:\n    <<: *eu\n    region: de\n    regoin: de\n")
-    text = text.replace("models:\n  chat:\n    deployments: [eu]\n", "") + "models:\n  chat:\n    deployments: [eu, eu2]\n"
+        "  eu2:\n    <<: *eu\n    region: de\n    regoin: de\n"
+    )
+    text = (
+        text.replace("models:\n  chat:\n    deployments: [eu]\n", "")
+        + "models:\n  chat:\n    deployments: [eu, eu2]\n"
+    )
     [problem] = problems(tmp_path, text)
     assert problem == f"{tmp_path / 'config.yaml'}:11: deployments.eu2.regoin: unknown key"
     (tmp_path / "config.yaml").write_text(text.replace("    regoin: de\n", ""))
     config = load_config(tmp_path / "config.yaml")
-    assert (config.deployments["eu2"].region, config.deployments["eu2"].base_url) == ("de", "http://127.0.0.1:1/v1")
+    assert (config.deployments["eu2"].region, config.deployments["eu2"].base_url) == (
+        "de",
+        "http://127.0.0.1:1/v1",
+    )
     [problem] = problems(tmp_path, VALID + "server:\n  <<: 5\n")
-    assert problem == (f"{tmp_path / 'config.yaml'}:12: server: "
-                       "expected a mapping or list of mappings for merging, but found scalar")
+    assert problem == (
+        f"{tmp_path / 'config.yaml'}:12: server: "
+        "expected a mapping or list of mappings for merging, but found scalar"
+    )

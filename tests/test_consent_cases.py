@@ -43,17 +43,25 @@ tenants:
 REDACT_ELSEWHERE = "{EMAIL_ADDRESS: {action: redact, jurisdictions: {EU: allow}}}"
 
 
-def start(factory: Callable[..., RunningGateway], eu: DevUpstream, us: DevUpstream, tmp_path: Path,
-          entities: str = REDACT_ELSEWHERE) -> RunningGateway:
+def start(
+    factory: Callable[..., RunningGateway],
+    eu: DevUpstream,
+    us: DevUpstream,
+    tmp_path: Path,
+    entities: str = REDACT_ELSEWHERE,
+) -> RunningGateway:
     gw = factory(two_region_config(eu, us), write_bundle(tmp_path, BUNDLE.format(entities=entities)))
     eu.fail_status = 503  # the EU model is down: only the DPA fallback could answer
     return gw
 
 
 def ask(gw: RunningGateway, subject: str, content: str = f"Mail {EMAIL} about it") -> httpx.Response:
-    return httpx.post(f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {gw.key()}"},
-                      timeout=10, json={"model": "mistral-7b", "user": subject,
-                                        "messages": [{"role": "user", "content": content}]})
+    return httpx.post(
+        f"{gw.base_url}/chat/completions",
+        headers={"Authorization": f"Bearer {gw.key()}"},
+        timeout=10,
+        json={"model": "mistral-7b", "user": subject, "messages": [{"role": "user", "content": content}]},
+    )
 
 
 def grant(gw: RunningGateway, subject: str, **kw: Any) -> None:
@@ -69,7 +77,10 @@ def assert_refused(resp: httpx.Response, us: DevUpstream) -> None:
 
 
 def test_an_active_consent_opens_the_fallback(
-    gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path
+    gateway_factory: Callable[..., RunningGateway],
+    upstream: DevUpstream,
+    upstream_b: DevUpstream,
+    tmp_path: Path,
 ) -> None:
     # The control case: without it, every refusal below could be a fallback that never works.
     gw = start(gateway_factory, upstream, upstream_b, tmp_path)
@@ -82,7 +93,10 @@ def test_an_active_consent_opens_the_fallback(
 
 
 def test_an_expired_consent_does_not_open_the_fallback(
-    gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path
+    gateway_factory: Callable[..., RunningGateway],
+    upstream: DevUpstream,
+    upstream_b: DevUpstream,
+    tmp_path: Path,
 ) -> None:
     gw = start(gateway_factory, upstream, upstream_b, tmp_path)
     subject = uuid.uuid4().hex
@@ -92,7 +106,10 @@ def test_an_expired_consent_does_not_open_the_fallback(
 
 
 def test_a_consent_that_expires_stops_the_fallback_even_while_cached(
-    gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path
+    gateway_factory: Callable[..., RunningGateway],
+    upstream: DevUpstream,
+    upstream_b: DevUpstream,
+    tmp_path: Path,
 ) -> None:
     gw = start(gateway_factory, upstream, upstream_b, tmp_path)
     subject = uuid.uuid4().hex
@@ -107,7 +124,10 @@ def test_a_consent_that_expires_stops_the_fallback_even_while_cached(
 
 
 def test_a_consent_given_in_another_tenant_does_not_open_the_fallback(
-    gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path
+    gateway_factory: Callable[..., RunningGateway],
+    upstream: DevUpstream,
+    upstream_b: DevUpstream,
+    tmp_path: Path,
 ) -> None:
     gw = start(gateway_factory, upstream, upstream_b, tmp_path)
     subject = uuid.uuid4().hex
@@ -116,7 +136,10 @@ def test_a_consent_given_in_another_tenant_does_not_open_the_fallback(
 
 
 def test_a_consent_for_another_purpose_does_not_open_the_fallback(
-    gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path
+    gateway_factory: Callable[..., RunningGateway],
+    upstream: DevUpstream,
+    upstream_b: DevUpstream,
+    tmp_path: Path,
 ) -> None:
     gw = start(gateway_factory, upstream, upstream_b, tmp_path)
     subject = uuid.uuid4().hex
@@ -125,7 +148,10 @@ def test_a_consent_for_another_purpose_does_not_open_the_fallback(
 
 
 def test_a_consent_of_another_subject_does_not_open_the_fallback(
-    gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path
+    gateway_factory: Callable[..., RunningGateway],
+    upstream: DevUpstream,
+    upstream_b: DevUpstream,
+    tmp_path: Path,
 ) -> None:
     gw = start(gateway_factory, upstream, upstream_b, tmp_path)
     grant(gw, "alice")
@@ -154,8 +180,11 @@ def audit_decisions(gw: RunningGateway, request_id: str) -> list[dict[str, Any]]
 
 @pytest.mark.parametrize("entities", list(FLOOR_CASES.values()), ids=list(FLOOR_CASES))
 def test_the_consented_hop_gets_a_type_the_policy_allows_redacted(
-    gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path,
-    entities: str
+    gateway_factory: Callable[..., RunningGateway],
+    upstream: DevUpstream,
+    upstream_b: DevUpstream,
+    tmp_path: Path,
+    entities: str,
 ) -> None:
     gw = start(gateway_factory, upstream, upstream_b, tmp_path, entities)
     grant(gw, "alice")
@@ -166,16 +195,24 @@ def test_the_consented_hop_gets_a_type_the_policy_allows_redacted(
     us_body = str(upstream_b.received[-1].body)
     assert EMAIL not in us_body
     assert "<EMAIL_ADDRESS_1>" in us_body
-    floor = [d for d in audit_decisions(gw, resp.headers["x-gateway-request-id"])
-             if d["policy"] == "pii_redaction" and d["action"] == "floor_redact"]
+    floor = [
+        d
+        for d in audit_decisions(gw, resp.headers["x-gateway-request-id"])
+        if d["policy"] == "pii_redaction" and d["action"] == "floor_redact"
+    ]
     assert [(d["facts"]["hop"], d["facts"]["entities"]) for d in floor] == [("us-gpt4", {"EMAIL_ADDRESS": 1})]
 
 
 def test_a_rule_with_a_documented_reason_lifts_the_floor_for_its_jurisdiction(
-    gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path
+    gateway_factory: Callable[..., RunningGateway],
+    upstream: DevUpstream,
+    upstream_b: DevUpstream,
+    tmp_path: Path,
 ) -> None:
     # The one documented way around the floor; without this case, "always redact" would pass the test above.
-    entities = '{EMAIL_ADDRESS: {action: redact, jurisdictions: {US: allow}, reason: "DPA annex 2 covers e-mail"}}'
+    entities = (
+        '{EMAIL_ADDRESS: {action: redact, jurisdictions: {US: allow}, reason: "DPA annex 2 covers e-mail"}}'
+    )
     gw = start(gateway_factory, upstream, upstream_b, tmp_path, entities)
     grant(gw, "alice")
     resp = ask(gw, "alice")

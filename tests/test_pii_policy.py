@@ -17,10 +17,26 @@ from gateway.policy import Context, Run, Target
 from gateway.sse import Event
 from tests.pii_values import EMAIL, IBAN
 
-EU = Target("eu", Deployment(kind="openai_compatible", base_url="http://127.0.0.1:1/v1", model="m",
-                             jurisdiction="EU", region="fr-par"))
-US = Target("us", Deployment(kind="openai_compatible", base_url="http://127.0.0.1:1/v1", model="m",
-                             jurisdiction="US", region="us-east"))
+EU = Target(
+    "eu",
+    Deployment(
+        kind="openai_compatible",
+        base_url="http://127.0.0.1:1/v1",
+        model="m",
+        jurisdiction="EU",
+        region="fr-par",
+    ),
+)
+US = Target(
+    "us",
+    Deployment(
+        kind="openai_compatible",
+        base_url="http://127.0.0.1:1/v1",
+        model="m",
+        jurisdiction="US",
+        region="us-east",
+    ),
+)
 
 
 def policy(**config: Any) -> PiiRedaction:
@@ -37,7 +53,9 @@ def chat(text: str) -> dict[str, Any]:
     return {"model": "m", "messages": [{"role": "user", "content": text}]}
 
 
-async def run(r: PiiRedaction | Run, ctx: Context, request: dict[str, Any], target: Target = US) -> dict[str, Any]:
+async def run(
+    r: PiiRedaction | Run, ctx: Context, request: dict[str, Any], target: Target = US
+) -> dict[str, Any]:
     """One request through the policy's hooks up to the hop (``r``: a policy, or a run it started)."""
     r = r.start(ctx) if isinstance(r, PiiRedaction) else r
     request = await r.on_request(ctx, request)
@@ -47,10 +65,16 @@ async def run(r: PiiRedaction | Run, ctx: Context, request: dict[str, Any], targ
 async def test_decisions_carry_entity_types_and_counts_never_values() -> None:
     p, ctx = policy(), context()
     sent = await run(p, ctx, chat(f"{EMAIL} and again {EMAIL}, IBAN {IBAN}"))
-    assert sent["messages"][0]["content"] == "<EMAIL_ADDRESS_1> and again <EMAIL_ADDRESS_1>, IBAN <IBAN_CODE_1>"
+    assert (
+        sent["messages"][0]["content"] == "<EMAIL_ADDRESS_1> and again <EMAIL_ADDRESS_1>, IBAN <IBAN_CODE_1>"
+    )
     [decision] = ctx.decisions
     assert (decision.policy, decision.action) == ("pii_redaction", "redact")
-    assert decision.facts == {"entities": {"EMAIL_ADDRESS": 2, "IBAN_CODE": 1}, "hop": "us", "jurisdiction": "US"}
+    assert decision.facts == {
+        "entities": {"EMAIL_ADDRESS": 2, "IBAN_CODE": 1},
+        "hop": "us",
+        "jurisdiction": "US",
+    }
 
 
 async def test_shadow_mode_records_what_it_would_redact_and_forwards_unchanged() -> None:
@@ -61,9 +85,12 @@ async def test_shadow_mode_records_what_it_would_redact_and_forwards_unchanged()
     assert [d.action for d in ctx.decisions] == ["would_redact"]
     assert ctx.consents == {}
     assert ctx.candidates == [EU, US]
-    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": f"<EMAIL_ADDRESS_1> {IBAN}"}}]}
+    answer = {
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": f"<EMAIL_ADDRESS_1> {IBAN}"}}]
+    }
     assert await chain.response(answer) == {
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": f"<EMAIL_ADDRESS_1> {IBAN}"}}]}
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": f"<EMAIL_ADDRESS_1> {IBAN}"}}]
+    }
     assert [d.action for d in ctx.decisions] == ["would_redact", "would_block", "would_deny"]
 
 
@@ -78,7 +105,9 @@ async def test_hash_is_stable_per_tenant_and_differs_across_tenants() -> None:
 
 
 async def test_mask_keeps_only_the_last_characters() -> None:
-    sent = await run(policy(entities={"IBAN_CODE": "mask"}, mask_keep_last=2), context(), chat(f"IBAN {IBAN}"))
+    sent = await run(
+        policy(entities={"IBAN_CODE": "mask"}, mask_keep_last=2), context(), chat(f"IBAN {IBAN}")
+    )
     assert sent["messages"][0]["content"] == "IBAN " + "*" * (len(IBAN) - 2) + "00"
 
 
@@ -105,7 +134,8 @@ async def test_each_request_has_its_own_placeholders() -> None:
     first, second = p.start(one), p.start(two)
     assert (await run(first, one, chat(EMAIL)))["messages"][0]["content"] == "<EMAIL_ADDRESS_1>"
     assert (await run(second, two, chat(f"{IBAN} bob@example.org")))["messages"][0]["content"] == (
-        "<IBAN_CODE_1> <EMAIL_ADDRESS_1>")
+        "<IBAN_CODE_1> <EMAIL_ADDRESS_1>"
+    )
     assert first.reads_response(one)
     assert second.reads_response(two)
     assert not p.start(context()).reads_response(context())  # a request with nothing redacted: bytes relayed
@@ -122,7 +152,7 @@ async def test_output_scanning_masks_pii_the_model_produced_in_a_stream() -> Non
 
     async def events() -> Any:
         for i in range(0, len(text), 7):
-            yield Event.of({"id": "x", "choices": [{"index": 0, "delta": {"content": text[i:i + 7]}}]})
+            yield Event.of({"id": "x", "choices": [{"index": 0, "delta": {"content": text[i : i + 7]}}]})
         yield Event.of({"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         yield Event(b"[DONE]")
 
@@ -169,12 +199,20 @@ def test_long_text_is_analysed_in_chunks_with_the_same_findings() -> None:
         # Each identifier pair starts a few characters before a chunk boundary (or its overlap's end),
         # so one chunk sees it whole and the next only its tail.
         target = i * step - (5 + 3 * i) + (engine.CHUNK_OVERLAP if i % 3 == 0 else 0)
-        text += "x" * max(target - len(text), 1) + f" ann{i}@example.org DE89 3704 0044 0532 0130 00 +49 30 1234567 "
-        found += [("EMAIL_ADDRESS", f"ann{i}@example.org"), ("IBAN_CODE", "DE89 3704 0044 0532 0130 00"),
-                  ("PHONE_NUMBER", "+49 30 1234567")]
+        text += (
+            "x" * max(target - len(text), 1)
+            + f" ann{i}@example.org DE89 3704 0044 0532 0130 00 +49 30 1234567 "
+        )
+        found += [
+            ("EMAIL_ADDRESS", f"ann{i}@example.org"),
+            ("IBAN_CODE", "DE89 3704 0044 0532 0130 00"),
+            ("PHONE_NUMBER", "+49 30 1234567"),
+        ]
     text += "y" * engine.CHUNK_CHARS
-    chunked = [(s.entity, text[s.start:s.end]) for s in a.analyze_text(text, deadline=time.monotonic() + 60)]
-    whole = [(s.entity, text[s.start:s.end]) for s in a._analyze_chunk(text)]
+    chunked = [
+        (s.entity, text[s.start : s.end]) for s in a.analyze_text(text, deadline=time.monotonic() + 60)
+    ]
+    whole = [(s.entity, text[s.start : s.end]) for s in a._analyze_chunk(text)]
     assert len(text) > 10 * engine.CHUNK_CHARS
     assert chunked == whole == found
 

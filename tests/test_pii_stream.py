@@ -29,8 +29,14 @@ def vault() -> Vault:
 
 
 def chunk(*choices: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"id": "c1", "object": "chat.completion.chunk", "created": 7, "model": "m", "choices": list(choices),
-            **extra}
+    return {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 7,
+        "model": "m",
+        "choices": list(choices),
+        **extra,
+    }
 
 
 def content(text: str, index: int = 0, finish: str | None = None) -> dict[str, Any]:
@@ -54,7 +60,9 @@ async def test_a_chunk_without_placeholders_is_reported_unchanged(vault: Vault) 
     plain = chunk(content("Hello there"))
     assert await editor.edit(plain) is False
     assert plain["choices"][0]["delta"]["content"] == "Hello there"
-    assert await editor.edit(chunk({"index": 0, "delta": {"role": "assistant"}, "finish_reason": None})) is False
+    assert (
+        await editor.edit(chunk({"index": 0, "delta": {"role": "assistant"}, "finish_reason": None})) is False
+    )
     assert await editor.edit({"choices": None}) is False
     assert await editor.edit({"choices": ["not a dict", 3]}) is False
 
@@ -123,7 +131,9 @@ async def test_tool_call_arguments_are_restored_json_escaped_per_call(vault: Vau
     assert json.loads(args[0] + args[2]) == {"to": QUOTED}
 
 
-async def test_held_tool_call_arguments_go_out_with_finish_reason_under_their_call_index(vault: Vault) -> None:
+async def test_held_tool_call_arguments_go_out_with_finish_reason_under_their_call_index(
+    vault: Vault,
+) -> None:
     editor = StreamEditor(vault)
     await editor.edit(chunk({"index": 0, "delta": tool_delta(2, '{"x": "<PERSON'), "finish_reason": None}))
     end = chunk({"index": 0, "delta": {}, "finish_reason": "tool_calls"})
@@ -133,9 +143,20 @@ async def test_held_tool_call_arguments_go_out_with_finish_reason_under_their_ca
 
 async def test_tool_calls_without_an_index_and_malformed_calls(vault: Vault) -> None:
     editor = StreamEditor(vault)
-    odd = chunk({"index": 0, "delta": {"tool_calls": [
-        {"function": {"arguments": '"<PERSON_1>"'}}, "junk", {"function": {"arguments": 5}}, {"function": None},
-    ]}, "finish_reason": None})
+    odd = chunk(
+        {
+            "index": 0,
+            "delta": {
+                "tool_calls": [
+                    {"function": {"arguments": '"<PERSON_1>"'}},
+                    "junk",
+                    {"function": {"arguments": 5}},
+                    {"function": None},
+                ]
+            },
+            "finish_reason": None,
+        }
+    )
     assert await editor.edit(odd) is True
     calls = odd["choices"][0]["delta"]["tool_calls"]
     assert calls[0]["function"]["arguments"] == json.dumps(QUOTED)
@@ -146,26 +167,48 @@ async def test_tool_calls_without_an_index_and_malformed_calls(vault: Vault) -> 
 
 async def test_legacy_function_call_arguments_are_restored_and_flushed(vault: Vault) -> None:
     editor = StreamEditor(vault)
-    first = chunk({"index": 0, "delta": {"function_call": {"name": "f", "arguments": '{"p": "<PERSON_1>", "m": "<EMAIL'}},
-                   "finish_reason": None})
+    first = chunk(
+        {
+            "index": 0,
+            "delta": {"function_call": {"name": "f", "arguments": '{"p": "<PERSON_1>", "m": "<EMAIL'}},
+            "finish_reason": None,
+        }
+    )
     assert await editor.edit(first) is True
     assert first["choices"][0]["delta"]["function_call"] == {
-        "name": "f", "arguments": '{"p": "' + json.dumps(QUOTED)[1:-1] + '", "m": "'}
+        "name": "f",
+        "arguments": '{"p": "' + json.dumps(QUOTED)[1:-1] + '", "m": "',
+    }
     end = chunk({"index": 0, "delta": {}, "finish_reason": "function_call"})
     assert await editor.edit(end) is True
     assert end["choices"][0]["delta"] == {"function_call": {"arguments": "<EMAIL"}}
     editor = StreamEditor(vault)
     same = chunk({"index": 0, "delta": {"function_call": {"arguments": "{}"}}, "finish_reason": None})
     assert await editor.edit(same) is False
-    assert await editor.edit(chunk({"index": 0, "delta": {"function_call": "x"}, "finish_reason": None})) is False
+    assert (
+        await editor.edit(chunk({"index": 0, "delta": {"function_call": "x"}, "finish_reason": None}))
+        is False
+    )
 
 
 async def test_flush_appends_to_text_already_in_the_finish_chunk(vault: Vault) -> None:
     editor = StreamEditor(vault)
-    await editor.edit(chunk({"index": 0, "delta": {"content": "a <P", "function_call": {"arguments": "{<PER"}},
-                             "finish_reason": None}))
-    end = chunk({"index": 0, "delta": {"content": "b", "function_call": {"arguments": "SON"}},
-                 "finish_reason": "stop"})
+    await editor.edit(
+        chunk(
+            {
+                "index": 0,
+                "delta": {"content": "a <P", "function_call": {"arguments": "{<PER"}},
+                "finish_reason": None,
+            }
+        )
+    )
+    end = chunk(
+        {
+            "index": 0,
+            "delta": {"content": "b", "function_call": {"arguments": "SON"}},
+            "finish_reason": "stop",
+        }
+    )
     await editor.edit(end)
     # "{" went out with the first chunk; "<PERSON" was held over both and is appended at the end.
     assert end["choices"][0]["delta"] == {"content": "<Pb", "function_call": {"arguments": "<PERSON"}}
@@ -174,17 +217,31 @@ async def test_flush_appends_to_text_already_in_the_finish_chunk(vault: Vault) -
 async def test_tail_carries_what_a_stream_without_finish_reason_still_holds(vault: Vault) -> None:
     editor = StreamEditor(vault)
     assert await editor.tail() is None
-    await editor.edit(chunk(content("x <PERSON", index=1), content("y <EMAIL", index=0), content("z", index=2),
-                            system_fingerprint="fp"))
+    await editor.edit(
+        chunk(
+            content("x <PERSON", index=1),
+            content("y <EMAIL", index=0),
+            content("z", index=2),
+            system_fingerprint="fp",
+        )
+    )
     tail = await editor.tail()
-    assert tail == {"id": "c1", "object": "chat.completion.chunk", "created": 7, "model": "m", "choices": [
-        {"index": 0, "delta": {"content": "<EMAIL"}, "finish_reason": None},
-        {"index": 1, "delta": {"content": "<PERSON"}, "finish_reason": None},
-    ]}
+    assert tail == {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 7,
+        "model": "m",
+        "choices": [
+            {"index": 0, "delta": {"content": "<EMAIL"}, "finish_reason": None},
+            {"index": 1, "delta": {"content": "<PERSON"}, "finish_reason": None},
+        ],
+    }
     assert await editor.tail() is None  # flushed once
     editor = StreamEditor(vault)
     await editor.edit({"choices": [content("q <PERSON")]})
-    assert await editor.tail() == {"choices": [{"index": 0, "delta": {"content": "<PERSON"}, "finish_reason": None}]}
+    assert await editor.tail() == {
+        "choices": [{"index": 0, "delta": {"content": "<PERSON"}, "finish_reason": None}]
+    }
 
 
 # --- OutputScanner ------------------------------------------------------------------------------
@@ -192,7 +249,7 @@ async def test_tail_carries_what_a_stream_without_finish_reason_still_holds(vaul
 
 def redact(text: str, spans: tuple[Span, ...]) -> str:
     for span in sorted(spans, key=lambda s: s.start, reverse=True):
-        text = text[:span.start] + f"[{span.entity}]" + text[span.end:]
+        text = text[: span.start] + f"[{span.entity}]" + text[span.end :]
     return text
 
 
@@ -204,7 +261,7 @@ def analyzer() -> Analyzer:
 async def test_the_scanner_holds_up_to_a_window_and_releases_all_but_a_window(analyzer: Analyzer) -> None:
     scanner = OutputScanner(analyzer, redact)
     assert await scanner.feed("a" * WINDOW) == ""  # exactly a window: still held
-    assert await scanner.feed("b") == "a"           # one more: all but the last WINDOW characters
+    assert await scanner.feed("b") == "a"  # one more: all but the last WINDOW characters
     assert await scanner.feed("", final=True) == "a" * (WINDOW - 1) + "b"
     assert await scanner.feed("", final=True) == ""
 
@@ -214,7 +271,7 @@ async def test_the_scanner_never_cuts_through_an_entity_and_redacts_it_whole(ana
     text = "x" * 60 + f" mail {EMAIL} please " + "y" * 70
     out = ""
     for i in range(0, len(text), 7):
-        out += await scanner.feed(text[i:i + 7])
+        out += await scanner.feed(text[i : i + 7])
     out += await scanner.feed("", final=True)
     assert out == "x" * 60 + " mail [EMAIL_ADDRESS] please " + "y" * 70
     assert EMAIL not in out
@@ -266,16 +323,31 @@ async def test_every_choice_and_every_channel_counts_towards_changed(vault: Vaul
 
 async def test_held_text_is_appended_after_what_the_finish_chunk_itself_released(vault: Vault) -> None:
     editor = StreamEditor(vault)
-    end = chunk({"index": 0, "delta": {"content": "done <PERS", "function_call": {"arguments": '{"a": "<EMAIL'}},
-                 "finish_reason": "stop"})
+    end = chunk(
+        {
+            "index": 0,
+            "delta": {"content": "done <PERS", "function_call": {"arguments": '{"a": "<EMAIL'}},
+            "finish_reason": "stop",
+        }
+    )
     await editor.edit(end)
-    assert end["choices"][0]["delta"] == {"content": "done <PERS", "function_call": {"arguments": '{"a": "<EMAIL'}}
+    assert end["choices"][0]["delta"] == {
+        "content": "done <PERS",
+        "function_call": {"arguments": '{"a": "<EMAIL'},
+    }
 
 
 async def test_a_held_tool_call_without_an_index_is_flushed_as_call_zero(vault: Vault) -> None:
     editor = StreamEditor(vault)
-    await editor.edit(chunk({"index": 0, "delta": {"tool_calls": [{"function": {"arguments": '{"x": "<PERSON'}}]},
-                             "finish_reason": None}))
+    await editor.edit(
+        chunk(
+            {
+                "index": 0,
+                "delta": {"tool_calls": [{"function": {"arguments": '{"x": "<PERSON'}}]},
+                "finish_reason": None,
+            }
+        )
+    )
     end = chunk({"index": 0, "delta": {}, "finish_reason": "tool_calls"})
     await editor.edit(end)
     assert end["choices"][0]["delta"] == {"tool_calls": [{"index": 0, "function": {"arguments": "<PERSON"}}]}

@@ -29,17 +29,38 @@ REQUEST: dict[str, Any] = {
     "user": "pseudo-user",
     "messages": [
         {"role": "system", "content": "be brief"},
-        {"role": "user", "name": "ann", "content": [
-            {"type": "text", "text": "hello"},
-            {"type": "image_url", "image_url": {"url": "https://ex.org/a/b?mail=x@y.de#top"}},
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}},
-        ]},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"to": "bob", "n": 1}'}}],
-         "function_call": {"name": "g", "arguments": "not json"}},
+        {
+            "role": "user",
+            "name": "ann",
+            "content": [
+                {"type": "text", "text": "hello"},
+                {"type": "image_url", "image_url": {"url": "https://ex.org/a/b?mail=x@y.de#top"}},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "f", "arguments": '{"to": "bob", "n": 1}'},
+                }
+            ],
+            "function_call": {"name": "g", "arguments": "not json"},
+        },
     ],
-    "tools": [{"type": "function", "function": {"name": "f", "description": "sends",
-                                                  "parameters": {"type": "object", "enum": ["a"]}}}],
+    "tools": [
+        {
+            "type": "function",
+            "function": {
+                "name": "f",
+                "description": "sends",
+                "parameters": {"type": "object", "enum": ["a"]},
+            },
+        }
+    ],
     "stop": ["END"],
     "metadata": {"ticket": "t-1"},
     "temperature": 0.2,
@@ -49,8 +70,24 @@ REQUEST: dict[str, Any] = {
 
 def test_every_text_field_and_nothing_else_reaches_the_scan_function_in_order() -> None:
     assert collect(REQUEST, "chat") == [
-        "be brief", "ann", "hello", "https:/", "ex.org", "a", "b", "mail", "x@y.de", "top",
-        "bob", "not json", "sends", "object", "a", "END", "t-1", "deep",
+        "be brief",
+        "ann",
+        "hello",
+        "https:/",
+        "ex.org",
+        "a",
+        "b",
+        "mail",
+        "x@y.de",
+        "top",
+        "bob",
+        "not json",
+        "sends",
+        "object",
+        "a",
+        "END",
+        "t-1",
+        "deep",
     ]
 
 
@@ -73,8 +110,11 @@ def test_the_scanned_copy_changes_only_text_and_leaves_the_callers_request_alone
     assert assistant["tool_calls"][0]["function"]["name"] == "f"
     assert assistant["tool_calls"][0]["id"] == "call_1"
     assert assistant["function_call"] == {"name": "g", "arguments": "NOT JSON"}
-    assert out["tools"][0]["function"] == {"name": "f", "description": "SENDS",
-                                           "parameters": {"type": "OBJECT", "enum": ["A"]}}
+    assert out["tools"][0]["function"] == {
+        "name": "f",
+        "description": "SENDS",
+        "parameters": {"type": "OBJECT", "enum": ["A"]},
+    }
     assert out["stop"] == ["END"]
     assert out["metadata"] == {"ticket": "T-1"}
     assert out["vendor_extension"] == {"note": ["DEEP"], "n": 5}
@@ -135,19 +175,35 @@ def test_embeddings_text_input_is_scanned() -> None:
 
 
 def test_answers_are_mapped_in_place_text_and_tool_arguments_apart() -> None:
-    response: dict[str, Any] = {"choices": [
-        "junk",
-        {"index": 0},
-        {"index": 1, "message": {"content": "hi", "refusal": "no", "tool_calls": [
-            {"function": {"arguments": '{"a": "b"}'}}, "junk", {"function": {"arguments": 3}}],
-            "function_call": {"arguments": '{"c": "d"}'}}},
-        {"index": 2, "message": {"content": None, "function_call": "junk"}},
-    ]}
+    response: dict[str, Any] = {
+        "choices": [
+            "junk",
+            {"index": 0},
+            {
+                "index": 1,
+                "message": {
+                    "content": "hi",
+                    "refusal": "no",
+                    "tool_calls": [
+                        {"function": {"arguments": '{"a": "b"}'}},
+                        "junk",
+                        {"function": {"arguments": 3}},
+                    ],
+                    "function_call": {"arguments": '{"c": "d"}'},
+                },
+            },
+            {"index": 2, "message": {"content": None, "function_call": "junk"}},
+        ]
+    }
     out = map_response(response, upper, lambda t: f"json:{t}")
     assert out is response
     msg = response["choices"][2]["message"]
     assert (msg["content"], msg["refusal"]) == ("HI", "NO")
-    assert msg["tool_calls"] == [{"function": {"arguments": 'json:{"a": "b"}'}}, "junk", {"function": {"arguments": 3}}]
+    assert msg["tool_calls"] == [
+        {"function": {"arguments": 'json:{"a": "b"}'}},
+        "junk",
+        {"function": {"arguments": 3}},
+    ]
     assert msg["function_call"] == {"arguments": 'json:{"c": "d"}'}
     assert response["choices"][3]["message"] == {"content": None, "function_call": "junk"}
     assert map_response({"choices": None}, upper, upper) == {"choices": None}

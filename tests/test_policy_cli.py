@@ -113,7 +113,9 @@ def test_policy_check_flags_unknown_deployments_and_contradictions(setup: tuple[
     code, out = invoke("policy", "check", "--config", str(config))
     assert code == 1
     assert "unknown deployment 'gpt-5'" in out
-    (policies / "bundle.yaml").write_text(BUNDLE.replace("target: us-gpt4", "target: us-gpt4\n          require_consent: false"))
+    (policies / "bundle.yaml").write_text(
+        BUNDLE.replace("target: us-gpt4", "target: us-gpt4\n          require_consent: false")
+    )
     code, out = invoke("policy", "check", "--config", str(config))
     assert code == 1
     assert "contradiction" in out
@@ -134,8 +136,24 @@ def test_policy_test_prints_pass_and_fail_with_file_and_line(setup: tuple[Path, 
 
 def test_policy_explain_prints_decisions_and_route_without_sending(setup: tuple[Path, Path]) -> None:
     config, _ = setup
-    code, out = invoke("policy", "explain", "--config", str(config), "--tenant", "hr", "--app", "bot",
-                       "--model", "chat", "--subject", "alice", "--consent", "llm_fallback_gpt4", "--fail", "eu")
+    code, out = invoke(
+        "policy",
+        "explain",
+        "--config",
+        str(config),
+        "--tenant",
+        "hr",
+        "--app",
+        "bot",
+        "--model",
+        "chat",
+        "--subject",
+        "alice",
+        "--consent",
+        "llm_fallback_gpt4",
+        "--fail",
+        "eu",
+    )
     assert code == 0, out
     assert "consent_fallback" in out
     assert "eligible" in out
@@ -145,8 +163,9 @@ def test_policy_explain_prints_decisions_and_route_without_sending(setup: tuple[
 
 def test_shipped_policy_bundle_passes_check_and_its_tests() -> None:
     for command in (["policy", "check"], ["policy", "test"]):
-        result = subprocess.run([sys.executable, "-m", "gateway.cli_main", *command], cwd=ROOT,
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway.cli_main", *command], cwd=ROOT, capture_output=True, text=True
+        )
         assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -165,8 +184,12 @@ def test_audit_verify_detects_modified_and_deleted_records(setup: tuple[Path, Pa
     auditor = audit.Auditor(writer=None)
     rows = []
     for i in range(4):
-        ctx = Context(principal=Principal("k", "hr", "bot", frozenset(), frozenset()), endpoint="chat",
-                      model="chat", candidates=[])
+        ctx = Context(
+            principal=Principal("k", "hr", "bot", frozenset(), frozenset()),
+            endpoint="chat",
+            model="chat",
+            candidates=[],
+        )
         ctx.status = 200
         ctx.record("residency", "allow", n=i)
         rows.append(auditor.build(ctx))
@@ -189,7 +212,8 @@ def test_audit_verify_detects_modified_and_deleted_records(setup: tuple[Path, Pa
 
 
 def test_audit_verify_sees_a_lost_tail_once_the_chain_is_closed_and_lists_open_chains(
-        setup: tuple[Path, Path]) -> None:
+    setup: tuple[Path, Path],
+) -> None:
     from sqlalchemy import text
 
     from gateway import audit
@@ -214,8 +238,12 @@ def test_audit_verify_sees_a_lost_tail_once_the_chain_is_closed_and_lists_open_c
     auditor = audit.Auditor(writer=sink)
     auditor.start()
     for _ in range(3):
-        ctx = Context(principal=Principal("k", "hr", "bot", frozenset(), frozenset()), endpoint="chat",
-                      model="chat", candidates=[])
+        ctx = Context(
+            principal=Principal("k", "hr", "bot", frozenset(), frozenset()),
+            endpoint="chat",
+            model="chat",
+            candidates=[],
+        )
         ctx.status = 200
         auditor.record(ctx)
     Writer(engine, config.parent / "spool")._write(sink.rows)
@@ -247,8 +275,12 @@ def _audit_rows(config: Path, n: int = 1) -> list[str]:
     auditor = audit.Auditor(writer=None)
     rows = []
     for i in range(n):
-        ctx = Context(principal=Principal("k", "hr", "bot", frozenset(), frozenset()), endpoint="chat",
-                      model="chat", candidates=[])
+        ctx = Context(
+            principal=Principal("k", "hr", "bot", frozenset(), frozenset()),
+            endpoint="chat",
+            model="chat",
+            candidates=[],
+        )
         ctx.status = 200
         ctx.record("residency", "allow", allowed=["EU"], n=i)
         ctx.attempts.append(("eu", "ok"))
@@ -267,7 +299,9 @@ def test_audit_show_prints_decisions_and_attempts_as_nested_json(setup: tuple[Pa
     record = json.loads(out)
     assert list(record)[:3] == ["request_id", "chain_id", "seq"]
     assert record["request_id"] == request_id
-    assert record["decisions"] == [{"policy": "residency", "action": "allow", "facts": {"allowed": ["EU"], "n": 0}}]
+    assert record["decisions"] == [
+        {"policy": "residency", "action": "allow", "facts": {"allowed": ["EU"], "n": 0}}
+    ]
     assert record["attempts"] == [["eu", "ok"]]
 
 
@@ -276,14 +310,32 @@ def test_keys_consents_and_usage_list_whole_ids_as_columns_or_json(setup: tuple[
 
     config, _ = setup
     c = ("--config", str(config))
-    key = runner.invoke(app, ["keys", "create", "--tenant", "hr", "--app", "a-rather-long-app-name-for-a-table",
-                              "--models", "mistral-7b,mistral-embed", "--scopes", "chat,embeddings", *c])
+    key = runner.invoke(
+        app,
+        [
+            "keys",
+            "create",
+            "--tenant",
+            "hr",
+            "--app",
+            "a-rather-long-app-name-for-a-table",
+            "--models",
+            "mistral-7b,mistral-embed",
+            "--scopes",
+            "chat,embeddings",
+            *c,
+        ],
+    )
     assert key.exit_code == 0, key.output
-    key_id = key.stdout.strip()[len("sk-gw-"):].partition("-")[0]
+    key_id = key.stdout.strip()[len("sk-gw-") :].partition("-")[0]
     code, out = invoke("keys", "list", *c)
     assert code == 0
     assert out.splitlines()[0].split()[:3] == ["key", "id", "tenant"]
-    assert out.splitlines()[1].split()[:3] == [key_id, "hr", "a-rather-long-app-name-for-a-table"]  # never cut
+    assert out.splitlines()[1].split()[:3] == [
+        key_id,
+        "hr",
+        "a-rather-long-app-name-for-a-table",
+    ]  # never cut
     [row] = json.loads(invoke("keys", "list", "--json", *c)[1])
     assert row["key_id"] == key_id
     assert row["models"] == ["mistral-7b", "mistral-embed"]
@@ -295,8 +347,19 @@ def test_keys_consents_and_usage_list_whole_ids_as_columns_or_json(setup: tuple[
     assert out.strip() == f"revoked {key_id}"
     assert json.loads(invoke("keys", "list", "--json", *c)[1])[0]["revoked_at"]
 
-    code, out = invoke("consent", "grant", "--tenant", "hr", "--subject", "emp-1", "--purpose", "llm_fallback_gpt4",
-                       "--evidence", "hr-ticket-4711", *c)
+    code, out = invoke(
+        "consent",
+        "grant",
+        "--tenant",
+        "hr",
+        "--subject",
+        "emp-1",
+        "--purpose",
+        "llm_fallback_gpt4",
+        "--evidence",
+        "hr-ticket-4711",
+        *c,
+    )
     consent_id = out.split()[-1]
     code, out = invoke("consent", "list", *c)
     assert code == 0
@@ -310,28 +373,40 @@ def test_keys_consents_and_usage_list_whole_ids_as_columns_or_json(setup: tuple[
 
 
 def test_config_check_warns_about_deployments_without_a_key_or_an_endpoint(
-        setup: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    setup: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     config, _ = setup
     monkeypatch.delenv("EU_KEY", raising=False)
     text = config.read_text().replace("    model: m\n", "    model: m\n    api_key: ${EU_KEY:-}\n", 1)
-    config.write_text(text.replace("    base_url: http://127.0.0.1:1/v1\n    model: gpt-4o", "    base_url: ''\n"
-                                   "    api_key: k\n    model: gpt-4o"))
+    config.write_text(
+        text.replace(
+            "    base_url: http://127.0.0.1:1/v1\n    model: gpt-4o",
+            "    base_url: ''\n    api_key: k\n    model: gpt-4o",
+        )
+    )
     code, out = invoke("config", "check", "--config", str(config))
     assert code == 0, out
-    assert f"warning {config}:6: deployments.eu.api_key is empty (EU_KEY is not set); serve --dev sends it" in out
+    assert (
+        f"warning {config}:6: deployments.eu.api_key is empty (EU_KEY is not set); serve --dev sends it"
+        in out
+    )
     assert "deployments.us-gpt4.base_url is empty; serve --dev sends it to the development upstream" in out
     assert "us-gpt4.api_key" not in out
     assert out.splitlines()[-1].startswith("ok: 2 deployments")
 
 
 def test_serve_dev_points_deployments_without_credentials_at_the_development_upstream(
-        setup: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    setup: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from gateway.cli import serve as cli
     from gateway.config import load_config
     from gateway.store.db import upgrade
 
     config, _ = setup
-    config.write_text(config.read_text().replace("deployments:\n", """deployments:
+    config.write_text(
+        config.read_text().replace(
+            "deployments:\n",
+            """deployments:
   keyed:
     kind: openai_compatible
     base_url: https://api.example.invalid/v1
@@ -351,7 +426,10 @@ def test_serve_dev_points_deployments_without_credentials_at_the_development_ups
     model: gpt-4o
     jurisdiction: EU
     region: swedencentral
-""", 1))
+""",
+            1,
+        )
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("KEYED_KEY", "sk-real")
     monkeypatch.setenv("MINE_URL", "http://vllm.internal:8000/v1")  # the operator's own keyless server
@@ -364,17 +442,22 @@ def test_serve_dev_points_deployments_without_credentials_at_the_development_ups
         d = effective.deployments
         assert d["eu"].base_url == d["us-gpt4"].base_url == upstream.url
         assert d["eu"].api_key == ""
-        assert d["azure"].base_url == upstream.base  # Azure paths /openai/deployments/<name>/... answered there
+        assert (
+            d["azure"].base_url == upstream.base
+        )  # Azure paths /openai/deployments/<name>/... answered there
         assert d["keyed"].base_url == "https://api.example.invalid/v1"
         assert d["keyed"].api_key == "sk-real"
         assert d["mine"].base_url == "http://vllm.internal:8000/v1"
-        assert "sk-real" not in (tmp_path / ".gateway" / "dev-config.yaml").read_text()  # references stay references
+        assert (
+            "sk-real" not in (tmp_path / ".gateway" / "dev-config.yaml").read_text()
+        )  # references stay references
     finally:
         upstream.stop()
 
 
-def test_serve_dev_reuses_its_key_while_it_is_valid(setup: tuple[Path, Path], tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_dev_reuses_its_key_while_it_is_valid(
+    setup: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from gateway import auth
     from gateway.cli import serve as cli
     from gateway.store.db import make_engine, upgrade
@@ -389,7 +472,7 @@ def test_serve_dev_reuses_its_key_while_it_is_valid(setup: tuple[Path, Path], tm
     assert (tmp_path / ".gateway" / "dev-key").read_text().strip() == key
     assert (tmp_path / ".gateway" / "dev-key").stat().st_mode & 0o077 == 0
     assert cli._dev_key(engine) == (key, True)
-    key_id = key[len(auth.PREFIX):].partition("-")[0]
+    key_id = key[len(auth.PREFIX) :].partition("-")[0]
     row = auth.get_key(engine, key_id)
     assert row is not None
     assert (row.tenant, row.app) == ("dev", "dev")
@@ -405,4 +488,4 @@ def test_serve_dev_reuses_its_key_while_it_is_valid(setup: tuple[Path, Path], tm
     replaced, reused = cli._dev_key(engine)
     assert not reused
     assert replaced not in (other, fresh)
-    assert auth.get_key(engine, other[len(auth.PREFIX):].partition("-")[0]).revoked_at is not None  # type: ignore[union-attr]
+    assert auth.get_key(engine, other[len(auth.PREFIX) :].partition("-")[0]).revoked_at is not None  # type: ignore[union-attr]

@@ -16,19 +16,43 @@ from tests.conftest import RunningGateway, make_config
 
 def two_region_config(eu: DevUpstream, us: DevUpstream, **overrides: Any) -> Any:
     deployments = {
-        "eu-primary": {"kind": "openai_compatible", "base_url": eu.url, "model": "mistral-7b", "jurisdiction": "EU",
-                       "region": "fr-par", "timeouts": {"connect_s": 1, "read_s": 5, "total_s": 10}},
-        "us-gpt4": {"kind": "openai_compatible", "base_url": us.url, "model": "gpt-4o", "jurisdiction": "US",
-                    "region": "us-east", "dpa": True},
-        "eu-embed": {"kind": "openai_compatible", "base_url": eu.url, "model": "embed", "jurisdiction": "EU",
-                     "region": "fr-par"},
-        "us-embed": {"kind": "openai_compatible", "base_url": us.url, "model": "embed", "jurisdiction": "US",
-                     "region": "us-east"},
+        "eu-primary": {
+            "kind": "openai_compatible",
+            "base_url": eu.url,
+            "model": "mistral-7b",
+            "jurisdiction": "EU",
+            "region": "fr-par",
+            "timeouts": {"connect_s": 1, "read_s": 5, "total_s": 10},
+        },
+        "us-gpt4": {
+            "kind": "openai_compatible",
+            "base_url": us.url,
+            "model": "gpt-4o",
+            "jurisdiction": "US",
+            "region": "us-east",
+            "dpa": True,
+        },
+        "eu-embed": {
+            "kind": "openai_compatible",
+            "base_url": eu.url,
+            "model": "embed",
+            "jurisdiction": "EU",
+            "region": "fr-par",
+        },
+        "us-embed": {
+            "kind": "openai_compatible",
+            "base_url": us.url,
+            "model": "embed",
+            "jurisdiction": "US",
+            "region": "us-east",
+        },
     }
-    models = {"mistral-7b": {"deployments": ["eu-primary"]},
-              "mixed": {"deployments": ["us-gpt4", "eu-primary"]},
-              "us-only": {"deployments": ["us-gpt4"]},
-              "embed": {"type": "embeddings", "deployments": ["us-embed", "eu-embed"]}}
+    models = {
+        "mistral-7b": {"deployments": ["eu-primary"]},
+        "mixed": {"deployments": ["us-gpt4", "eu-primary"]},
+        "us-only": {"deployments": ["us-gpt4"]},
+        "embed": {"type": "embeddings", "deployments": ["us-embed", "eu-embed"]},
+    }
     return make_config(eu, deployments=deployments, models=models, **overrides)
 
 
@@ -42,18 +66,25 @@ def write_bundle(tmp_path: Path, body: str) -> Path:
 def consent_for(gw: RunningGateway, subject: str) -> None:
     from gateway.store import consent
 
-    consent.grant(gw.gateway.engine, tenant="acme", subject=gw.gateway.pseudonym(subject),
-                  purpose="llm_fallback_gpt4")
+    consent.grant(
+        gw.gateway.engine, tenant="acme", subject=gw.gateway.pseudonym(subject), purpose="llm_fallback_gpt4"
+    )
 
 
 def chat(gw: RunningGateway, key: str, model: str = "mistral-7b", **extra: Any) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}", **extra.pop("headers", {})}
-    return httpx.post(f"{gw.base_url}/chat/completions", headers=headers, timeout=10,
-                      json={"model": model, "messages": [{"role": "user", "content": "hello"}], **extra})
+    return httpx.post(
+        f"{gw.base_url}/chat/completions",
+        headers=headers,
+        timeout=10,
+        json={"model": model, "messages": [{"role": "user", "content": "hello"}], **extra},
+    )
 
 
 RESIDENCY = "version: 1\ndefaults:\n  residency:\n    allow: [EU]\n"
-FALLBACK = RESIDENCY + """\
+FALLBACK = (
+    RESIDENCY
+    + """\
 tenants:
   acme:
     apps:
@@ -66,6 +97,7 @@ tenants:
           entities:
             EMAIL_ADDRESS: {{action: redact, jurisdictions: {{EU: allow}}}}
 """
+)
 
 
 def test_residency_skips_deployments_outside_allowed_jurisdictions(
@@ -92,8 +124,11 @@ def test_residency_applies_to_embeddings(
     gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path
 ) -> None:
     gw = gateway_factory(two_region_config(upstream, upstream_b), write_bundle(tmp_path, RESIDENCY))
-    resp = httpx.post(f"{gw.base_url}/embeddings", headers={"Authorization": f"Bearer {gw.key()}"},
-                      json={"model": "embed", "input": "hello"})
+    resp = httpx.post(
+        f"{gw.base_url}/embeddings",
+        headers={"Authorization": f"Bearer {gw.key()}"},
+        json={"model": "embed", "input": "hello"},
+    )
     assert resp.status_code == 200
     assert resp.headers["x-gateway-deployment"] == "eu-embed"
     assert upstream_b.received == []
@@ -115,7 +150,9 @@ def test_data_class_rules_override_the_default(
 def test_eu_prompt_never_reaches_us_upstream_without_consent(
     gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path
 ) -> None:
-    gw = gateway_factory(two_region_config(upstream, upstream_b), write_bundle(tmp_path, FALLBACK.format(pii="enforce")))
+    gw = gateway_factory(
+        two_region_config(upstream, upstream_b), write_bundle(tmp_path, FALLBACK.format(pii="enforce"))
+    )
     upstream.fail_status = 503
     resp = chat(gw, gw.key(), user="subject-without-consent")
     # Not an upstream-looking 502: the client learns that a fallback existed but was not allowed.
@@ -130,10 +167,20 @@ def test_eu_prompt_never_reaches_us_upstream_without_consent(
 def test_dpa_fallback_is_used_with_active_consent_and_stops_after_withdrawal(
     gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path
 ) -> None:
-    gw = gateway_factory(two_region_config(upstream, upstream_b), write_bundle(tmp_path, FALLBACK.format(pii="enforce")))
+    gw = gateway_factory(
+        two_region_config(upstream, upstream_b), write_bundle(tmp_path, FALLBACK.format(pii="enforce"))
+    )
     admin = {"Authorization": f"Bearer {gw.key(scopes=('admin',))}"}
-    granted = httpx.post(f"{gw.url}/admin/consents", headers=admin, json={
-        "tenant": "acme", "subject_id": "alice", "purpose": "llm_fallback_gpt4", "evidence_ref": "form-17"})
+    granted = httpx.post(
+        f"{gw.url}/admin/consents",
+        headers=admin,
+        json={
+            "tenant": "acme",
+            "subject_id": "alice",
+            "purpose": "llm_fallback_gpt4",
+            "evidence_ref": "form-17",
+        },
+    )
     assert granted.status_code == 201
     assert granted.json()["subject"] != "alice"
     upstream.fail_status = 503
@@ -147,8 +194,11 @@ def test_dpa_fallback_is_used_with_active_consent_and_stops_after_withdrawal(
     assert no_subject.status_code == 503
     assert "names no data subject" in no_subject.json()["error"]["message"]
 
-    withdrawn = httpx.delete(f"{gw.url}/admin/consents", headers=admin,
-                             params={"tenant": "acme", "subject_id": "alice", "purpose": "llm_fallback_gpt4"})
+    withdrawn = httpx.delete(
+        f"{gw.url}/admin/consents",
+        headers=admin,
+        params={"tenant": "acme", "subject_id": "alice", "purpose": "llm_fallback_gpt4"},
+    )
     assert withdrawn.json() == {"withdrawn": 1}
     withdrawn_at, sent_before = time.monotonic(), len(upstream_b.received)
     ttl = gw.gateway.services.consents.ttl_s  # each worker may answer from its cache this long
@@ -184,16 +234,27 @@ def test_a_reload_that_stops_enforcing_pii_under_the_dpa_fallback_is_refused(
         time.sleep(0.05)
     assert gw.gateway.bundle.current.hash == before
     upstream.fail_status = 503
-    resp = httpx.post(f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {gw.key()}"},
-                      json={"model": "mistral-7b", "user": "alice",
-                            "messages": [{"role": "user", "content": "Mail jane.roe@example.org"}]})
+    resp = httpx.post(
+        f"{gw.base_url}/chat/completions",
+        headers={"Authorization": f"Bearer {gw.key()}"},
+        json={
+            "model": "mistral-7b",
+            "user": "alice",
+            "messages": [{"role": "user", "content": "Mail jane.roe@example.org"}],
+        },
+    )
     assert resp.headers["x-gateway-deployment"] == "us-gpt4"
-    assert "jane.roe@example.org" not in str(upstream_b.received[-1].body)  # the last good bundle still redacts
+    assert "jane.roe@example.org" not in str(
+        upstream_b.received[-1].body
+    )  # the last good bundle still redacts
 
 
 # The consented (US) hop's own action is allow, or weaker than redact: only the DPA floor redacts there.
-FLOOR_RULES = {"allow": "allow", "mask": "{action: mask, jurisdictions: {EU: allow}}",
-               "us_allow_without_reason": "{action: allow, jurisdictions: {EU: allow, US: allow}}"}
+FLOOR_RULES = {
+    "allow": "allow",
+    "mask": "{action: mask, jurisdictions: {EU: allow}}",
+    "us_allow_without_reason": "{action: allow, jurisdictions: {EU: allow, US: allow}}",
+}
 
 
 @pytest.mark.parametrize("rule", list(FLOOR_RULES.values()), ids=list(FLOOR_RULES))
@@ -206,8 +267,11 @@ def test_pii_the_policy_allows_on_eu_hops_is_redacted_on_the_dpa_hop(
     consent_for(gw, "alice")
     message = {"role": "user", "content": "Mail jane.roe@example.org about it"}
     upstream.fail_status = 503
-    resp = httpx.post(f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {gw.key()}"},
-                      json={"model": "mistral-7b", "user": "alice", "messages": [message]})
+    resp = httpx.post(
+        f"{gw.base_url}/chat/completions",
+        headers={"Authorization": f"Bearer {gw.key()}"},
+        json={"model": "mistral-7b", "user": "alice", "messages": [message]},
+    )
     assert resp.headers["x-gateway-deployment"] == "us-gpt4"
     assert "jane.roe@example.org" in str(upstream.received[-1].body)  # EU hop: allowed by the policy
     assert "jane.roe@example.org" not in str(upstream_b.received[-1].body)
@@ -217,7 +281,9 @@ def test_pii_the_policy_allows_on_eu_hops_is_redacted_on_the_dpa_hop(
 def test_audit_record_explains_the_route_without_prompt_text(
     gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path
 ) -> None:
-    gw = gateway_factory(two_region_config(upstream, upstream_b), write_bundle(tmp_path, FALLBACK.format(pii="enforce")))
+    gw = gateway_factory(
+        two_region_config(upstream, upstream_b), write_bundle(tmp_path, FALLBACK.format(pii="enforce"))
+    )
     consent_for(gw, "alice")
     upstream.fail_status = 503
     resp = chat(gw, gw.key(), user="alice")
@@ -234,7 +300,10 @@ def test_audit_record_explains_the_route_without_prompt_text(
     assert body["policy_hash"] == gw.gateway.bundle.current.hash
     assert [a[0] for a in body["attempts"]] == ["eu-primary", "us-gpt4"]
     assert {(d["policy"], d["action"]) for d in body["decisions"]} >= {
-        ("residency", "allow"), ("consent_fallback", "eligible"), ("consent_fallback", "fallback")}
+        ("residency", "allow"),
+        ("consent_fallback", "eligible"),
+        ("consent_fallback", "fallback"),
+    }
     assert "hello" not in record.text
     assert "alice" not in record.text
 
@@ -250,7 +319,9 @@ def test_hot_reload_swaps_valid_bundles_and_keeps_the_last_good_one(
     gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path, edit: str
 ) -> None:
     directory = write_bundle(tmp_path, RESIDENCY)
-    config = two_region_config(upstream, upstream_b, server={"policies_dir": str(directory), "key_refresh_s": 0.5})
+    config = two_region_config(
+        upstream, upstream_b, server={"policies_dir": str(directory), "key_refresh_s": 0.5}
+    )
     gw = gateway_factory(config, directory)
     key = gw.key()
     before = httpx.get(f"{gw.url}/readyz").json()["policy_bundle"]
@@ -278,7 +349,9 @@ def test_requests_in_flight_finish_under_the_bundle_they_started_with(
     from concurrent.futures import ThreadPoolExecutor
 
     directory = write_bundle(tmp_path, RESIDENCY)
-    config = two_region_config(upstream, upstream_b, server={"policies_dir": str(directory), "key_refresh_s": 0.5})
+    config = two_region_config(
+        upstream, upstream_b, server={"policies_dir": str(directory), "key_refresh_s": 0.5}
+    )
     gw = gateway_factory(config, directory)
     key = gw.key()
     before = httpx.get(f"{gw.url}/readyz").json()["policy_bundle"]

@@ -160,8 +160,13 @@ def bundle_texts(draw: st.DrawFn) -> str:
     """defaults, tenant acme, and its apps bot and web, as one bundle file."""
     tenant = draw(layer_sections("tenant"))
     apps = {app: draw(layer_sections("app")) for app in ("bot", "web")}
-    return dump({"version": 1, "defaults": draw(layer_sections("defaults")),
-                 "tenants": {"acme": {**tenant, "apps": apps}}})
+    return dump(
+        {
+            "version": 1,
+            "defaults": draw(layer_sections("defaults")),
+            "tenants": {"acme": {**tenant, "apps": apps}},
+        }
+    )
 
 
 def as_rule(value: Any) -> dict[str, Any]:
@@ -190,7 +195,9 @@ def stricter_bundle_texts(draw: st.DrawFn) -> str:
             if entity not in strongest:
                 added = draw(entity_rule(layer, entity))  # a new type: anything but lifting the DPA floor
                 if isinstance(added, dict):
-                    added.pop("reason", None)  # without a reason (here or inherited) `<j>: allow` keeps the floor
+                    added.pop(
+                        "reason", None
+                    )  # without a reason (here or inherited) `<j>: allow` keeps the floor
                 entities[entity] = added
                 continue
             at_least = st.sampled_from([a for a in ACTIONS if STRENGTH[a] >= strongest[entity]])
@@ -210,8 +217,13 @@ def stricter_bundle_texts(draw: st.DrawFn) -> str:
             section["mode"] = mode
         layers.append(section)
     tenant, app = layers
-    return dump({"version": 1, "defaults": {"pii_redaction": {"entities": defaults}},
-                 "tenants": {"acme": {"pii_redaction": tenant, "apps": {"bot": {"pii_redaction": app}}}}})
+    return dump(
+        {
+            "version": 1,
+            "defaults": {"pii_redaction": {"entities": defaults}},
+            "tenants": {"acme": {"pii_redaction": tenant, "apps": {"bot": {"pii_redaction": app}}}},
+        }
+    )
 
 
 def parse(text: str, *shipped: Source) -> Bundle:
@@ -221,12 +233,16 @@ def parse(text: str, *shipped: Source) -> Bundle:
     try:
         return parse_bundle([*shipped, loads(text, name, expand_env=False)])
     except ConfigError as exc:
-        if not all(": consent_fallback requires pii_redaction enforced for the same apps (" in p for p in exc.problems):
+        if not all(
+            ": consent_fallback requires pii_redaction enforced for the same apps (" in p
+            for p in exc.problems
+        ):
             raise
         reject()
 
 
 # --- what a scope enforces, and what its loosenings cover -----------------------------------------------
+
 
 def enforced(bundle: Bundle, scope: Scope, cls: type[Any]) -> Any:
     """The scope's enforcing instance of a policy class (a shadow trial never enforces), or None."""
@@ -268,8 +284,11 @@ def covers_dropped_type(item: Loosening, entity: str, still_enforced: bool) -> b
         return True
     if item.path == ("mode",):
         return not still_enforced
-    return item.path in {("entities", entity), ("entities", entity, "action"),
-                         ("entities", entity, "jurisdictions", HOP)}
+    return item.path in {
+        ("entities", entity),
+        ("entities", entity, "action"),
+        ("entities", entity, "jurisdictions", HOP),
+    }
 
 
 def covers_widening(item: Loosening, still_enforced: bool) -> bool:
@@ -289,8 +308,10 @@ def check_scope(bundle: Bundle, scope: Scope, baseline: Bundle, counts: Counter[
     dropped = redacted_on_hop(baseline, ("", "")) - redacted_on_hop(bundle, scope)
     for entity in sorted(dropped):
         covering = [item for item in loosenings if covers_dropped_type(item, entity, pii_enforced)]
-        assert covering, (f"{scope}: {entity} is no longer redacted on a {HOP} hop and no loosening says so; "
-                          f"reported: {[item.line() for item in loosenings]}")
+        assert covering, (
+            f"{scope}: {entity} is no longer redacted on a {HOP} hop and no loosening says so; "
+            f"reported: {[item.line() for item in loosenings]}"
+        )
         if all(item.reason for item in bundle.loosenings()):  # what `policy check --strict` accepts
             assert any(item.reason for item in covering), (scope, entity)
             counts["--strict would pass and a reason covers a drop"] += 1
@@ -300,8 +321,10 @@ def check_scope(bundle: Bundle, scope: Scope, baseline: Bundle, counts: Counter[
     if was is not EVERYWHERE and (now is EVERYWHERE or now - was):
         res_enforced = now is not EVERYWHERE
         covered = any(covers_widening(item, res_enforced) for item in loosenings)
-        assert covered, (f"{scope}: residency allows {sorted(now or ['anything'])}, not {sorted(was)}, "
-                         f"and no loosening says so; reported: {[item.line() for item in loosenings]}")
+        assert covered, (
+            f"{scope}: residency allows {sorted(now or ['anything'])}, not {sorted(was)}, "
+            f"and no loosening says so; reported: {[item.line() for item in loosenings]}"
+        )
         counts["residency was widened"] += 1
     counts["a pii_redaction loosening was reported"] += any(i.section == "pii_redaction" for i in loosenings)
 
@@ -371,6 +394,7 @@ def run(example: Callable[[], None], counts: Counter[str], *required: str) -> No
 
 # --- 1. random bundles ---------------------------------------------------------------------------
 
+
 def test_every_type_the_defaults_redact_stays_redacted_unless_a_loosening_of_that_scope_says_so() -> None:
     counts: Counter[str] = Counter()
 
@@ -384,10 +408,19 @@ def test_every_type_the_defaults_redact_stays_redacted_unless_a_loosening_of_tha
             check_scope(bundle, scope, bundle, counts)
             check_reasons_belong_to_their_layer(bundle, scope, counts)
 
-    run(example, counts, "a pii_redaction loosening was reported", "a type was dropped", "replace was used",
-        "a drop was named by an entity loosening", "--strict would pass and a reason covers a drop",
-        "a loosening carried its own layer's reason", "residency was widened", "a layer set mode shadow",
-        "a layer set mode off")
+    run(
+        example,
+        counts,
+        "a pii_redaction loosening was reported",
+        "a type was dropped",
+        "replace was used",
+        "a drop was named by an entity loosening",
+        "--strict would pass and a reason covers a drop",
+        "a loosening carried its own layer's reason",
+        "residency was widened",
+        "a layer set mode shadow",
+        "a layer set mode off",
+    )
 
 
 def test_overrides_that_only_add_types_or_raise_actions_report_no_pii_loosening() -> None:
@@ -408,12 +441,14 @@ def test_overrides_that_only_add_types_or_raise_actions_report_no_pii_loosening(
             actions = pii._actions(HOP)
             counts["a layer added a type"] += bool(actions.keys() - inherited.keys())
             counts["a layer raised an inherited action"] += any(
-                STRENGTH[actions[e]] > STRENGTH[a] for e, a in inherited.items())
+                STRENGTH[actions[e]] > STRENGTH[a] for e, a in inherited.items()
+            )
 
     run(example, counts, "a layer added a type", "a layer raised an inherited action")
 
 
 # --- 2. the DPA floor ----------------------------------------------------------------------------
+
 
 def test_the_dpa_floor_redacts_every_floor_type_on_a_consented_hop_unless_a_reason_lifts_it() -> None:
     counts: Counter[str] = Counter()
@@ -430,6 +465,7 @@ def test_the_dpa_floor_redacts_every_floor_type_on_a_consented_hop_unless_a_reas
 
 # --- 3. the shipped bundle -----------------------------------------------------------------------
 
+
 @cache
 def shipped_sources() -> tuple[Source, ...]:
     return tuple(load(path, expand_env=False) for path in policy_files([POLICIES]))
@@ -441,7 +477,9 @@ def extra_hr_texts(draw: st.DrawFn) -> str:
     spec: dict[str, Any] = {"apps": {"newapp": draw(layer_sections("app"))}}
     if maybe(draw, 50):
         tenant = draw(layer_sections("tenant"))
-        tenant.pop("residency", None)  # the shipped file writes hr's residency; a section is written once per layer
+        tenant.pop(
+            "residency", None
+        )  # the shipped file writes hr's residency; a section is written once per layer
         spec = {**tenant, **spec}
     return dump({"version": 1, "tenants": {"hr": spec}})
 
@@ -462,11 +500,18 @@ def test_the_shipped_defaults_stay_enforced_under_random_extra_apps_unless_a_loo
             check_scope(bundle, scope, baseline, counts)
             check_floor(bundle, scope, counts)
 
-    run(example, counts, "a pii_redaction loosening was reported", "a type was dropped", "replace was used",
-        "residency was widened")
+    run(
+        example,
+        counts,
+        "a pii_redaction loosening was reported",
+        "a type was dropped",
+        "replace was used",
+        "residency was widened",
+    )
 
 
 # --- defects the properties found (minimal examples from hypothesis), fixed; kept as regressions -------
+
 
 def loosenings_of(text: str, scope: Scope) -> list[tuple[tuple[str | int, ...], str]]:
     return [(item.path, item.message) for item in parse(text).resolve(*scope).loosenings]
@@ -525,10 +570,13 @@ def test_a_layer_that_re_enables_a_section_reports_what_it_inherits_weakened(cas
 
 def test_a_blank_reason_is_refused_so_it_cannot_lift_the_dpa_floor() -> None:
     with pytest.raises(ConfigError) as exc:
-        parse("version: 1\ndefaults:\n  pii_redaction:\n    entities:\n"
-              "      EMAIL_ADDRESS: {jurisdictions: {US: allow}, reason: ' '}\n")
+        parse(
+            "version: 1\ndefaults:\n  pii_redaction:\n    entities:\n"
+            "      EMAIL_ADDRESS: {jurisdictions: {US: allow}, reason: ' '}\n"
+        )
     assert exc.value.problems == [
-        "bundle.yaml:5: defaults.pii_redaction.entities.EMAIL_ADDRESS.reason: must be a non-empty string"]
+        "bundle.yaml:5: defaults.pii_redaction.entities.EMAIL_ADDRESS.reason: must be a non-empty string"
+    ]
 
 
 def test_a_layer_that_lifts_the_dpa_floor_reports_a_loosening() -> None:
@@ -551,4 +599,5 @@ tenants:
         floors.append(pii._floor(pii._actions(HOP), HOP)[0]["EMAIL_ADDRESS"])
     assert floors == ["redact", "allow"]  # the consented US hop now gets addresses in the clear
     assert loosenings_of(text, ("acme", "")) == [
-        (("entities", "EMAIL_ADDRESS", "jurisdictions", "US"), "EMAIL_ADDRESS: lifts the DPA floor for US")]
+        (("entities", "EMAIL_ADDRESS", "jurisdictions", "US"), "EMAIL_ADDRESS: lifts the DPA floor for US")
+    ]

@@ -29,20 +29,30 @@ EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "500"))
 
 # Weighted towards enforcing rules and granted consents, so the rare DPA-fallback path is exercised often.
 modes = st.sampled_from(["enforce", "enforce", "enforce", "shadow", "off"])
-bundles = st.fixed_dictionaries({
-    "residency": st.none() | st.fixed_dictionaries({
-        "mode": modes, "allow": st.sampled_from([["EU"], ["EU"], ["EU", "US"], ["EU", "CH"]])}),
-    "consent_fallback": st.none() | st.fixed_dictionaries({
-        "mode": modes, "require_consent": st.sampled_from([True, True, True, False]),
-        "purpose": st.sampled_from(["llm_fallback_gpt4", "llm_fallback_gpt4", "other_purpose"])}),
-    "pii_redaction": st.none() | st.fixed_dictionaries({
-        "mode": modes, "email": st.sampled_from(["redact", "allow", "mask"])}),
-    "level": st.sampled_from(["defaults", "tenant", "app"]),
-    "order": st.permutations(["residency", "consent_fallback", "pii_redaction"]),
-})
+bundles = st.fixed_dictionaries(
+    {
+        "residency": st.none()
+        | st.fixed_dictionaries(
+            {"mode": modes, "allow": st.sampled_from([["EU"], ["EU"], ["EU", "US"], ["EU", "CH"]])}
+        ),
+        "consent_fallback": st.none()
+        | st.fixed_dictionaries(
+            {
+                "mode": modes,
+                "require_consent": st.sampled_from([True, True, True, False]),
+                "purpose": st.sampled_from(["llm_fallback_gpt4", "llm_fallback_gpt4", "other_purpose"]),
+            }
+        ),
+        "pii_redaction": st.none()
+        | st.fixed_dictionaries({"mode": modes, "email": st.sampled_from(["redact", "allow", "mask"])}),
+        "level": st.sampled_from(["defaults", "tenant", "app"]),
+        "order": st.permutations(["residency", "consent_fallback", "pii_redaction"]),
+    }
+)
 EMAIL = "jane.roe@example.org"
-consent_states = st.sampled_from(["granted", "granted", "granted", "none", "no_subject", "withdrawn", "expired",
-                                  "other_tenant"])
+consent_states = st.sampled_from(
+    ["granted", "granted", "granted", "none", "no_subject", "withdrawn", "expired", "other_tenant"]
+)
 failures = st.sampled_from([None, 500, 503, 503, 429, 400])
 model_names = st.sampled_from(["mistral-7b", "mixed", "us-only", "dead-first"])
 
@@ -91,9 +101,16 @@ def test_no_request_leaves_allowed_jurisdictions_without_consent(
     gateway_factory, upstream: DevUpstream, upstream_b: DevUpstream, tmp_path: Path
 ) -> None:
     config = two_region_config(upstream, upstream_b)
-    deployments = {**config.model_dump()["deployments"],
-                   "dead": {"kind": "openai_compatible", "base_url": "http://127.0.0.1:9/v1", "model": "m",
-                            "jurisdiction": "EU", "region": "fr"}}
+    deployments = {
+        **config.model_dump()["deployments"],
+        "dead": {
+            "kind": "openai_compatible",
+            "base_url": "http://127.0.0.1:9/v1",
+            "model": "m",
+            "jurisdiction": "EU",
+            "region": "fr",
+        },
+    }
     models = {**config.model_dump()["models"], "dead-first": {"deployments": ["dead", "eu-primary"]}}
     from tests.conftest import make_config
 
@@ -125,16 +142,26 @@ def test_no_request_leaves_allowed_jurisdictions_without_consent(
         if state == "expired":
             from datetime import timedelta
 
-            consent.grant(engine, tenant="acme", subject=pseudonym, purpose="llm_fallback_gpt4",
-                          expires_in=timedelta(microseconds=1))
+            consent.grant(
+                engine,
+                tenant="acme",
+                subject=pseudonym,
+                purpose="llm_fallback_gpt4",
+                expires_in=timedelta(microseconds=1),
+            )
         if state == "other_tenant":
             consent.grant(engine, tenant="other", subject=pseudonym, purpose="llm_fallback_gpt4")
         upstream.fail_status = fail
         upstream_b.received.clear()
-        body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": f"write to {EMAIL}"}]}
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": "user", "content": f"write to {EMAIL}"}],
+        }
         if state != "no_subject":
             body["user"] = subject
-        resp = client.post(f"{gw.base_url}/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
+        resp = client.post(
+            f"{gw.base_url}/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+        )
         assert resp.status_code in (200, 400, 403, 429, 502, 503, 504), resp.text
         reached_us = bool(upstream_b.received)
         checked["examples"] += 1

@@ -200,7 +200,9 @@ async def test_shadow_mode_records_what_it_would_inject_without_changing_the_req
     enforced = ctx()
     await p.on_request(enforced, chat())
     assert enforced.decisions[-1].action == "injected"
-    timeless = [{k: v for k, v in d.facts.items() if k != "ms"} for d in (c.decisions[-1], enforced.decisions[-1])]
+    timeless = [
+        {k: v for k, v in d.facts.items() if k != "ms"} for d in (c.decisions[-1], enforced.decisions[-1])
+    ]
     assert timeless[0] == timeless[1]  # the same retrieval, recorded, not injected
     assert HEADER not in c.response_headers
 

@@ -137,9 +137,7 @@ def test_ingested_documents_are_injected_and_cited_through_the_openai_sdk(
 
     embed_call, chat_call = upstream.received
     assert embed_call.path == "/v1/embeddings"
-    assert embed_call.body["input"] == [
-        "How many days of leave do I get?"
-    ]
+    assert embed_call.body["input"] == ["How many days of leave do I get?"]
     body = chat_call.body
     assert "gateway_rag" not in body
     assert body["messages"][0]["role"] == "system"

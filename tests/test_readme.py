@@ -49,8 +49,10 @@ BACKGROUND = re.compile(r"#\s*keeps running:")
 PORTS = {8080: "gateway", 9100: "development upstream"}
 # The process environment must not leak into the README's commands: the README documents defaults.
 # Nor may a proxy: the commands talk to loopback only.
-CLEARED = re.compile(r"^(GATEWAY_|DATABASE_URL$|REDIS_URL$|MISTRAL_|AZURE_|OPENAI_|PROMETHEUS_|FORCE_COLOR$|"
-                     r"COLUMNS$|LINES$|VIRTUAL_ENV$|(?i:[a-z]*_proxy$))")
+CLEARED = re.compile(
+    r"^(GATEWAY_|DATABASE_URL$|REDIS_URL$|MISTRAL_|AZURE_|OPENAI_|PROMETHEUS_|FORCE_COLOR$|"
+    r"COLUMNS$|LINES$|VIRTUAL_ENV$|(?i:[a-z]*_proxy$))"
+)
 COMMAND_TIMEOUT_S = 60
 
 
@@ -94,7 +96,7 @@ def parse(text: str) -> list[Step]:
         ticks, lang = fence.group(1), fence.group(2)
         end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith(ticks))
         if lang == "console":
-            block, k = lines[i + 1:end], 0
+            block, k = lines[i + 1 : end], 0
             assert block, f"README.md:{i + 2}: an empty console block"
             assert block[0].startswith("$ "), f"README.md:{i + 2}: a console block starts with a `$ ` prompt"
             while k < len(block):
@@ -115,6 +117,7 @@ def parse(text: str) -> list[Step]:
 def matches(expected: list[str], actual: list[str]) -> bool:
     """``...`` inside a line matches any text, a line that is only ``...`` any number of lines, two or more
     spaces any run of spaces."""
+
     def pattern(line: str) -> re.Pattern[str]:
         parts = [" +".join(map(re.escape, re.split(" {2,}", part))) for part in line.rstrip().split("...")]
         return re.compile(".*".join(parts))
@@ -130,8 +133,12 @@ def matches(expected: list[str], actual: list[str]) -> bool:
                 ok = match(e + 1, a) or (a < len(actual) and match(e, a + 1))
             else:
                 pattern = patterns[e]
-                ok = a < len(actual) and pattern is not None and bool(pattern.fullmatch(actual[a].rstrip())) \
+                ok = (
+                    a < len(actual)
+                    and pattern is not None
+                    and bool(pattern.fullmatch(actual[a].rstrip()))
                     and match(e + 1, a + 1)
+                )
             memo[(e, a)] = ok
         return memo[(e, a)]
 
@@ -154,8 +161,9 @@ def _free_port() -> int:
 def test_readme_parses_and_marks_every_command_it_does_not_run() -> None:
     text = README.read_text(encoding="utf-8")
     # A shell block outside the console format would be a command nobody checks.
-    assert not re.search(r"^```\s*(sh|bash|shell|zsh)\s*$", text, re.MULTILINE), \
+    assert not re.search(r"^```\s*(sh|bash|shell|zsh)\s*$", text, re.MULTILINE), (
         "put shell commands in ```console blocks (mark the ones the test cannot run)"
+    )
     steps = parse(text)
     assert sum(1 for s in steps if s.background) == 1, "exactly one command keeps running (the gateway)"
     run = [s for s in steps if not s.skipped and not s.background]
@@ -203,7 +211,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.mark.timeout(240)
 def test_readme_commands_run_and_print_what_the_readme_shows(
-        sandbox: tuple[Path, dict[str, str], dict[str, str]]) -> None:
+    sandbox: tuple[Path, dict[str, str], dict[str, str]],
+) -> None:
     if not shutil.which("bash") or not shutil.which("curl"):
         pytest.skip("the README's commands need bash and curl")
     cwd, env, subs = sandbox
@@ -223,30 +232,46 @@ def test_readme_commands_run_and_print_what_the_readme_shows(
             if step.background:
                 log = cwd / f".readme-test-server-{len(servers)}.log"
                 with log.open("wb") as sink:
-                    proc = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=cwd, env=env, stdout=sink,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+                    proc = subprocess.Popen(
+                        ["bash", "-c", f"exec {command}"],
+                        cwd=cwd,
+                        env=env,
+                        stdout=sink,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
                 servers.append(proc)
                 url = f"http://{subs.get('127.0.0.1:8080', '127.0.0.1:8080')}/healthz"
                 deadline = time.monotonic() + 60
                 while True:
-                    assert proc.poll() is None, f"README.md:{step.line}: `{command}` exited:\n{log.read_text()}"
+                    assert proc.poll() is None, (
+                        f"README.md:{step.line}: `{command}` exited:\n{log.read_text()}"
+                    )
                     try:
                         with urllib.request.urlopen(url, timeout=1) as response:
                             if response.status == 200:
                                 break
                     except OSError:
                         pass
-                    assert time.monotonic() < deadline, f"README.md:{step.line}: no /healthz:\n{log.read_text()}"
+                    assert time.monotonic() < deadline, (
+                        f"README.md:{step.line}: no /healthz:\n{log.read_text()}"
+                    )
                     time.sleep(0.2)
                 output = log.read_text(encoding="utf-8", errors="replace")
             else:
                 script = f'{command}\n__rc=$?\nenv -0 > "{envfile}"\nexit $__rc\n'
-                result = subprocess.run(["bash", "-o", "pipefail", "-c", script], cwd=cwd, env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        timeout=COMMAND_TIMEOUT_S)
+                result = subprocess.run(
+                    ["bash", "-o", "pipefail", "-c", script],
+                    cwd=cwd,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    timeout=COMMAND_TIMEOUT_S,
+                )
                 output = result.stdout.decode("utf-8", errors="replace")
-                assert result.returncode == 0, \
+                assert result.returncode == 0, (
                     f"README.md:{step.line}: `{command}` exited {result.returncode}:\n{output}"
+                )
                 env = dict(item.split("=", 1) for item in envfile.read_text().split("\0") if "=" in item)
                 for name in ("PWD", "OLDPWD", "SHLVL", "_"):
                     env.pop(name, None)
@@ -258,8 +283,11 @@ def test_readme_commands_run_and_print_what_the_readme_shows(
             if show:
                 print(f"\n$ {command}\n{output}", end="")
             assert matches(expected, actual), (
-                f"README.md:{step.line}: `{command}` printed\n" + "\n".join(actual)
-                + "\n\nbut the README shows\n" + "\n".join(expected))
+                f"README.md:{step.line}: `{command}` printed\n"
+                + "\n".join(actual)
+                + "\n\nbut the README shows\n"
+                + "\n".join(expected)
+            )
     finally:
         for proc in servers:
             _stop(proc)

@@ -67,7 +67,10 @@ def shipped_entities() -> dict[str, str]:
     """The shipped bundle's default entity map: type -> action."""
     doc = yaml.safe_load((SHIPPED_POLICIES / "bundle.yaml").read_text())
     entities = doc["defaults"]["pii_redaction"]["entities"]
-    return {name: rule if isinstance(rule, str) else rule.get("action", "redact") for name, rule in entities.items()}
+    return {
+        name: rule if isinstance(rule, str) else rule.get("action", "redact")
+        for name, rule in entities.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -109,12 +112,21 @@ def shipped(gateway_factory: Callable[..., RunningGateway], echo: DevUpstream) -
 def test_phone_numbers_never_reach_an_eu_hop_under_the_shipped_bundle(
     shipped: RunningGateway, echo: DevUpstream
 ) -> None:
-    phones = [value for _, labels in EU_SENTENCES for kind, value in labels if kind == "PHONE_NUMBER"
-              and value.startswith("+")]
+    phones = [
+        value
+        for _, labels in EU_SENTENCES
+        for kind, value in labels
+        if kind == "PHONE_NUMBER" and value.startswith("+")
+    ]
     assert len(phones) >= 5
     prompt = "Please call " + ", or call ".join(phones) + "."
-    answer = client(shipped).chat.completions.create(
-        model="mistral-7b", messages=[{"role": "user", "content": prompt}]).choices[0].message.content or ""
+    answer = (
+        client(shipped)
+        .chat.completions.create(model="mistral-7b", messages=[{"role": "user", "content": prompt}])
+        .choices[0]
+        .message.content
+        or ""
+    )
     sent = last_sent(echo)
     for phone in phones:
         for spelling in spellings(phone):
@@ -160,8 +172,9 @@ def test_every_structured_type_the_shipped_bundle_redacts_is_redacted_end_to_end
     for entity, (sentence, value) in BLOCKED_SAMPLES.items():
         calls = len(echo.received)
         with pytest.raises(openai.BadRequestError) as exc:
-            sdk.chat.completions.create(model="mistral-7b",
-                                        messages=[{"role": "user", "content": sentence.format(value)}])
+            sdk.chat.completions.create(
+                model="mistral-7b", messages=[{"role": "user", "content": sentence.format(value)}]
+            )
         assert exc.value.code == "pii.blocked"
         assert entity in exc.value.message
         assert len(echo.received) == calls
@@ -170,7 +183,9 @@ def test_every_structured_type_the_shipped_bundle_redacts_is_redacted_end_to_end
 # --- legacy function_call --------------------------------------------------------------------------
 
 
-def start(factory: Callable[..., RunningGateway], upstream: DevUpstream, tmp_path: Path, policy: str) -> RunningGateway:
+def start(
+    factory: Callable[..., RunningGateway], upstream: DevUpstream, tmp_path: Path, policy: str
+) -> RunningGateway:
     path = tmp_path / "pii.yaml"
     path.write_text(policy)
     return factory(make_config(upstream), policies=path)
@@ -179,15 +194,26 @@ def start(factory: Callable[..., RunningGateway], upstream: DevUpstream, tmp_pat
 def test_legacy_function_call_arguments_in_the_history_are_redacted(
     gateway_factory: Callable[..., RunningGateway], echo: DevUpstream, tmp_path: Path
 ) -> None:
-    gw = start(gateway_factory, echo, tmp_path, "version: 1\ndefaults:\n  pii_redaction:\n    entities: "
-                                                "{EMAIL_ADDRESS: redact, IBAN_CODE: redact}\n")
-    client(gw).chat.completions.create(model="mistral-7b", functions=[{"name": "send"}], messages=[
-        {"role": "user", "content": "Pay my landlord."},
-        {"role": "assistant", "content": None,
-         "function_call": {"name": "send", "arguments": json.dumps({"to": EMAIL, "iban": IBAN})}},
-        {"role": "function", "name": "send", "content": f"paid from {IBAN}"},
-        {"role": "user", "content": "Thanks."},
-    ])
+    gw = start(
+        gateway_factory,
+        echo,
+        tmp_path,
+        "version: 1\ndefaults:\n  pii_redaction:\n    entities: {EMAIL_ADDRESS: redact, IBAN_CODE: redact}\n",
+    )
+    client(gw).chat.completions.create(
+        model="mistral-7b",
+        functions=[{"name": "send"}],
+        messages=[
+            {"role": "user", "content": "Pay my landlord."},
+            {
+                "role": "assistant",
+                "content": None,
+                "function_call": {"name": "send", "arguments": json.dumps({"to": EMAIL, "iban": IBAN})},
+            },
+            {"role": "function", "name": "send", "content": f"paid from {IBAN}"},
+            {"role": "user", "content": "Thanks."},
+        ],
+    )
     body = echo.received[-1].body
     args = json.loads(body["messages"][1]["function_call"]["arguments"])
     assert args == {"to": "<EMAIL_ADDRESS_1>", "iban": "<IBAN_CODE_1>"}
@@ -210,8 +236,10 @@ defaults:
     gw = start(gateway_factory, echo, tmp_path, policy)
     echo.legacy_function_call = True
     completion = client(gw).chat.completions.create(
-        model="mistral-7b", functions=[{"name": "send"}],
-        messages=[{"role": "user", "content": f"Mail {EMAIL} now"}])
+        model="mistral-7b",
+        functions=[{"name": "send"}],
+        messages=[{"role": "user", "content": f"Mail {EMAIL} now"}],
+    )
     assert EMAIL in last_sent(echo)  # allowed to the EU hop, so the echo really carries it back
     call = completion.choices[0].message.function_call
     assert call is not None

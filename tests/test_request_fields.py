@@ -33,25 +33,48 @@ BUNDLE = "version: 1\ndefaults:\n  pii_redaction:\n    entities: {EMAIL_ADDRESS:
 #   id: an identifier pattern refuses it   media: base64 only, refuses text
 #   enum: a closed set refuses it          unsupported: the field is not forwarded at all (400)
 CHAT: dict[str, str] = {
-    "messages[].content": "scan", "messages[].content[].text": "scan", "messages[].content[].refusal": "scan",
-    "messages[].content[].image_url.url": "scan", "messages[].content[].input_audio.data": "media",
-    "messages[].content[].file.file_data": "media", "messages[].content[].file.file_id": "id",
-    "messages[].content[].file.filename": "scan", "messages[].name": "scan", "messages[].refusal": "scan",
-    "messages[].tool_call_id": "id", "messages[].audio.id": "id",
-    "messages[].tool_calls[].id": "id", "messages[].tool_calls[].function.name": "id",
+    "messages[].content": "scan",
+    "messages[].content[].text": "scan",
+    "messages[].content[].refusal": "scan",
+    "messages[].content[].image_url.url": "scan",
+    "messages[].content[].input_audio.data": "media",
+    "messages[].content[].file.file_data": "media",
+    "messages[].content[].file.file_id": "id",
+    "messages[].content[].file.filename": "scan",
+    "messages[].name": "scan",
+    "messages[].refusal": "scan",
+    "messages[].tool_call_id": "id",
+    "messages[].audio.id": "id",
+    "messages[].tool_calls[].id": "id",
+    "messages[].tool_calls[].function.name": "id",
     "messages[].tool_calls[].function.arguments": "scan",
-    "messages[].tool_calls[].custom.input": "unsupported", "messages[].tool_calls[].custom.name": "unsupported",
-    "messages[].function_call.name": "id", "messages[].function_call.arguments": "scan",
-    "model": "id", "user": "pseudonym", "safety_identifier": "pseudonym", "prompt_cache_key": "pseudonym",
-    "metadata{}": "scan", "stop": "scan", "stop[]": "scan",
-    "prediction.content": "scan", "prediction.content[].text": "scan",
-    "response_format.json_schema.description": "scan", "response_format.json_schema.name": "id",
-    "tools[].function.description": "scan", "tools[].function.name": "id",
-    "tools[].custom.description": "unsupported", "tools[].custom.name": "unsupported",
+    "messages[].tool_calls[].custom.input": "unsupported",
+    "messages[].tool_calls[].custom.name": "unsupported",
+    "messages[].function_call.name": "id",
+    "messages[].function_call.arguments": "scan",
+    "model": "id",
+    "user": "pseudonym",
+    "safety_identifier": "pseudonym",
+    "prompt_cache_key": "pseudonym",
+    "metadata{}": "scan",
+    "stop": "scan",
+    "stop[]": "scan",
+    "prediction.content": "scan",
+    "prediction.content[].text": "scan",
+    "response_format.json_schema.description": "scan",
+    "response_format.json_schema.name": "id",
+    "tools[].function.description": "scan",
+    "tools[].function.name": "id",
+    "tools[].custom.description": "unsupported",
+    "tools[].custom.name": "unsupported",
     "tools[].custom.format.grammar.definition": "unsupported",
-    "functions[].description": "scan", "functions[].name": "id",
-    "function_call.name": "id", "tool_choice.function.name": "id", "tool_choice.custom.name": "unsupported",
-    "audio.voice": "enum", "audio.voice.id": "enum",
+    "functions[].description": "scan",
+    "functions[].name": "id",
+    "function_call.name": "id",
+    "tool_choice.function.name": "id",
+    "tool_choice.custom.name": "unsupported",
+    "audio.voice": "enum",
+    "audio.voice.id": "enum",
     "moderation.model": "unsupported",
     "web_search_options.user_location.approximate.city": "unsupported",
     "web_search_options.user_location.approximate.country": "unsupported",
@@ -64,7 +87,14 @@ EMBEDDINGS: dict[str, str] = {"input": "scan", "input[]": "scan", "model": "id",
 def string_fields(tp: Any, path: str = "", seen: frozenset[Any] = frozenset()) -> set[str]:
     """Paths of every string-typed (not Literal) field reachable from an SDK request type."""
     origin = get_origin(tp)
-    if origin in (te.Required, te.NotRequired, typing.Required, typing.NotRequired, te.Annotated, typing.Annotated):
+    if origin in (
+        te.Required,
+        te.NotRequired,
+        typing.Required,
+        typing.NotRequired,
+        te.Annotated,
+        typing.Annotated,
+    ):
         return string_fields(get_args(tp)[0], path, seen)
     if origin in (Union, types.UnionType):
         return set().union(*(string_fields(a, path, seen) for a in get_args(tp)))
@@ -80,7 +110,9 @@ def string_fields(tp: Any, path: str = "", seen: frozenset[Any] = frozenset()) -
         if tp in seen:
             return set()
         hints = typing.get_type_hints(tp, include_extras=True)
-        return set().union(*(string_fields(v, f"{path}.{k}" if path else k, seen | {tp}) for k, v in hints.items()))
+        return set().union(
+            *(string_fields(v, f"{path}.{k}" if path else k, seen | {tp}) for k, v in hints.items())
+        )
     return set()
 
 
@@ -88,7 +120,9 @@ def test_every_sdk_string_field_is_classified() -> None:
     chat = string_fields(completion_create_params.CompletionCreateParamsBase)
     embeddings = string_fields(embedding_create_params.EmbeddingCreateParams)
     assert chat == set(CHAT), f"classify these chat fields: {sorted(chat ^ set(CHAT))}"
-    assert embeddings == set(EMBEDDINGS), f"classify these embeddings fields: {sorted(embeddings ^ set(EMBEDDINGS))}"
+    assert embeddings == set(EMBEDDINGS), (
+        f"classify these embeddings fields: {sorted(embeddings ^ set(EMBEDDINGS))}"
+    )
 
 
 def kitchen_sink() -> dict[str, Any]:
@@ -98,24 +132,47 @@ def kitchen_sink() -> dict[str, Any]:
         "model": "mistral-7b",
         "messages": [
             {"role": "system", "content": "Be brief.", "name": "ops"},
-            {"role": "user", "name": "u1", "content": [
-                {"type": "text", "text": "see"},
-                {"type": "image_url", "image_url": {"url": "https://img.example/a.png", "detail": "low"}},
-                {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
-                {"type": "file", "file": {"file_data": "JVBERi0=", "file_id": "file-1", "filename": "a.pdf"}}]},
-            {"role": "assistant", "content": [{"type": "text", "text": "ok"}, {"type": "refusal", "refusal": "no"}],
-             "refusal": "no", "name": "bot", "tool_calls": [call], "function_call": {"name": "f", "arguments": "{}"},
-             "audio": {"id": "audio_1"}},
+            {
+                "role": "user",
+                "name": "u1",
+                "content": [
+                    {"type": "text", "text": "see"},
+                    {"type": "image_url", "image_url": {"url": "https://img.example/a.png", "detail": "low"}},
+                    {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+                    {
+                        "type": "file",
+                        "file": {"file_data": "JVBERi0=", "file_id": "file-1", "filename": "a.pdf"},
+                    },
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": [{"type": "text", "text": "ok"}, {"type": "refusal", "refusal": "no"}],
+                "refusal": "no",
+                "name": "bot",
+                "tool_calls": [call],
+                "function_call": {"name": "f", "arguments": "{}"},
+                "audio": {"id": "audio_1"},
+            },
             {"role": "tool", "content": "42", "tool_call_id": "call_1"},
             {"role": "function", "content": "42", "name": "lookup"},
         ],
-        "tools": [{"type": "function", "function": {"name": "lookup", "description": "Find", "parameters": {}}}],
+        "tools": [
+            {"type": "function", "function": {"name": "lookup", "description": "Find", "parameters": {}}}
+        ],
         "functions": [{"name": "lookup", "description": "Find", "parameters": {}}],
         "tool_choice": {"type": "function", "function": {"name": "lookup"}},
         "function_call": {"name": "lookup"},
-        "response_format": {"type": "json_schema", "json_schema": {"name": "out", "description": "d", "schema": {}}},
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "out", "description": "d", "schema": {}},
+        },
         "prediction": {"type": "content", "content": [{"type": "text", "text": "guess"}]},
-        "metadata": {"k": "v"}, "stop": ["END"], "user": "u-1", "safety_identifier": "s-1", "prompt_cache_key": "c-1",
+        "metadata": {"k": "v"},
+        "stop": ["END"],
+        "user": "u-1",
+        "safety_identifier": "s-1",
+        "prompt_cache_key": "c-1",
         "audio": {"voice": "alloy", "format": "wav"},
     }
 
@@ -156,13 +213,16 @@ def place(body: Any, path: str, value: str) -> None:
                 node[step] = value
             else:
                 if not isinstance(node.get(step), dict | list):
-                    node[step] = {} if nxt != "[]" else [{}]  # a string in the sample becomes the SDK's object
+                    node[step] = (
+                        {} if nxt != "[]" else [{}]
+                    )  # a string in the sample becomes the SDK's object
                 node = node[step]
 
 
 @pytest.fixture
-def recording_gw(gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream,
-                 tmp_path: Path) -> RunningGateway:
+def recording_gw(
+    gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream, tmp_path: Path
+) -> RunningGateway:
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "bundle.yaml").write_text(BUNDLE)
     return gateway_factory(make_config(upstream), tmp_path / "policies")
@@ -170,8 +230,9 @@ def recording_gw(gateway_factory: Callable[..., RunningGateway], upstream: DevUp
 
 def probe(gw: RunningGateway, upstream: DevUpstream, endpoint: str, body: dict[str, Any]) -> tuple[int, str]:
     upstream.received.clear()
-    resp = httpx.post(f"{gw.base_url}/{endpoint}", json=body, headers={"Authorization": f"Bearer {gw.key()}"},
-                      timeout=10)
+    resp = httpx.post(
+        f"{gw.base_url}/{endpoint}", json=body, headers={"Authorization": f"Bearer {gw.key()}"}, timeout=10
+    )
     sent = "".join(str(r.body) for r in upstream.received)
     assert PROBE not in resp.text, "the probe value came back in the response"
     return resp.status_code, sent
@@ -179,10 +240,14 @@ def probe(gw: RunningGateway, upstream: DevUpstream, endpoint: str, body: dict[s
 
 @pytest.mark.parametrize("path", sorted(CHAT))
 def test_pii_in_any_chat_field_never_reaches_the_upstream_raw(
-        recording_gw: RunningGateway, upstream: DevUpstream, path: str) -> None:
+    recording_gw: RunningGateway, upstream: DevUpstream, path: str
+) -> None:
     body = copy.deepcopy(kitchen_sink())
-    value = f'{{"note": "{PROBE}"}}' if path.endswith("arguments") else (
-        f"https://img.example/?who={PROBE}" if path.endswith(".url") else f"write to {PROBE}")
+    value = (
+        f'{{"note": "{PROBE}"}}'
+        if path.endswith("arguments")
+        else (f"https://img.example/?who={PROBE}" if path.endswith(".url") else f"write to {PROBE}")
+    )
     place(body, path, value)
     status, sent = probe(recording_gw, upstream, "chat/completions", body)
     assert PROBE not in sent, f"{path}: raw PII reached the upstream"
@@ -197,7 +262,8 @@ def test_pii_in_any_chat_field_never_reaches_the_upstream_raw(
 
 @pytest.mark.parametrize("path", sorted(EMBEDDINGS))
 def test_pii_in_any_embeddings_field_never_reaches_the_upstream_raw(
-        recording_gw: RunningGateway, upstream: DevUpstream, path: str) -> None:
+    recording_gw: RunningGateway, upstream: DevUpstream, path: str
+) -> None:
     body: dict[str, Any] = {"model": "mistral-embed", "input": ["hello"], "user": "u-1"}
     if path == "input":
         body["input"] = f"write to {PROBE}"
@@ -208,7 +274,9 @@ def test_pii_in_any_embeddings_field_never_reaches_the_upstream_raw(
     assert status == (200 if EMBEDDINGS[path] in ("scan", "pseudonym") else 400), (path, status)
 
 
-def test_the_end_user_id_leaves_as_a_stable_pseudonym(recording_gw: RunningGateway, upstream: DevUpstream) -> None:
+def test_the_end_user_id_leaves_as_a_stable_pseudonym(
+    recording_gw: RunningGateway, upstream: DevUpstream
+) -> None:
     body = {"model": "mistral-7b", "messages": [{"role": "user", "content": "hi"}], "user": PROBE}
     for _ in range(2):
         assert probe(recording_gw, upstream, "chat/completions", body)[0] == 200

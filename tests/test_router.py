@@ -28,10 +28,15 @@ def test_context_length_overflow_falls_back_to_the_next_deployment(
 ) -> None:
     gw = gateway_factory(with_secondary(upstream, upstream_b, name="eu-long"))
     upstream.fail_status = 400
-    upstream.fail_body = (b'{"error": {"message": "This model\'s maximum context length is 8192 tokens", '
-                          b'"code": "context_length_exceeded"}}')
-    resp = httpx.post(f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {gw.key()}"},
-                      json={"model": "mistral-7b", "messages": [{"role": "user", "content": "long"}]})
+    upstream.fail_body = (
+        b'{"error": {"message": "This model\'s maximum context length is 8192 tokens", '
+        b'"code": "context_length_exceeded"}}'
+    )
+    resp = httpx.post(
+        f"{gw.base_url}/chat/completions",
+        headers={"Authorization": f"Bearer {gw.key()}"},
+        json={"model": "mistral-7b", "messages": [{"role": "user", "content": "long"}]},
+    )
     assert resp.status_code == 200
     assert resp.headers["x-gateway-fallback"] == "context_length"
 
@@ -43,11 +48,17 @@ def test_an_open_breaker_skips_the_failing_deployment(
     upstream.fail_status = 503
     key = gw.key()
     for _ in range(5):
-        httpx.post(f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                   json={"model": "mistral-7b", "messages": [{"role": "user", "content": "x"}]})
+        httpx.post(
+            f"{gw.base_url}/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": "mistral-7b", "messages": [{"role": "user", "content": "x"}]},
+        )
     seen = len(upstream.received)
-    resp = httpx.post(f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                      json={"model": "mistral-7b", "messages": [{"role": "user", "content": "x"}]})
+    resp = httpx.post(
+        f"{gw.base_url}/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": "mistral-7b", "messages": [{"role": "user", "content": "x"}]},
+    )
     assert resp.status_code == 200
     assert resp.headers["x-gateway-deployment"] == "eu-secondary"
     assert len(upstream.received) == seen  # the open breaker kept the request away from eu-primary

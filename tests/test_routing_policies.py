@@ -25,17 +25,33 @@ from gateway.store.consent import ConsentRef
 
 
 def deployment(jurisdiction: str) -> Deployment:
-    return Deployment(kind="openai_compatible", base_url="http://127.0.0.1:9/v1", model="m",
-                      jurisdiction=jurisdiction, region="x")
+    return Deployment(
+        kind="openai_compatible",
+        base_url="http://127.0.0.1:9/v1",
+        model="m",
+        jurisdiction=jurisdiction,
+        region="x",
+    )
 
 
 EU, CH, US = (Target(name, deployment(j)) for name, j in (("eu-1", "EU"), ("ch-1", "CH"), ("us-gpt4", "US")))
 
 
-def context(*candidates: Target, subject: str | None = "pseudo-1", data_class: str | None = None,
-            endpoint: Any = "chat", model: str = "mistral-7b") -> Context:
-    return Context(principal=Principal("k1", "acme", "chat", frozenset(), frozenset()), endpoint=endpoint,
-                   model=model, candidates=list(candidates), subject=subject, data_class=data_class)
+def context(
+    *candidates: Target,
+    subject: str | None = "pseudo-1",
+    data_class: str | None = None,
+    endpoint: Any = "chat",
+    model: str = "mistral-7b",
+) -> Context:
+    return Context(
+        principal=Principal("k1", "acme", "chat", frozenset(), frozenset()),
+        endpoint=endpoint,
+        model=model,
+        candidates=list(candidates),
+        subject=subject,
+        data_class=data_class,
+    )
 
 
 def decisions(ctx: Context) -> list[tuple[str, str, dict[str, Any]]]:
@@ -59,8 +75,9 @@ async def test_residency_keeps_allowed_hops_and_records_what_it_removed() -> Non
     await residency(allow=["EU", "CH"]).on_request(ctx, {})
     assert ctx.candidates == [EU, CH]
     assert ctx.allowed_jurisdictions == frozenset({"EU", "CH"})
-    assert decisions(ctx) == [("residency", "narrow", {"allowed": ["CH", "EU"], "removed": ["us-gpt4"],
-                                                       "data_class": None})]
+    assert decisions(ctx) == [
+        ("residency", "narrow", {"allowed": ["CH", "EU"], "removed": ["us-gpt4"], "data_class": None})
+    ]
     ctx = context(EU)
     await residency().on_request(ctx, {})
     assert decisions(ctx) == [("residency", "allow", {"allowed": ["EU"], "removed": [], "data_class": None})]
@@ -126,8 +143,12 @@ async def test_residency_vetoes_each_hop_outside_the_allowed_set() -> None:
     assert "'us-gpt4'" in refused.value.message
 
 
-def loosened_residency(before: dict[str, Any] | None, after: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
-    return Residency.loosened(None if before is None else Residency.Config(**before), Residency.Config(**after))
+def loosened_residency(
+    before: dict[str, Any] | None, after: dict[str, Any]
+) -> list[tuple[tuple[Any, ...], str]]:
+    return Residency.loosened(
+        None if before is None else Residency.Config(**before), Residency.Config(**after)
+    )
 
 
 def test_residency_reports_each_way_a_layer_widens_it() -> None:
@@ -135,14 +156,18 @@ def test_residency_reports_each_way_a_layer_widens_it() -> None:
     assert loosened_residency({"allow": ["EU"]}, {"allow": ["EU"]}) == []
     assert loosened_residency({"allow": ["EU", "CH"]}, {"allow": ["EU"]}) == []  # narrower is fine
     assert loosened_residency({"allow": ["EU"]}, {"allow": ["EU", "US", "CH"]}) == [
-        (("allow",), "also allows CH, US")]
-    assert loosened_residency({"allow": ["EU"], "data_classes": {"health": ["EU"]}},
-                              {"allow": ["EU"], "data_classes": {"health": ["EU", "US"]}}) == [
-        (("data_classes", "health"), "data class 'health' also allows US")]
+        (("allow",), "also allows CH, US")
+    ]
+    assert loosened_residency(
+        {"allow": ["EU"], "data_classes": {"health": ["EU"]}},
+        {"allow": ["EU"], "data_classes": {"health": ["EU", "US"]}},
+    ) == [(("data_classes", "health"), "data class 'health' also allows US")]
     assert loosened_residency({"allow": ["EU"]}, {"allow": ["EU"], "unknown_data_class": "default"}) == [
-        (("unknown_data_class",), "unlisted data classes now go to EU")]
+        (("unknown_data_class",), "unlisted data classes now go to EU")
+    ]
     assert loosened_residency({"allow": ["EU"]}, {"allow": ["EU"], "strict": False}) == [
-        (("strict",), "strict residency turned off")]
+        (("strict",), "strict residency turned off")
+    ]
     assert loosened_residency({"allow": ["EU"], "strict": False}, {"allow": ["EU"], "strict": True}) == []
 
 
@@ -161,7 +186,9 @@ class Registry:
         return self.consent
 
 
-CONSENT = ConsentRef(id="consent-42", purpose="llm_fallback_gpt4", expires_at=datetime(2030, 1, 1, tzinfo=UTC))
+CONSENT = ConsentRef(
+    id="consent-42", purpose="llm_fallback_gpt4", expires_at=datetime(2030, 1, 1, tzinfo=UTC)
+)
 
 
 def fallback(registry: Registry | None = None, **config: Any) -> ConsentFallback:
@@ -178,18 +205,26 @@ async def test_a_subject_with_consent_gets_the_fallback_added_once_after_the_all
     assert [t.name for t in ctx.candidates] == ["eu-1", "us-gpt4"]
     assert ctx.consents == {"us-gpt4": "consent-42"}
     assert registry.asked == [("acme", "pseudo-1", "llm_fallback_gpt4")]
-    assert decisions(ctx) == [("consent_fallback", "eligible", {"target": "us-gpt4", "consent_ref": "consent-42",
-                                                                "purpose": "llm_fallback_gpt4"})]
+    assert decisions(ctx) == [
+        (
+            "consent_fallback",
+            "eligible",
+            {"target": "us-gpt4", "consent_ref": "consent-42", "purpose": "llm_fallback_gpt4"},
+        )
+    ]
     ctx = context(EU, US)  # already a candidate: not added twice
     await fallback(registry).on_request(ctx, {})
     assert [t.name for t in ctx.candidates] == ["eu-1", "us-gpt4"]
 
 
-@pytest.mark.parametrize(("registry", "subject", "reason", "code"), [
-    (Registry(None), "pseudo-1", "no_consent", "consent.required"),
-    (Registry(CONSENT), None, "no_subject", "consent.required"),
-    (Registry(fails=True), "pseudo-1", "registry_unavailable", "consent.unavailable"),
-])
+@pytest.mark.parametrize(
+    ("registry", "subject", "reason", "code"),
+    [
+        (Registry(None), "pseudo-1", "no_consent", "consent.required"),
+        (Registry(CONSENT), None, "no_subject", "consent.required"),
+        (Registry(fails=True), "pseudo-1", "registry_unavailable", "consent.unavailable"),
+    ],
+)
 async def test_without_consent_nothing_is_added_and_the_reason_is_withheld_for_the_end(
     registry: Registry, subject: str | None, reason: str, code: str
 ) -> None:
@@ -197,8 +232,9 @@ async def test_without_consent_nothing_is_added_and_the_reason_is_withheld_for_t
     await fallback(registry, purpose="p2").on_request(ctx, {})
     assert ctx.candidates == [EU]
     assert ctx.consents == {}
-    assert decisions(ctx) == [("consent_fallback", "not_eligible", {"reason": reason, "target": "us-gpt4",
-                                                                    "purpose": "p2"})]
+    assert decisions(ctx) == [
+        ("consent_fallback", "not_eligible", {"reason": reason, "target": "us-gpt4", "purpose": "p2"})
+    ]
     [withheld] = ctx.withheld
     assert (withheld.status, withheld.code) == (503, code)
     assert withheld.message.startswith("Every allowed deployment failed. A DPA fallback exists")
@@ -225,10 +261,13 @@ async def test_the_fallback_applies_only_to_chat_and_its_models_and_a_known_targ
     await fallback(registry, target="nowhere").on_request(ctx, {})
     assert ctx.candidates == [EU]
     assert decisions(ctx) == [
-        ("consent_fallback", "not_eligible", {"reason": "unknown_target", "target": "nowhere"})]
+        ("consent_fallback", "not_eligible", {"reason": "unknown_target", "target": "nowhere"})
+    ]
 
 
-async def test_without_required_consent_the_fallback_is_added_with_no_reference_and_shadow_only_records() -> None:
+async def test_without_required_consent_the_fallback_is_added_with_no_reference_and_shadow_only_records() -> (
+    None
+):
     registry = Registry(None)
     ctx = context(EU, subject=None)
     await fallback(registry, require_consent=False).on_request(ctx, {})
@@ -238,8 +277,13 @@ async def test_without_required_consent_the_fallback_is_added_with_no_reference_
     await shadowed(fallback(Registry(CONSENT)), ctx, {})
     assert ctx.candidates == [EU]
     assert ctx.consents == {}
-    assert decisions(ctx) == [("consent_fallback", "would_eligible", {"target": "us-gpt4", "consent_ref": "consent-42",
-                                                                      "purpose": "llm_fallback_gpt4"})]
+    assert decisions(ctx) == [
+        (
+            "consent_fallback",
+            "would_eligible",
+            {"target": "us-gpt4", "consent_ref": "consent-42", "purpose": "llm_fallback_gpt4"},
+        )
+    ]
 
 
 async def test_the_fallback_hop_is_recorded_with_its_consent() -> None:
@@ -248,21 +292,31 @@ async def test_the_fallback_hop_is_recorded_with_its_consent() -> None:
     await policy.on_request(ctx, {})
     assert await policy.on_attempt(ctx, EU, {"a": 1}) == {"a": 1}  # not the fallback: nothing to record
     assert await policy.on_attempt(ctx, US, {"a": 2}) == {"a": 2}
-    assert decisions(ctx)[-1] == ("consent_fallback", "fallback", {"target": "us-gpt4",
-                                                                   "consent_ref": "consent-42"})
+    assert decisions(ctx)[-1] == (
+        "consent_fallback",
+        "fallback",
+        {"target": "us-gpt4", "consent_ref": "consent-42"},
+    )
     unconsented = context(EU, US)
     assert await policy.on_attempt(unconsented, US, {}) == {}  # no consent recorded: residency decides
     assert unconsented.decisions == []
 
 
-@pytest.mark.parametrize(("pii", "where", "state"), [
-    ("", "defaults.consent_fallback", "not in the chain"),
-    ("  pii_redaction: {mode: shadow}\n", "defaults.pii_redaction.mode", "in shadow mode"),
-    ("  pii_redaction: {}\ntenants:\n  hr:\n    pii_redaction: {mode: 'off'}\n",
-     "tenants.hr.pii_redaction.mode", "in off mode"),
-])
+@pytest.mark.parametrize(
+    ("pii", "where", "state"),
+    [
+        ("", "defaults.consent_fallback", "not in the chain"),
+        ("  pii_redaction: {mode: shadow}\n", "defaults.pii_redaction.mode", "in shadow mode"),
+        (
+            "  pii_redaction: {}\ntenants:\n  hr:\n    pii_redaction: {mode: 'off'}\n",
+            "tenants.hr.pii_redaction.mode",
+            "in off mode",
+        ),
+    ],
+)
 def test_a_bundle_enforcing_the_fallback_without_enforced_pii_redaction_does_not_load(
-        pii: str, where: str, state: str) -> None:
+    pii: str, where: str, state: str
+) -> None:
     from gateway.bundle import parse_bundle
     from gateway.yamlsrc import ConfigError, loads
 
@@ -271,13 +325,23 @@ def test_a_bundle_enforcing_the_fallback_without_enforced_pii_redaction_does_not
         parse_bundle([loads(text, "b.yaml", expand_env=False)])
     assert [p.split(": ", 1)[1] for p in refused.value.problems] == [
         f"{where}: consent_fallback requires pii_redaction enforced for the same apps "
-        f"({'hr' if 'hr' in where else '*'}/*), but it is {state}"]
+        f"({'hr' if 'hr' in where else '*'}/*), but it is {state}"
+    ]
     # In shadow mode the fallback adds no hop, so it needs nothing enforced.
-    assert parse_bundle([loads(text.replace("consent_fallback: {", "consent_fallback: {mode: shadow, "), "b.yaml",
-                               expand_env=False)]).hash
+    assert parse_bundle(
+        [
+            loads(
+                text.replace("consent_fallback: {", "consent_fallback: {mode: shadow, "),
+                "b.yaml",
+                expand_env=False,
+            )
+        ]
+    ).hash
 
 
-def loosened_fallback(before: dict[str, Any] | None, after: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+def loosened_fallback(
+    before: dict[str, Any] | None, after: dict[str, Any]
+) -> list[tuple[tuple[Any, ...], str]]:
     cfg = ConsentFallback.Config
     return ConsentFallback.loosened(None if before is None else cfg(**before), cfg(**after))
 
@@ -285,12 +349,15 @@ def loosened_fallback(before: dict[str, Any] | None, after: dict[str, Any]) -> l
 def test_consent_fallback_reports_each_way_a_layer_loosens_it() -> None:
     base = {"target": "us-gpt4", "models": ["mistral-7b"]}
     assert loosened_fallback(None, base) == [
-        (("target",), "adds a fallback to 'us-gpt4', which may be outside the allowed jurisdictions")]
+        (("target",), "adds a fallback to 'us-gpt4', which may be outside the allowed jurisdictions")
+    ]
     assert loosened_fallback(base, base) == []
     assert loosened_fallback(base, {**base, "target": "us-other"}) == [
-        (("target",), "fallback target 'us-gpt4' -> 'us-other'")]
+        (("target",), "fallback target 'us-gpt4' -> 'us-other'")
+    ]
     assert loosened_fallback(base, {**base, "require_consent": False}) == [
-        (("require_consent",), "the fallback no longer needs consent")]
+        (("require_consent",), "the fallback no longer needs consent")
+    ]
     assert loosened_fallback({**base, "require_consent": False}, base) == []
     more = [(("models",), "the fallback applies to more models")]
     assert loosened_fallback(base, {**base, "models": []}) == more

@@ -40,18 +40,39 @@ IP = "192.0.2.17"
 SSN = "078-05-1120"
 
 FULL_PROMPT = (
-    f"Draft a reply to {NAME}: mail {EMAIL} or {PHONE}, pay {IBAN} with card {CARD}, "
-    f"VAT {VAT}, from {IP}"
+    f"Draft a reply to {NAME}: mail {EMAIL} or {PHONE}, pay {IBAN} with card {CARD}, VAT {VAT}, from {IP}"
 )
 # Every spelling of each identifier the US hop must not see: as written, without spaces, and the
 # card's leading digits (a masked card would still show them).
 NEVER_IN_THE_US = (
-    NAME, "Schneider", "schneider", EMAIL, PHONE, "+49301234567", "1234567", IBAN, IBAN.replace(" ", ""),
-    "3704 0044", CARD, CARD.replace(" ", ""), "4111 1111", "4111", VAT, "136695976", IP,
+    NAME,
+    "Schneider",
+    "schneider",
+    EMAIL,
+    PHONE,
+    "+49301234567",
+    "1234567",
+    IBAN,
+    IBAN.replace(" ", ""),
+    "3704 0044",
+    CARD,
+    CARD.replace(" ", ""),
+    "4111 1111",
+    "4111",
+    VAT,
+    "136695976",
+    IP,
 )
 # Placeholders proving the prompt did reach the US hop, redacted.
-US_PLACEHOLDERS = ("<PERSON_1>", "<EMAIL_ADDRESS_1>", "<PHONE_NUMBER_1>", "<IBAN_CODE_1>", "<CREDIT_CARD_1>",
-                   "<EU_VAT_1>", "<IP_ADDRESS_1>")
+US_PLACEHOLDERS = (
+    "<PERSON_1>",
+    "<EMAIL_ADDRESS_1>",
+    "<PHONE_NUMBER_1>",
+    "<IBAN_CODE_1>",
+    "<CREDIT_CARD_1>",
+    "<EU_VAT_1>",
+    "<IP_ADDRESS_1>",
+)
 
 
 # --- fixtures ---------------------------------------------------------------------------------
@@ -72,8 +93,13 @@ def upstream_us(_us_server: DevUpstream) -> DevUpstream:
 
 
 @pytest.fixture
-def shipped_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, upstream: DevUpstream,
-                   upstream_b: DevUpstream, upstream_us: DevUpstream) -> Config:
+def shipped_config(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    upstream: DevUpstream,
+    upstream_b: DevUpstream,
+    upstream_us: DevUpstream,
+) -> Config:
     """config.yaml as shipped, its deployments pointed at the loopback upstreams through its env vars."""
     monkeypatch.setenv("MISTRAL_7B_URL", upstream.url)
     monkeypatch.setenv("MISTRAL_API_URL", upstream_b.url)
@@ -91,8 +117,9 @@ def shipped_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, upstream: De
     assert deployments["openai-gpt4"].base_url == upstream_us.url
     assert deployments["openai-gpt4"].jurisdiction == "US"
     assert config.models["mistral-7b"].deployments == ["mistral-7b-selfhosted", "mistral-api"]
-    storage = Storage(database_url=f"sqlite:///{tmp_path / 'shipped.db'}", redis_url=None,
-                      spool_dir=str(tmp_path / "spool"))
+    storage = Storage(
+        database_url=f"sqlite:///{tmp_path / 'shipped.db'}", redis_url=None, spool_dir=str(tmp_path / "spool")
+    )
     server = config.server.model_copy(update={"policies_dir": str(SHIPPED_POLICIES)})
     return config.model_copy(update={"storage": storage, "server": server})
 
@@ -106,13 +133,19 @@ def gw(gateway_factory: Callable[..., RunningGateway], shipped_config: Config) -
 
 
 def client(gw: RunningGateway, *, tenant: str = "hr", app: str = "chatbot") -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.base_url, api_key=gw.key(tenant=tenant, app=app), max_retries=0, timeout=30)
+    return openai.OpenAI(
+        base_url=gw.base_url, api_key=gw.key(tenant=tenant, app=app), max_retries=0, timeout=30
+    )
 
 
 def grant(gw: RunningGateway, *, tenant: str = "hr", subject: str = SUBJECT, purpose: str = PURPOSE) -> None:
     admin = {"Authorization": f"Bearer {gw.key(tenant='ops', app='admin', scopes=('global_admin',))}"}
-    resp = httpx.post(f"{gw.url}/admin/consents", headers=admin, timeout=10, json={
-        "tenant": tenant, "subject_id": subject, "purpose": purpose, "evidence_ref": "form-17"})
+    resp = httpx.post(
+        f"{gw.url}/admin/consents",
+        headers=admin,
+        timeout=10,
+        json={"tenant": tenant, "subject_id": subject, "purpose": purpose, "evidence_ref": "form-17"},
+    )
     assert resp.status_code == 201, resp.text
     assert resp.json()["subject"] != subject  # only the pseudonym is stored
 
@@ -153,8 +186,10 @@ def test_the_hr_chatbot_is_answered_in_the_eu_with_placeholders_for_identifiers(
 ) -> None:
     grant(gw)  # consent changes nothing while the EU answers
     raw = client(gw).chat.completions.with_raw_response.create(
-        model="mistral-7b", user=SUBJECT,
-        messages=user_message(f"Write to {NAME} ({EMAIL}, {PHONE}) about the refund to {IBAN}"))
+        model="mistral-7b",
+        user=SUBJECT,
+        messages=user_message(f"Write to {NAME} ({EMAIL}, {PHONE}) about the refund to {IBAN}"),
+    )
     completion = raw.parse()
     assert raw.headers["x-gateway-deployment"] == "mistral-7b-selfhosted"
     assert raw.headers["x-gateway-jurisdiction"] == "EU"
@@ -179,7 +214,8 @@ def test_consented_fallback_sends_no_identifier_to_the_us(
     grant(gw)
     eu_down(upstream, upstream_b)
     raw = client(gw).chat.completions.with_raw_response.create(
-        model="mistral-7b", user=SUBJECT, messages=user_message(FULL_PROMPT))
+        model="mistral-7b", user=SUBJECT, messages=user_message(FULL_PROMPT)
+    )
     completion = raw.parse()
     assert raw.headers["x-gateway-deployment"] == "openai-gpt4"
     assert raw.headers["x-gateway-jurisdiction"] == "US"
@@ -219,7 +255,8 @@ def test_consented_fallback_does_not_forward_the_raw_subject_id_to_the_us(
     grant(gw)
     eu_down(upstream, upstream_b)
     raw = client(gw).chat.completions.with_raw_response.create(
-        model="mistral-7b", user=SUBJECT, messages=user_message("When does my leave start?"), stream=stream)
+        model="mistral-7b", user=SUBJECT, messages=user_message("When does my leave start?"), stream=stream
+    )
     assert raw.headers["x-gateway-deployment"] == "openai-gpt4"
     answer = raw.parse()
     if isinstance(answer, openai.Stream):
@@ -229,7 +266,9 @@ def test_consented_fallback_does_not_forward_the_raw_subject_id_to_the_us(
     assert text == US_REPLY
     [body] = sent(upstream_us)
     assert "When does my leave start?" in body
-    assert SUBJECT not in body, f"the raw subject id reached the US: user={upstream_us.received[0].body.get('user')!r}"
+    assert SUBJECT not in body, (
+        f"the raw subject id reached the US: user={upstream_us.received[0].body.get('user')!r}"
+    )
 
 
 # --- 3. a blocked type stays blocked on the fallback path ----------------------------------------
@@ -242,7 +281,9 @@ def test_a_us_ssn_is_refused_on_the_consented_fallback_path(
     eu_down(upstream, upstream_b)
     sdk = client(gw)
     with pytest.raises(openai.APIStatusError) as refused:
-        sdk.chat.completions.create(model="mistral-7b", user=SUBJECT, messages=user_message(f"My SSN is {SSN}"))
+        sdk.chat.completions.create(
+            model="mistral-7b", user=SUBJECT, messages=user_message(f"My SSN is {SSN}")
+        )
     assert refused.value.status_code == 400
     error = error_of(refused.value)
     assert error["code"] == "pii.blocked"
@@ -252,7 +293,9 @@ def test_a_us_ssn_is_refused_on_the_consented_fallback_path(
     assert upstream.received == []
     assert upstream_b.received == []
     # Control: without the SSN, the same subject and key do reach the US.
-    completion = sdk.chat.completions.create(model="mistral-7b", user=SUBJECT, messages=user_message("My leave?"))
+    completion = sdk.chat.completions.create(
+        model="mistral-7b", user=SUBJECT, messages=user_message("My leave?")
+    )
     assert completion.choices[0].message.content == US_REPLY
     assert len(upstream_us.received) == 1
     assert SSN not in "".join(sent(upstream_us) + sent(upstream) + sent(upstream_b))
@@ -261,8 +304,10 @@ def test_a_us_ssn_is_refused_on_the_consented_fallback_path(
 # --- 4. no consent: a 503 that says why, and nothing in the US ----------------------------------
 
 
-@pytest.mark.parametrize("who", ["subject_without_consent", "consent_in_another_tenant",
-                                 "consent_for_another_purpose", "no_subject"])
+@pytest.mark.parametrize(
+    "who",
+    ["subject_without_consent", "consent_in_another_tenant", "consent_for_another_purpose", "no_subject"],
+)
 def test_without_consent_the_fallback_is_refused_with_consent_required(
     gw: RunningGateway, upstream: DevUpstream, upstream_b: DevUpstream, upstream_us: DevUpstream, who: str
 ) -> None:
@@ -294,15 +339,20 @@ def test_without_consent_the_fallback_is_refused_with_consent_required(
 
 @pytest.mark.parametrize(("tenant", "app"), [("finance", "reports"), ("hr", "payroll")])
 def test_a_tenant_without_the_dpa_fallback_never_reaches_the_us_even_with_consent(
-    gw: RunningGateway, upstream: DevUpstream, upstream_b: DevUpstream, upstream_us: DevUpstream,
-    tenant: str, app: str
+    gw: RunningGateway,
+    upstream: DevUpstream,
+    upstream_b: DevUpstream,
+    upstream_us: DevUpstream,
+    tenant: str,
+    app: str,
 ) -> None:
     grant(gw, tenant=tenant)
     grant(gw, tenant="hr")
     eu_down(upstream, upstream_b)
     with pytest.raises(openai.APIStatusError) as failed:
         client(gw, tenant=tenant, app=app).chat.completions.create(
-            model="mistral-7b", user=SUBJECT, messages=user_message("Summarise the Q3 report"))
+            model="mistral-7b", user=SUBJECT, messages=user_message("Summarise the Q3 report")
+        )
     # The EU failure itself, as for any tenant without a fallback (bundle_test.yaml: upstream_5xx).
     assert failed.value.status_code == 502
     assert error_of(failed.value)["code"] == "upstream_5xx"
@@ -311,6 +361,8 @@ def test_a_tenant_without_the_dpa_fallback_never_reaches_the_us_even_with_consen
     assert len(upstream_b.received) == 1
     assert upstream_us.received == []
     # Control: the hr chatbot, same subject, same gateway, does fall back to the US.
-    completion = client(gw).chat.completions.create(model="mistral-7b", user=SUBJECT, messages=user_message("hi"))
+    completion = client(gw).chat.completions.create(
+        model="mistral-7b", user=SUBJECT, messages=user_message("hi")
+    )
     assert completion.choices[0].message.content == US_REPLY
     assert len(upstream_us.received) == 1

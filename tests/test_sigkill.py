@@ -41,8 +41,12 @@ SECRET = "k" * 48
 def _serve(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "GATEWAY_SECRET": SECRET, "GATEWAY_LOG_LEVEL": "WARNING"}
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli_main", "serve", "--config", str(config),
-                                 "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli_main", "serve", "--config", str(config), "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -83,12 +87,18 @@ async def _load(url: str, key: str, seconds: float, answered: list[str], kill: A
         await asyncio.gather(*tasks)
 
 
-def test_sigkill_under_load_loses_no_row_of_an_answered_request(upstream: DevUpstream, tmp_path: Path) -> None:
+def test_sigkill_under_load_loses_no_row_of_an_answered_request(
+    upstream: DevUpstream, tmp_path: Path
+) -> None:
     db = f"sqlite:///{tmp_path / 'gateway.db'}"
     policies, _ = policy_file(tmp_path)
     config = priced_config(upstream).model_dump(mode="json")
-    config["storage"] = {"database_url": db, "spool_dir": str(tmp_path / "spool"),
-                         "writer_flush_interval_s": 60, "writer_batch_size": 100_000}
+    config["storage"] = {
+        "database_url": db,
+        "spool_dir": str(tmp_path / "spool"),
+        "writer_flush_interval_s": 60,
+        "writer_batch_size": 100_000,
+    }
     config["server"] = {**config["server"], "policies_dir": str(policies), "secret_key": SECRET}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -101,7 +111,9 @@ def test_sigkill_under_load_loses_no_row_of_an_answered_request(upstream: DevUps
     proc = _serve(path, port, log)
     answered: list[str] = []
     try:
-        asyncio.run(_load(f"http://127.0.0.1:{port}", key, 3.0, answered, lambda: proc.send_signal(signal.SIGKILL)))
+        asyncio.run(
+            _load(f"http://127.0.0.1:{port}", key, 3.0, answered, lambda: proc.send_signal(signal.SIGKILL))
+        )
         assert proc.wait(10) == -signal.SIGKILL
         assert len(answered) > 100, "the load did not get going"
         with Session(engine) as s:  # nothing was flushed to SQL before the kill: the WAL is what is tested
@@ -126,8 +138,11 @@ def test_sigkill_under_load_loses_no_row_of_an_answered_request(upstream: DevUps
         # The killed chain was closed from its write-ahead file: losing its newest record is now visible.
         with Session(engine) as s:
             killed = s.exec(select(AuditRecord).where(AuditRecord.request_id == answered[-1])).one()
-            newest = s.exec(select(AuditRecord).where(AuditRecord.chain_id == killed.chain_id)
-                            .order_by(col(AuditRecord.seq).desc())).first()
+            newest = s.exec(
+                select(AuditRecord)
+                .where(AuditRecord.chain_id == killed.chain_id)
+                .order_by(col(AuditRecord.seq).desc())
+            ).first()
             assert newest is not None
             chain, seq = killed.chain_id, newest.seq  # read before the commit expires the instances
             s.delete(newest)
@@ -149,8 +164,13 @@ def _ordered_events(gw: Gateway, key: str, body: dict[str, Any]) -> list[tuple[s
         put(row)
 
     gw.writer.put = spying_put  # type: ignore[method-assign]
-    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "extensions": {},
-             "headers": [(b"authorization", f"Bearer {key}".encode()), (b"content-type", b"application/json")]}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "extensions": {},
+        "headers": [(b"authorization", f"Bearer {key}".encode()), (b"content-type", b"application/json")],
+    }
     messages = [{"type": "http.request", "body": orjson.dumps(body), "more_body": False}]
 
     async def receive() -> dict[str, Any]:
@@ -182,23 +202,41 @@ def _last_byte(events: list[tuple[str, Any]], marker: bytes | None) -> int:
     return sends[-1]
 
 
-@pytest.mark.parametrize(("body", "marker", "broken"), [
-    (CHAT, None, False),
-    ({**CHAT, "stream": True}, b"data: [DONE]", False),
-    ({**CHAT, "stream": True, "stream_options": {"include_usage": True}}, b"data: [DONE]", False),
-    (CHAT, None, True),  # every upstream down: the 502 is the answer
-], ids=["json", "stream", "stream-usage", "upstream-error"])
+@pytest.mark.parametrize(
+    ("body", "marker", "broken"),
+    [
+        (CHAT, None, False),
+        ({**CHAT, "stream": True}, b"data: [DONE]", False),
+        ({**CHAT, "stream": True, "stream_options": {"include_usage": True}}, b"data: [DONE]", False),
+        (CHAT, None, True),  # every upstream down: the 502 is the answer
+    ],
+    ids=["json", "stream", "stream-usage", "upstream-error"],
+)
 def test_ledger_row_and_audit_record_are_queued_before_the_last_byte(
-    upstream: DevUpstream, tmp_path: Path, body: dict[str, Any], marker: bytes | None, broken: bool,
+    upstream: DevUpstream,
+    tmp_path: Path,
+    body: dict[str, Any],
+    marker: bytes | None,
+    broken: bool,
 ) -> None:
     policies, _ = policy_file(tmp_path)
-    config = priced_config(upstream, storage={"database_url": f"sqlite:///{tmp_path / 'g.db'}",
-                                              "spool_dir": str(tmp_path / "spool")})
+    config = priced_config(
+        upstream,
+        storage={"database_url": f"sqlite:///{tmp_path / 'g.db'}", "spool_dir": str(tmp_path / "spool")},
+    )
     if broken:
-        eu = {**config.deployments["eu-primary"].model_dump(mode="json"), "base_url": f"http://127.0.0.1:{free_port()}"}
-        config = priced_config(upstream, storage=config.storage.model_dump(mode="json"),
-                               deployments={**{n: d.model_dump(mode="json") for n, d in config.deployments.items()},
-                                            "eu-primary": eu})
+        eu = {
+            **config.deployments["eu-primary"].model_dump(mode="json"),
+            "base_url": f"http://127.0.0.1:{free_port()}",
+        }
+        config = priced_config(
+            upstream,
+            storage=config.storage.model_dump(mode="json"),
+            deployments={
+                **{n: d.model_dump(mode="json") for n, d in config.deployments.items()},
+                "eu-primary": eu,
+            },
+        )
     upgrade(config.storage.database_url)
     gw = Gateway(config, bundle=BundleHolder(load_bundle([policies])))
     key, _ = auth.create_key(gw.engine, tenant="t", app="a", models=["*"], scopes=["chat"])
@@ -206,7 +244,10 @@ def test_ledger_row_and_audit_record_are_queued_before_the_last_byte(
     start = next(m for kind, m in events if kind == "send" and m["type"] == "http.response.start")
     assert start["status"] == (502 if broken else 200)
     last = _last_byte(events, marker)
-    puts = [(i, table) for i, (kind, table) in enumerate(events)
-            if kind == "put" and table in ("usage_ledger", "audit_records")]
+    puts = [
+        (i, table)
+        for i, (kind, table) in enumerate(events)
+        if kind == "put" and table in ("usage_ledger", "audit_records")
+    ]
     assert sorted(table for _, table in puts) == ["audit_records", "usage_ledger"]
     assert all(i < last for i, _ in puts), f"records queued after the answer's last byte: {events}"

@@ -32,25 +32,29 @@ def run(pytester: pytest.Pytester) -> pytest.RunResult:
     return pytester.runpytest_inprocess("-p", "tests.skipguard", "-rs")
 
 
-def test_an_unlisted_skip_fails_the_run_under_ci(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
-                                                 allow_list: Path) -> None:
+def test_an_unlisted_skip_fails_the_run_under_ci(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, allow_list: Path
+) -> None:
     monkeypatch.setenv("CI", "1")
     result = run(pytester)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["*skipped under CI=1 and not in tests/allowed_skips.txt*",
-                                 "test_sample.py::test_needs_a_tool"])
+    result.stdout.fnmatch_lines(
+        ["*skipped under CI=1 and not in tests/allowed_skips.txt*", "test_sample.py::test_needs_a_tool"]
+    )
     result.assert_outcomes(passed=1, skipped=1)
 
 
-def test_a_listed_skip_passes_under_ci(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
-                                       allow_list: Path) -> None:
+def test_a_listed_skip_passes_under_ci(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, allow_list: Path
+) -> None:
     monkeypatch.setenv("CI", "1")
     allow_list.write_text("test_sample.py::test_needs_*  # the tool is not packaged for this distribution\n")
     assert run(pytester).ret == pytest.ExitCode.OK
 
 
-def test_outside_ci_a_skip_is_only_reported(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
-                                            allow_list: Path) -> None:
+def test_outside_ci_a_skip_is_only_reported(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, allow_list: Path
+) -> None:
     monkeypatch.delenv("CI", raising=False)
     result = run(pytester)
     assert result.ret == pytest.ExitCode.OK

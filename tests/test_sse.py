@@ -10,8 +10,10 @@ from hypothesis import strategies as st
 
 from gateway.sse import Event, Parser
 
-STREAM = (b'data: {"a": 1}\n\n: keep-alive comment\n\nevent: ping\ndata: x\n\n'
-          b'data: line1\ndata: line2\n\ndata: [DONE]\n\n')
+STREAM = (
+    b'data: {"a": 1}\n\n: keep-alive comment\n\nevent: ping\ndata: x\n\n'
+    b"data: line1\ndata: line2\n\ndata: [DONE]\n\n"
+)
 
 
 def parse_all(chunks: list[bytes]) -> list[tuple[bytes, bytes | None]]:
@@ -27,7 +29,12 @@ def test_events_are_parsed_once_and_reencoded_byte_for_byte() -> None:
 
 
 def test_multiline_data_and_named_events() -> None:
-    assert parse_all([STREAM]) == [(b'{"a": 1}', None), (b"x", b"ping"), (b"line1\nline2", None), (b"[DONE]", None)]
+    assert parse_all([STREAM]) == [
+        (b'{"a": 1}', None),
+        (b"x", b"ping"),
+        (b"line1\nline2", None),
+        (b"[DONE]", None),
+    ]
 
 
 def test_crlf_line_endings() -> None:
@@ -49,7 +56,7 @@ def test_a_split_at_every_byte_yields_the_same_events(newline: bytes) -> None:
     expected = parse_all([STREAM])
     for cut in range(len(stream) + 1):
         assert parse_all([stream[:cut], stream[cut:]]) == expected, cut
-    assert parse_all([stream[i:i + 1] for i in range(len(stream))]) == expected
+    assert parse_all([stream[i : i + 1] for i in range(len(stream))]) == expected
 
 
 def test_a_crlf_split_between_chunks_is_one_line_end() -> None:

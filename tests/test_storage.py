@@ -25,7 +25,9 @@ def test_keys_round_trip_on_postgres(postgres_url: str) -> None:
 
 def _schema(engine: Engine) -> dict[str, list[str]]:
     inspector = inspect(engine)
-    return {t: sorted(c["name"] for c in inspector.get_columns(t)) for t in sorted(inspector.get_table_names())}
+    return {
+        t: sorted(c["name"] for c in inspector.get_columns(t)) for t in sorted(inspector.get_table_names())
+    }
 
 
 def test_migrations_are_idempotent(postgres_url: str) -> None:
@@ -56,16 +58,24 @@ def test_migrations_are_idempotent(postgres_url: str) -> None:
 def test_gateway_serves_from_postgres_and_reports_redis_ready(
     gateway_factory, upstream: DevUpstream, postgres_url: str
 ) -> None:
-    gw = gateway_factory(make_config(upstream, storage={"database_url": postgres_url, "redis_url": REDIS_URL}))
-    resp = httpx.post(f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {gw.key()}"},
-                      json={"model": "mistral-7b", "messages": [{"role": "user", "content": "hi"}]})
+    gw = gateway_factory(
+        make_config(upstream, storage={"database_url": postgres_url, "redis_url": REDIS_URL})
+    )
+    resp = httpx.post(
+        f"{gw.base_url}/chat/completions",
+        headers={"Authorization": f"Bearer {gw.key()}"},
+        json={"model": "mistral-7b", "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert resp.status_code == 200
     assert httpx.get(f"{gw.url}/readyz").json()["checks"] == {"database": "ok", "redis": "ok"}
 
 
 def test_readyz_is_503_when_redis_is_down(gateway_factory, upstream: DevUpstream) -> None:
-    gw = gateway_factory(make_config(upstream, storage={"database_url": "sqlite:///:memory:",
-                                                       "redis_url": "redis://127.0.0.1:1/0"}))
+    gw = gateway_factory(
+        make_config(
+            upstream, storage={"database_url": "sqlite:///:memory:", "redis_url": "redis://127.0.0.1:1/0"}
+        )
+    )
     resp = httpx.get(f"{gw.url}/readyz")
     assert resp.status_code == 503
     assert resp.json()["checks"]["redis"].startswith("error")

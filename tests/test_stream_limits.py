@@ -30,13 +30,21 @@ def long_upstream() -> Iterator[DevUpstream]:
 
 def _stalled_stream(gw: RunningGateway, key: str) -> socket.socket:
     """Open a streaming chat request and never read the answer (a 4 KiB receive window)."""
-    body = orjson.dumps({"model": "mistral-7b", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    body = orjson.dumps(
+        {"model": "mistral-7b", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    )
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", int(gw.url.rsplit(":", 1)[1])))
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                 b"authorization: Bearer " + key.encode() + b"\r\ncontent-length: " + str(len(body)).encode()
-                 + b"\r\n\r\n" + body)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"authorization: Bearer "
+        + key.encode()
+        + b"\r\ncontent-length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
     return sock
 
 
@@ -65,7 +73,8 @@ def _closed_by_peer(sock: socket.socket, seconds: float) -> bool:
 
 
 def test_a_client_that_stops_reading_is_cut_off_and_its_upstream_and_slot_released(
-        gateway_factory: Callable[..., RunningGateway], long_upstream: DevUpstream) -> None:
+    gateway_factory: Callable[..., RunningGateway], long_upstream: DevUpstream
+) -> None:
     config = make_config(long_upstream, server={"stream_write_timeout_s": 0.5})
     gw = gateway_factory(config)
     key = gw.key()
@@ -83,31 +92,52 @@ def test_a_client_that_stops_reading_is_cut_off_and_its_upstream_and_slot_releas
     from sqlmodel import Session, select
 
     from gateway.store.db import AuditRecord
+
     with Session(records) as s:
         statuses = [r.status for r in s.exec(select(AuditRecord))]
     assert statuses == [499]
 
 
 def test_one_key_cannot_take_every_slot_of_a_deployment(
-        gateway_factory: Callable[..., RunningGateway], long_upstream: DevUpstream) -> None:
-    eu = {"kind": "openai_compatible", "base_url": long_upstream.url, "model": "m", "jurisdiction": "EU",
-          "region": "fr-par", "max_concurrency": 4, "max_concurrency_per_key": 2,
-          "timeouts": {"connect_s": 1, "read_s": 30, "total_s": 60}}
-    config = make_config(long_upstream, deployments={"eu-primary": eu}, models={"mistral-7b": {
-        "deployments": ["eu-primary"]}}, server={"stream_write_timeout_s": 30})
+    gateway_factory: Callable[..., RunningGateway], long_upstream: DevUpstream
+) -> None:
+    eu = {
+        "kind": "openai_compatible",
+        "base_url": long_upstream.url,
+        "model": "m",
+        "jurisdiction": "EU",
+        "region": "fr-par",
+        "max_concurrency": 4,
+        "max_concurrency_per_key": 2,
+        "timeouts": {"connect_s": 1, "read_s": 30, "total_s": 60},
+    }
+    config = make_config(
+        long_upstream,
+        deployments={"eu-primary": eu},
+        models={"mistral-7b": {"deployments": ["eu-primary"]}},
+        server={"stream_write_timeout_s": 30},
+    )
     gw = gateway_factory(config)
     greedy, other = gw.key(), gw.key(tenant="other")
     socks = [_stalled_stream(gw, greedy) for _ in range(2)]
     try:
         assert _wait(lambda: long_upstream.streams_started == 2, 5)
-        third = httpx.post(f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {greedy}"},
-                           json={"model": "mistral-7b", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+        third = httpx.post(
+            f"{gw.base_url}/chat/completions",
+            headers={"Authorization": f"Bearer {greedy}"},
+            json={"model": "mistral-7b", "messages": [{"role": "user", "content": "hi"}]},
+            timeout=10,
+        )
         assert third.status_code == 429
         assert third.json()["error"]["code"] == "concurrency.exceeded"
         assert third.headers["retry-after"] == "1"
         started = time.monotonic()
-        fine = httpx.post(f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {other}"},
-                          json={"model": "mistral-7b", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+        fine = httpx.post(
+            f"{gw.base_url}/chat/completions",
+            headers={"Authorization": f"Bearer {other}"},
+            json={"model": "mistral-7b", "messages": [{"role": "user", "content": "hi"}]},
+            timeout=10,
+        )
         assert fine.status_code == 200
         assert time.monotonic() - started < 5
     finally:
@@ -120,14 +150,27 @@ def test_one_key_cannot_take_every_slot_of_a_deployment(
 def test_a_stream_ends_at_the_deployments_total_s(gateway_factory: Callable[..., RunningGateway]) -> None:
     slow = DevUpstream(chunks=40, chunk_delay_s=0.1).start()  # 4 s of stream
     try:
-        eu = {"kind": "openai_compatible", "base_url": slow.url, "model": "m", "jurisdiction": "EU",
-              "region": "fr-par", "timeouts": {"connect_s": 1, "read_s": 5, "total_s": 1}}
-        gw = gateway_factory(make_config(slow, deployments={"eu-primary": eu},
-                                         models={"mistral-7b": {"deployments": ["eu-primary"]}}))
+        eu = {
+            "kind": "openai_compatible",
+            "base_url": slow.url,
+            "model": "m",
+            "jurisdiction": "EU",
+            "region": "fr-par",
+            "timeouts": {"connect_s": 1, "read_s": 5, "total_s": 1},
+        }
+        gw = gateway_factory(
+            make_config(
+                slow, deployments={"eu-primary": eu}, models={"mistral-7b": {"deployments": ["eu-primary"]}}
+            )
+        )
         started = time.monotonic()
-        with httpx.stream("POST", f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {gw.key()}"},
-                          json={"model": "mistral-7b", "stream": True,
-                                "messages": [{"role": "user", "content": "hi"}]}, timeout=10) as resp:
+        with httpx.stream(
+            "POST",
+            f"{gw.base_url}/chat/completions",
+            headers={"Authorization": f"Bearer {gw.key()}"},
+            json={"model": "mistral-7b", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+            timeout=10,
+        ) as resp:
             request_id = resp.headers["x-gateway-request-id"]
             text = b"".join(resp.iter_raw())
         assert time.monotonic() - started < 3
@@ -143,7 +186,8 @@ def test_a_stream_ends_at_the_deployments_total_s(gateway_factory: Callable[...,
 
 
 def test_a_client_that_asked_for_usage_gets_the_gateways_estimate_when_the_upstream_sends_none(
-        gateway_factory: Callable[..., RunningGateway], tmp_path: Path) -> None:
+    gateway_factory: Callable[..., RunningGateway], tmp_path: Path
+) -> None:
     quiet = DevUpstream(include_usage=False).start()  # like llama.cpp: no usage chunk
     try:
         policies = tmp_path / "p"
@@ -151,9 +195,14 @@ def test_a_client_that_asked_for_usage_gets_the_gateways_estimate_when_the_upstr
         (policies / "bundle.yaml").write_text("version: 1\ndefaults:\n  token_accounting: {}\n")
         gw = gateway_factory(make_config(quiet), policies)
         client = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(), max_retries=0)
-        chunks = list(client.chat.completions.create(
-            model="mistral-7b", messages=[{"role": "user", "content": "hello there"}], stream=True,
-            stream_options={"include_usage": True}))
+        chunks = list(
+            client.chat.completions.create(
+                model="mistral-7b",
+                messages=[{"role": "user", "content": "hello there"}],
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
         last = chunks[-1]
         assert last.choices == []
         assert last.usage is not None
@@ -163,8 +212,11 @@ def test_a_client_that_asked_for_usage_gets_the_gateways_estimate_when_the_upstr
         assert last.id == chunks[0].id
         assert sum(1 for c in chunks if c.usage is not None) == 1
         # Not asked for: no usage chunk, even though the gateway counted.
-        plain = list(client.chat.completions.create(
-            model="mistral-7b", messages=[{"role": "user", "content": "hello there"}], stream=True))
+        plain = list(
+            client.chat.completions.create(
+                model="mistral-7b", messages=[{"role": "user", "content": "hello there"}], stream=True
+            )
+        )
         assert all(c.usage is None for c in plain)
     finally:
         quiet.stop()

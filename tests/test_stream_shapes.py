@@ -28,8 +28,10 @@ defaults:
 """
 # A quote and a backslash: restored values inside JSON arguments must stay valid JSON.
 PROMPT = f'Send "the form" to {EMAIL} and refund IBAN {IBAN} \\ thanks'
-TOOLS: Any = [{"type": "function", "function": {"name": "send", "parameters": {"type": "object"}}},
-              {"type": "function", "function": {"name": "refund", "parameters": {"type": "object"}}}]
+TOOLS: Any = [
+    {"type": "function", "function": {"name": "send", "parameters": {"type": "object"}}},
+    {"type": "function", "function": {"name": "refund", "parameters": {"type": "object"}}},
+]
 REPLY = "Mail <EMAIL_ADDRESS_1> now and refund [iban code 1] today, then write to {EMAIL_ADDRESS_1}"
 RESTORED = f"Mail {EMAIL} now and refund {IBAN} today, then write to {EMAIL}"
 
@@ -50,7 +52,9 @@ def shapes(_server: DevUpstream) -> Iterator[DevUpstream]:
     _server.reply, _server.chunks = DevUpstream.reply, DevUpstream.chunks
 
 
-def _client(factory: Callable[..., RunningGateway], upstream: DevUpstream, tmp_path: Path, policy: str) -> openai.OpenAI:
+def _client(
+    factory: Callable[..., RunningGateway], upstream: DevUpstream, tmp_path: Path, policy: str
+) -> openai.OpenAI:
     path = tmp_path / "pii.yaml"
     path.write_text(policy)
     gw = factory(make_config(upstream), policies=path)
@@ -58,12 +62,16 @@ def _client(factory: Callable[..., RunningGateway], upstream: DevUpstream, tmp_p
 
 
 @pytest.fixture
-def client(gateway_factory: Callable[..., RunningGateway], shapes: DevUpstream, tmp_path: Path) -> openai.OpenAI:
+def client(
+    gateway_factory: Callable[..., RunningGateway], shapes: DevUpstream, tmp_path: Path
+) -> openai.OpenAI:
     return _client(gateway_factory, shapes, tmp_path, POLICY)
 
 
 @pytest.fixture
-def scanning(gateway_factory: Callable[..., RunningGateway], shapes: DevUpstream, tmp_path: Path) -> openai.OpenAI:
+def scanning(
+    gateway_factory: Callable[..., RunningGateway], shapes: DevUpstream, tmp_path: Path
+) -> openai.OpenAI:
     """Answers scanned too: the output scanner holds back the last 64 characters of every channel
     (content and each tool call's arguments) until the choice or the stream ends."""
     return _client(gateway_factory, shapes, tmp_path, POLICY + "    output: {enabled: true, action: mask}\n")
@@ -103,7 +111,9 @@ class Assembled:
                 if delta.content:
                     self.content[i] = self.content.get(i, "") + delta.content
                 for call in delta.tool_calls or ():
-                    slot = self.calls.setdefault(i, {}).setdefault(call.index, {"id": "", "name": "", "arguments": ""})
+                    slot = self.calls.setdefault(i, {}).setdefault(
+                        call.index, {"id": "", "name": "", "arguments": ""}
+                    )
                     slot["id"] += call.id or ""
                     if call.function is not None:
                         slot["name"] += call.function.name or ""
@@ -117,14 +127,22 @@ class Assembled:
 
 
 def stream(client: openai.OpenAI, **extra: Any) -> Assembled:
-    return Assembled(client.chat.completions.create(
-        model="mistral-7b", messages=[{"role": "user", "content": PROMPT}], stream=True, **extra))
+    return Assembled(
+        client.chat.completions.create(
+            model="mistral-7b", messages=[{"role": "user", "content": PROMPT}], stream=True, **extra
+        )
+    )
 
 
 def expected_calls(n_calls: int) -> dict[int, dict[str, str]]:
-    return {i: {"id": f"call_dev_{i + 1}", "name": ("send", "refund")[i % 2],
-                "arguments": json.dumps({"call": i, "echo": PROMPT}, separators=(",", ":"), ensure_ascii=False)}
-            for i in range(n_calls)}
+    return {
+        i: {
+            "id": f"call_dev_{i + 1}",
+            "name": ("send", "refund")[i % 2],
+            "arguments": json.dumps({"call": i, "echo": PROMPT}, separators=(",", ":"), ensure_ascii=False),
+        }
+        for i in range(n_calls)
+    }
 
 
 def parsed(calls: dict[int, dict[str, str]]) -> dict[int, tuple[str, str, Any]]:
@@ -167,10 +185,19 @@ def test_interleaved_choices_are_each_restored(client: openai.OpenAI, shapes: De
     assert_never_sent(shapes)
 
 
-def test_interleaved_choices_with_tool_calls_are_each_restored(client: openai.OpenAI, shapes: DevUpstream) -> None:
-    shapes.stream_choices, shapes.stream_tool_calls, shapes.tool_calls, shapes.arguments_chunk = True, True, 2, 4
+def test_interleaved_choices_with_tool_calls_are_each_restored(
+    client: openai.OpenAI, shapes: DevUpstream
+) -> None:
+    shapes.stream_choices, shapes.stream_tool_calls, shapes.tool_calls, shapes.arguments_chunk = (
+        True,
+        True,
+        2,
+        4,
+    )
     got = stream(client, n=2, tools=TOOLS)
-    assert {i: parsed(calls) for i, calls in got.calls.items()} == dict.fromkeys(range(2), parsed(expected_calls(2)))
+    assert {i: parsed(calls) for i, calls in got.calls.items()} == dict.fromkeys(
+        range(2), parsed(expected_calls(2))
+    )
     assert got.finish == dict.fromkeys(range(2), "tool_calls")
     assert_never_sent(shapes)
 
@@ -178,7 +205,9 @@ def test_interleaved_choices_with_tool_calls_are_each_restored(client: openai.Op
 # --- no finish_reason -----------------------------------------------------------------------------
 
 
-def test_a_stream_without_finish_reason_still_gets_its_held_tail(client: openai.OpenAI, shapes: DevUpstream) -> None:
+def test_a_stream_without_finish_reason_still_gets_its_held_tail(
+    client: openai.OpenAI, shapes: DevUpstream
+) -> None:
     # The answer ends on what could be the start of a placeholder: the restorer holds it back until
     # the stream ends, and with no finish_reason only the gateway's last chunk before [DONE] carries it.
     shapes.finish_reason, shapes.reply, shapes.chunks = False, REPLY + " [IBAN_CO", 16
@@ -201,14 +230,21 @@ def test_a_scanned_stream_without_finish_reason_gets_every_held_tail(
 def test_scanned_tool_calls_without_finish_reason_get_every_held_tail(
     scanning: openai.OpenAI, shapes: DevUpstream
 ) -> None:
-    shapes.finish_reason, shapes.stream_tool_calls, shapes.tool_calls, shapes.arguments_chunk = False, True, 2, 6
+    shapes.finish_reason, shapes.stream_tool_calls, shapes.tool_calls, shapes.arguments_chunk = (
+        False,
+        True,
+        2,
+        6,
+    )
     got = stream(scanning, tools=TOOLS)
     assert parsed(got.calls[0]) == parsed(expected_calls(2))
     assert got.finish == {0: None}
     assert_never_sent(shapes)
 
 
-def test_scanned_tool_calls_with_finish_reason_are_restored(scanning: openai.OpenAI, shapes: DevUpstream) -> None:
+def test_scanned_tool_calls_with_finish_reason_are_restored(
+    scanning: openai.OpenAI, shapes: DevUpstream
+) -> None:
     shapes.stream_tool_calls, shapes.tool_calls, shapes.arguments_chunk = True, 2, 6
     got = stream(scanning, tools=TOOLS)
     assert parsed(got.calls[0]) == parsed(expected_calls(2))
@@ -216,11 +252,15 @@ def test_scanned_tool_calls_with_finish_reason_are_restored(scanning: openai.Ope
     assert_never_sent(shapes)
 
 
-def test_tool_calls_and_choices_without_finish_reason_are_restored(client: openai.OpenAI, shapes: DevUpstream) -> None:
+def test_tool_calls_and_choices_without_finish_reason_are_restored(
+    client: openai.OpenAI, shapes: DevUpstream
+) -> None:
     shapes.finish_reason, shapes.stream_choices, shapes.stream_tool_calls = False, True, True
     shapes.tool_calls, shapes.arguments_chunk = 2, 7
     got = stream(client, n=2, tools=TOOLS)
-    assert {i: parsed(calls) for i, calls in got.calls.items()} == dict.fromkeys(range(2), parsed(expected_calls(2)))
+    assert {i: parsed(calls) for i, calls in got.calls.items()} == dict.fromkeys(
+        range(2), parsed(expected_calls(2))
+    )
     assert got.finish == dict.fromkeys(range(2), None)
     assert_never_sent(shapes)
 
@@ -237,10 +277,13 @@ def test_choices_without_finish_reason_are_each_restored(client: openai.OpenAI, 
 FUNCTIONS: Any = [{"name": "send", "parameters": {"type": "object"}}]
 
 
-def test_legacy_function_call_arguments_in_an_answer_are_restored(client: openai.OpenAI, shapes: DevUpstream) -> None:
+def test_legacy_function_call_arguments_in_an_answer_are_restored(
+    client: openai.OpenAI, shapes: DevUpstream
+) -> None:
     shapes.legacy_function_call = True
     completion = client.chat.completions.create(
-        model="mistral-7b", messages=[{"role": "user", "content": PROMPT}], functions=FUNCTIONS)
+        model="mistral-7b", messages=[{"role": "user", "content": PROMPT}], functions=FUNCTIONS
+    )
     call = completion.choices[0].message.function_call
     assert call is not None
     assert call.name == "send"
@@ -248,7 +291,9 @@ def test_legacy_function_call_arguments_in_an_answer_are_restored(client: openai
     assert_never_sent(shapes)
 
 
-def test_streamed_legacy_function_call_arguments_are_restored(client: openai.OpenAI, shapes: DevUpstream) -> None:
+def test_streamed_legacy_function_call_arguments_are_restored(
+    client: openai.OpenAI, shapes: DevUpstream
+) -> None:
     shapes.legacy_function_call = True
     got = stream(client, functions=FUNCTIONS)
     assert got.function[0]["name"] == "send"

@@ -21,15 +21,27 @@ from tests.tcpproxy import TcpProxy
 
 
 def _row(request_id: str | None = None, cost: str = "0.0000123456") -> UsageRecord:
-    return UsageRecord(request_id=request_id or uuid.uuid4().hex, tenant="acme", app="chat", key_id="k1",
-                       model="mistral-7b", prompt_tokens=10, completion_tokens=5, cost_eur=Decimal(cost),
-                       fx_rate=Decimal("0.92"), status=200)
+    return UsageRecord(
+        request_id=request_id or uuid.uuid4().hex,
+        tenant="acme",
+        app="chat",
+        key_id="k1",
+        model="mistral-7b",
+        prompt_tokens=10,
+        completion_tokens=5,
+        cost_eur=Decimal(cost),
+        fx_rate=Decimal("0.92"),
+        status=200,
+    )
 
 
 def _count(engine: Engine, ids: list[str]) -> int:
     with engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(UsageRecord).where(
-            UsageRecord.request_id.in_(ids))).scalar_one())  # type: ignore[attr-defined]
+        return int(
+            conn.execute(
+                select(func.count()).select_from(UsageRecord).where(col(UsageRecord.request_id).in_(ids))
+            ).scalar_one()
+        )
 
 
 @pytest.fixture
@@ -73,11 +85,15 @@ async def test_decimal_costs_survive_exactly(sqlite_engine: Engine, tmp_path: Pa
     writer.put(_row("exact", cost="0.0000000007"))
     await writer.stop()
     with sqlite_engine.connect() as conn:
-        cost = conn.execute(select(col(UsageRecord.cost_eur)).where(col(UsageRecord.request_id) == "exact")).scalar_one()
+        cost = conn.execute(
+            select(col(UsageRecord.cost_eur)).where(col(UsageRecord.request_id) == "exact")
+        ).scalar_one()
     assert cost == Decimal("0.0000000007")
 
 
-async def test_put_never_raises_and_a_full_queue_spills_to_the_spool(sqlite_engine: Engine, tmp_path: Path) -> None:
+async def test_put_never_raises_and_a_full_queue_spills_to_the_spool(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
     writer = Writer(sqlite_engine, tmp_path / "spool", max_queue=3, flush_interval_s=60)
     await writer.start()
     ids = [uuid.uuid4().hex for _ in range(10)]
@@ -132,7 +148,9 @@ async def test_a_row_replayed_twice_is_stored_once(sqlite_engine: Engine, tmp_pa
     assert _count(sqlite_engine, ["twice", "once"]) == 2
 
 
-async def test_spool_left_by_a_crashed_writer_is_replayed_at_start(sqlite_engine: Engine, tmp_path: Path) -> None:
+async def test_spool_left_by_a_crashed_writer_is_replayed_at_start(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
     crashed = Writer(sqlite_engine, tmp_path / "spool")
     crashed.spool_dir.mkdir(parents=True)
     crashed._spool([_row("left-behind")])
@@ -162,7 +180,8 @@ def test_rows_of_a_one_column_table_are_inserted_too() -> None:
 
 
 async def test_stop_lets_a_flush_in_progress_finish_and_deletes_no_write_ahead_file_too_early(
-        sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A SIGTERM stop arrived while a batch was in the database thread: it used to cancel the flush and delete
     the write-ahead files holding that batch, so the rows were lost when the process then exited."""
     writer = Writer(sqlite_engine, tmp_path / "spool", batch_size=100, flush_interval_s=0.01)
@@ -187,7 +206,8 @@ async def test_stop_lets_a_flush_in_progress_finish_and_deletes_no_write_ahead_f
 
 
 async def test_a_cancelled_flush_keeps_its_write_ahead_rows_for_the_next_start(
-        sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     writer = Writer(sqlite_engine, tmp_path / "spool", batch_size=100, flush_interval_s=60)
     await writer.start()
     ids = [uuid.uuid4().hex for _ in range(5)]

@@ -66,11 +66,20 @@ async def test_files_and_directories_are_made_as_needed_and_readable_by_their_ow
     assert len(Writer(sqlite_engine, later).spooled_files()) == 1
 
 
-def test_the_writers_defaults_are_the_documented_storage_defaults(sqlite_engine: Engine, tmp_path: Path) -> None:
+def test_the_writers_defaults_are_the_documented_storage_defaults(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
     writer, storage = Writer(sqlite_engine, tmp_path), Storage()
     assert (writer.batch_size, writer.flush_interval_s, writer.wal_fsync) == (
-        storage.writer_batch_size, storage.writer_flush_interval_s, storage.wal_fsync)
-    assert (writer.max_queue, writer.retry_s, writer.stop_timeout_s) == (100_000, 1.0, 30.0)  # as docs/reliability.md says
+        storage.writer_batch_size,
+        storage.writer_flush_interval_s,
+        storage.wal_fsync,
+    )
+    assert (writer.max_queue, writer.retry_s, writer.stop_timeout_s) == (
+        100_000,
+        1.0,
+        30.0,
+    )  # as docs/reliability.md says
 
 
 async def test_wal_fsync_syncs_the_write_ahead_file_at_each_put_and_only_then(
@@ -279,7 +288,8 @@ def test_a_spool_that_cannot_be_written_counts_the_rows_lost_and_says_so(
     assert writer._spool([_row(), _row()]) is False
     assert counted_since(before) == {"lost": 2.0}
     assert messages(caplog) == [
-        ("ERROR", "could not spool 2 rows (their write-ahead file is kept for the next start)")]
+        ("ERROR", "could not spool 2 rows (their write-ahead file is kept for the next start)")
+    ]
 
 
 def test_an_append_that_waited_while_a_replayer_claimed_the_file_goes_to_a_new_file(
@@ -303,7 +313,9 @@ def test_an_append_that_waited_while_a_replayer_claimed_the_file_goes_to_a_new_f
     assert [item["row"]["request_id"] for item in lines(path)] == [late.request_id]
 
 
-def test_a_batch_that_spans_write_ahead_files_settles_each_of_them(sqlite_engine: Engine, tmp_path: Path) -> None:
+def test_a_batch_that_spans_write_ahead_files_settles_each_of_them(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()
     writer = Writer(sqlite_engine, spool)
@@ -385,7 +397,8 @@ async def test_every_row_the_recovery_hook_adds_lands(sqlite_engine: Engine, tmp
     chains = [f"chain-{uuid.uuid4().hex}" for _ in range(3)]
     writer = Writer(sqlite_engine, spool)
     writer.on_recover = lambda items: [
-        AuditChainMark(chain_id=c, kind="recovered", seq=1, at=datetime.now(UTC)) for c in chains]
+        AuditChainMark(chain_id=c, kind="recovered", seq=1, at=datetime.now(UTC)) for c in chains
+    ]
     await writer.start()
     await writer.stop()
     with Session(sqlite_engine) as s:
@@ -403,7 +416,9 @@ def test_replay_sums_every_file_goes_past_one_claimed_elsewhere_and_inserts_batc
     (spool / "a.jsonl").write_bytes(b"".join(writer._line(_row(i)) for i in ids[:2]))
     (spool / "b.jsonl").write_bytes(b"".join(writer._line(_row(i)) for i in ids[2:4]))
     (spool / "c.jsonl").write_bytes(writer._line(_row(ids[4])))
-    monkeypatch.setattr(writer, "_insert_one_by_one", lambda *a: pytest.fail("a good batch went in row by row"))
+    monkeypatch.setattr(
+        writer, "_insert_one_by_one", lambda *a: pytest.fail("a good batch went in row by row")
+    )
     claimed_elsewhere: list[str] = []
 
     def rename(src: Any, dst: Any) -> None:
@@ -431,7 +446,8 @@ def test_a_replay_the_database_drops_says_why(
     monkeypatch.setattr(writer, "_insert", lambda by_table: down(by_table))
     assert writer.replay() == 0
     assert messages(caplog) == [
-        ("WARNING", f"database write failed (OperationalError); spooling rows to {spool}")]
+        ("WARNING", f"database write failed (OperationalError); spooling rows to {spool}")
+    ]
 
 
 async def test_a_row_the_orm_has_expired_is_written_whole(sqlite_engine: Engine, tmp_path: Path) -> None:
@@ -450,7 +466,9 @@ async def test_a_row_the_orm_has_expired_is_written_whole(sqlite_engine: Engine,
     assert orjson.loads(line)["row"]["tenant"] == "acme"
     with Session(other) as session:
         stored = session.exec(select(UsageRecord).where(UsageRecord.request_id == row.request_id)).one()
-    assert {k: getattr(stored, k) for k in expected if k != "at"} == {k: v for k, v in expected.items() if k != "at"}
+    assert {k: getattr(stored, k) for k in expected if k != "at"} == {
+        k: v for k, v in expected.items() if k != "at"
+    }
     other.dispose()
 
 
@@ -462,9 +480,15 @@ def test_an_insert_takes_its_values_in_column_order_on_both_databases(
 
     name = f"cols_{uuid.uuid4().hex[:8]}"
     metadata = MetaData()
-    table = Table(name, metadata, Column("c0", String, primary_key=True),
-                  *(Column(f"c{i}", String) for i in range(1, columns)))
-    rows: list[Mapping[str, Any]] = [{f"c{i}": f"{key}{i}" for i in range(columns)} for key in ("a", "b", "a")]
+    table = Table(
+        name,
+        metadata,
+        Column("c0", String, primary_key=True),
+        *(Column(f"c{i}", String) for i in range(1, columns)),
+    )
+    rows: list[Mapping[str, Any]] = [
+        {f"c{i}": f"{key}{i}" for i in range(columns)} for key in ("a", "b", "a")
+    ]
     for url in (f"sqlite:///{tmp_path / 'x.db'}", postgres_url):
         engine = make_engine(url)
         metadata.create_all(engine)
@@ -490,7 +514,6 @@ def test_only_sqlite_and_postgres_are_accepted() -> None:
         writer_module._insert_ignoring_duplicates(UsageRecord.__table__, "mysql")  # type: ignore[attr-defined]
 
 
-
 async def test_rows_a_full_queue_spilled_are_written_once_the_queue_has_drained(
     sqlite_engine: Engine, tmp_path: Path
 ) -> None:
@@ -502,7 +525,10 @@ async def test_rows_a_full_queue_spilled_are_written_once_the_queue_has_drained(
     writer.put(spilled)  # over the queue: to the spool, while the database is up
     assert len(writer.spooled_files()) == 1
     await _wait_for(sqlite_engine, [queued.request_id, spilled.request_id], 2)
-    assert (_count(sqlite_engine, [queued.request_id]), _count(sqlite_engine, [spilled.request_id])) == (1, 1)  # before stop()
+    assert (_count(sqlite_engine, [queued.request_id]), _count(sqlite_engine, [spilled.request_id])) == (
+        1,
+        1,
+    )  # before stop()
     assert writer.spooled_files() == []
     assert writer.healthy
     await writer.stop()
@@ -518,7 +544,7 @@ async def test_a_line_torn_inside_a_multibyte_character_costs_only_that_line(
     torn = _row()
     torn.app = "café-" * 5
     cut = writer._line(torn)
-    cut = cut[:cut.index("é".encode()) + 1]  # the first byte of the two that encode é
+    cut = cut[: cut.index("é".encode()) + 1]  # the first byte of the two that encode é
     good = b"".join(writer._line(_row(i)) for i in ids)
     (spool / "wal-dead-1.wal").write_bytes(good[: len(good) // 2 + 1].rpartition(b"\n")[0] + b"\n" + cut)
     (spool / "spooled.jsonl").write_bytes(good.partition(b"\n")[2] + cut)
@@ -569,11 +595,14 @@ def test_a_refused_database_url_is_not_echoed_with_its_password(tmp_path: Path) 
     from gateway.yamlsrc import ConfigError
 
     path = tmp_path / "config.yaml"
-    path.write_text("deployments: {}\nmodels: {}\nstorage:\n  database_url: mysql://gw:hunter2@db.internal/gw\n")
+    path.write_text(
+        "deployments: {}\nmodels: {}\nstorage:\n  database_url: mysql://gw:hunter2@db.internal/gw\n"
+    )
     with pytest.raises(ConfigError) as refused:
         load_config(path)
     assert refused.value.problems == [
-        f"{path}:4: storage.database_url: the gateway stores its data in SQLite or PostgreSQL, not 'mysql'"]
+        f"{path}:4: storage.database_url: the gateway stores its data in SQLite or PostgreSQL, not 'mysql'"
+    ]
     path.write_text("deployments: {}\nmodels: {}\nstorage:\n  database_url: gw:hunter2@db.internal\n")
     with pytest.raises(ConfigError) as refused:
         load_config(path)

@@ -34,8 +34,12 @@ from tests.test_writer import _count, _row
 
 def rows_counted() -> dict[str, float]:
     """The writer's row counter, by outcome."""
-    return {s.labels["outcome"]: s.value for m in metrics.WRITER_ROWS.collect() for s in m.samples
-            if s.name == "gateway_writer_rows_total"}
+    return {
+        s.labels["outcome"]: s.value
+        for m in metrics.WRITER_ROWS.collect()
+        for s in m.samples
+        if s.name == "gateway_writer_rows_total"
+    }
 
 
 def counted_since(before: dict[str, float]) -> dict[str, float]:
@@ -73,7 +77,9 @@ async def killed_with(engine: Engine, spool: Path, rows: list[UsageRecord]) -> N
     die(dead)
 
 
-async def test_a_row_is_in_the_write_ahead_file_as_soon_as_it_is_put(sqlite_engine: Engine, tmp_path: Path) -> None:
+async def test_a_row_is_in_the_write_ahead_file_as_soon_as_it_is_put(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
     spool = tmp_path / "spool"
     writer = Writer(sqlite_engine, spool, flush_interval_s=60)
     await writer.start()
@@ -137,7 +143,9 @@ async def test_a_dead_processs_write_ahead_file_is_replayed_and_its_chain_closed
     await later.stop()
     assert _count(sqlite_engine, ids) == 3
     assert counted_since(before) == {"replayed": 4.0}  # three rows and the recovered mark
-    assert ("WARNING", f"recovering {wal.name}, left by a process that did not stop cleanly") in messages(caplog)
+    assert ("WARNING", f"recovering {wal.name}, left by a process that did not stop cleanly") in messages(
+        caplog
+    )
     assert ("WARNING", "replayed 4 spooled rows") in messages(caplog)
     assert [[item["row"]["request_id"] for item in items] for items in seen] == [ids]
     with Session(sqlite_engine) as s:
@@ -147,7 +155,9 @@ async def test_a_dead_processs_write_ahead_file_is_replayed_and_its_chain_closed
     assert later.spooled_files() == []
 
 
-async def test_a_write_ahead_file_a_live_process_holds_is_left_alone(sqlite_engine: Engine, tmp_path: Path) -> None:
+async def test_a_write_ahead_file_a_live_process_holds_is_left_alone(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
     spool = tmp_path / "spool"
     live = Writer(sqlite_engine, spool, flush_interval_s=60)
     await live.start()
@@ -173,7 +183,9 @@ async def test_a_torn_last_line_does_not_stop_the_recovery_of_the_rows_before_it
     spool.mkdir()
     ids = [uuid.uuid4().hex for _ in range(2)]
     dead = Writer(sqlite_engine, spool)
-    (spool / "wal-dead-1.wal").write_bytes(b"".join(dead._line(_row(i)) for i in ids) + b'{"table": "usage_le')
+    (spool / "wal-dead-1.wal").write_bytes(
+        b"".join(dead._line(_row(i)) for i in ids) + b'{"table": "usage_le'
+    )
     seen: list[int] = []
     writer = Writer(sqlite_engine, spool)
 
@@ -216,7 +228,9 @@ async def test_a_file_is_rotated_after_its_time_and_retired_once_its_rows_are_wr
     assert wal_files(spool) == []
 
 
-async def test_a_full_batch_wakes_the_writer_before_its_interval(sqlite_engine: Engine, tmp_path: Path) -> None:
+async def test_a_full_batch_wakes_the_writer_before_its_interval(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
     writer = Writer(sqlite_engine, tmp_path / "spool", flush_interval_s=60, batch_size=3)
     await writer.start()
     ids = [uuid.uuid4().hex for _ in range(3)]
@@ -264,7 +278,9 @@ async def test_a_failed_write_is_spooled_and_the_file_deleted_once_spooled(
     before = rows_counted()
     await writer.flush()
     assert counted_since(before) == {"spooled": 1.0}
-    assert messages(caplog) == [("WARNING", f"database write failed (OperationalError); spooling rows to {spool}")]
+    assert messages(caplog) == [
+        ("WARNING", f"database write failed (OperationalError); spooling rows to {spool}")
+    ]
     assert not writer.healthy
     assert writer._segments[-1].remaining == 0
     assert not writer._segments[-1].keep
@@ -294,8 +310,15 @@ def test_replay_skips_torn_lines_quarantines_refused_rows_and_keeps_the_rest(
     refused = _row()
     refused.tenant = None  # type: ignore[assignment]  # NOT NULL: the database refuses this row
     path = spool / "crashed.jsonl"
-    path.write_bytes(writer._line(_row(good[0])) + b"not json\n" + b'{"table": "no_such_table", "row": {}}\n'
-                     + writer._line(refused) + writer._line(_row(good[1])) + b"\n" + writer._line(_row(good[2])))
+    path.write_bytes(
+        writer._line(_row(good[0]))
+        + b"not json\n"
+        + b'{"table": "no_such_table", "row": {}}\n'
+        + writer._line(refused)
+        + writer._line(_row(good[1]))
+        + b"\n"
+        + writer._line(_row(good[2]))
+    )
     before = rows_counted()
     caplog.set_level(logging.INFO, "gateway.writer")
     assert writer.replay() == 6  # lines read, blank lines not counted
@@ -309,7 +332,9 @@ def test_replay_skips_torn_lines_quarantines_refused_rows_and_keeps_the_rest(
     assert _count(sqlite_engine, good) == 3
     [bad] = spool.glob("rejected-*.bad")
     assert bad.name == "rejected-crashed.jsonl.bad"
-    assert [(item["table"], item["row"]["request_id"]) for item in lines(bad)] == [("usage_ledger", refused.request_id)]
+    assert [(item["table"], item["row"]["request_id"]) for item in lines(bad)] == [
+        ("usage_ledger", refused.request_id)
+    ]
     assert writer.spooled_files() == []
     assert not list(spool.glob("*.replaying"))
 
@@ -339,8 +364,17 @@ def test_a_replay_the_database_drops_keeps_the_file_for_later(
 
 def test_spooled_values_come_back_as_their_column_types() -> None:
     table = _tables()["usage_ledger"]
-    row = _decode(table, {"request_id": "r1", "at": "2026-11-30T12:00:01.000002",
-                          "cost_eur": "0.0000123456", "fx_rate": 0.92, "prompt_tokens": 10, "tenant": None})
+    row = _decode(
+        table,
+        {
+            "request_id": "r1",
+            "at": "2026-11-30T12:00:01.000002",
+            "cost_eur": "0.0000123456",
+            "fx_rate": 0.92,
+            "prompt_tokens": 10,
+            "tenant": None,
+        },
+    )
     assert row["at"] == datetime(2026, 11, 30, 12, 0, 1, 2)
     assert isinstance(row["cost_eur"], Decimal)
     assert row["cost_eur"] == Decimal("0.0000123456")

@@ -100,8 +100,9 @@ class Leases:
         if topup is not None:
             topup.set()  # waiters try the leases again, or go to Redis themselves
 
-    def granted(self, limits: Sequence[Limit], leased: Sequence[int], seconds: float,
-                topup: asyncio.Event | None) -> None:
+    def granted(
+        self, limits: Sequence[Limit], leased: Sequence[int], seconds: float, topup: asyncio.Event | None
+    ) -> None:
         """Add what Redis granted; a topped-up lease lives ``seconds`` from now."""
         now = self._clock()
         self.cancel(limits, topup)  # no longer in flight; waiters resume after this returns

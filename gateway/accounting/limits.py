@@ -88,12 +88,22 @@ class Check:
         amount = f"{Decimal(self.max) / NANO:.2f} EUR" if self.unit == "eur" else f"{self.max} {self.unit}"
         when = {"day": "daily", "month": "monthly", "minute": "per-minute"}[self.period]
         what = "budget" if self.kind == "budget" else "rate limit"
-        return (f"The {when} {what} of {self.scope} '{self.owner}' ({amount}) does not allow this request; "
-                f"it resets at {self.resets_at:%Y-%m-%dT%H:%M:%SZ}.")
+        return (
+            f"The {when} {what} of {self.scope} '{self.owner}' ({amount}) does not allow this request; "
+            f"it resets at {self.resets_at:%Y-%m-%dT%H:%M:%SZ}."
+        )
 
 
-def check(kind: Literal["budget", "rate_limit"], scope: Scope, owner_: str, tenant: str, period: Period,
-          unit: Literal["eur", "tokens", "requests"], limit: int, now: datetime) -> Check:
+def check(
+    kind: Literal["budget", "rate_limit"],
+    scope: Scope,
+    owner_: str,
+    tenant: str,
+    period: Period,
+    unit: Literal["eur", "tokens", "requests"],
+    limit: int,
+    now: datetime,
+) -> Check:
     """The check for the window containing ``now``; it stays valid until the next whole minute."""
     minute = now.replace(second=0, microsecond=0)
     wid, end = _window(period, minute)
@@ -106,8 +116,9 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def checks_of(budgets: list[Budget], rate_limits: list[RateLimit], tenant: str, app: str, key_id: str,
-              now: datetime) -> tuple[Check, ...]:
+def checks_of(
+    budgets: list[Budget], rate_limits: list[RateLimit], tenant: str, app: str, key_id: str, now: datetime
+) -> tuple[Check, ...]:
     """The checks one key's request must pass: each budget's EUR and token limits, each rate limit's."""
     out = []
     for b in budgets:

@@ -81,8 +81,13 @@ def price_for(deployment: Deployment, usd_to_eur: Decimal) -> Price:
         if isinstance(entry, dict) and entry.get("input_cost_per_token") is not None:
             inp = _per_1m(entry.get("input_cost_per_token"))
             cached = entry.get("cache_read_input_token_cost")
-            return Price(inp * usd_to_eur, _per_1m(entry.get("output_cost_per_token")) * usd_to_eur,
-                         (_per_1m(cached) if cached is not None else inp) * usd_to_eur, usd_to_eur, "litellm")
+            return Price(
+                inp * usd_to_eur,
+                _per_1m(entry.get("output_cost_per_token")) * usd_to_eur,
+                (_per_1m(cached) if cached is not None else inp) * usd_to_eur,
+                usd_to_eur,
+                "litellm",
+            )
     return FREE
 
 

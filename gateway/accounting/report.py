@@ -14,8 +14,13 @@ from gateway.store.db import utcnow
 from gateway.store.ledger import UsageRecord
 
 By = Literal["model", "app", "deployment", "jurisdiction", "key"]
-_COLUMNS = {"model": "model", "app": "app", "deployment": "deployment", "jurisdiction": "jurisdiction",
-            "key": "key_id"}
+_COLUMNS = {
+    "model": "model",
+    "app": "app",
+    "deployment": "deployment",
+    "jurisdiction": "jurisdiction",
+    "key": "key_id",
+}
 _SINCE = re.compile(r"^(\d+)([hdw])$")
 
 
@@ -38,16 +43,23 @@ def parse_since(value: str) -> timedelta:
     return {"h": timedelta(hours=n), "d": timedelta(days=n), "w": timedelta(weeks=n)}[unit]
 
 
-def report(engine: Engine, tenant: str, since: timedelta, by: By = "model",
-           now: datetime | None = None) -> list[Line]:
+def report(
+    engine: Engine, tenant: str, since: timedelta, by: By = "model", now: datetime | None = None
+) -> list[Line]:
     col = getattr(UsageRecord, _COLUMNS[by])
     t = UsageRecord.__table__.c  # type: ignore[attr-defined]
     query = (
-        select(col, func.count(), func.coalesce(func.sum(t.prompt_tokens), 0),
-               func.coalesce(func.sum(t.completion_tokens), 0), func.coalesce(func.sum(t.cost_eur), 0),
-               func.coalesce(func.sum(func.cast(t.estimated, type_=t.prompt_tokens.type)), 0))
+        select(
+            col,
+            func.count(),
+            func.coalesce(func.sum(t.prompt_tokens), 0),
+            func.coalesce(func.sum(t.completion_tokens), 0),
+            func.coalesce(func.sum(t.cost_eur), 0),
+            func.coalesce(func.sum(func.cast(t.estimated, type_=t.prompt_tokens.type)), 0),
+        )
         .where(t.tenant == tenant, t.at >= (now or utcnow()) - since)
-        .group_by(col).order_by(func.sum(t.cost_eur).desc(), col)
+        .group_by(col)
+        .order_by(func.sum(t.cost_eur).desc(), col)
     )
     with engine.connect() as conn:
         rows = conn.execute(query).all()

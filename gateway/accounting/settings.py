@@ -13,7 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 class Budget(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    scope: Literal["tenant", "app", "key"] = Field(..., description="Whose spending: the tenant, the app or the key.")
+    scope: Literal["tenant", "app", "key"] = Field(
+        ..., description="Whose spending: the tenant, the app or the key."
+    )
     period: Literal["day", "month"] = Field(..., description="UTC calendar day or month.")
     eur: Decimal | None = Field(None, gt=0, description="Most EUR this scope may spend per period.")
     tokens: int | None = Field(None, gt=0, description="Most tokens (prompt + completion) per period.")
@@ -28,7 +30,8 @@ class Budget(BaseModel):
 class Lease(BaseModel):
     model_config = ConfigDict(extra="forbid")
     fraction: float = Field(
-        0.01, ge=0, le=0.1, description="Most of a limit one worker may hold as a lease; 0 turns leases off.")
+        0.01, ge=0, le=0.1, description="Most of a limit one worker may hold as a lease; 0 turns leases off."
+    )
     requests: int = Field(64, ge=1, description="Most requests' worth of a counter one lease may hold.")
     seconds: float = Field(1.0, gt=0, le=60, description="An unused lease is given back after this long.")
 
@@ -43,22 +46,32 @@ class RateLimit(BaseModel):
 class AccountingSettings(BaseModel):
     """Budgets, rate limits, what happens when Redis is down, the ledger, and leases."""
 
-
     model_config = ConfigDict(extra="forbid")
-    budgets: list[Budget] = Field([], description="Spending limits; each applies to every tenant/app/key in scope.")
+    budgets: list[Budget] = Field(
+        [], description="Spending limits; each applies to every tenant/app/key in scope."
+    )
     rate_limits: list[RateLimit] = Field([], description="Request and token rates per key or app.")
     default_max_tokens: int = Field(
-        1024, ge=0, description="Completion tokens reserved when a request sets no `max_tokens`.")
+        1024, ge=0, description="Completion tokens reserved when a request sets no `max_tokens`."
+    )
     on_backend_error: Literal["fail_closed", "fail_open"] = Field(
-        "fail_closed", description="Redis unreachable: `fail_closed` answers 503; `fail_open` counts in-process.")
+        "fail_closed",
+        description="Redis unreachable: `fail_closed` answers 503; `fail_open` counts in-process.",
+    )
     ledger: bool = Field(True, description="Write one usage-ledger row per request.")
     key_prefix: str = Field("gw:acct", min_length=1, description="Prefix of the counter keys in Redis.")
-    lease: Lease = Field(default_factory=Lease, description=(
-        "Per-worker leases on Redis counters, so most requests reserve without a round trip "
-        "(see docs/accounting.md)."))
+    lease: Lease = Field(
+        default_factory=Lease,
+        description=(
+            "Per-worker leases on Redis counters, so most requests reserve without a round trip "
+            "(see docs/accounting.md)."
+        ),
+    )
 
 
-def loosened(before: AccountingSettings | None, after: AccountingSettings) -> list[tuple[tuple[str | int, ...], str]]:
+def loosened(
+    before: AccountingSettings | None, after: AccountingSettings
+) -> list[tuple[tuple[str | int, ...], str]]:
     """What ``after`` weakens compared with ``before``: limits raised or dropped, fail-open, no ledger."""
     if before is None:
         return []

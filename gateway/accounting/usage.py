@@ -29,7 +29,7 @@ def find_usage(raw: bytes) -> dict[str, Any] | None:
     if at < 0:
         return None
     start = raw.find(b"{", at + len(_KEY))
-    if start < 0 or raw[at + len(_KEY):start].strip(b" \t\r\n:") != b"":
+    if start < 0 or raw[at + len(_KEY) : start].strip(b" \t\r\n:") != b"":
         return None  # "usage": null, or not followed by an object
     depth, pos = 1, start + 1
     while depth:
@@ -95,7 +95,12 @@ def _int(value: Any) -> int:
 def usage_chunk(last: dict[str, Any], counted: dict[str, Any]) -> dict[str, Any]:
     """The final usage chunk OpenAI sends (empty ``choices``), carrying the gateway's estimate ``counted``;
     ``last`` is the stream's last chunk (for its id, time and model)."""
-    return {"id": last.get("id", ""), "object": "chat.completion.chunk", "created": last.get("created", 0),
-            "model": last.get("model", ""), "choices": [],
-            "usage": {k: counted[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
-            "x-gateway-usage": "estimated"}
+    return {
+        "id": last.get("id", ""),
+        "object": "chat.completion.chunk",
+        "created": last.get("created", 0),
+        "model": last.get("model", ""),
+        "choices": [],
+        "usage": {k: counted[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
+        "x-gateway-usage": "estimated",
+    }

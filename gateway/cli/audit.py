@@ -25,9 +25,12 @@ def audit_verify(config: ConfigOpt = None) -> None:
     for problem in problems:
         err.print(f"[red]problem[/red] {problem}", highlight=False)
     for chain, last in audit.open_chains(engine):
-        err.print(f"[yellow]open[/yellow] chain {chain}: no end mark yet (its process is running, or was killed "
-                  f"and no gateway has started since to recover its write-ahead file); records after seq {last} "
-                  "cannot be checked yet", highlight=False)
+        err.print(
+            f"[yellow]open[/yellow] chain {chain}: no end mark yet (its process is running, or was killed "
+            f"and no gateway has started since to recover its write-ahead file); records after seq {last} "
+            "cannot be checked yet",
+            highlight=False,
+        )
     out.print(f"{checked} records checked, {len(problems)} problems")
     if problems:
         raise typer.Exit(1)

@@ -22,8 +22,11 @@ if TYPE_CHECKING:
     from gateway.config import Config
 
 
-app = typer.Typer(help="ExecAI Gateway: an OpenAI-compatible LLM gateway with EU compliance policies.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="ExecAI Gateway: an OpenAI-compatible LLM gateway with EU compliance policies.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)

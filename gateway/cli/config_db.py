@@ -43,17 +43,27 @@ def config_check(config: ConfigOpt = None) -> None:
                 continue
             unset = [var for var in _env_refs(raw.get(field)) if not os.environ.get(var)]
             why = f" ({', '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set)" if unset else ""
-            then = ("serve --dev sends it to the development upstream" if dev
-                    else "serve --dev leaves it alone: its endpoint was set through the environment")
-            err.print(f"[yellow]warning[/yellow] {src.where(('deployments', name, field))}: deployments.{name}."
-                      f"{field} is empty{why}; {then}", highlight=False)
-    out.print(f"ok: {len(cfg.deployments)} deployments, {len(cfg.models)} models, "
-              f"policy bundle {holder.current.hash}", highlight=False)
+            then = (
+                "serve --dev sends it to the development upstream"
+                if dev
+                else "serve --dev leaves it alone: its endpoint was set through the environment"
+            )
+            err.print(
+                f"[yellow]warning[/yellow] {src.where(('deployments', name, field))}: deployments.{name}."
+                f"{field} is empty{why}; {then}",
+                highlight=False,
+            )
+    out.print(
+        f"ok: {len(cfg.deployments)} deployments, {len(cfg.models)} models, "
+        f"policy bundle {holder.current.hash}",
+        highlight=False,
+    )
 
 
 @db_app.command("upgrade")
-def db_upgrade(config: ConfigOpt = None,
-               revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+def db_upgrade(
+    config: ConfigOpt = None, revision: Annotated[str, typer.Argument(help="Target revision.")] = "head"
+) -> None:
     """Apply schema migrations (also done by `serve`)."""
     from gateway.store.db import upgrade
 

@@ -34,8 +34,14 @@ def consent_grant(
     from gateway.store import consent
 
     engine, pseudonym = _engine(config), _pseudonymiser(config)
-    row = consent.grant(engine, tenant=tenant, subject=pseudonym(subject), purpose=purpose, evidence_ref=evidence,
-                        expires_in=timedelta(days=days) if days else None)
+    row = consent.grant(
+        engine,
+        tenant=tenant,
+        subject=pseudonym(subject),
+        purpose=purpose,
+        evidence_ref=evidence,
+        expires_in=timedelta(days=days) if days else None,
+    )
     out.print(f"granted {row.id}", highlight=False)
 
 
@@ -49,7 +55,9 @@ def consent_withdraw(
     """Withdraw consent; new requests stop using it within 2 s in every worker."""
     from gateway.store import consent
 
-    n = consent.withdraw(_engine(config), tenant=tenant, subject=_pseudonymiser(config)(subject), purpose=purpose)
+    n = consent.withdraw(
+        _engine(config), tenant=tenant, subject=_pseudonymiser(config)(subject), purpose=purpose
+    )
     out.print(f"withdrew {n} consent(s)")
     if not n:
         raise typer.Exit(1)
@@ -65,14 +73,39 @@ def consent_list(
     """List consents (subjects are shown as pseudonyms)."""
     from gateway.store import consent
 
-    rows = consent.list_consents(_engine(config), tenant=tenant,
-                                 subject=_pseudonymiser(config)(subject) if subject else None)
+    rows = consent.list_consents(
+        _engine(config), tenant=tenant, subject=_pseudonymiser(config)(subject) if subject else None
+    )
     if as_json:
-        _print_json([{"id": r.id, "tenant": r.tenant, "subject": r.subject, "purpose": r.purpose,
-                      "granted_at": r.granted_at, "expires_at": r.expires_at, "withdrawn_at": r.withdrawn_at,
-                      "evidence_ref": r.evidence_ref} for r in rows])
+        _print_json(
+            [
+                {
+                    "id": r.id,
+                    "tenant": r.tenant,
+                    "subject": r.subject,
+                    "purpose": r.purpose,
+                    "granted_at": r.granted_at,
+                    "expires_at": r.expires_at,
+                    "withdrawn_at": r.withdrawn_at,
+                    "evidence_ref": r.evidence_ref,
+                }
+                for r in rows
+            ]
+        )
         return
-    _print_columns(["id", "tenant", "subject (pseudonym)", "purpose", "granted", "expires", "withdrawn", "evidence"],
-                   [[r.id, r.tenant, r.subject, r.purpose, _minute(r.granted_at),
-                     f"{r.expires_at:%Y-%m-%d}" if r.expires_at else "", _minute(r.withdrawn_at), r.evidence_ref]
-                    for r in rows])
+    _print_columns(
+        ["id", "tenant", "subject (pseudonym)", "purpose", "granted", "expires", "withdrawn", "evidence"],
+        [
+            [
+                r.id,
+                r.tenant,
+                r.subject,
+                r.purpose,
+                _minute(r.granted_at),
+                f"{r.expires_at:%Y-%m-%d}" if r.expires_at else "",
+                _minute(r.withdrawn_at),
+                r.evidence_ref,
+            ]
+            for r in rows
+        ],
+    )

@@ -23,11 +23,15 @@ if TYPE_CHECKING:
     from gateway.bundle import Bundle
     from gateway.config import Config
 
-policy_app = typer.Typer(help="Lint, test and explain the compliance team's policy bundle.", no_args_is_help=True)
+policy_app = typer.Typer(
+    help="Lint, test and explain the compliance team's policy bundle.", no_args_is_help=True
+)
 
 
-PathsArg = Annotated[list[Path] | None, typer.Argument(
-    help="Policy files or directories. Default: server.policies_dir from the config.")]
+PathsArg = Annotated[
+    list[Path] | None,
+    typer.Argument(help="Policy files or directories. Default: server.policies_dir from the config."),
+]
 
 
 def _bundle(config: Config, paths: list[Path] | None) -> Bundle:
@@ -41,9 +45,14 @@ def _bundle(config: Config, paths: list[Path] | None) -> Bundle:
 
 @policy_app.command("check")
 def policy_check(
-    paths: PathsArg = None, config: ConfigOpt = None,
-    strict: Annotated[bool, typer.Option(
-        "--strict", help="Exit 1 on any loosening of a default that has no `reason:` next to it.")] = False,
+    paths: PathsArg = None,
+    config: ConfigOpt = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict", help="Exit 1 on any loosening of a default that has no `reason:` next to it."
+        ),
+    ] = False,
 ) -> None:
     """Lint the bundle: schema errors, unknown deployments or models, contradictions, and every loosening of a
     default. Exit 1 on errors (and, with --strict, on loosenings without a reason)."""
@@ -65,17 +74,25 @@ def policy_check(
         if strict and unexplained:
             err.print(f"{len(unexplained)} loosening(s) without a `reason:` (--strict)", highlight=False)
         raise typer.Exit(1)
-    out.print(f"ok: policy bundle {bundle.hash}, {len(bundle.tenants)} tenants, {len(loosenings)} loosening(s)"
-              f"{', each with a reason' if loosenings and not unexplained else ''}", highlight=False)
+    out.print(
+        f"ok: policy bundle {bundle.hash}, {len(bundle.tenants)} tenants, {len(loosenings)} loosening(s)"
+        f"{', each with a reason' if loosenings and not unexplained else ''}",
+        highlight=False,
+    )
 
 
 @policy_app.command("show")
 def policy_show(
-    tenant: Annotated[str | None, typer.Option(help="Tenant (omit for the defaults every unlisted tenant gets).")] = None,
-    app_: Annotated[str | None, typer.Option("--app", help="App of the tenant (omit for the tenant layer).")] = None,
+    tenant: Annotated[
+        str | None, typer.Option(help="Tenant (omit for the defaults every unlisted tenant gets).")
+    ] = None,
+    app_: Annotated[
+        str | None, typer.Option("--app", help="App of the tenant (omit for the tenant layer).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
-    diff_defaults: Annotated[bool, typer.Option(
-        "--diff-defaults", help="Only the values this tenant or app changes.")] = False,
+    diff_defaults: Annotated[
+        bool, typer.Option("--diff-defaults", help="Only the values this tenant or app changes.")
+    ] = False,
     paths: PathsArg = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -95,14 +112,24 @@ def policy_show(
         print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
         return
     out.print(f"policy bundle {shown['bundle']}; effective policy for {shown['scope']}", highlight=False)
-    width = min(max((len(v["path"]) + len(_short(v["value"])) for s in shown["sections"] for v in s["values"]),
-                    default=0) + 4, 60)
+    width = min(
+        max(
+            (len(v["path"]) + len(_short(v["value"])) for s in shown["sections"] for v in s["values"]),
+            default=0,
+        )
+        + 4,
+        60,
+    )
     for section in shown["sections"]:
         out.print(f"[bold]{section['title']}[/bold]", highlight=False)
         for v in section["values"]:
             text = f"  {v['path']}: {_short(v['value'])}"
-            out.print(f"{text:<{width}}  {v['from']}" if len(text) <= width else f"{text}\n{'':<{width}}  {v['from']}",
-                      highlight=False)
+            out.print(
+                f"{text:<{width}}  {v['from']}"
+                if len(text) <= width
+                else f"{text}\n{'':<{width}}  {v['from']}",
+                highlight=False,
+            )
     for item in shown["loosenings"]:
         out.print(f"[yellow]loosening[/yellow] {item}", highlight=False)
 
@@ -115,12 +142,20 @@ def _short(value: object) -> str:
 
 @policy_app.command("test")
 def policy_test(
-    paths: PathsArg = None, config: ConfigOpt = None,
+    paths: PathsArg = None,
+    config: ConfigOpt = None,
     verbose: Annotated[bool, typer.Option("-v", help="Print PASS lines too.")] = True,
-    show_coverage: Annotated[bool, typer.Option(
-        "--coverage", help="Print, per tenant/app and policy, the decisions the cases exercised.")] = False,
-    min_coverage: Annotated[float | None, typer.Option(
-        help="Exit 1 when fewer than this percentage of (tenant/app, policy) pairs have a decision exercised.")
+    show_coverage: Annotated[
+        bool,
+        typer.Option(
+            "--coverage", help="Print, per tenant/app and policy, the decisions the cases exercised."
+        ),
+    ] = False,
+    min_coverage: Annotated[
+        float | None,
+        typer.Option(
+            help="Exit 1 when fewer than this percentage of (tenant/app, policy) pairs have a decision exercised."
+        ),
     ] = None,
 ) -> None:
     """Run the `*_test.yaml` cases next to the policies, like `opa test`. Exit 1 when a case fails."""
@@ -131,8 +166,12 @@ def policy_test(
     cfg = _config(config)
     roots = paths or [Path(cfg.server.policies_dir)]
     bundle = _bundle(cfg, [p for p in roots if p.is_dir() or not p.name.endswith("_test.yaml")] or roots)
-    files = [f for r in roots for f in (sorted(r.glob("*_test.yaml")) if r.is_dir() else [r])
-             if f.name.endswith("_test.yaml")]
+    files = [
+        f
+        for r in roots
+        for f in (sorted(r.glob("*_test.yaml")) if r.is_dir() else [r])
+        if f.name.endswith("_test.yaml")
+    ]
     passed = failed = 0
     everything: list[CaseResult] = []
     for path in files:
@@ -163,11 +202,17 @@ def policy_test(
                 table.add_row(row.scope, row.policy, ", ".join(row.actions) or "[red]none[/red]")
             out.print(table)
         untested = ", ".join(f"{r.scope} {r.policy}" for r in rows if not r.actions)
-        out.print(f"coverage: {len(covered)}/{len(rows)} (tenant/app, policy) pairs, {percent:.0f}%"
-                  + (f"; untested: {untested}" if untested else ""), highlight=False)
+        out.print(
+            f"coverage: {len(covered)}/{len(rows)} (tenant/app, policy) pairs, {percent:.0f}%"
+            + (f"; untested: {untested}" if untested else ""),
+            highlight=False,
+        )
         low = min_coverage is not None and percent < min_coverage
         if low:
-            out.print(f"[red]coverage {percent:.0f}% is under --min-coverage {min_coverage:g}[/red]", highlight=False)
+            out.print(
+                f"[red]coverage {percent:.0f}% is under --min-coverage {min_coverage:g}[/red]",
+                highlight=False,
+            )
     if failed or not files or low:
         raise typer.Exit(1)
 
@@ -179,11 +224,21 @@ def policy_explain(
     model: Annotated[str, typer.Option(help="Public model name.")],
     message: Annotated[str, typer.Option(help="The user message.")] = "Hello",
     subject: Annotated[str | None, typer.Option(help="Data subject id (OpenAI `user`).")] = None,
-    consent: Annotated[list[str] | None, typer.Option(
-        help="Treat the subject as having consented to this purpose (repeatable); overrides the registry.")] = None,
-    no_consent: Annotated[bool, typer.Option(
-        "--no-consent", help="Treat the subject as having no consent at all; overrides the registry.")] = False,
-    fail: Annotated[list[str] | None, typer.Option(help="Simulate this deployment failing (repeatable).")] = None,
+    consent: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Treat the subject as having consented to this purpose (repeatable); overrides the registry."
+        ),
+    ] = None,
+    no_consent: Annotated[
+        bool,
+        typer.Option(
+            "--no-consent", help="Treat the subject as having no consent at all; overrides the registry."
+        ),
+    ] = False,
+    fail: Annotated[
+        list[str] | None, typer.Option(help="Simulate this deployment failing (repeatable).")
+    ] = None,
     data_class: Annotated[str | None, typer.Option(help="The X-Data-Class header.")] = None,
     paths: PathsArg = None,
     config: ConfigOpt = None,
@@ -202,8 +257,9 @@ def policy_explain(
     if consent and no_consent:
         err.print("[red]error[/red] --consent and --no-consent contradict each other")
         raise typer.Exit(2)
-    request = SimRequest(tenant=tenant, app=app_, model=model, message=message, subject=subject,
-                         data_class=data_class)
+    request = SimRequest(
+        tenant=tenant, app=app_, model=model, message=message, subject=subject, data_class=data_class
+    )
     registry = None
     if consent:
         source = f"--consent {', '.join(consent)} (command line)"
@@ -227,13 +283,17 @@ def policy_explain(
         from gateway.pipeline import embeddings_path
 
         async with embeddings_path(cfg) as embed:
-            return await simulate(cfg, bundle, request, consent or [], failing, registry=registry, embed=embed)
+            return await simulate(
+                cfg, bundle, request, consent or [], failing, registry=registry, embed=embed
+            )
 
     outcome = asyncio.run(run())
     chain = bundle.chain_for(tenant, app_)
-    out.print(f"policy bundle {bundle.hash}; chain for {tenant}/{app_}: "
-              f"{', '.join(p.name + (' (shadow)' if chain.is_shadow(p) else '') for p in chain.policies) or '(empty)'}",
-              highlight=False)
+    out.print(
+        f"policy bundle {bundle.hash}; chain for {tenant}/{app_}: "
+        f"{', '.join(p.name + (' (shadow)' if chain.is_shadow(p) else '') for p in chain.policies) or '(empty)'}",
+        highlight=False,
+    )
     out.print(f"consent: {source}", highlight=False)
     table = Table("policy", "decision", Column("facts", overflow="fold"))  # ids fold, never cut
     for policy, action, facts in outcome.decisions:
@@ -244,5 +304,8 @@ def policy_explain(
     if outcome.denied:
         out.print(f"[red]denied[/red] {outcome.denied} (HTTP {outcome.status})", highlight=False)
     else:
-        out.print(f"[green]routed[/green] to {outcome.deployment} "
-                  f"({cfg.deployments[outcome.deployment or ''].jurisdiction})", highlight=False)
+        out.print(
+            f"[green]routed[/green] to {outcome.deployment} "
+            f"({cfg.deployments[outcome.deployment or ''].jurisdiction})",
+            highlight=False,
+        )

@@ -33,11 +33,21 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Listen address (overrides server.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port (overrides server.port).")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes (overrides server.workers).")] = None,
-    dev: Annotated[bool, typer.Option(
-        "--dev", help="Also start the DEVELOPMENT upstream, send every deployment without an API key or an "
-        "endpoint to it, and print the development API key (kept in .gateway/dev-key).")] = False,
-    dev_upstream_port: Annotated[int, typer.Option(
-        envvar="GATEWAY_DEV_UPSTREAM_PORT", help="With --dev: the development upstream's port on 127.0.0.1.")] = 9100,
+    dev: Annotated[
+        bool,
+        typer.Option(
+            "--dev",
+            help="Also start the DEVELOPMENT upstream, send every deployment without an API key or an "
+            "endpoint to it, and print the development API key (kept in .gateway/dev-key).",
+        ),
+    ] = False,
+    dev_upstream_port: Annotated[
+        int,
+        typer.Option(
+            envvar="GATEWAY_DEV_UPSTREAM_PORT",
+            help="With --dev: the development upstream's port on 127.0.0.1.",
+        ),
+    ] = 9100,
 ) -> None:
     """Run the gateway (migrates the database first)."""
     import uvicorn
@@ -46,9 +56,12 @@ def serve(
 
     cfg = _config(config)
     if not dev and len(cfg.server.secret_key.encode()) < 32:
-        err.print("[red]error[/red] server.secret_key (GATEWAY_SECRET) must be at least 32 bytes outside --dev: "
-                  "subject pseudonyms are keyed with it. Set one, e.g. "
-                  "GATEWAY_SECRET=$(python -c 'import secrets; print(secrets.token_urlsafe(48))')", highlight=False)
+        err.print(
+            "[red]error[/red] server.secret_key (GATEWAY_SECRET) must be at least 32 bytes outside --dev: "
+            "subject pseudonyms are keyed with it. Set one, e.g. "
+            "GATEWAY_SECRET=$(python -c 'import secrets; print(secrets.token_urlsafe(48))')",
+            highlight=False,
+        )
         raise typer.Exit(2)
     upgrade(cfg.storage.database_url)
     if config is not None:
@@ -57,7 +70,9 @@ def serve(
     if n > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
     if dev:
-        _start_dev(config, cfg, dev_upstream_port, f"http://{host or cfg.server.host}:{port or cfg.server.port}/v1")
+        _start_dev(
+            config, cfg, dev_upstream_port, f"http://{host or cfg.server.host}:{port or cfg.server.port}/v1"
+        )
     from gateway import logs
 
     logs.setup(os.environ.get("GATEWAY_LOG_LEVEL", "INFO"))
@@ -66,8 +81,13 @@ def serve(
     # The gateway's HTTP protocol (head size, head and body timeouts, connection cap) with uvloop,
     # no access log (the app writes its own), uvicorn's keep-alive set from server.keep_alive_s.
     uvicorn.run(
-        "gateway.app:create_app", factory=True, host=host or cfg.server.host, port=port or cfg.server.port,
-        workers=n, timeout_graceful_shutdown=30, **server_options(cfg.server),
+        "gateway.app:create_app",
+        factory=True,
+        host=host or cfg.server.host,
+        port=port or cfg.server.port,
+        workers=n,
+        timeout_graceful_shutdown=30,
+        **server_options(cfg.server),
     )
 
 
@@ -124,14 +144,20 @@ def _start_dev(config: Path | None, cfg: Config, upstream_port: int, gateway_url
             pass
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        err.print(f"[red]error[/red] cannot start the development upstream on 127.0.0.1:{upstream_port}: {reason}. "
-                  "Stop what holds the port, or pick another with --dev-upstream-port (GATEWAY_DEV_UPSTREAM_PORT).",
-                  highlight=False)
+        err.print(
+            f"[red]error[/red] cannot start the development upstream on 127.0.0.1:{upstream_port}: {reason}. "
+            "Stop what holds the port, or pick another with --dev-upstream-port (GATEWAY_DEV_UPSTREAM_PORT).",
+            highlight=False,
+        )
         raise typer.Exit(1) from None
-    upstream = DevUpstream(port=upstream_port, chunk_delay_s=0.05, record=False, echo=True,
-                           embedding_dim=256).start()
-    redirected = {name: why for name, d in cfg.deployments.items()
-                  if (why := _dev_reason(d, _raw_deployment(src, name))) is not None}
+    upstream = DevUpstream(
+        port=upstream_port, chunk_delay_s=0.05, record=False, echo=True, embedding_dim=256
+    ).start()
+    redirected = {
+        name: why
+        for name, d in cfg.deployments.items()
+        if (why := _dev_reason(d, _raw_deployment(src, name))) is not None
+    }
     data = dict(src.data)
     data["deployments"] = {name: dict(raw) for name, raw in (data.get("deployments") or {}).items()}
     for name in redirected:
@@ -142,30 +168,50 @@ def _start_dev(config: Path | None, cfg: Config, upstream_port: int, gateway_url
     DEV_CONFIG_FILE.write_text(
         f"# Written by `gateway serve --dev` from {path} at every start; edit {path}, not this file.\n"
         "# Deployments without an API key or an endpoint point at the DEVELOPMENT upstream.\n"
-        + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        + yaml.safe_dump(data, sort_keys=False, allow_unicode=True),
+        encoding="utf-8",
+    )
     os.environ["GATEWAY_CONFIG"] = str(DEV_CONFIG_FILE.resolve())
     _config(DEV_CONFIG_FILE)  # the workers will load it: fail here, with file:line, if it does not validate
 
-    out.print(f"[yellow]DEVELOPMENT upstream on {upstream.url}: it answers with a report of what it received; "
-              "it is not a model.[/yellow]", highlight=False)
+    out.print(
+        f"[yellow]DEVELOPMENT upstream on {upstream.url}: it answers with a report of what it received; "
+        "it is not a model.[/yellow]",
+        highlight=False,
+    )
     if redirected:
         out.print(f"Sent to it (configuration in effect: {DEV_CONFIG_FILE}):", highlight=False)
         width = max(map(len, redirected))
         for name, why in redirected.items():
             d = cfg.deployments[name]
             aliases = [alias for alias, spec in cfg.models.items() if name in spec.deployments]
-            used = (f"model{'s' if len(aliases) > 1 else ''} {', '.join(aliases)}" if aliases
-                    else "no model alias (a policy's fallback target?)")
-            azure = (f"; Azure-style paths /openai/deployments/{d.model}/..." if d.kind == "azure_openai" else "")
-            was = "already there" if d.base_url.rstrip("/") in (upstream.url, upstream.base) else \
-                f"instead of {d.base_url or '(empty)'}"
+            used = (
+                f"model{'s' if len(aliases) > 1 else ''} {', '.join(aliases)}"
+                if aliases
+                else "no model alias (a policy's fallback target?)"
+            )
+            azure = (
+                f"; Azure-style paths /openai/deployments/{d.model}/..." if d.kind == "azure_openai" else ""
+            )
+            was = (
+                "already there"
+                if d.base_url.rstrip("/") in (upstream.url, upstream.base)
+                else f"instead of {d.base_url or '(empty)'}"
+            )
             out.print(f"  {name:<{width}}  {why}, {was}; {used}{azure}", highlight=False)
     out.print(f"Gateway: {gateway_url}", highlight=False)
     key, reused = _dev_key(make_engine(cfg.storage.database_url))
-    out.print("API key for tenant dev, app dev, with admin scope over every tenant (global_admin) — development "
-              "only:", highlight=False)
+    out.print(
+        "API key for tenant dev, app dev, with admin scope over every tenant (global_admin) — development "
+        "only:",
+        highlight=False,
+    )
     out.print(key, highlight=False, markup=False)
-    kept = f"reused from {DEV_KEY_FILE}" if reused else f"new; kept in {DEV_KEY_FILE} and reused at the next start"
+    kept = (
+        f"reused from {DEV_KEY_FILE}"
+        if reused
+        else f"new; kept in {DEV_KEY_FILE} and reused at the next start"
+    )
     out.print(f"({kept}; in another shell: export KEY=$(cat {DEV_KEY_FILE}))", highlight=False, markup=False)
     return upstream
 
@@ -184,13 +230,22 @@ def _dev_key(engine: Engine) -> tuple[str, bool]:
             principal = asyncio.run(auth.KeyStore(engine).authenticate(f"Bearer {known}"))
         except GatewayError:
             principal = None
-        if principal is not None and (principal.tenant, principal.app) == ("dev", "dev") and \
-                "global_admin" in principal.scopes:
+        if (
+            principal is not None
+            and (principal.tenant, principal.app) == ("dev", "dev")
+            and "global_admin" in principal.scopes
+        ):
             return known, True
         if known.startswith(auth.PREFIX):
-            auth.revoke_key(engine, known[len(auth.PREFIX):].partition("-")[0])
-    key, _ = auth.create_key(engine, tenant="dev", app="dev", models=["*"],
-                             scopes=["chat", "embeddings", "admin", "global_admin"], name="dev")
+            auth.revoke_key(engine, known[len(auth.PREFIX) :].partition("-")[0])
+    key, _ = auth.create_key(
+        engine,
+        tenant="dev",
+        app="dev",
+        models=["*"],
+        scopes=["chat", "embeddings", "admin", "global_admin"],
+        name="dev",
+    )
     DEV_DIR.mkdir(mode=0o700, exist_ok=True)
     fd = os.open(DEV_KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:

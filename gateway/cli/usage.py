@@ -25,8 +25,13 @@ def usage_report(
     since: Annotated[str, typer.Option(help="Window ending now: 30d, 12h, 2w.")] = "30d",
     by: Annotated[str, typer.Option(help="Group by model, app, deployment, jurisdiction or key.")] = "model",
     csv_: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help=(
-        "Print a JSON array of objects (cost_eur as an exact decimal string, as in the ledger)."))] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help=("Print a JSON array of objects (cost_eur as an exact decimal string, as in the ledger)."),
+        ),
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Requests, tokens and cost (EUR) from the usage ledger, grouped and sorted by cost."""
@@ -45,13 +50,32 @@ def usage_report(
         raise typer.Exit(2) from None
     lines = report(_engine(config), tenant, window, by)  # type: ignore[arg-type]
     if as_json:
-        _print_json([{by: ln.group, "requests": ln.requests, "prompt_tokens": ln.prompt_tokens,
-                      "completion_tokens": ln.completion_tokens, "cost_eur": f"{ln.cost_eur:.6f}",
-                      "estimated": ln.estimated} for ln in lines])
+        _print_json(
+            [
+                {
+                    by: ln.group,
+                    "requests": ln.requests,
+                    "prompt_tokens": ln.prompt_tokens,
+                    "completion_tokens": ln.completion_tokens,
+                    "cost_eur": f"{ln.cost_eur:.6f}",
+                    "estimated": ln.estimated,
+                }
+                for ln in lines
+            ]
+        )
         return
     header = [by, "requests", "prompt_tokens", "completion_tokens", "cost_eur", "estimated"]
-    rows = [[ln.group, str(ln.requests), str(ln.prompt_tokens), str(ln.completion_tokens),
-             f"{ln.cost_eur:.6f}", str(ln.estimated)] for ln in lines]
+    rows = [
+        [
+            ln.group,
+            str(ln.requests),
+            str(ln.prompt_tokens),
+            str(ln.completion_tokens),
+            f"{ln.cost_eur:.6f}",
+            str(ln.estimated),
+        ]
+        for ln in lines
+    ]
     if csv_:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(header)
@@ -59,5 +83,18 @@ def usage_report(
         return
     total = sum((ln.cost_eur for ln in lines), start=Decimal(0))  # exact, as in the ledger
     out.print(f"usage of tenant {tenant!r}, last {since}", highlight=False)
-    _print_columns(header, [*rows, ["total", *(str(sum(getattr(ln, f) for ln in lines)) for f in (
-        "requests", "prompt_tokens", "completion_tokens")), f"{total:.6f}", str(sum(ln.estimated for ln in lines))]])
+    _print_columns(
+        header,
+        [
+            *rows,
+            [
+                "total",
+                *(
+                    str(sum(getattr(ln, f) for ln in lines))
+                    for f in ("requests", "prompt_tokens", "completion_tokens")
+                ),
+                f"{total:.6f}",
+                str(sum(ln.estimated for ln in lines)),
+            ],
+        ],
+    )

@@ -24,9 +24,14 @@ class Strict(BaseModel):
 
 
 class Timeouts(Strict):
-    connect_s: float = Field(5.0, gt=0, le=600, description="Seconds to open a TCP/TLS connection to the upstream.")
+    connect_s: float = Field(
+        5.0, gt=0, le=600, description="Seconds to open a TCP/TLS connection to the upstream."
+    )
     read_s: float = Field(
-        60.0, gt=0, le=3600, description="Longest silence between two chunks of the upstream response, in seconds."
+        60.0,
+        gt=0,
+        le=3600,
+        description="Longest silence between two chunks of the upstream response, in seconds.",
     )
     total_s: float = Field(
         600.0, gt=0, le=7200, description="Upper bound for a whole upstream exchange, streaming included."
@@ -56,26 +61,44 @@ class Deployment(Strict):
         ),
     )
     model: str = Field(..., description="Model id sent upstream (for Azure, the deployment name).")
-    api_key: str = Field("", description="Credential, normally an `${ENV_VAR}` reference; never logged.", repr=False)
-    api_version: str = Field("2024-10-21", description="Azure OpenAI `api-version` query parameter (azure_openai only).")
+    api_key: str = Field(
+        "", description="Credential, normally an `${ENV_VAR}` reference; never logged.", repr=False
+    )
+    api_version: str = Field(
+        "2024-10-21", description="Azure OpenAI `api-version` query parameter (azure_openai only)."
+    )
     jurisdiction: str = Field(
         ..., pattern=r"^[A-Z]{2,3}$", description="Legal jurisdiction of the upstream, e.g. `EU`, `US`, `CH`."
     )
-    region: str = Field(..., min_length=1, description="Hosting region, e.g. `westeurope`, `fr-par`, `on-prem-fra`.")
+    region: str = Field(
+        ..., min_length=1, description="Hosting region, e.g. `westeurope`, `fr-par`, `on-prem-fra`."
+    )
     dpa: bool = Field(False, description="True when a data processing agreement covers this upstream.")
-    extra_fields: list[str] = Field([], description=(
-        "Provider extensions (top-level request fields outside the OpenAI API, e.g. vLLM's `top_k`) this "
-        "deployment accepts. Requests may carry them; their strings are scanned like text, and they are "
-        "sent to this deployment only."))
+    extra_fields: list[str] = Field(
+        [],
+        description=(
+            "Provider extensions (top-level request fields outside the OpenAI API, e.g. vLLM's `top_k`) this "
+            "deployment accepts. Requests may carry them; their strings are scanned like text, and they are "
+            "sent to this deployment only."
+        ),
+    )
     timeouts: Timeouts = Field(Timeouts(), description="Connect, read and total timeouts.")
     max_concurrency: int = Field(
         256, ge=1, le=100_000, description="Concurrent requests this gateway worker sends to the deployment."
     )
-    max_concurrency_per_key: int | None = Field(None, ge=1, le=100_000, description=(
-        "Concurrent requests one API key may have in flight on this deployment, per gateway worker; a key at "
-        "its cap is refused here (the next deployment is tried, else 429 `concurrency.exceeded`), so one key "
-        "cannot take every slot. Unset: half of `max_concurrency` (at least 1)."))
-    price: Price | None = Field(None, description="Price override; otherwise litellm's offline price map is used.")
+    max_concurrency_per_key: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description=(
+            "Concurrent requests one API key may have in flight on this deployment, per gateway worker; a key at "
+            "its cap is refused here (the next deployment is tried, else 429 `concurrency.exceeded`), so one key "
+            "cannot take every slot. Unset: half of `max_concurrency` (at least 1)."
+        ),
+    )
+    price: Price | None = Field(
+        None, description="Price override; otherwise litellm's offline price map is used."
+    )
     litellm_model: str | None = Field(
         None, description="litellm model string, e.g. `bedrock/...` (litellm kind only; defaults to `model`)."
     )
@@ -104,11 +127,14 @@ class Storage(Strict):
     writer_flush_interval_s: float = Field(
         0.5, gt=0, le=60, description="Longest time a queued row waits before the writer flushes it."
     )
-    wal_fsync: bool = Field(False, description=(
-        "fsync the write-ahead file after each append. Off: rows are appended with one write(2) before the "
-        "response's last byte, which survives the process being killed (SIGKILL, OOM) but not a kernel crash "
-        "or power loss. On: also survives those, at the cost of one fsync per request."))
-
+    wal_fsync: bool = Field(
+        False,
+        description=(
+            "fsync the write-ahead file after each append. Off: rows are appended with one write(2) before the "
+            "response's last byte, which survives the process being killed (SIGKILL, OOM) but not a kernel crash "
+            "or power loss. On: also survives those, at the cost of one fsync per request."
+        ),
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -132,38 +158,87 @@ class Server(Strict):
         4 * 1024 * 1024, ge=1024, description="Largest accepted request body; larger bodies get 413."
     )
     max_n: int = Field(8, ge=1, le=128, description="Largest `n` (choices per chat request) accepted.")
-    stream_write_timeout_s: float = Field(30.0, gt=0, le=3600, description=(
-        "Longest a streamed response waits for a client that does not read; the client is then disconnected "
-        "and the upstream connection and concurrency slot are released (recorded as 499)."))
-    max_admin_body_bytes: int = Field(1024 * 1024, ge=1024, description=(
-        "Largest accepted `/admin` request body; larger bodies get 413 before authentication reads anything."))
-    admin_docs: bool = Field(False, description=(
-        "Serve the admin API's OpenAPI document at `/admin/openapi.json`, to admin keys only. No documentation "
-        "page is served (it would load assets from a CDN)."))
-    unknown_fields: Literal["reject", "drop", "scan"] = Field("reject", description=(
-        "A top-level request field the OpenAI API does not define: `reject` (400 "
-        "`invalid_request.unknown_field`), `drop` (removed before forwarding) or `scan` (forwarded after "
-        "its strings went through PII redaction). Fields a deployment lists in `extra_fields` are always "
-        "accepted."))
+    stream_write_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Longest a streamed response waits for a client that does not read; the client is then disconnected "
+            "and the upstream connection and concurrency slot are released (recorded as 499)."
+        ),
+    )
+    max_admin_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description=(
+            "Largest accepted `/admin` request body; larger bodies get 413 before authentication reads anything."
+        ),
+    )
+    admin_docs: bool = Field(
+        False,
+        description=(
+            "Serve the admin API's OpenAPI document at `/admin/openapi.json`, to admin keys only. No documentation "
+            "page is served (it would load assets from a CDN)."
+        ),
+    )
+    unknown_fields: Literal["reject", "drop", "scan"] = Field(
+        "reject",
+        description=(
+            "A top-level request field the OpenAI API does not define: `reject` (400 "
+            "`invalid_request.unknown_field`), `drop` (removed before forwarding) or `scan` (forwarded after "
+            "its strings went through PII redaction). Fields a deployment lists in `extra_fields` are always "
+            "accepted."
+        ),
+    )
     key_refresh_s: float = Field(
         2.0, gt=0, le=5, description="How often each worker re-reads cached keys; bounds revocation delay."
     )
-    max_header_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024, description=(
-        "Largest request head (request line and headers), on every route; larger gets 431 "
-        "`request_header_too_large` and the connection is closed. Memory per connection is bounded by this "
-        "plus one socket read."))
-    header_timeout_s: float = Field(10.0, gt=0, le=600, description=(
-        "Longest wait for a complete request head, from connection open and from the first byte of each later "
-        "request on a kept-alive connection; then 408 `request_timeout` and close (a connection that sent "
-        "nothing is closed without an answer)."))
-    body_timeout_s: float = Field(30.0, gt=0, le=3600, description=(
-        "Longest wait for a complete request body, from the end of its head; then the connection is closed."))
-    keep_alive_s: float = Field(5.0, gt=0, le=3600, description=(
-        "Idle time after a response before a kept-alive connection is closed (uvicorn's `timeout_keep_alive`)."))
-    max_connections: int = Field(2048, ge=1, le=1_000_000, description=(
-        "Open client connections per worker; one more gets 503 `server_busy` with `Retry-After: 1` at once "
-        "and is closed. Keep `ulimit -n` above `max_connections` x workers plus the upstream pools' "
-        "`max_concurrency`."))
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description=(
+            "Largest request head (request line and headers), on every route; larger gets 431 "
+            "`request_header_too_large` and the connection is closed. Memory per connection is bounded by this "
+            "plus one socket read."
+        ),
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description=(
+            "Longest wait for a complete request head, from connection open and from the first byte of each later "
+            "request on a kept-alive connection; then 408 `request_timeout` and close (a connection that sent "
+            "nothing is closed without an answer)."
+        ),
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Longest wait for a complete request body, from the end of its head; then the connection is closed."
+        ),
+    )
+    keep_alive_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Idle time after a response before a kept-alive connection is closed (uvicorn's `timeout_keep_alive`)."
+        ),
+    )
+    max_connections: int = Field(
+        2048,
+        ge=1,
+        le=1_000_000,
+        description=(
+            "Open client connections per worker; one more gets 503 `server_busy` with `Retry-After: 1` at once "
+            "and is closed. Keep `ulimit -n` above `max_connections` x workers plus the upstream pools' "
+            "`max_concurrency`."
+        ),
+    )
     policies_dir: str = Field("policies", description="Directory holding the compliance team's policy YAML.")
     secret_key: str = Field(
         "",
@@ -178,7 +253,9 @@ class Server(Strict):
 class Accounting(Strict):
     currency: Literal["EUR"] = Field("EUR", description="Ledger currency. Costs are exact decimals in EUR.")
     usd_to_eur: Decimal = Field(
-        Decimal("0.92"), gt=0, le=10,
+        Decimal("0.92"),
+        gt=0,
+        le=10,
         description="EUR per USD, applied to USD prices (litellm's price map, `price.currency: USD`); "
         "recorded on every ledger row.",
     )

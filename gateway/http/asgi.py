@@ -109,7 +109,9 @@ def error_event(exc: GatewayError) -> bytes:
     return Event(exc.body()).encode()
 
 
-async def send_json(send: Send, status: int, obj: Any, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+async def send_json(
+    send: Send, status: int, obj: Any, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     await send_body(send, status, orjson.dumps(obj), extra)
 
 
@@ -118,7 +120,9 @@ async def send_error(send: Send, exc: GatewayError, extra: list[tuple[bytes, byt
     await send_body(send, exc.status, exc.body(), [*headers, *(extra or [])])
 
 
-async def send_body(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+async def send_body(
+    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     headers = [_JSON, (b"content-length", str(len(body)).encode()), *(extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

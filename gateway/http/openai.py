@@ -54,7 +54,9 @@ _DONE = b"data: [DONE]"
 class OpenAIRoutes:
     """``POST /v1/chat/completions``, ``POST /v1/embeddings``, ``GET /v1/models[/{id}]``."""
 
-    def __init__(self, config: Config, keys: KeyStore, pipeline: Pipeline, pseudonym: Callable[[str], str]) -> None:
+    def __init__(
+        self, config: Config, keys: KeyStore, pipeline: Pipeline, pseudonym: Callable[[str], str]
+    ) -> None:
         self.config = config
         self.keys = keys
         self.pipeline = pipeline
@@ -62,8 +64,14 @@ class OpenAIRoutes:
         self.max_body = config.server.max_body_bytes
         extensions = {f for d in config.deployments.values() for f in d.extra_fields}
         self.validate_chat, self.validate_embeddings = (
-            validator(endpoint, unknown_fields=config.server.unknown_fields, max_n=config.server.max_n,
-                      extensions=extensions) for endpoint in ("chat", "embeddings"))
+            validator(
+                endpoint,
+                unknown_fields=config.server.unknown_fields,
+                max_n=config.server.max_n,
+                extensions=extensions,
+            )
+            for endpoint in ("chat", "embeddings")
+        )
 
     async def _authenticate(self, scope: Scope, needed: str) -> Principal:
         principal = await self.keys.authenticate(header(scope, b"authorization"))
@@ -109,13 +117,23 @@ class OpenAIRoutes:
         await self._proxy(scope, receive, send, "embeddings", self.validate_embeddings)
 
     async def _proxy(
-        self, scope: Scope, receive: Receive, send: Send, endpoint: Any, validate: Callable[[dict[str, Any]], None]
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        endpoint: Any,
+        validate: Callable[[dict[str, Any]], None],
     ) -> None:
         principal = await self._authenticate(scope, endpoint)
         body = await self._body(scope, receive)
         validate(body)
-        ctx = self.pipeline.context(principal, endpoint, body, subject=header(scope, b"x-subject-id") or body.get("user"),
-                                    data_class=header(scope, b"x-data-class"))
+        ctx = self.pipeline.context(
+            principal,
+            endpoint,
+            body,
+            subject=header(scope, b"x-subject-id") or body.get("user"),
+            data_class=header(scope, b"x-data-class"),
+        )
         # Our own request extension never reaches an upstream, whether or not a policy reads it.
         ctx.rag_hints = body.pop("gateway_rag", None)
         self._pseudonymise_ids(body, PSEUDONYMISED[endpoint])
@@ -154,22 +172,36 @@ class OpenAIRoutes:
                 raise
             ctx.status = 500
             await record()
-            await send_error(send, GatewayError(500, "internal_error", "The gateway failed to handle the request."),
-                              self._headers(ctx))
+            await send_error(
+                send,
+                GatewayError(500, "internal_error", "The gateway failed to handle the request."),
+                self._headers(ctx),
+            )
         finally:
             watcher.stop()
             await record()
 
     async def _relay_json(
-        self, ctx: Context, chain: Pass, committed: Committed, send: Send, record: Callable[[], Awaitable[None]]
+        self,
+        ctx: Context,
+        chain: Pass,
+        committed: Committed,
+        send: Send,
+        record: Callable[[], Awaitable[None]],
     ) -> None:
         raw = await self.pipeline.answer(ctx, chain, committed)
         await record()
         await send_body(send, 200, raw, self._headers(ctx))
 
     async def _relay_stream(
-        self, ctx: Context, chain: Pass, committed: Committed, send: Send, watcher: DisconnectWatcher,
-        record: Callable[[], Awaitable[None]], abort: Callable[[], None] | None,
+        self,
+        ctx: Context,
+        chain: Pass,
+        committed: Committed,
+        send: Send,
+        watcher: DisconnectWatcher,
+        record: Callable[[], Awaitable[None]],
+        abort: Callable[[], None] | None,
     ) -> None:
         """Relay the upstream's events; bounded by the deployment's total_s and by a write timeout per send.
 
@@ -180,7 +212,9 @@ class OpenAIRoutes:
         assert committed.chunks is not None
         assert ctx.target is not None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + ctx.target.deployment.timeouts.total_s - (time.perf_counter() - committed.began)
+        deadline = (
+            loop.time() + ctx.target.deployment.timeouts.total_s - (time.perf_counter() - committed.began)
+        )
         write_timeout = self.config.server.stream_write_timeout_s
         finished = writing = False
         try:
@@ -196,8 +230,13 @@ class OpenAIRoutes:
 
                 ctx.status = 200
                 writing = True
-                await send({"type": "http.response.start", "status": 200,
-                            "headers": [*_SSE_HEADERS, *self._headers(ctx)]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [*_SSE_HEADERS, *self._headers(ctx)],
+                    }
+                )
                 writing = False
                 try:
                     # Once the client has the terminating [DONE], the answer is delivered: a hang-up after it is not
@@ -229,11 +268,18 @@ class OpenAIRoutes:
                     raise  # ours (total_s, write timeout) or the upstream's read timeout: handled below
                 except Exception as exc:  # any upstream failure is the client's 502  # noqa: BLE001
                     ctx.status = 502
-                    log.warning("upstream stream failed",
-                                extra={"request_id": ctx.request_id, "exc_type": type(exc).__name__})
+                    log.warning(
+                        "upstream stream failed",
+                        extra={"request_id": ctx.request_id, "exc_type": type(exc).__name__},
+                    )
                     await record()
-                    await out(error_event(UpstreamError(502, "upstream_stream_error",
-                                                         "The upstream stream ended with an error.")))
+                    await out(
+                        error_event(
+                            UpstreamError(
+                                502, "upstream_stream_error", "The upstream stream ended with an error."
+                            )
+                        )
+                    )
                 watcher.stop()
                 await record()
                 await out(b"", more=False)
@@ -253,7 +299,9 @@ class OpenAIRoutes:
                 err = UpstreamError(504, "upstream_timeout", "The upstream model timed out.")
                 try:
                     async with asyncio.timeout(write_timeout):
-                        await send({"type": "http.response.body", "body": error_event(err), "more_body": False})
+                        await send(
+                            {"type": "http.response.body", "body": error_event(err), "more_body": False}
+                        )
                 except TimeoutError:
                     if abort is not None:
                         abort()
@@ -276,9 +324,11 @@ class OpenAIRoutes:
 
     async def model(self, scope: Scope, _receive: Receive, send: Send) -> None:
         principal = await self.keys.authenticate(header(scope, b"authorization"))
-        name = scope["path"][len("/v1/models/"):]
+        name = scope["path"][len("/v1/models/") :]
         if name not in self.config.models or not principal.may_use(name):
-            raise GatewayError(404, "model_not_found", f"The model '{name[:100]}' does not exist.", param="model")
+            raise GatewayError(
+                404, "model_not_found", f"The model '{name[:100]}' does not exist.", param="model"
+            )
         await send_json(send, 200, _model_card(name))
 
 

@@ -57,6 +57,9 @@ class OpsRoutes:
 
     async def metrics(self, _scope: Scope, _receive: Receive, send: Send) -> None:
         body = metrics.render()
-        headers = [(b"content-type", metrics.CONTENT_TYPE.encode()), (b"content-length", str(len(body)).encode())]
+        headers = [
+            (b"content-type", metrics.CONTENT_TYPE.encode()),
+            (b"content-length", str(len(body)).encode()),
+        ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -53,8 +53,13 @@ def _hashed(pseudonym: Callable[[str], str], entity: str) -> Operator:
 class Applier:
     """Rewrites texts for one hop: ``actions`` maps entity type to what happens to it."""
 
-    def __init__(self, actions: Mapping[str, Action], vault: Vault, pseudonym: Callable[[str], str],
-                 mask_keep_last: int = 4) -> None:
+    def __init__(
+        self,
+        actions: Mapping[str, Action],
+        vault: Vault,
+        pseudonym: Callable[[str], str],
+        mask_keep_last: int = 4,
+    ) -> None:
         self.counts: Counter[tuple[str, Action]] = Counter()
         self._actions = actions
         self._operators: dict[str, Operator] = {}
@@ -85,14 +90,18 @@ class Applier:
         for span in spans:
             if not 0 <= span.start <= span.end <= len(text):
                 raise ValueError(f"span {span.start}:{span.end} outside a text of {len(text)} characters")
-        results = _without_conflicts(sorted((_Result(*span) for span in spans), key=lambda r: (r.start, r.end)))
+        results = _without_conflicts(
+            sorted((_Result(*span) for span in spans), key=lambda r: (r.start, r.end))
+        )
         # Presidio's TextReplaceBuilder: from the last span back, each replacing the original text
         # up to where the one after it began.
         out, last = text, len(text)
         for r in sorted(results, key=lambda r: r.start, reverse=True):
             op = self._operators.get(r.entity)
-            value = text[r.start:r.end]
-            out = out[:r.start] + (op(value) if op is not None else f"<{r.entity}>") + out[min(r.end, last):]
+            value = text[r.start : r.end]
+            out = (
+                out[: r.start] + (op(value) if op is not None else f"<{r.entity}>") + out[min(r.end, last) :]
+            )
             last = r.start
         return out
 
@@ -112,7 +121,9 @@ class _Result:
 
 def _without_conflicts(results: list[_Result]) -> list[_Result]:
     """Presidio's conflict removal (``MERGE_SIMILAR_OR_CONTAINED``) of results sorted by (start, end)."""
-    if all(r.start < r.end for r in results) and all(a.end <= b.start for a, b in itertools.pairwise(results)):
+    if all(r.start < r.end for r in results) and all(
+        a.end <= b.start for a, b in itertools.pairwise(results)
+    ):
         return results  # the usual case: resolved spans are never empty and never overlap
     # Intersecting results of one type become one: the union of the spans, with the highest score,
     # at the position of the last result merged into it.

@@ -149,8 +149,10 @@ class Analyzer:
         for start in range(0, len(text) - CHUNK_OVERLAP, step):
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError("PII analysis passed its deadline")
-            spans += (s._replace(start=s.start + start, end=s.end + start)
-                      for s in self._analyze_chunk(text[start:start + CHUNK_CHARS]))
+            spans += (
+                s._replace(start=s.start + start, end=s.end + start)
+                for s in self._analyze_chunk(text[start : start + CHUNK_CHARS])
+            )
             time.sleep(0)  # let the event loop's thread run between chunks
         return resolve_overlaps(spans)
 
@@ -159,8 +161,10 @@ class Analyzer:
             # Structured types only: the recognizer's own scan, without Presidio's per-call machinery
             # (about 0.13 ms a call, which chunked analysis would pay once per chunk).
             return resolve_overlaps(
-                Span(e, s, t, score) for e, s, t, score in self._fast.scan(text, self._wanted)
-                if score >= self.thresholds.get(e, 1.1) and text[s:t].casefold() not in self.allow)
+                Span(e, s, t, score)
+                for e, s, t, score in self._fast.scan(text, self._wanted)
+                if score >= self.thresholds.get(e, 1.1) and text[s:t].casefold() not in self.allow
+            )
         results: list[Hit] = []
         if self.fast_entities or "en" in self.ner_languages:
             entities = self.fast_entities + (self.ner_entities if "en" in self.ner_languages else [])
@@ -169,7 +173,8 @@ class Analyzer:
             if lang != "en":
                 results += self._recognize(text, lang, self.ner_entities + self.ner_extra)
         spans = (
-            Span(e, s, t, score) for e, s, t, score in results
+            Span(e, s, t, score)
+            for e, s, t, score in results
             if score >= self.thresholds.get(e, 1.1) and text[s:t].casefold() not in self.allow
         )
         return resolve_overlaps(spans)
@@ -211,7 +216,9 @@ class Analyzer:
         try:
             if self.uses_ner or sum(map(len, batch)) > INLINE_MAX_CHARS:
                 loop = asyncio.get_running_loop()
-                job = loop.run_in_executor(pool(), self._analyze_many, batch, time.monotonic() + self.timeout_s)
+                job = loop.run_in_executor(
+                    pool(), self._analyze_many, batch, time.monotonic() + self.timeout_s
+                )
                 results = await asyncio.wait_for(job, self.timeout_s)
             else:
                 results = self._analyze_many(batch)

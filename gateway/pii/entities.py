@@ -12,9 +12,24 @@ from typing import Literal
 
 # Found by the fast path (``gateway.pii.recognizers``).
 STRUCTURED = (
-    "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "URL", "US_SSN", "US_DRIVER_LICENSE",
-    "DATE_TIME", "DATE_OF_BIRTH", "EU_VAT", "DE_TAX_ID", "FR_NIR", "IT_FISCAL_CODE", "ES_NIF", "ES_NIE",
-    "NL_BSN", "PL_PESEL",
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "CREDIT_CARD",
+    "IBAN_CODE",
+    "IP_ADDRESS",
+    "URL",
+    "US_SSN",
+    "US_DRIVER_LICENSE",
+    "DATE_TIME",
+    "DATE_OF_BIRTH",
+    "EU_VAT",
+    "DE_TAX_ID",
+    "FR_NIR",
+    "IT_FISCAL_CODE",
+    "ES_NIF",
+    "ES_NIE",
+    "NL_BSN",
+    "PL_PESEL",
 )
 DEFAULT_PHONE_REGIONS = ("DE", "FR", "IT", "ES", "NL", "PL", "AT", "BE", "GB", "IE", "PT", "SE", "CH", "US")
 # Found by spaCy NER (``gateway.pii.ner``), only when one of them is asked for.

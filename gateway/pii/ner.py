@@ -28,8 +28,16 @@ from gateway.pii.entities import NER_ENTITIES, model_installed
 
 __all__ = ["NER_ENTITIES", "SpacyNerRecognizer", "labelled_entities", "load_model", "model_installed"]
 
-_LABELS = {"PERSON": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION", "FAC": "LOCATION",
-           "ORG": "ORGANIZATION", "NORP": "NRP", "DATE": "DATE_TIME", "TIME": "DATE_TIME"}
+_LABELS = {
+    "PERSON": "PERSON",
+    "GPE": "LOCATION",
+    "LOC": "LOCATION",
+    "FAC": "LOCATION",
+    "ORG": "ORGANIZATION",
+    "NORP": "NRP",
+    "DATE": "DATE_TIME",
+    "TIME": "DATE_TIME",
+}
 _UNNEEDED = ["tagger", "parser", "attribute_ruler", "lemmatizer", "senter"]
 SCORE = 0.85  # what Presidio's spaCy recognizer gives every NER hit
 DATE_SCORE = 0.55
@@ -46,28 +54,118 @@ _BEFORE_STRONG = (
     r"brother|sister)"
 )
 # Before a name, enough to relabel a name-shaped ORG/GPE/... span as PERSON.
-_BEFORE_WEAK = (r"contact|patient|employee|said|told|asked|ask|tell|thank you|thanks|spoke to|speak to|talk to|"
-                r"talked to|spoke with|married|follow up with")
-_AFTER = (r"said|says|told|asked|replied|shouted|lives|lived|was born|is born|"
-          r"['\u2019]s (?:wife|husband|son|daughter|mother|father|brother|sister|kids?|children|family|birthday|parents)")
+_BEFORE_WEAK = (
+    r"contact|patient|employee|said|told|asked|ask|tell|thank you|thanks|spoke to|speak to|talk to|"
+    r"talked to|spoke with|married|follow up with"
+)
+_AFTER = (
+    r"said|says|told|asked|replied|shouted|lives|lived|was born|is born|"
+    r"['\u2019]s (?:wife|husband|son|daughter|mother|father|brother|sister|kids?|children|family|birthday|parents)"
+)
 _BEFORE_RE = re.compile(rf"(?:(?<![\w.]){_HONORIFIC}|(?i:\b(?:{_BEFORE_STRONG}|{_BEFORE_WEAK})))[ \t]*$")
 _STRONG_RE = re.compile(rf"(?:(?<![\w.]){_HONORIFIC}|(?i:\b(?:{_BEFORE_STRONG})))[ \t]+")
 _AFTER_RE = re.compile(rf"[ \t]*(?:{_AFTER})\b", re.I)
 # Not a person cue: "a company called X"; "Cheriton Dr X" (Drive, not Doctor).
-_THINGS = frozenset({
-    "company", "business", "startup", "firm", "band", "group", "city", "town", "village", "place", "street",
-    "shop", "store", "restaurant", "hotel", "app", "product", "project", "tool", "brand", "ship", "book",
-    "film", "movie", "song", "album", "show", "river", "lake", "country",
-})
+_THINGS = frozenset(
+    {
+        "company",
+        "business",
+        "startup",
+        "firm",
+        "band",
+        "group",
+        "city",
+        "town",
+        "village",
+        "place",
+        "street",
+        "shop",
+        "store",
+        "restaurant",
+        "hotel",
+        "app",
+        "product",
+        "project",
+        "tool",
+        "brand",
+        "ship",
+        "book",
+        "film",
+        "movie",
+        "song",
+        "album",
+        "show",
+        "river",
+        "lake",
+        "country",
+    }
+)
 _WORD_BEFORE = re.compile(r"(\w+)[ \t]+$")
 _WORD = re.compile(r"[^\W\d_][\w'\u2019-]*\.?")
-_NOT_NAMES = frozenset({
-    "I", "A", "An", "The", "This", "That", "These", "Those", "We", "You", "He", "She", "It", "They", "My",
-    "Our", "Your", "His", "Her", "Their", "There", "Here", "Thanks", "Thank", "Hi", "Hello", "Dear",
-    "Please", "And", "Or", "But", "Is", "Are", "Was", "What", "Who", "Why", "How", "When", "Where", "Sir",
-    "Madam", "Customer", "Team", "All", "Everyone", "Colleagues", "Friends", "World", "Mr", "Mrs", "Ms",
-    "Mx", "Miss", "Dr", "Prof", "Herr", "Frau", "Mme", "Mlle",
-})
+_NOT_NAMES = frozenset(
+    {
+        "I",
+        "A",
+        "An",
+        "The",
+        "This",
+        "That",
+        "These",
+        "Those",
+        "We",
+        "You",
+        "He",
+        "She",
+        "It",
+        "They",
+        "My",
+        "Our",
+        "Your",
+        "His",
+        "Her",
+        "Their",
+        "There",
+        "Here",
+        "Thanks",
+        "Thank",
+        "Hi",
+        "Hello",
+        "Dear",
+        "Please",
+        "And",
+        "Or",
+        "But",
+        "Is",
+        "Are",
+        "Was",
+        "What",
+        "Who",
+        "Why",
+        "How",
+        "When",
+        "Where",
+        "Sir",
+        "Madam",
+        "Customer",
+        "Team",
+        "All",
+        "Everyone",
+        "Colleagues",
+        "Friends",
+        "World",
+        "Mr",
+        "Mrs",
+        "Ms",
+        "Mx",
+        "Miss",
+        "Dr",
+        "Prof",
+        "Herr",
+        "Frau",
+        "Mme",
+        "Mlle",
+    }
+)
 _RELABELLED = frozenset({"ORG", "GPE", "LOC", "NORP", "FAC", "PRODUCT", "WORK_OF_ART"})
 _MAX_NAME_TOKENS = 4
 
@@ -106,8 +204,13 @@ def labelled_entities(doc: Any) -> list[tuple[str, int, int]]:
         i = bisect.bisect_left(starts, m.end())
         if i < len(doc) and starts[i] == m.end():
             j = i
-            while (j < len(doc) and j - i < _MAX_NAME_TOKENS and not doc[j].ent_type_ and _name_token(doc[j])
-                   and (j == i or doc[j - 1].whitespace_)):
+            while (
+                j < len(doc)
+                and j - i < _MAX_NAME_TOKENS
+                and not doc[j].ent_type_
+                and _name_token(doc[j])
+                and (j == i or doc[j - 1].whitespace_)
+            ):
                 j += 1
             if j > i:
                 added.append((doc[i].idx, doc[j - 1].idx + len(doc[j - 1])))
@@ -116,17 +219,22 @@ def labelled_entities(doc: Any) -> list[tuple[str, int, int]]:
         if i == 0 or starts[i - 1] + len(doc[i - 1]) != m.start():
             continue
         j = i
-        while (j > 0 and i - j < _MAX_NAME_TOKENS and not doc[j - 1].ent_type_ and _name_token(doc[j - 1])
-               and doc[j - 1].whitespace_):
+        while (
+            j > 0
+            and i - j < _MAX_NAME_TOKENS
+            and not doc[j - 1].ent_type_
+            and _name_token(doc[j - 1])
+            and doc[j - 1].whitespace_
+        ):
             j -= 1
         if j < i and (j == 0 or not _name_token(doc[j - 1])):
             added.append((doc[j].idx, doc[i - 1].idx + len(doc[i - 1])))
     # The same name elsewhere in the text: "Directed by Ana Dias and starring Dias".
-    names = {text[e[1]:e[2]] for e in ents if e[0] == "PERSON" and e[3]} | {text[s:e] for s, e in added}
+    names = {text[e[1] : e[2]] for e in ents if e[0] == "PERSON" and e[3]} | {text[s:e] for s, e in added}
     if names:
         parts = {p for n in names for p in n.split() if len(p) > 2}
         for e in ents:
-            if e[0] in _RELABELLED and e[3] and all(p in parts for p in text[e[1]:e[2]].split()):
+            if e[0] in _RELABELLED and e[3] and all(p in parts for p in text[e[1] : e[2]].split()):
                 e[0] = "PERSON"
         for name in names:
             added += [(m.start(), m.end()) for m in re.finditer(rf"(?<!\w){re.escape(name)}(?!\w)", text)]
@@ -171,7 +279,9 @@ def load_model(name: str) -> Any:
         nlp = spacy.load(name, exclude=_UNNEEDED)
     # In the small English pipelines NER embeds its own tok2vec; the shared one then only costs time
     # (about a third of the NER path, measured in bench/pii_speed.py).
-    if "tok2vec" in nlp.pipe_names and "ner" not in getattr(nlp.get_pipe("tok2vec"), "listening_components", []):
+    if "tok2vec" in nlp.pipe_names and "ner" not in getattr(
+        nlp.get_pipe("tok2vec"), "listening_components", []
+    ):
         nlp.remove_pipe("tok2vec")
     return nlp
 

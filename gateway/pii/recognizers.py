@@ -71,32 +71,103 @@ _DAY_YEAR = re.compile(r"\d{1,2}(?:st|nd|rd|th)?,?[ ]\d{4}")
 _NUM = re.compile(_COMBINED.pattern.rsplit("(?P<NUM>", 1)[1][:-2])
 
 _CONTEXT: dict[str, tuple[str, ...]] = {
-    "PHONE_NUMBER": ("phone", "tel", "mobile", "cell", "call", "fax", "desk", "number", "contact", "reach",
-                     "whatsapp", "sms", "message", "answering", "dial", "ring", "telefon", "handy", "rufnummer",
-                     "téléphone", "telephone", "portable", "appel", "telefono", "cellulare", "teléfono",
-                     "móvil", "llamar", "telefoon", "mobiel", "bellen", "komórk", "numer", "zadzwo"),
+    "PHONE_NUMBER": (
+        "phone",
+        "tel",
+        "mobile",
+        "cell",
+        "call",
+        "fax",
+        "desk",
+        "number",
+        "contact",
+        "reach",
+        "whatsapp",
+        "sms",
+        "message",
+        "answering",
+        "dial",
+        "ring",
+        "telefon",
+        "handy",
+        "rufnummer",
+        "téléphone",
+        "telephone",
+        "portable",
+        "appel",
+        "telefono",
+        "cellulare",
+        "teléfono",
+        "móvil",
+        "llamar",
+        "telefoon",
+        "mobiel",
+        "bellen",
+        "komórk",
+        "numer",
+        "zadzwo",
+    ),
     "US_SSN": ("ssn", "social security", "social-security"),
-    "US_DRIVER_LICENSE": ("driver's license", "drivers license", "driver license", "driving licence",
-                          "driver's licence", "dl#", "dl no"),
+    "US_DRIVER_LICENSE": (
+        "driver's license",
+        "drivers license",
+        "driver license",
+        "driving licence",
+        "driver's licence",
+        "dl#",
+        "dl no",
+    ),
     "DE_TAX_ID": ("steuer", "idnr", "identifikationsnummer", "tax id", "tin", "steuernummer"),
     "NL_BSN": ("bsn", "burgerservicenummer", "sofinummer", "sofi"),
     "PL_PESEL": ("pesel",),
     "FR_NIR": ("nir", "sécurité sociale", "securite sociale", "insee", "numéro de sécu", "carte vitale"),
-    "CREDIT_CARD": ("card", "credit", "visa", "mastercard", "amex", "cc", "karte", "carte", "tarjeta",
-                    "carta", "kaart", "karta"),
-    "DATE_OF_BIRTH": ("born", "birth", "dob", "d.o.b", "birthday", "geboren", "geburt", "né le", "née le",
-                      "naissance", "nato il", "nata il", "nascita", "nacido", "nacida", "nacimiento",
-                      "geboortedatum", "urodzon", "data urodzenia"),
+    "CREDIT_CARD": (
+        "card",
+        "credit",
+        "visa",
+        "mastercard",
+        "amex",
+        "cc",
+        "karte",
+        "carte",
+        "tarjeta",
+        "carta",
+        "kaart",
+        "karta",
+    ),
+    "DATE_OF_BIRTH": (
+        "born",
+        "birth",
+        "dob",
+        "d.o.b",
+        "birthday",
+        "geboren",
+        "geburt",
+        "né le",
+        "née le",
+        "naissance",
+        "nato il",
+        "nata il",
+        "nascita",
+        "nacido",
+        "nacida",
+        "nacimiento",
+        "geboortedatum",
+        "urodzon",
+        "data urodzenia",
+    ),
 }
 
 
 # Context words must start a word ("tel" is not in "Intelius").
-_CONTEXT_RE = {e: re.compile(r"(?<![^\W\d_])(?:" + "|".join(map(re.escape, words)) + ")")
-               for e, words in _CONTEXT.items()}
+_CONTEXT_RE = {
+    e: re.compile(r"(?<![^\W\d_])(?:" + "|".join(map(re.escape, words)) + ")")
+    for e, words in _CONTEXT.items()
+}
 
 
 def _context(text: str, start: int, entity: str) -> bool:
-    return _CONTEXT_RE[entity].search(text[max(0, start - 48):start].lower()) is not None
+    return _CONTEXT_RE[entity].search(text[max(0, start - 48) : start].lower()) is not None
 
 
 def _digits(s: str) -> str:
@@ -112,7 +183,9 @@ class FastRecognizer:
     name = "gateway_fast"
     supported_entities = STRUCTURED
 
-    def __init__(self, phone_regions: Iterable[str] = DEFAULT_PHONE_REGIONS, supported_language: str = "en") -> None:
+    def __init__(
+        self, phone_regions: Iterable[str] = DEFAULT_PHONE_REGIONS, supported_language: str = "en"
+    ) -> None:
         self.phone_regions = tuple(r.upper() for r in phone_regions)
         self.supported_language = supported_language
 

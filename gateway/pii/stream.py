@@ -135,5 +135,7 @@ class StreamEditor:
                 choices.append({"index": index, "delta": delta, "finish_reason": None})
         if not choices:
             return None
-        base: dict[str, Any] = {k: self.last[k] for k in ("id", "object", "created", "model") if k in self.last}
+        base: dict[str, Any] = {
+            k: self.last[k] for k in ("id", "object", "created", "model") if k in self.last
+        }
         return {**base, "choices": choices}

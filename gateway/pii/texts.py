@@ -99,7 +99,9 @@ def map_request(request: dict[str, Any], endpoint: str, fn: TextFn) -> dict[str,
     assert isinstance(plan, dict)
     if endpoint == "embeddings":
         value = request.get("input")
-        if not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+        if not (
+            isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+        ):
             raise Unscannable("token-id input cannot be scanned")
     known = TOP_LEVEL[endpoint]
     out = {k: _walk(v, plan.get(k) if k in known else FREE_JSON, fn) for k, v in request.items()}

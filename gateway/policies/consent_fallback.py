@@ -15,12 +15,20 @@ if TYPE_CHECKING:
 
 _FALLBACK_REFUSED = "Every allowed deployment failed. A DPA fallback exists for this model, but "
 _WITHHELD = {
-    "no_subject": PolicyDenied(503, "consent.required", _FALLBACK_REFUSED + (
-        "the request names no data subject (OpenAI `user` or X-Subject-Id), so it cannot be used.")),
-    "no_consent": PolicyDenied(503, "consent.required", _FALLBACK_REFUSED + (
-        "the data subject has not consented to it.")),
-    "registry_unavailable": PolicyDenied(503, "consent.unavailable", _FALLBACK_REFUSED + (
-        "the consent registry could not be read, so it was not used.")),
+    "no_subject": PolicyDenied(
+        503,
+        "consent.required",
+        _FALLBACK_REFUSED
+        + ("the request names no data subject (OpenAI `user` or X-Subject-Id), so it cannot be used."),
+    ),
+    "no_consent": PolicyDenied(
+        503, "consent.required", _FALLBACK_REFUSED + ("the data subject has not consented to it.")
+    ),
+    "registry_unavailable": PolicyDenied(
+        503,
+        "consent.unavailable",
+        _FALLBACK_REFUSED + ("the consent registry could not be read, so it was not used."),
+    ),
 }
 
 
@@ -41,12 +49,17 @@ class ConsentFallback(Policy["ConsentFallback.Config"]):
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
-        target: str = Field(..., min_length=1, description="Deployment name (config.yaml) used as the fallback.")
+        target: str = Field(
+            ..., min_length=1, description="Deployment name (config.yaml) used as the fallback."
+        )
         purpose: str = Field(
-            "llm_fallback_gpt4", min_length=1, description="Consent purpose the data subject must have granted."
+            "llm_fallback_gpt4",
+            min_length=1,
+            description="Consent purpose the data subject must have granted.",
         )
         require_consent: bool = Field(
-            True, description="Require an active consent. `false` is flagged by `gateway policy check` under strict residency."
+            True,
+            description="Require an active consent. `false` is flagged by `gateway policy check` under strict residency.",
         )
         models: list[str] = Field(
             [], description="Public models (aliases) this fallback applies to; empty means every chat model."
@@ -55,8 +68,12 @@ class ConsentFallback(Policy["ConsentFallback.Config"]):
     @classmethod
     def loosened(cls, before: Any, after: Any) -> list[tuple[tuple[str | int, ...], str]]:
         if before is None:
-            return [(("target",), f"adds a fallback to {after.target!r}, which may be outside the allowed "
-                                  "jurisdictions")]
+            return [
+                (
+                    ("target",),
+                    f"adds a fallback to {after.target!r}, which may be outside the allowed jurisdictions",
+                )
+            ]
         out: list[tuple[tuple[str | int, ...], str]] = []
         if after.target != before.target:
             out.append((("target",), f"fallback target {before.target!r} -> {after.target!r}"))

@@ -56,20 +56,34 @@ class PiiRedaction(Policy["PiiRedaction.Config"]):
     def loosened(cls, before: Any, after: Any) -> list[tuple[tuple[str | int, ...], str]]:
         return settings.loosened(before, after)
 
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         cfg = self.config
         self.cfg = cfg
         ner = {lang: m for lang, m in cfg.ner_models.items() if lang in cfg.languages}
-        self.analyzer = Analyzer({e: r.threshold for e, r in cfg.entities.items()}, allow_list=cfg.allow_list,
-                                 phone_regions=cfg.phone_regions, ner_models=ner, timeout_s=cfg.timeout_ms / 1000)
+        self.analyzer = Analyzer(
+            {e: r.threshold for e, r in cfg.entities.items()},
+            allow_list=cfg.allow_list,
+            phone_regions=cfg.phone_regions,
+            ner_models=ner,
+            timeout_s=cfg.timeout_ms / 1000,
+        )
         self._inflight: dict[str, int] = {}  # API key id -> characters under analysis now
         # Floor types the entity map does not name are looked for only on a consented hop (rare).
         unnamed = {e: 0.5 for e in DPA_FLOOR if e not in cfg.entities}
-        self._floor_analyzer = Analyzer(unnamed, allow_list=cfg.allow_list, phone_regions=cfg.phone_regions,
-                                        timeout_s=cfg.timeout_ms / 1000) if unnamed else None
-        Vault(ENTITY_TYPES)  # compiles the placeholder pattern (and loads `regex`) now, not on the first request
+        self._floor_analyzer = (
+            Analyzer(
+                unnamed,
+                allow_list=cfg.allow_list,
+                phone_regions=cfg.phone_regions,
+                timeout_s=cfg.timeout_ms / 1000,
+            )
+            if unnamed
+            else None
+        )
+        Vault(
+            ENTITY_TYPES
+        )  # compiles the placeholder pattern (and loads `regex`) now, not on the first request
 
     def _floor(self, actions: dict[str, Action], jurisdiction: str) -> tuple[dict[str, Action], set[str]]:
         """The actions for a hop allowed only by consent, and the types the floor raised to `redact`."""
@@ -84,14 +98,17 @@ class PiiRedaction(Policy["PiiRedaction.Config"]):
                 raised.add(entity)
         return out, raised
 
-    async def _floor_spans(self, ctx: Context, request: dict[str, Any],
-                           spans: dict[str, tuple[Span, ...]]) -> dict[str, tuple[Span, ...]]:
+    async def _floor_spans(
+        self, ctx: Context, request: dict[str, Any], spans: dict[str, tuple[Span, ...]]
+    ) -> dict[str, tuple[Span, ...]]:
         if self._floor_analyzer is None:
             return spans
         try:
             extra = await self._floor_analyzer.analyze(collect(request, ctx.endpoint))
         except AnalyzerUnavailable:
-            raise PolicyDenied(503, "pii.unavailable", "PII analysis is unavailable; nothing was sent.") from None
+            raise PolicyDenied(
+                503, "pii.unavailable", "PII analysis is unavailable; nothing was sent."
+            ) from None
         return {text: resolve_overlaps((*spans.get(text, ()), *found)) for text, found in extra.items()}
 
     def _actions(self, jurisdiction: str) -> dict[str, Action]:
@@ -105,21 +122,32 @@ class PiiRedaction(Policy["PiiRedaction.Config"]):
         try:
             texts = collect(request, ctx.endpoint)
         except Unscannable:
-            raise PolicyDenied(400, "pii.unscannable_input", "Token-id input cannot be checked for PII.") from None
+            raise PolicyDenied(
+                400, "pii.unscannable_input", "Token-id input cannot be checked for PII."
+            ) from None
         size = sum(map(len, texts))
         if size > self.cfg.max_chars:
-            raise PolicyDenied(413, "pii.too_large", f"The request has more than {self.cfg.max_chars} characters "
-                                                     "of text to check for PII.")
+            raise PolicyDenied(
+                413,
+                "pii.too_large",
+                f"The request has more than {self.cfg.max_chars} characters of text to check for PII.",
+            )
         key = ctx.principal.key_id
         busy = self._inflight.get(key, 0)
         if busy and busy + size > self.cfg.max_inflight_chars_per_key:
-            raise PolicyDenied(429, "pii.busy", "This API key has too much text under PII analysis; retry shortly.",
-                               headers={"Retry-After": "1"})
+            raise PolicyDenied(
+                429,
+                "pii.busy",
+                "This API key has too much text under PII analysis; retry shortly.",
+                headers={"Retry-After": "1"},
+            )
         self._inflight[key] = busy + size
         try:
             return await self.analyzer.analyze(texts)
         except AnalyzerUnavailable:
-            raise PolicyDenied(503, "pii.unavailable", "PII analysis is unavailable; nothing was sent.") from None
+            raise PolicyDenied(
+                503, "pii.unavailable", "PII analysis is unavailable; nothing was sent."
+            ) from None
         finally:
             left = self._inflight[key] - size
             if left:
@@ -129,14 +157,17 @@ class PiiRedaction(Policy["PiiRedaction.Config"]):
 
     @staticmethod
     def _blocked(types: set[str]) -> PolicyDenied:
-        return PolicyDenied(400, "pii.blocked", f"The request contains blocked PII types: {', '.join(sorted(types))}.")
+        return PolicyDenied(
+            400, "pii.blocked", f"The request contains blocked PII types: {', '.join(sorted(types))}."
+        )
 
     @override
     def start(self, ctx: Context) -> Run:
         return _Request(self)
 
-    def _record(self, ctx: Context, counts: Counter[tuple[str, Action]], floored: Collection[str] = (),
-                **facts: Any) -> None:
+    def _record(
+        self, ctx: Context, counts: Counter[tuple[str, Action]], floored: Collection[str] = (), **facts: Any
+    ) -> None:
         """One decision per action, its facts naming the count per type (which gateway_pii_entities_total counts);
         redactions the DPA floor added are recorded apart, as `floor_redact`."""
         by_action: dict[str, dict[str, int]] = {}
@@ -147,14 +178,20 @@ class PiiRedaction(Policy["PiiRedaction.Config"]):
             ctx.record(self.name, decided, entities=entities, **facts)
 
     def _output_applier(self, ctx: Context) -> Applier:
-        return Applier(dict.fromkeys(self.cfg.entities, self.cfg.output.action), Vault(()),
-                       self._pseudonym(ctx), self.cfg.mask_keep_last)
+        return Applier(
+            dict.fromkeys(self.cfg.entities, self.cfg.output.action),
+            Vault(()),
+            self._pseudonym(ctx),
+            self.cfg.mask_keep_last,
+        )
 
     def _output_decision(self, ctx: Context, apply: Applier) -> None:
         self._record(ctx, apply.counts, scope="output")
         blocked = sorted({e for e, action in apply.counts if action == "block"})
         if blocked:
-            raise PolicyDenied(502, "pii.output_blocked", f"The answer contained blocked PII types: {', '.join(blocked)}.")
+            raise PolicyDenied(
+                502, "pii.output_blocked", f"The answer contained blocked PII types: {', '.join(blocked)}."
+            )
 
 
 class _Request(Run):
@@ -220,8 +257,11 @@ class _Request(Run):
             p._output_decision(ctx, apply)
         if self.vault:
             vault = self.vault
-            map_response(response, vault.restore,
-                         lambda raw: map_json_text(raw, vault.restore, lambda r: vault.restore(r, json_escape)))
+            map_response(
+                response,
+                vault.restore,
+                lambda raw: map_json_text(raw, vault.restore, lambda r: vault.restore(r, json_escape)),
+            )
         return response
 
     def on_stream(self, ctx: Context, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
@@ -231,7 +271,8 @@ class _Request(Run):
         p = self.policy
         apply = p._output_applier(ctx)
         scanner: Callable[[], OutputScanner] | None = (
-            (lambda: OutputScanner(p.analyzer, apply)) if p.cfg.output.enabled else None)
+            (lambda: OutputScanner(p.analyzer, apply)) if p.cfg.output.enabled else None
+        )
         editor = StreamEditor(self.vault, scanner)
         block = p.cfg.output.action == "block"
         try:

@@ -122,7 +122,9 @@ class RagContext(Policy["RagContext.Config"]):
         cfg = self.config
         services = self.services
         assert services is not None
-        rag = services.shared("rag", lambda: Rag(services.config.rag, open_store(services.config.rag), services.embed))
+        rag = services.shared(
+            "rag", lambda: Rag(services.config.rag, open_store(services.config.rag), services.embed)
+        )
         if not rag.allows(cfg.collection, ctx.principal.tenant):
             return self._outcome(ctx, request, "denied", status=403, code="rag.collection_not_allowed")
         allowed = ctx.allowed_jurisdictions

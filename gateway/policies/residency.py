@@ -27,7 +27,9 @@ class Residency(Policy["Residency.Config"]):
         model_config = ConfigDict(extra="forbid")
 
         allow: list[Jurisdiction] = Field(
-            ["EU"], min_length=1, description="Jurisdictions requests may be sent to, e.g. `[EU]` or `[EU, CH]`."
+            ["EU"],
+            min_length=1,
+            description="Jurisdictions requests may be sent to, e.g. `[EU]` or `[EU, CH]`.",
         )
         data_classes: dict[str, list[Jurisdiction]] = Field(
             {},
@@ -62,7 +64,9 @@ class Residency(Policy["Residency.Config"]):
         """The allowed jurisdictions for a data class; raises PolicyDenied for an unknown class."""
         allowed = self.allowed_by(self.config, data_class)
         if allowed is None:
-            raise PolicyDenied(403, "residency.unknown_data_class", "The request's data class has no residency rule.")
+            raise PolicyDenied(
+                403, "residency.unknown_data_class", "The request's data class has no residency rule."
+            )
         return allowed
 
     @classmethod
@@ -85,9 +89,16 @@ class Residency(Policy["Residency.Config"]):
             if data_class is None:
                 out.append((("allow",), f"also allows {', '.join(wider)}"))
             elif data_class == "\0other":
-                out.append((("unknown_data_class",), f"unlisted data classes now go to {', '.join(sorted(now))}"))
+                out.append(
+                    (("unknown_data_class",), f"unlisted data classes now go to {', '.join(sorted(now))}")
+                )
             else:
-                out.append((("data_classes", data_class), f"data class {data_class!r} also allows {', '.join(wider)}"))
+                out.append(
+                    (
+                        ("data_classes", data_class),
+                        f"data class {data_class!r} also allows {', '.join(wider)}",
+                    )
+                )
         if before.strict and not after.strict:
             out.append((("strict",), "strict residency turned off"))
         return out
@@ -97,11 +108,17 @@ class Residency(Policy["Residency.Config"]):
         # Hops consent_fallback admitted by consent stay, whichever of the two runs first.
         kept = [t for t in ctx.candidates if t.jurisdiction in allowed or t.name in ctx.consents]
         removed = [t.name for t in ctx.candidates if t not in kept]
-        ctx.record(self.name, "narrow" if removed else "allow", allowed=sorted(allowed), removed=removed,
-                   data_class=self._recorded(ctx.data_class))
+        ctx.record(
+            self.name,
+            "narrow" if removed else "allow",
+            allowed=sorted(allowed),
+            removed=removed,
+            data_class=self._recorded(ctx.data_class),
+        )
         if not kept:
             raise PolicyDenied(
-                403, "residency.no_allowed_deployment",
+                403,
+                "residency.no_allowed_deployment",
                 f"No deployment of model '{ctx.model}' is in an allowed jurisdiction ({', '.join(sorted(allowed))}).",
             )
         ctx.allowed_jurisdictions = allowed
@@ -116,6 +133,9 @@ class Residency(Policy["Residency.Config"]):
     async def on_attempt(self, ctx: Context, target: Target, request: dict[str, Any]) -> dict[str, Any]:
         allowed = ctx.allowed_jurisdictions
         if allowed is not None and target.jurisdiction not in allowed and target.name not in ctx.consents:
-            raise PolicyDenied(403, "residency.hop_outside_jurisdiction",
-                               f"Deployment '{target.name}' is outside the allowed jurisdictions.")
+            raise PolicyDenied(
+                403,
+                "residency.hop_outside_jurisdiction",
+                f"Deployment '{target.name}' is outside the allowed jurisdictions.",
+            )
         return request

@@ -82,8 +82,10 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
         redis = self.services.redis if self.services is not None else None
         if redis is None:
             return None, memory
-        return self._shared(f"redis.{self.cfg.key_prefix}", lambda: RedisCounters(redis, self.cfg.key_prefix,
-                                                                                  self._fast_client())), memory
+        return self._shared(
+            f"redis.{self.cfg.key_prefix}",
+            lambda: RedisCounters(redis, self.cfg.key_prefix, self._fast_client()),
+        ), memory
 
     def _fast_client(self) -> RespClient | None:
         url = self.services.config.storage.redis_url if self.services is not None else None
@@ -111,15 +113,24 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
             out = request.get("max_completion_tokens") or request.get("max_tokens")
             out = out if isinstance(out, int) and out > 0 else self.cfg.default_max_tokens
             if ctx.stream and not (request.get("stream_options") or {}).get("include_usage"):
-                request = {**request, "stream_options": {**(request.get("stream_options") or {}), "include_usage": True}}
+                request = {
+                    **request,
+                    "stream_options": {**(request.get("stream_options") or {}), "include_usage": True},
+                }
                 pending.strip_usage = True
         else:
             pending.prompt_tokens, out = tokens.count_embeddings(tok, request), 0
         prices = self._prices()
-        cost = max((prices.get(t.name, FREE).cost(pending.prompt_tokens, out) for t in ctx.candidates), default=0)
+        cost = max(
+            (prices.get(t.name, FREE).cost(pending.prompt_tokens, out) for t in ctx.candidates), default=0
+        )
         pending.checks = self._checks(ctx)
         if pending.checks:
-            amounts = {"eur": limits.nano_eur(Decimal(cost)), "tokens": pending.prompt_tokens + out, "requests": 1}
+            amounts = {
+                "eur": limits.nano_eur(Decimal(cost)),
+                "tokens": pending.prompt_tokens + out,
+                "requests": 1,
+            }
             pending.limits = [c.limit(amounts[c.unit]) for c in pending.checks]
             await self._reserve(ctx, pending)
         return request
@@ -163,10 +174,16 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
             if store is memory:
                 raise
             metrics.ACCOUNTING_BACKEND_ERRORS.labels(self.cfg.on_backend_error).inc()
-            ctx.record(self.name, "backend_error", behaviour=self.cfg.on_backend_error, error=type(exc).__name__)
+            ctx.record(
+                self.name, "backend_error", behaviour=self.cfg.on_backend_error, error=type(exc).__name__
+            )
             if self.cfg.on_backend_error == "fail_closed":
-                raise PolicyDenied(503, "accounting.unavailable", "Budget accounting is unavailable; try again shortly.",
-                                   headers={"Retry-After": "5"}) from None
+                raise PolicyDenied(
+                    503,
+                    "accounting.unavailable",
+                    "Budget accounting is unavailable; try again shortly.",
+                    headers={"Retry-After": "5"},
+                ) from None
             store, leases = memory, None
             refused, values, leased = await store.reserve(pending.limits)
         if refused >= 0:
@@ -174,10 +191,14 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
                 leases.cancel(pending.limits, topup)
             c = pending.checks[refused]
             p = ctx.principal
-            metrics.REJECTIONS.labels(metrics.tenant_label(p.tenant), metrics.app_label(p.app), c.kind, c.name).inc()
+            metrics.REJECTIONS.labels(
+                metrics.tenant_label(p.tenant), metrics.app_label(p.app), c.kind, c.name
+            ).inc()
             ctx.record(self.name, "deny", kind=c.kind, limit=c.name, period=c.period)
             code = "budget.exceeded" if c.kind == "budget" else "rate_limit.exceeded"
-            raise PolicyDenied(429, code, c.message(), headers={"Retry-After": str(c.retry_after(limits.utcnow()))})
+            raise PolicyDenied(
+                429, code, c.message(), headers={"Retry-After": str(c.retry_after(limits.utcnow()))}
+            )
         pending.store = store
         if leases is not None:
             leases.granted(pending.limits, leased, lease.seconds, topup)
@@ -199,8 +220,12 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
                 # [DONE], the client asked for usage (stream_options.include_usage) and the upstream sent none
                 # (llama.cpp, for one): the client gets the gateway's own count, marked as an estimate.
                 prompt, completion = TokenAccounting._estimate(pending, {})
-                ctx.usage = {"prompt_tokens": prompt, "completion_tokens": completion,
-                             "total_tokens": prompt + completion, "estimated": True}
+                ctx.usage = {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt + completion,
+                    "estimated": True,
+                }
                 last = next((ev.json for ev in reversed(pending.chunks) if isinstance(ev.json, dict)), {})
                 yield Event.of(usage.usage_chunk(last, ctx.usage))
             yield ev
@@ -220,8 +245,16 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
                 prompt, completion = self._estimate(pending, u)
         cost = price.cost(prompt, completion, cached)
         if target is not None:  # the "why was this charged" answer in the audit record and `policy explain`
-            ctx.record(self.name, "charge", prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached,
-                       cost_eur=str(cost), estimated=estimated, price_source=price.source)
+            ctx.record(
+                self.name,
+                "charge",
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                cached_tokens=cached,
+                cost_eur=str(cost),
+                estimated=estimated,
+                price_source=price.source,
+            )
         if pending.store is not None:
             self._settle(pending, limits.nano_eur(cost), prompt + completion)
         p = ctx.principal
@@ -239,29 +272,51 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
 
             if not self._mapped:  # a writer attached after this instance was made
                 self._map_ledger()
-            writer.put(UsageRecord.model_construct(  # fields are ours and typed: skip validation (35 µs)
-                request_id=ctx.request_id, tenant=p.tenant, app=p.app, key_id=p.key_id, subject=ctx.subject,
-                endpoint=ctx.endpoint, model=ctx.model, deployment=target.name if target else "none",
-                jurisdiction=target.jurisdiction if target else "none", prompt_tokens=prompt,
-                completion_tokens=completion, cached_tokens=cached, cost_eur=cost, estimated=estimated,
-                fx_rate=price.fx_rate, price_source=price.source, status=ctx.status,
-                at=utcnow(), latency_ms=round((time.perf_counter() - ctx.started) * 1000, 3)))
+            writer.put(
+                UsageRecord.model_construct(  # fields are ours and typed: skip validation (35 µs)
+                    request_id=ctx.request_id,
+                    tenant=p.tenant,
+                    app=p.app,
+                    key_id=p.key_id,
+                    subject=ctx.subject,
+                    endpoint=ctx.endpoint,
+                    model=ctx.model,
+                    deployment=target.name if target else "none",
+                    jurisdiction=target.jurisdiction if target else "none",
+                    prompt_tokens=prompt,
+                    completion_tokens=completion,
+                    cached_tokens=cached,
+                    cost_eur=cost,
+                    estimated=estimated,
+                    fx_rate=price.fx_rate,
+                    price_source=price.source,
+                    status=ctx.status,
+                    at=utcnow(),
+                    latency_ms=round((time.perf_counter() - ctx.started) * 1000, 3),
+                )
+            )
 
     @staticmethod
     def _estimate(pending: _Pending, u: dict[str, Any]) -> tuple[int, int]:
         """(prompt, completion) tokens counted by the gateway, for answers that carry no usage."""
-        text = u.get("completion_text") or "".join(t for ev in pending.chunks for t in usage.delta_texts(ev.json))
+        text = u.get("completion_text") or "".join(
+            t for ev in pending.chunks for t in usage.delta_texts(ev.json)
+        )
         return pending.prompt_tokens, pending.tokenizer.count(text) if pending.tokenizer else len(text) // 4
 
-    def _series(self, tenant: str, app: str, model: str, deployment: str, jurisdiction: str) -> tuple[Any, ...]:
+    def _series(
+        self, tenant: str, app: str, model: str, deployment: str, jurisdiction: str
+    ) -> tuple[Any, ...]:
         # prometheus_client's labels() stringifies and locks on every call; the label sets are bounded.
         cache: dict[tuple[str, ...], tuple[Any, ...]] = self._shared("series", dict)
         key = (tenant, app, model, deployment, jurisdiction)
         series = cache.get(key)
         if series is None:
             labels = (metrics.tenant_label(tenant), metrics.app_label(app), model, deployment, jurisdiction)
-            series = cache[key] = (*(metrics.TOKENS.labels(*labels, t) for t in ("prompt", "completion", "cached")),
-                                   metrics.COST_EUR.labels(*labels))
+            series = cache[key] = (
+                *(metrics.TOKENS.labels(*labels, t) for t in ("prompt", "completion", "cached")),
+                metrics.COST_EUR.labels(*labels),
+            )
         return series
 
     def _settler(self, store: Counters) -> Settler:
@@ -272,8 +327,11 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
 
     def _settle(self, pending: _Pending, nano: int, actual_tokens: int) -> None:
         assert pending.store is not None
-        deltas = [(lim.key, (nano if c.unit == "eur" else actual_tokens) - lim.amount)
-                  for c, lim in zip(pending.checks, pending.limits, strict=True) if c.unit != "requests"]
+        deltas = [
+            (lim.key, (nano if c.unit == "eur" else actual_tokens) - lim.amount)
+            for c, lim in zip(pending.checks, pending.limits, strict=True)
+            if c.unit != "requests"
+        ]
         self._settler(pending.store).add(deltas)  # sent with the next reservation (accounting/settle.py)
 
 

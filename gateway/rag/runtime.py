@@ -67,4 +67,3 @@ def open_store(settings: RagSettings) -> VectorStore:
     from gateway.rag.embedded import EmbeddedIndex
 
     return EmbeddedIndex(settings.embedded.path, settings.embedded.jurisdiction)
-

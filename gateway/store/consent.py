@@ -48,15 +48,28 @@ def _aware(value: datetime | None) -> datetime | None:
     return value
 
 
-def grant(engine: Engine, *, tenant: str, subject: str, purpose: str, evidence_ref: str = "",
-          expires_in: timedelta | None = None) -> Consent:
+def grant(
+    engine: Engine,
+    *,
+    tenant: str,
+    subject: str,
+    purpose: str,
+    evidence_ref: str = "",
+    expires_in: timedelta | None = None,
+) -> Consent:
     """Record a consent; ``subject`` is already a pseudonym."""
     from sqlmodel import Session
 
     from gateway.store.db import Consent, utcnow
 
-    row = Consent(id=secrets.token_hex(8), tenant=tenant, subject=subject, purpose=purpose,
-                  evidence_ref=evidence_ref, expires_at=(utcnow() + expires_in) if expires_in else None)
+    row = Consent(
+        id=secrets.token_hex(8),
+        tenant=tenant,
+        subject=subject,
+        purpose=purpose,
+        evidence_ref=evidence_ref,
+        expires_at=(utcnow() + expires_in) if expires_in else None,
+    )
     with Session(engine) as s:
         s.add(row)
         s.commit()
@@ -72,9 +85,16 @@ def withdraw(engine: Engine, *, tenant: str, subject: str, purpose: str) -> int:
 
     now = utcnow()
     with Session(engine) as s:
-        rows = list(s.exec(select(Consent).where(
-            Consent.tenant == tenant, Consent.subject == subject, Consent.purpose == purpose,
-            col(Consent.withdrawn_at).is_(None))))
+        rows = list(
+            s.exec(
+                select(Consent).where(
+                    Consent.tenant == tenant,
+                    Consent.subject == subject,
+                    Consent.purpose == purpose,
+                    col(Consent.withdrawn_at).is_(None),
+                )
+            )
+        )
         for row in rows:
             row.withdrawn_at = now
             s.add(row)
@@ -103,9 +123,14 @@ def find_active(engine: Engine, tenant: str, subject: str, purpose: str) -> Cons
 
     now = utcnow()
     with Session(engine) as s:
-        for row in s.exec(select(Consent).where(
-                Consent.tenant == tenant, Consent.subject == subject, Consent.purpose == purpose,
-                col(Consent.withdrawn_at).is_(None))):
+        for row in s.exec(
+            select(Consent).where(
+                Consent.tenant == tenant,
+                Consent.subject == subject,
+                Consent.purpose == purpose,
+                col(Consent.withdrawn_at).is_(None),
+            )
+        ):
             expires = _aware(row.expires_at)
             if expires is None or expires > now:
                 return ConsentRef(row.id, row.purpose, expires)

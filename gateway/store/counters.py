@@ -145,7 +145,7 @@ class RedisCounters(Counters):
         if out[0] >= 0:
             return Reserved(out[0], out[1:], [])
         n = len(limits)
-        return Reserved(-1, out[1:n + 1], out[n + 1:])
+        return Reserved(-1, out[1 : n + 1], out[n + 1 :])
 
     async def adjust(self, deltas: Sequence[tuple[str, int]]) -> list[int]:
         if not deltas:

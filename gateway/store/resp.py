@@ -130,9 +130,13 @@ class RespClient:
             loop = asyncio.get_running_loop()
             path = self._opts.get("path")
             factory = functools.partial(_Protocol, self.timeout_s)
-            connect = (loop.create_unix_connection(factory, path) if path else
-                       loop.create_connection(factory, self._opts.get("host", "127.0.0.1"),
-                                              self._opts.get("port", 6379)))
+            connect = (
+                loop.create_unix_connection(factory, path)
+                if path
+                else loop.create_connection(
+                    factory, self._opts.get("host", "127.0.0.1"), self._opts.get("port", 6379)
+                )
+            )
             _, fresh = await asyncio.wait_for(connect, self.timeout_s)
             self._proto = fresh
             if self._opts.get("password"):

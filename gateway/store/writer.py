@@ -217,7 +217,9 @@ class Writer:
 
     def _line(self, row: SQLModel) -> bytes:
         table, names, values = self._values(row)
-        return orjson.dumps({"table": table.name, "row": {n: values[n] for n in names}}, default=_encode) + b"\n"
+        return (
+            orjson.dumps({"table": table.name, "row": {n: values[n] for n in names}}, default=_encode) + b"\n"
+        )
 
     def _values(self, row: SQLModel) -> tuple[Table, frozenset[str], Mapping[str, Any]]:
         """The row's table, its column names, and a mapping that holds (at least) every column's value."""
@@ -268,7 +270,9 @@ class Writer:
                 log.warning("recovering %s, left by a process that did not stop cleanly", path.name)
                 if self.on_recover is not None:
                     with open(recovered, "rb") as f:
-                        items = [item for item in map(_loads, f.read().splitlines()) if isinstance(item, dict)]
+                        items = [
+                            item for item in map(_loads, f.read().splitlines()) if isinstance(item, dict)
+                        ]
                     extra = self.on_recover(items)
                     if extra:
                         with open(recovered, "ab") as f:
@@ -291,7 +295,9 @@ class Writer:
             try:
                 while self._rows:
                     await self.flush()
-                if (self._spilled and self.healthy) or (not self.healthy and time.monotonic() >= self._next_retry):
+                if (self._spilled and self.healthy) or (
+                    not self.healthy and time.monotonic() >= self._next_retry
+                ):
                     self._spilled = False
                     await asyncio.to_thread(self.replay)
             except asyncio.CancelledError:
@@ -348,7 +354,9 @@ class Writer:
             return True
         except Exception:
             metrics.WRITER_ROWS.labels("lost").inc(len(rows))
-            log.exception("could not spool %d rows (their write-ahead file is kept for the next start)", len(rows))
+            log.exception(
+                "could not spool %d rows (their write-ahead file is kept for the next start)", len(rows)
+            )
             return False
 
     def _recover_claimed(self) -> None:
@@ -374,7 +382,7 @@ class Writer:
                 try:
                     for i in range(0, len(lines), self.batch_size):
                         by_table: dict[Table, list[Mapping[str, Any]]] = {}
-                        for line in lines[i:i + self.batch_size]:
+                        for line in lines[i : i + self.batch_size]:
                             try:
                                 item = orjson.loads(line)
                                 table = tables[item["table"]]
@@ -415,7 +423,9 @@ class Writer:
                 except _UNREACHABLE:
                     raise
                 except Exception as exc:  # a refused row is quarantined  # noqa: BLE001
-                    log.error("quarantining a %s row the database refused (%s)", table.name, type(exc).__name__)
+                    log.error(
+                        "quarantining a %s row the database refused (%s)", table.name, type(exc).__name__
+                    )
                     metrics.WRITER_ROWS.labels("rejected").inc()
                     line = orjson.dumps({"table": table.name, "row": values}, default=_encode) + b"\n"
                     with open(self.spool_dir / f"rejected-{source}.bad", "ab") as f:
@@ -435,14 +445,16 @@ class _Insert:
 
     def __init__(self, table: Table, dialect: Dialect) -> None:
         compiled = _insert_ignoring_duplicates(table, dialect.name).compile(
-            dialect=dialect, column_keys=[c.key for c in table.columns])
+            dialect=dialect, column_keys=[c.key for c in table.columns]
+        )
         self.sql = compiled.string
         self.positional = dialect.positional
         self.names = list(compiled.positiontup or ()) if self.positional else [c.key for c in table.columns]
         get = operator.itemgetter(*self.names)
         # itemgetter of one name returns the value, of several a tuple: always make it a tuple.
         self._get: Callable[[Mapping[str, Any]], tuple[Any, ...]] = (
-            get if len(self.names) > 1 else lambda d: (get(d),))
+            get if len(self.names) > 1 else lambda d: (get(d),)
+        )
         processors = [table.columns[n].type.dialect_impl(dialect).bind_processor(dialect) for n in self.names]
         self._process = [(i, p) for i, p in enumerate(processors) if p is not None]
 

@@ -102,9 +102,13 @@ def classify(status: int, body: bytes, retry_after: str | None) -> UpstreamFailu
     except ValueError:
         wait = None
     if status == 429:
-        return UpstreamFailure("rate_limited", 429, message="The upstream model is rate limited.", retry_after=wait)
+        return UpstreamFailure(
+            "rate_limited", 429, message="The upstream model is rate limited.", retry_after=wait
+        )
     if status >= 500:
-        return UpstreamFailure("upstream_5xx", 502, message=f"The upstream model failed with status {status}.")
+        return UpstreamFailure(
+            "upstream_5xx", 502, message=f"The upstream model failed with status {status}."
+        )
     if code == "context_length_exceeded" or "maximum context length" in message.lower():
         return UpstreamFailure("context_length", 400, message=sanitize(message) or "Context length exceeded.")
     if status in (401, 403, 404):
@@ -113,6 +117,8 @@ def classify(status: int, body: bytes, retry_after: str | None) -> UpstreamFailu
             f"upstream_{status}", 502, message="The upstream model rejected the gateway's configuration."
         )
     return UpstreamFailure(
-        "upstream_4xx", status if status in (400, 409, 413, 422) else 400, retryable=False,
+        "upstream_4xx",
+        status if status in (400, 409, 413, 422) else 400,
+        retryable=False,
         message=sanitize(message) or f"The upstream model rejected the request (status {status}).",
     )

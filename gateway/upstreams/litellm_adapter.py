@@ -102,5 +102,9 @@ def _failure(exc: Exception) -> UpstreamFailure:
     if status >= 500 or "Connection" in name or status == 0:
         return UpstreamFailure("upstream_5xx", 502, message="The upstream model failed.")
     if status in (401, 403, 404):
-        return UpstreamFailure(f"upstream_{status}", 502, message="The upstream model rejected the gateway's configuration.")
-    return UpstreamFailure("upstream_4xx", 400, retryable=False, message=sanitize(str(getattr(exc, "message", "")) or name))
+        return UpstreamFailure(
+            f"upstream_{status}", 502, message="The upstream model rejected the gateway's configuration."
+        )
+    return UpstreamFailure(
+        "upstream_4xx", 400, retryable=False, message=sanitize(str(getattr(exc, "message", "")) or name)
+    )

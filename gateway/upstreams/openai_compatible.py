@@ -81,7 +81,9 @@ class OpenAICompatible(Upstream):
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamFailure("timeout", 504, message="The upstream model timed out.") from None
         except (aiohttp.ClientError, OSError):
-            raise UpstreamFailure("connect_error", 502, message="The upstream model is unreachable.") from None
+            raise UpstreamFailure(
+                "connect_error", 502, message="The upstream model is unreachable."
+            ) from None
         if resp.status >= 300:
             try:
                 raw = await asyncio.wait_for(resp.read(), timeout=self.deployment.timeouts.read_s)
