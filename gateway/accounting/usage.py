@@ -9,9 +9,16 @@ decoded in full, to collect the completion text for an estimate.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from gateway.accounting.limits import Check
+    from gateway.sse import Event
+    from gateway.store.counters import Counters, Limit
+    from gateway.tokens import Tokenizer
 
 _KEY = b'"usage"'
 
@@ -104,3 +111,21 @@ def usage_chunk(last: dict[str, Any], counted: dict[str, Any]) -> dict[str, Any]
         "usage": {k: counted[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
         "x-gateway-usage": "estimated",
     }
+
+
+@dataclass
+class Pending:
+    """One request's accounting between its reservation and its settlement."""
+
+    prompt_tokens: int = 0
+    tokenizer: Tokenizer | None = None
+    strip_usage: bool = False  # the gateway asked a stream for usage the client did not ask for
+    checks: tuple[Check, ...] = ()
+    limits: list[Limit] = field(default_factory=list)  # what was reserved, one per check
+    store: Counters | None = None
+    chunks: list[Event] = field(default_factory=list)  # a stream's chunks, kept while it reports no usage
+
+    def estimate(self, u: dict[str, Any]) -> tuple[int, int]:
+        """(prompt, completion) tokens counted by the gateway, for answers that carry no usage."""
+        text = u.get("completion_text") or "".join(t for ev in self.chunks for t in delta_texts(ev.json))
+        return self.prompt_tokens, self.tokenizer.count(text) if self.tokenizer else len(text) // 4

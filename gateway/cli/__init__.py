@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import sys
 
-from gateway.cli import audit, config_db, consent, keys, policy, rag, serve, usage  # noqa: F401  (serve: root commands)
+from gateway.cli import (  # noqa: F401  (serve: root commands; policy_run: policy test/explain)
+    audit,
+    config_db,
+    consent,
+    keys,
+    policy,
+    policy_run,
+    rag,
+    serve,
+    usage,
+)
 from gateway.cli.common import app
 
 # One module per command group, listed by `gateway --help` in this order.

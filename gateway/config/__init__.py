@@ -11,104 +11,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from gateway import yamlsrc
+from gateway.config.deployments import Alias, Deployment, Price, Strict, Timeouts
 from gateway.config.rag import RagSettings
 
+__all__ = ["Alias", "Config", "Deployment", "Price", "Strict", "Timeouts", "load_config"]
+
 DEFAULT_CONFIG = "config.yaml"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Timeouts(Strict):
-    connect_s: float = Field(
-        5.0, gt=0, le=600, description="Seconds to open a TCP/TLS connection to the upstream."
-    )
-    read_s: float = Field(
-        60.0,
-        gt=0,
-        le=3600,
-        description="Longest silence between two chunks of the upstream response, in seconds.",
-    )
-    total_s: float = Field(
-        600.0, gt=0, le=7200, description="Upper bound for a whole upstream exchange, streaming included."
-    )
-
-
-class Price(Strict):
-    input_per_1m: Decimal = Field(..., ge=0, description="Price per one million prompt tokens.")
-    output_per_1m: Decimal = Field(..., ge=0, description="Price per one million completion tokens.")
-    currency: Literal["EUR", "USD"] = Field("EUR", description="Currency of the two prices above.")
-
-
-class Deployment(Strict):
-    kind: Literal["openai_compatible", "azure_openai", "litellm"] = Field(
-        ...,
-        description=(
-            "Wire protocol. `openai_compatible`: vLLM, llama.cpp, Ollama, Mistral API, OpenAI. "
-            "`azure_openai`: Azure OpenAI deployment URLs with `api-key`. `litellm`: any provider "
-            "litellm speaks (imported lazily, only when such a deployment exists)."
-        ),
-    )
-    base_url: str = Field(
-        ...,
-        description=(
-            "Upstream base URL. For openai_compatible it includes the version prefix (`https://api.mistral.ai/v1`); "
-            "for azure_openai it is the resource endpoint (`https://NAME.openai.azure.com`)."
-        ),
-    )
-    model: str = Field(..., description="Model id sent upstream (for Azure, the deployment name).")
-    api_key: str = Field(
-        "", description="Credential, normally an `${ENV_VAR}` reference; never logged.", repr=False
-    )
-    api_version: str = Field(
-        "2024-10-21", description="Azure OpenAI `api-version` query parameter (azure_openai only)."
-    )
-    jurisdiction: str = Field(
-        ..., pattern=r"^[A-Z]{2,3}$", description="Legal jurisdiction of the upstream, e.g. `EU`, `US`, `CH`."
-    )
-    region: str = Field(
-        ..., min_length=1, description="Hosting region, e.g. `westeurope`, `fr-par`, `on-prem-fra`."
-    )
-    dpa: bool = Field(False, description="True when a data processing agreement covers this upstream.")
-    extra_fields: list[str] = Field(
-        [],
-        description=(
-            "Provider extensions (top-level request fields outside the OpenAI API, e.g. vLLM's `top_k`) this "
-            "deployment accepts. Requests may carry them; their strings are scanned like text, and they are "
-            "sent to this deployment only."
-        ),
-    )
-    timeouts: Timeouts = Field(Timeouts(), description="Connect, read and total timeouts.")
-    max_concurrency: int = Field(
-        256, ge=1, le=100_000, description="Concurrent requests this gateway worker sends to the deployment."
-    )
-    max_concurrency_per_key: int | None = Field(
-        None,
-        ge=1,
-        le=100_000,
-        description=(
-            "Concurrent requests one API key may have in flight on this deployment, per gateway worker; a key at "
-            "its cap is refused here (the next deployment is tried, else 429 `concurrency.exceeded`), so one key "
-            "cannot take every slot. Unset: half of `max_concurrency` (at least 1)."
-        ),
-    )
-    price: Price | None = Field(
-        None, description="Price override; otherwise litellm's offline price map is used."
-    )
-    litellm_model: str | None = Field(
-        None, description="litellm model string, e.g. `bedrock/...` (litellm kind only; defaults to `model`)."
-    )
-
-
-class Alias(Strict):
-    deployments: list[str] = Field(
-        ..., min_length=1, description="Deployments tried in this order; the first healthy one answers."
-    )
-    type: Literal["chat", "embeddings"] = Field("chat", description="Which endpoint the public model serves.")
 
 
 class Storage(Strict):

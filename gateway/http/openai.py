@@ -10,45 +10,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 
-from gateway import metrics
 from gateway.auth import KeyStore, Principal
 from gateway.chain import Pass
 from gateway.config import Config
-from gateway.errors import GatewayError, PolicyDenied, UpstreamError, bad_request
+from gateway.errors import GatewayError, bad_request
 from gateway.http.asgi import (
     DisconnectWatcher,
     Receive,
     Scope,
     Send,
     abort_of,
-    error_event,
     header,
     read_body,
     send_body,
     send_error,
     send_json,
 )
+from gateway.http.stream import relay_stream
 from gateway.openai_schema import PSEUDONYMISED
 from gateway.pipeline import Pipeline
 from gateway.policy import Context
 from gateway.router import Committed
-from gateway.sse import parse
 from gateway.validation import validator
 
 log = logging.getLogger("gateway")
-
-_SSE_HEADERS = [
-    (b"content-type", b"text/event-stream"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
-_DONE = b"data: [DONE]"
 
 
 class OpenAIRoutes:
@@ -151,7 +141,17 @@ class OpenAIRoutes:
         try:
             committed = await self.pipeline.send(ctx, chain, body)
             if ctx.stream:
-                await self._relay_stream(ctx, chain, committed, send, watcher, record, abort_of(scope))
+                await relay_stream(
+                    ctx,
+                    chain,
+                    committed,
+                    send,
+                    watcher,
+                    record,
+                    abort_of(scope),
+                    self._headers(ctx),
+                    self.config.server.stream_write_timeout_s,
+                )
             else:
                 await self._relay_json(ctx, chain, committed, send, record)
         except GatewayError as exc:
@@ -192,130 +192,6 @@ class OpenAIRoutes:
         raw = await self.pipeline.answer(ctx, chain, committed)
         await record()
         await send_body(send, 200, raw, self._headers(ctx))
-
-    async def _relay_stream(
-        self,
-        ctx: Context,
-        chain: Pass,
-        committed: Committed,
-        send: Send,
-        watcher: DisconnectWatcher,
-        record: Callable[[], Awaitable[None]],
-        abort: Callable[[], None] | None,
-    ) -> None:
-        """Relay the upstream's events; bounded by the deployment's total_s and by a write timeout per send.
-
-        A client that stops reading makes ``send`` wait (uvicorn's flow control); after
-        ``stream_write_timeout_s`` the client is disconnected (499), and the upstream connection and
-        the key's concurrency slot are released. Past total_s the client gets an error event (504).
-        """
-        assert committed.chunks is not None
-        assert ctx.target is not None
-        loop = asyncio.get_running_loop()
-        deadline = (
-            loop.time() + ctx.target.deployment.timeouts.total_s - (time.perf_counter() - committed.began)
-        )
-        write_timeout = self.config.server.stream_write_timeout_s
-        finished = writing = False
-        try:
-            async with asyncio.timeout_at(deadline) as limit:
-
-                async def out(data: bytes, more: bool = True) -> None:
-                    nonlocal writing
-                    writing = True
-                    limit.reschedule(min(deadline, loop.time() + write_timeout))
-                    await send({"type": "http.response.body", "body": data, "more_body": more})
-                    limit.reschedule(deadline)
-                    writing = False
-
-                ctx.status = 200
-                writing = True
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 200,
-                        "headers": [*_SSE_HEADERS, *self._headers(ctx)],
-                    }
-                )
-                writing = False
-                try:
-                    # Once the client has the terminating [DONE], the answer is delivered: a hang-up after it is not
-                    # an abort (the status stays 200), so the watcher stops before the upstream's own end is awaited.
-                    # The records are queued just before [DONE] goes out.
-                    if chain.reads_response():
-                        async for event in chain.stream(parse(committed.chunks)):
-                            if event.is_done:
-                                await record()
-                            self._first_byte(ctx)
-                            await out(event.encode())
-                            if event.is_done:
-                                watcher.stop()
-                    else:
-                        async for chunk in committed.chunks:
-                            done = _DONE in chunk
-                            if done:
-                                await record()
-                            self._first_byte(ctx)
-                            await out(chunk)
-                            if done:
-                                watcher.stop()
-                    finished = True
-                except PolicyDenied as exc:
-                    ctx.status = exc.status
-                    await record()
-                    await out(error_event(exc))
-                except TimeoutError:
-                    raise  # ours (total_s, write timeout) or the upstream's read timeout: handled below
-                except Exception as exc:  # any upstream failure is the client's 502  # noqa: BLE001
-                    ctx.status = 502
-                    log.warning(
-                        "upstream stream failed",
-                        extra={"request_id": ctx.request_id, "exc_type": type(exc).__name__},
-                    )
-                    await record()
-                    await out(
-                        error_event(
-                            UpstreamError(
-                                502, "upstream_stream_error", "The upstream stream ended with an error."
-                            )
-                        )
-                    )
-                watcher.stop()
-                await record()
-                await out(b"", more=False)
-        except TimeoutError:
-            if writing:
-                # The client stopped reading: nothing more can reach it. Cut it off.
-                log.warning("client stopped reading a stream", extra={"request_id": ctx.request_id})
-                ctx.status = 499
-                if abort is not None:
-                    abort()
-                    await asyncio.sleep(0)  # the server sees the connection lost before this request returns
-            else:
-                # The upstream ran past total_s (or its reads stalled): tell the client, then end the stream.
-                ctx.status = 504
-                log.warning("upstream stream exceeded total_s", extra={"request_id": ctx.request_id})
-                await record()
-                err = UpstreamError(504, "upstream_timeout", "The upstream model timed out.")
-                try:
-                    async with asyncio.timeout(write_timeout):
-                        await send(
-                            {"type": "http.response.body", "body": error_event(err), "more_body": False}
-                        )
-                except TimeoutError:
-                    if abort is not None:
-                        abort()
-        finally:
-            watcher.stop()
-            if finished:
-                await committed.response.release()
-            else:
-                committed.response.close()
-
-    def _first_byte(self, ctx: Context) -> None:
-        if ctx.first_byte_at is None:
-            ctx.first_byte_at = time.perf_counter()
-            metrics.TTFT.labels(ctx.model).observe(ctx.first_byte_at - ctx.started)
 
     async def models(self, scope: Scope, _receive: Receive, send: Send) -> None:
         principal = await self.keys.authenticate(header(scope, b"authorization"))

@@ -25,6 +25,7 @@ from functools import cache
 from typing import Any
 
 from gateway.pii.entities import NER_ENTITIES, model_installed
+from gateway.pii.ner_cues import AFTER_RE, BEFORE_RE, NOT_NAMES, STRONG_RE, THINGS, WORD, WORD_BEFORE
 
 __all__ = ["NER_ENTITIES", "SpacyNerRecognizer", "labelled_entities", "load_model", "model_installed"]
 
@@ -43,144 +44,21 @@ SCORE = 0.85  # what Presidio's spaCy recognizer gives every NER hit
 DATE_SCORE = 0.55
 
 
-# Person cues. Honorifics count written with a capital, or lower-case with a dot ("ms. Quinzia").
-_HON = r"Mr|Mrs|Ms|Mx|Miss|Dr|Prof|Sir|Madam|Dame|Lady|Lord|Herr|Frau|Mme|Mlle|Sig|Sig\.ra|Sra|Sr|Srta|Dhr|Mevr|Pan|Pani"
-_HONORIFIC = rf"(?:(?:{_HON})\.?|M\.|(?i:(?:{_HON})\.))"
-# Before a name, strong enough to make a PERSON of capitalised words spaCy left alone.
-_BEFORE_STRONG = (
-    r"my name is|(?:his|her|their|maiden|first|last|full|sur|given|family) ?name(?: is|\s*[:?])|name\s*:|"
-    r"call me|calls me|called me|called|named|dear|hi|hello|signed|sincerely,?|regards,?|"
-    r"my (?:kid|son|daughter|child|wife|husband|partner|friend|colleague|boss|mother|father|mom|mum|dad|"
-    r"brother|sister)"
-)
-# Before a name, enough to relabel a name-shaped ORG/GPE/... span as PERSON.
-_BEFORE_WEAK = (
-    r"contact|patient|employee|said|told|asked|ask|tell|thank you|thanks|spoke to|speak to|talk to|"
-    r"talked to|spoke with|married|follow up with"
-)
-_AFTER = (
-    r"said|says|told|asked|replied|shouted|lives|lived|was born|is born|"
-    r"['\u2019]s (?:wife|husband|son|daughter|mother|father|brother|sister|kids?|children|family|birthday|parents)"
-)
-_BEFORE_RE = re.compile(rf"(?:(?<![\w.]){_HONORIFIC}|(?i:\b(?:{_BEFORE_STRONG}|{_BEFORE_WEAK})))[ \t]*$")
-_STRONG_RE = re.compile(rf"(?:(?<![\w.]){_HONORIFIC}|(?i:\b(?:{_BEFORE_STRONG})))[ \t]+")
-_AFTER_RE = re.compile(rf"[ \t]*(?:{_AFTER})\b", re.I)
-# Not a person cue: "a company called X"; "Cheriton Dr X" (Drive, not Doctor).
-_THINGS = frozenset(
-    {
-        "company",
-        "business",
-        "startup",
-        "firm",
-        "band",
-        "group",
-        "city",
-        "town",
-        "village",
-        "place",
-        "street",
-        "shop",
-        "store",
-        "restaurant",
-        "hotel",
-        "app",
-        "product",
-        "project",
-        "tool",
-        "brand",
-        "ship",
-        "book",
-        "film",
-        "movie",
-        "song",
-        "album",
-        "show",
-        "river",
-        "lake",
-        "country",
-    }
-)
-_WORD_BEFORE = re.compile(r"(\w+)[ \t]+$")
-_WORD = re.compile(r"[^\W\d_][\w'\u2019-]*\.?")
-_NOT_NAMES = frozenset(
-    {
-        "I",
-        "A",
-        "An",
-        "The",
-        "This",
-        "That",
-        "These",
-        "Those",
-        "We",
-        "You",
-        "He",
-        "She",
-        "It",
-        "They",
-        "My",
-        "Our",
-        "Your",
-        "His",
-        "Her",
-        "Their",
-        "There",
-        "Here",
-        "Thanks",
-        "Thank",
-        "Hi",
-        "Hello",
-        "Dear",
-        "Please",
-        "And",
-        "Or",
-        "But",
-        "Is",
-        "Are",
-        "Was",
-        "What",
-        "Who",
-        "Why",
-        "How",
-        "When",
-        "Where",
-        "Sir",
-        "Madam",
-        "Customer",
-        "Team",
-        "All",
-        "Everyone",
-        "Colleagues",
-        "Friends",
-        "World",
-        "Mr",
-        "Mrs",
-        "Ms",
-        "Mx",
-        "Miss",
-        "Dr",
-        "Prof",
-        "Herr",
-        "Frau",
-        "Mme",
-        "Mlle",
-    }
-)
 _RELABELLED = frozenset({"ORG", "GPE", "LOC", "NORP", "FAC", "PRODUCT", "WORK_OF_ART"})
 _MAX_NAME_TOKENS = 4
 
 
 def _false_cue(text: str, cue: re.Match[str]) -> bool:
     word = cue.group().strip().casefold()
-    before = _WORD_BEFORE.search(text, max(0, cue.start() - 30), cue.start())
+    before = WORD_BEFORE.search(text, max(0, cue.start() - 30), cue.start())
     if word in ("called", "named"):
-        return before is not None and before.group(1).casefold() in _THINGS
+        return before is not None and before.group(1).casefold() in THINGS
     return word == "dr" and before is not None and before.group(1)[0].isupper()
 
 
 def _name_token(tok: Any) -> bool:
     text = tok.text
-    return text[0].isupper() and text not in _NOT_NAMES and _WORD.fullmatch(text) is not None
+    return text[0].isupper() and text not in NOT_NAMES and WORD.fullmatch(text) is not None
 
 
 def _name_shaped(span: Any) -> bool:
@@ -193,12 +71,12 @@ def labelled_entities(doc: Any) -> list[tuple[str, int, int]]:
     ents = [[e.label_, e.start_char, e.end_char, _name_shaped(e)] for e in doc.ents]
     for e in ents:
         if e[0] in _RELABELLED and e[3]:
-            before = _BEFORE_RE.search(text, max(0, e[1] - 30), e[1])
-            if (before and not _false_cue(text, before)) or _AFTER_RE.match(text, e[2]):
+            before = BEFORE_RE.search(text, max(0, e[1] - 30), e[1])
+            if (before and not _false_cue(text, before)) or AFTER_RE.match(text, e[2]):
                 e[0] = "PERSON"
     starts = [t.idx for t in doc]
     added: list[tuple[int, int]] = []
-    for m in _STRONG_RE.finditer(text):
+    for m in STRONG_RE.finditer(text):
         if _false_cue(text, m):
             continue
         i = bisect.bisect_left(starts, m.end())
@@ -214,7 +92,7 @@ def labelled_entities(doc: Any) -> list[tuple[str, int, int]]:
                 j += 1
             if j > i:
                 added.append((doc[i].idx, doc[j - 1].idx + len(doc[j - 1])))
-    for m in _AFTER_RE.finditer(text):
+    for m in AFTER_RE.finditer(text):
         i = bisect.bisect_left(starts, m.start())  # the token right after the name
         if i == 0 or starts[i - 1] + len(doc[i - 1]) != m.start():
             continue

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any, ClassVar, TypeVar
 
@@ -17,28 +16,16 @@ from typing_extensions import override
 
 from gateway import metrics, tokens
 from gateway.accounting import limits, settings, usage
-from gateway.accounting.lease import Leases
-from gateway.accounting.pricing import FREE, Price, price_table
-from gateway.accounting.settle import Settler
+from gateway.accounting.pricing import FREE
+from gateway.accounting.shared import Shared
+from gateway.accounting.usage import Pending
 from gateway.errors import PolicyDenied
 from gateway.policies import register
 from gateway.policy import Context, Policy, Run
 from gateway.sse import Event
-from gateway.store.counters import Counters, Limit, MemoryCounters, RedisCounters
-from gateway.store.resp import RespClient
+from gateway.store.counters import Counters
 
 T = TypeVar("T")
-
-
-@dataclass
-class _Pending:
-    prompt_tokens: int = 0
-    tokenizer: tokens.Tokenizer | None = None
-    strip_usage: bool = False
-    checks: tuple[limits.Check, ...] = ()
-    limits: list[Limit] = field(default_factory=list)  # what was reserved, one per check
-    store: Counters | None = None
-    chunks: list[Event] = field(default_factory=list)
 
 
 @register
@@ -59,6 +46,7 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cfg = self.config
+        self.shared = Shared(self.services, self.cfg.key_prefix)
         # (key id, tenant, app) -> (minute, its checks): windows change on whole minutes at most.
         self._checks_cache: dict[tuple[str, str, str], tuple[int, tuple[limits.Check, ...]]] = {}
         self._mapped = False
@@ -73,35 +61,11 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
         configure_mappers()  # ledger rows are built with model_construct, which needs mapped classes
         self._mapped = True
 
-    def _shared(self, name: str, make: Callable[[], T]) -> T:
-        # Counters and prices outlive one chain instance: every app's chain and every reload share them.
-        return self.services.shared(f"token_accounting.{name}", make) if self.services is not None else make()
-
-    def _stores(self) -> tuple[Counters | None, MemoryCounters]:
-        memory = self._shared("memory", MemoryCounters)
-        redis = self.services.redis if self.services is not None else None
-        if redis is None:
-            return None, memory
-        return self._shared(
-            f"redis.{self.cfg.key_prefix}",
-            lambda: RedisCounters(redis, self.cfg.key_prefix, self._fast_client()),
-        ), memory
-
-    def _fast_client(self) -> RespClient | None:
-        url = self.services.config.storage.redis_url if self.services is not None else None
-        try:
-            return self._shared(f"resp.{url}", lambda: RespClient(url)) if url else None
-        except ValueError:  # TLS and other URLs the lean client does not speak: redis-py only
-            return None
-
-    def _prices(self) -> dict[str, Price]:
-        return self._shared("prices", lambda: price_table(self.services.config) if self.services else {})
-
     @override
     def start(self, ctx: Context) -> Run:
         return _Request(self)
 
-    async def reserve(self, ctx: Context, pending: _Pending, request: dict[str, Any]) -> dict[str, Any]:
+    async def reserve(self, ctx: Context, pending: Pending, request: dict[str, Any]) -> dict[str, Any]:
         """Count the prompt, price it against every candidate hop and reserve it against the limits."""
         family = tokens.family_of(ctx.candidates[0].deployment) if ctx.candidates else "estimate"
         tok = tokens.loaded(family)
@@ -120,7 +84,7 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
                 pending.strip_usage = True
         else:
             pending.prompt_tokens, out = tokens.count_embeddings(tok, request), 0
-        prices = self._prices()
+        prices = self.shared.prices()
         cost = max(
             (prices.get(t.name, FREE).cost(pending.prompt_tokens, out) for t in ctx.candidates), default=0
         )
@@ -148,12 +112,12 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
         self._checks_cache[(p.key_id, p.tenant, p.app)] = (int(now.timestamp() // 60), out)
         return out
 
-    async def _reserve(self, ctx: Context, pending: _Pending) -> None:
-        redis, memory = self._stores()
+    async def _reserve(self, ctx: Context, pending: Pending) -> None:
+        redis, memory = self.shared.stores()
         store: Counters = redis or memory
-        settler = self._settler(store)
+        settler = self.shared.settler(store)
         lease = self.cfg.lease
-        leases = self._leases(settler) if store is redis and lease.fraction > 0 else None
+        leases = self.shared.leases(settler) if store is redis and lease.fraction > 0 else None
         topup = None
         if leases is not None:
             if leases.take(pending.limits) or await leases.wait(pending.limits):
@@ -202,10 +166,10 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
         pending.store = store
         if leases is not None:
             leases.granted(pending.limits, leased, lease.seconds, topup)
-        limits.publish_gauges(pending.checks, values, self._shared("gauges", dict))
+        limits.publish_gauges(pending.checks, values, self.shared.gauge_times())
 
     @staticmethod
-    async def stream(ctx: Context, pending: _Pending, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    async def stream(ctx: Context, pending: Pending, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
         """The streamed answer's usage into ``ctx.usage``; the gateway's own count when the upstream sends none."""
         async for ev in events:
             if b'"usage"' in ev.data and isinstance(ev.json, dict) and isinstance(ev.json.get("usage"), dict):
@@ -219,7 +183,7 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
             elif ctx.usage is None and not pending.strip_usage and ctx.target is not None:
                 # [DONE], the client asked for usage (stream_options.include_usage) and the upstream sent none
                 # (llama.cpp, for one): the client gets the gateway's own count, marked as an estimate.
-                prompt, completion = TokenAccounting._estimate(pending, {})
+                prompt, completion = pending.estimate({})
                 ctx.usage = {
                     "prompt_tokens": prompt,
                     "completion_tokens": completion,
@@ -230,10 +194,10 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
                 yield Event.of(usage.usage_chunk(last, ctx.usage))
             yield ev
 
-    async def settle(self, ctx: Context, pending: _Pending) -> None:
+    async def settle(self, ctx: Context, pending: Pending) -> None:
         """Charge the answer's actual cost: settle the reservation, count the metrics, write the ledger row."""
         target = ctx.target
-        price = self._prices().get(target.name, FREE) if target is not None else FREE
+        price = self.shared.prices().get(target.name, FREE) if target is not None else FREE
         prompt = completion = cached = 0
         estimated = False
         if target is not None:
@@ -242,7 +206,7 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
                 prompt, completion, cached = usage.tokens_of(u)
             else:
                 estimated = True
-                prompt, completion = self._estimate(pending, u)
+                prompt, completion = pending.estimate(u)
         cost = price.cost(prompt, completion, cached)
         if target is not None:  # the "why was this charged" answer in the audit record and `policy explain`
             ctx.record(
@@ -259,7 +223,7 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
             self._settle(pending, limits.nano_eur(cost), prompt + completion)
         p = ctx.principal
         if target is not None:
-            series = self._series(p.tenant, p.app, ctx.model, target.name, target.jurisdiction)
+            series = self.shared.series(p.tenant, p.app, ctx.model, target.name, target.jurisdiction)
             series[0].inc(prompt)
             series[1].inc(completion)
             if cached:
@@ -296,43 +260,16 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
                 )
             )
 
-    @staticmethod
-    def _estimate(pending: _Pending, u: dict[str, Any]) -> tuple[int, int]:
-        """(prompt, completion) tokens counted by the gateway, for answers that carry no usage."""
-        text = u.get("completion_text") or "".join(
-            t for ev in pending.chunks for t in usage.delta_texts(ev.json)
-        )
-        return pending.prompt_tokens, pending.tokenizer.count(text) if pending.tokenizer else len(text) // 4
-
-    def _series(
-        self, tenant: str, app: str, model: str, deployment: str, jurisdiction: str
-    ) -> tuple[Any, ...]:
-        # prometheus_client's labels() stringifies and locks on every call; the label sets are bounded.
-        cache: dict[tuple[str, ...], tuple[Any, ...]] = self._shared("series", dict)
-        key = (tenant, app, model, deployment, jurisdiction)
-        series = cache.get(key)
-        if series is None:
-            labels = (metrics.tenant_label(tenant), metrics.app_label(app), model, deployment, jurisdiction)
-            series = cache[key] = (
-                *(metrics.TOKENS.labels(*labels, t) for t in ("prompt", "completion", "cached")),
-                metrics.COST_EUR.labels(*labels),
-            )
-        return series
-
-    def _settler(self, store: Counters) -> Settler:
-        return self._shared(f"settler.{id(store)}", lambda: Settler(store))
-
-    def _leases(self, settler: Settler) -> Leases:
-        return self._shared(f"leases.{id(settler)}", lambda: Leases(settler))
-
-    def _settle(self, pending: _Pending, nano: int, actual_tokens: int) -> None:
+    def _settle(self, pending: Pending, nano: int, actual_tokens: int) -> None:
         assert pending.store is not None
         deltas = [
             (lim.key, (nano if c.unit == "eur" else actual_tokens) - lim.amount)
             for c, lim in zip(pending.checks, pending.limits, strict=True)
             if c.unit != "requests"
         ]
-        self._settler(pending.store).add(deltas)  # sent with the next reservation (accounting/settle.py)
+        self.shared.settler(pending.store).add(
+            deltas
+        )  # sent with the next reservation (accounting/settle.py)
 
 
 class _Request(Run):
@@ -342,7 +279,7 @@ class _Request(Run):
 
     def __init__(self, policy: TokenAccounting) -> None:
         self.policy = policy
-        self.pending = _Pending()
+        self.pending = Pending()
 
     async def on_request(self, ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
         return await self.policy.reserve(ctx, self.pending, request)
