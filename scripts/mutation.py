@@ -100,13 +100,36 @@ TESTS: dict[str, list[str]] = {
         "test_two_gateways",
         "test_counters",
     ],
-    "gateway/bundle.py": [
+    "gateway/bundle/files.py": [
         "test_bundle_errors",
         "test_layering",
         "test_property_layering",
         "test_policy_cli",
         "test_chain",
         "test_config",
+    ],
+    "gateway/bundle/parse.py": [
+        "test_bundle_errors",
+        "test_layering",
+        "test_property_layering",
+        "test_policy_cli",
+        "test_chain",
+        "test_config",
+    ],
+    "gateway/bundle/model.py": [
+        "test_bundle_errors",
+        "test_layering",
+        "test_property_layering",
+        "test_policy_cli",
+        "test_chain",
+        "test_config",
+    ],
+    "gateway/chain.py": [
+        "test_chain",
+        "test_routing_policies",
+        "test_pii_policy",
+        "test_rag_context",
+        "test_policy_residency",
     ],
 }
 

@@ -236,8 +236,8 @@ def _counter(metric: Any) -> float:
 async def test_watch_swaps_a_changed_bundle_keeps_the_last_good_one_and_stops_when_told(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from gateway import bundle as bundle_module
     from gateway import metrics
+    from gateway.bundle import reload as bundle_module  # where the watcher looks load_bundle up
 
     caplog.set_level(logging.INFO, "gateway.policy")
     (tmp_path / "bundle.yaml").write_text("version: 1\ndefaults:\n  residency: {allow: [EU]}\n")

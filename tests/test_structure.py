@@ -73,7 +73,6 @@ KNOWN_CYCLES: set[frozenset[str]] = set()
 KNOWN_LARGE = {
     "gateway.store.writer",
     "gateway.rag.embedded",
-    "gateway.bundle",
     "gateway.devupstream",
     "gateway.openai_schema",
     "gateway.policytest",
