@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from overhead import BIN, free_port, rss_mb, stop, wait_port
 
-from gateway.devupstream import DevUpstream
+from gateway.dev import DevUpstream
 
 MiB = 1024 * 1024
 SECRET = "abuse-bench-" + "s" * 36  # 48 characters

@@ -179,7 +179,7 @@ async def ingestion(files: int) -> dict[str, float]:
     """`gateway rag ingest`'s path: chunking (tiktoken), embeddings over HTTP to the loopback
     dev upstream (384-dim vectors) through Gateway.embed, writes to the embedded index."""
     from gateway.app import Gateway
-    from gateway.devupstream import DevUpstream
+    from gateway.dev import DevUpstream
     from gateway.rag.ingest import ingest
 
     upstream = DevUpstream(embedding_dim=DIM, record=False).start()

@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from gateway.config import Config
-from gateway.devupstream import DevUpstream
+from gateway.dev import DevUpstream
 from gateway.store.ledger import UsageRecord
 from tests.conftest import RunningGateway, make_config
 

@@ -21,7 +21,7 @@ from gateway import auth
 from gateway.app import Gateway
 from gateway.bundle import BundleHolder, load_bundle
 from gateway.config import Config
-from gateway.devupstream import DevUpstream
+from gateway.dev import DevUpstream
 from gateway.httpserver import uvicorn_config
 from gateway.logs import JsonFormatter
 from gateway.store.db import make_engine, upgrade

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from gateway.devupstream import DevUpstream
+from gateway.dev import DevUpstream
 from gateway.store.db import make_engine
 from gateway.store.ledger import UsageRecord
 from tests.accounting_support import CHAT, policy_file, priced_config

@@ -10,7 +10,7 @@ from typing import cast
 import httpx
 import orjson
 
-from gateway.devupstream import DevUpstream
+from gateway.dev import DevUpstream
 from tests.accounting_support import CHAT, chat, ledger, policy_file, priced_config
 from tests.conftest import REDIS_URL, RunningGateway, free_port
 

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from gateway.devupstream import DevUpstream
+from gateway.dev import DevUpstream
 from tests.accounting_support import CHAT, ledger, priced_config
 from tests.conftest import RunningGateway, free_port
 

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from gateway.devupstream import DevUpstream
+from gateway.dev import DevUpstream
 from tests.conftest import RunningGateway, make_config, with_secondary
 
 

@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from gateway import audit
-from gateway.devupstream import DevUpstream
+from gateway.dev import DevUpstream
 from gateway.store import consent
 from tests.conftest import RunningGateway
 from tests.test_policy_residency import two_region_config, write_bundle

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import openai
 
-from gateway.devupstream import DevUpstream, embed
+from gateway.dev import DevUpstream, embed
 from tests.conftest import RunningGateway, make_config
 
 EMAIL, IBAN = "jane.doe@example.com", "DE89370400440532013000"

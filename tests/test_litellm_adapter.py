@@ -8,7 +8,7 @@ import sys
 import openai
 import pytest
 
-from gateway.devupstream import DevUpstream
+from gateway.dev import DevUpstream
 from tests.conftest import make_config
 
 pytestmark = pytest.mark.slow  # `import litellm` takes ~9 s here
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow  # `import litellm` takes ~9 s here
 def test_litellm_is_not_imported_unless_a_litellm_deployment_exists() -> None:
     code = (
         "import sys; from gateway.app import Gateway; from tests.conftest import make_config; "
-        "from gateway.devupstream import DevUpstream; Gateway(make_config(DevUpstream())); "
+        "from gateway.dev import DevUpstream; Gateway(make_config(DevUpstream())); "
         "print('litellm' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -11,7 +11,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageFunctionToolCall
 
-from gateway.devupstream import DevUpstream
+from gateway.dev import DevUpstream
 from gateway.pii.analyzer import Analyzer
 from tests.conftest import RunningGateway, make_config
 from tests.pii_values import CARD, EMAIL, IBAN, PERSON

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.devupstream import DevUpstream
+from gateway.dev import DevUpstream
 from tests.conftest import RunningGateway, make_config
 
 

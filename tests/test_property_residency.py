@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.bundle import parse_bundle
-from gateway.devupstream import DevUpstream
+from gateway.dev import DevUpstream
 from gateway.store import consent
 from gateway.yamlsrc import ConfigError, loads
 from tests.conftest import RunningGateway

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import gateway.policies.rag_context  # noqa: F401  (registers the policy)
 from gateway.cli import app as cli
 from gateway.config import Config, load_config
-from gateway.devupstream import DevUpstream
+from gateway.dev import DevUpstream
 from tests.conftest import RunningGateway
 from tests.rag_support import fake_weaviate_fixture  # noqa: F401
 from tests.weaviate_fake import FakeWeaviate

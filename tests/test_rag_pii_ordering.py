@@ -10,7 +10,7 @@ import httpx
 import yaml
 
 from gateway.config import load_config
-from gateway.devupstream import DevUpstream
+from gateway.dev import DevUpstream
 from gateway.store import consent
 from tests.conftest import RunningGateway
 from tests.test_rag_gateway import ingest

@@ -32,7 +32,7 @@ import pytest
 import yaml
 from sqlalchemy import Engine
 
-from gateway.devupstream import DevUpstream
+from gateway.dev import DevUpstream
 from gateway.store.writer import Writer
 from tests.conftest import RunningGateway, make_config
 from tests.pii_values import CARD, EMAIL, EU_SENTENCES, IBAN

@@ -22,7 +22,7 @@ import typing_extensions as te
 from openai.types import embedding_create_params
 from openai.types.chat import completion_create_params
 
-from gateway.devupstream import DevUpstream
+from gateway.dev import DevUpstream
 from tests.conftest import RunningGateway, make_config
 
 PROBE = "probe.person@example.org"

@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-from gateway.devupstream import DevUpstream
+from gateway.dev import DevUpstream
 from gateway.router import Breaker
 from tests.conftest import with_secondary
 

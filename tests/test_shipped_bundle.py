@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from gateway.config import Config, Storage, load_config
-from gateway.devupstream import DevUpstream
+from gateway.dev import DevUpstream
 from tests.conftest import RunningGateway
 
 REPO = Path(__file__).resolve().parent.parent

@@ -29,7 +29,7 @@ from gateway import auth
 from gateway.app import Gateway
 from gateway.audit import verify
 from gateway.bundle import BundleHolder, load_bundle
-from gateway.devupstream import DevUpstream
+from gateway.dev import DevUpstream
 from gateway.store.db import AuditRecord, make_engine, upgrade
 from gateway.store.ledger import UsageRecord
 from tests.accounting_support import CHAT, policy_file, priced_config

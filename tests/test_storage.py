@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import Engine, inspect, text
 
 from gateway import auth
-from gateway.devupstream import DevUpstream
+from gateway.dev import DevUpstream
 from gateway.store.db import make_engine, upgrade
 from tests.conftest import REDIS_URL, make_config
 

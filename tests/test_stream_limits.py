@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from gateway import audit
-from gateway.devupstream import DevUpstream
+from gateway.dev import DevUpstream
 from tests.conftest import RunningGateway, make_config
 
 _WORD = "x" * 99

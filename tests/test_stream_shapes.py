@@ -16,7 +16,7 @@ from typing import Any
 import openai
 import pytest
 
-from gateway.devupstream import DevUpstream
+from gateway.dev import DevUpstream
 from tests.conftest import RunningGateway, make_config
 from tests.pii_values import EMAIL, IBAN
 

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from gateway import audit, metrics
-from gateway.devupstream import DevUpstream
+from gateway.dev import DevUpstream
 from tests.accounting_support import ledger
 from tests.conftest import RunningGateway, make_config
 

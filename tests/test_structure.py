@@ -60,7 +60,7 @@ LAYERS: dict[str, int] = {
     "gateway.rag.cli": 9,
     "gateway.docgen": 9,
     "gateway.policyshow": 9,
-    "gateway.devupstream": 9,
+    "gateway.dev": 9,
 }
 
 # Imports that still point up (importer, imported): each is work for the redesign.
@@ -73,7 +73,6 @@ KNOWN_CYCLES: set[frozenset[str]] = set()
 KNOWN_LARGE = {
     "gateway.store.writer",
     "gateway.rag.embedded",
-    "gateway.devupstream",
     "gateway.openai_schema",
     "gateway.policytest",
     "gateway.httpserver",

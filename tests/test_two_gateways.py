@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from gateway.accounting.lease import Leases
-from gateway.devupstream import DevUpstream
+from gateway.dev import DevUpstream
 from tests.accounting_support import chat, ledger, policy_file, priced_config
 from tests.conftest import REDIS_URL, RunningGateway
 

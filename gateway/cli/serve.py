@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from gateway.config import Config, Deployment
-    from gateway.devupstream import DevUpstream
+    from gateway.dev import DevUpstream
     from gateway.yamlsrc import Source
 
 
@@ -134,7 +134,7 @@ def _start_dev(config: Path | None, cfg: Config, upstream_port: int, gateway_url
     import yaml
 
     from gateway import yamlsrc
-    from gateway.devupstream import DevUpstream
+    from gateway.dev import DevUpstream
     from gateway.store.db import make_engine
 
     path = _config_path(config)
@@ -261,6 +261,6 @@ def dev_upstream(
     chunk_delay_ms: Annotated[int, typer.Option(help="Pause between streamed chunks.")] = 50,
 ) -> None:
     """Run the DEVELOPMENT upstream: canned OpenAI-format answers, no model, no API key."""
-    from gateway.devupstream import main
+    from gateway.dev import main
 
     main(host, port, chunk_delay_ms / 1000)
