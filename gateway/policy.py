@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, cast
 from pydantic import BaseModel, ConfigDict
 
 from gateway.auth import Principal
+from gateway.config import Config as OperatorConfig
 from gateway.config import Deployment
 from gateway.errors import PolicyDenied
 from gateway.sse import Event
@@ -183,6 +184,19 @@ class Policy(Run, Generic[C]):
     def loosened(cls, before: Any, after: Any) -> list[tuple[tuple[str | int, ...], str]]:
         """What the validated config ``after`` weakens compared with the inherited ``before`` (None when
         the layer adds the section): ``(path inside the section, message)`` pairs; empty when nothing."""
+        return []
+
+    @classmethod
+    def strictly_allows(cls, config: Any) -> frozenset[str] | None:
+        """The jurisdictions this config restricts every hop to under strict rules (residency's `allow`
+        with `strict: true`); None when it restricts nothing. `policy check` compares other sections with it."""
+        return None
+
+    @classmethod
+    def check(cls, operator: OperatorConfig, config: Any, allowed: frozenset[str] | None) -> list[str]:
+        """`gateway policy check`'s findings for this section: ``"key: message"`` lines (``"warning: ..."``
+        for advice), against the operator config and ``allowed`` (what the app's other sections restrict
+        every hop to, see ``strictly_allows``). Empty when nothing is wrong."""
         return []
 
     def __init__(self, config: C | None = None, services: Services | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Dry runs of the policy chain for ``gateway policy check | test | explain``.
+"""Dry runs of the policy chain for ``gateway policy test | explain`` (cases: ``gateway.policycases``).
 
 A simulated request runs through the real bundle, chain and router, but the upstreams are
 in-process stand-ins that answer with canned text or fail as the case says; nothing is sent
@@ -11,14 +11,13 @@ import hashlib
 import hmac
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.auth import Principal
-from gateway.bundle import Bundle, BundleHolder, mode_of, order_warnings
+from gateway.bundle import Bundle, BundleHolder
 from gateway.config import Config
 from gateway.errors import GatewayError
 from gateway.pipeline import Pipeline
@@ -26,7 +25,6 @@ from gateway.router import Router
 from gateway.services import Embed, Services
 from gateway.store.consent import ConsentRef
 from gateway.upstreams.base import Endpoint, Upstream, UpstreamFailure, UpstreamResponse
-from gateway.yamlsrc import ConfigError, Source, dotted, load, problems_of
 
 FailReason = Literal["connect_error", "timeout", "upstream_5xx", "rate_limited", "context_length"]
 _FAILURES: dict[str, tuple[int, str]] = {
@@ -52,41 +50,6 @@ class SimRequest(Strict):
     data_class: str | None = Field(None, description="The X-Data-Class header.")
     endpoint: Literal["chat", "embeddings"] = Field("chat", description="Which endpoint is called.")
     max_tokens: int | None = Field(None, ge=1, description="The request's `max_tokens`.")
-
-
-class HopExpect(Strict):
-    redacted: list[str] | None = Field(
-        None, description="Types redacted on this hop (by rule or DPA floor), exactly."
-    )
-    floor: list[str] | None = Field(
-        None, description="Of those, the types only the DPA floor redacted, exactly."
-    )
-    clear: list[str] | None = Field(
-        None, description="Types detected and sent to this hop in the clear, exactly."
-    )
-    never_sees: list[str] = Field([], description="Text that must not appear in what this hop was sent.")
-
-
-class Expect(Strict):
-    deployment: str | None = Field(None, description="The deployment that answers.")
-    denied: str | None = Field(None, description="The denial code, when the request is refused.")
-    redacted: list[str] | None = Field(None, description="Entity types redacted before sending.")
-    decisions: list[dict[str, str]] = Field([], description="{policy, action} pairs that must be recorded.")
-    hops: dict[str, HopExpect] = Field({}, description="Per deployment tried: what it was sent.")
-
-
-class Case(Strict):
-    name: str
-    request: SimRequest
-    consents: list[str] = Field([], description="Purposes the subject has consented to.")
-    fail: dict[str, FailReason] | list[str] = Field(
-        {}, description="Deployments that fail: a list (5xx) or a map deployment -> reason."
-    )
-    expect: Expect
-
-
-class CaseFile(Strict):
-    cases: list[Case]
 
 
 @dataclass
@@ -245,166 +208,3 @@ async def simulate(
     outcome.decisions = [(d.policy, d.action, d.facts) for d in ctx.decisions]
     outcome.attempts = list(ctx.attempts)
     return outcome
-
-
-# --- policy test -------------------------------------------------------------------------------
-
-
-@dataclass
-class CaseResult:
-    where: str
-    name: str
-    failures: list[str]
-    scope: tuple[str, str] = ("", "")
-    outcome: Outcome | None = None
-
-
-def load_cases(path: Path) -> tuple[Source, CaseFile]:
-    src = load(path, expand_env=False)
-    try:
-        return src, CaseFile.model_validate(src.data)
-    except ValidationError as exc:
-        raise ConfigError(problems_of(exc, src)) from None
-
-
-def check_case(case: Case, outcome: Outcome) -> list[str]:
-    exp = case.expect
-    problems = []
-    if exp.denied is not None and outcome.denied != exp.denied:
-        problems.append(f"expected denial {exp.denied!r}, got {outcome.denied or 'no denial'!r}")
-    if exp.denied is None and outcome.denied is not None:
-        problems.append(f"unexpected denial {outcome.denied!r} (status {outcome.status})")
-    if exp.deployment is not None and outcome.deployment != exp.deployment:
-        problems.append(f"expected deployment {exp.deployment!r}, got {outcome.deployment!r}")
-    if exp.redacted is not None and sorted(exp.redacted) != outcome.redacted:
-        problems.append(f"expected redacted {sorted(exp.redacted)}, got {outcome.redacted}")
-    recorded = {(p, a) for p, a, _ in outcome.decisions}
-    for d in exp.decisions:
-        if (d.get("policy"), d.get("action")) not in recorded:
-            problems.append(f"expected decision {d}, recorded {sorted(recorded)}")
-    for hop, want in exp.hops.items():
-        if hop not in outcome.sent:
-            problems.append(f"expected a request to {hop!r}, but it was never sent anything")
-            continue
-        got = {
-            "redacted": outcome.hop_types(hop, "redact", "mask", "hash", "floor_redact"),
-            "floor": outcome.hop_types(hop, "floor_redact"),
-            "clear": outcome.hop_types(hop, "allow"),
-        }
-        for what, types in got.items():
-            expected = getattr(want, what)
-            if expected is not None and sorted(expected) != types:
-                problems.append(f"{hop}: expected {what} {sorted(expected)}, got {types}")
-        sent = orjson.dumps(outcome.sent[hop]).decode()
-        problems += [f"{hop}: was sent {text!r}" for text in want.never_sees if text in sent]
-    return problems
-
-
-async def run_cases(config: Config, bundle: Bundle, path: Path) -> list[CaseResult]:
-    src, cases = load_cases(path)
-    results = []
-    for i, case in enumerate(cases.cases):
-        fail = case.fail if isinstance(case.fail, dict) else {name: "upstream_5xx" for name in case.fail}
-        outcome = await simulate(config, bundle, case.request, case.consents, dict(fail))
-        results.append(
-            CaseResult(
-                src.where(("cases", i)),
-                case.name,
-                check_case(case, outcome),
-                scope_of(bundle, case.request.tenant, case.request.app),
-                outcome,
-            )
-        )
-    return results
-
-
-# --- policy test --coverage ------------------------------------------------------------------
-
-
-def scope_of(bundle: Bundle, tenant: str, app: str) -> tuple[str, str]:
-    """The bundle layer a request falls under: (tenant, app), (tenant, "") or the defaults ("", "")."""
-    spec = bundle.tenants.get(tenant)
-    if spec is None:
-        return "", ""
-    return (tenant, app) if app in spec.get("apps", {}) else (tenant, "")
-
-
-@dataclass
-class CoverageRow:
-    scope: str
-    policy: str
-    actions: list[str]
-
-
-def coverage(bundle: Bundle, results: list[CaseResult]) -> list[CoverageRow]:
-    """Per layer of the bundle and per policy in its chain: the decisions the cases exercised."""
-    rows = []
-    for tenant, app in bundle.scopes():
-        seen: dict[str, set[str]] = {}
-        for r in results:
-            if r.scope == (tenant, app) and r.outcome is not None:
-                for policy, action, _ in r.outcome.decisions:
-                    seen.setdefault(policy, set()).add(action)
-        names = dict.fromkeys(p.name for p in bundle.chain_for(tenant, app).policies)
-        rows += [
-            CoverageRow(f"{tenant or '*'}/{app or '*'}", name, sorted(seen.get(name, ()))) for name in names
-        ]
-    return rows
-
-
-# --- policy check (lint) ---------------------------------------------------------------------
-
-
-def lint(config: Config, bundle: Bundle) -> list[str]:
-    """Semantic problems: unknown deployments or models, contradictions between sections."""
-    problems: list[str] = []
-    scopes: list[tuple[str, str, tuple[str, ...]]] = [("", "", ("defaults",))]
-    for tenant, spec in bundle.tenants.items():
-        scopes.append((tenant, "", ("tenants", tenant)))
-        scopes += [(tenant, app, ("tenants", tenant, "apps", app)) for app in spec.get("apps", {})]
-    seen: set[str] = set()
-    problems += [w.replace(": order: ", ": warning: order: ", 1) for w in order_warnings(bundle)]
-    for tenant, app, loc in scopes:
-        sections = bundle.sections_for(tenant, app)
-        where = f"{bundle.where(loc)}: {dotted(loc)}"
-        for problem in _lint_sections(config, sections):
-            line = f"{where}: {problem}"
-            if problem not in seen:
-                seen.add(problem)
-                problems.append(line)
-    return problems
-
-
-def _lint_sections(config: Config, sections: dict[str, dict[str, Any]]) -> list[str]:
-    out = []
-    active = {name: cfg for name, cfg in sections.items() if mode_of(cfg) != "off"}
-    residency = active.get("residency")
-    allowed = set((residency or {}).get("allow", ["EU"]))
-    fallback = active.get("consent_fallback")
-    if fallback:
-        target = fallback.get("target")
-        deployment = config.deployments.get(str(target))
-        if deployment is None:
-            out.append(f"consent_fallback.target: unknown deployment {target!r}")
-        for model in fallback.get("models", []):
-            if model not in config.models:
-                out.append(f"consent_fallback.models: unknown model {model!r}")
-        strict = (residency or {}).get("strict", True)
-        if (
-            deployment is not None
-            and residency
-            and strict
-            and deployment.jurisdiction not in allowed
-            and fallback.get("require_consent", True) is False
-        ):
-            out.append(
-                f"contradiction: consent_fallback.target {target!r} is in {deployment.jurisdiction}, outside "
-                f"residency.allow {sorted(allowed)}, with require_consent: false under strict residency"
-            )
-    if residency:
-        for name, alias in config.models.items():
-            if not any(config.deployments[d].jurisdiction in allowed for d in alias.deployments):
-                out.append(
-                    f"warning: residency.allow {sorted(allowed)} leaves model {name!r} with no deployment"
-                )
-    return out

@@ -51,6 +51,7 @@ LAYERS: dict[str, int] = {
     "gateway.router": 7,
     "gateway.pipeline": 7,
     "gateway.policytest": 7,
+    "gateway.policycases": 7,
     "gateway.http": 8,
     "gateway.app": 8,
     "gateway.admin": 8,
@@ -74,7 +75,6 @@ KNOWN_LARGE = {
     "gateway.store.writer",
     "gateway.rag.embedded",
     "gateway.openai_schema",
-    "gateway.policytest",
     "gateway.httpserver",
     "gateway.rag.weaviate_store",
 }

@@ -53,7 +53,7 @@ def policy_check(
 ) -> None:
     """Lint the bundle: schema errors, unknown deployments or models, contradictions, and every loosening of a
     default. Exit 1 on errors (and, with --strict, on loosenings without a reason)."""
-    from gateway.policytest import lint
+    from gateway.policycases import lint
 
     cfg = _config(config)
     bundle = _bundle(cfg, paths)

@@ -45,7 +45,7 @@ def policy_test(
     """Run the `*_test.yaml` cases next to the policies, like `opa test`. Exit 1 when a case fails."""
     import asyncio
 
-    from gateway.policytest import CaseResult, coverage, run_cases
+    from gateway.policycases import CaseResult, coverage, run_cases
 
     cfg = _config(config)
     roots = paths or [Path(cfg.server.policies_dir)]

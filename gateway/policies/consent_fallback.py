@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import override
 
 from gateway.errors import PolicyDenied
 from gateway.policies import register
 from gateway.policy import Context, Policy, Target
 
 if TYPE_CHECKING:
+    from gateway.config import Config as OperatorConfig
     from gateway.store.consent import ConsentRef
 
 _FALLBACK_REFUSED = "Every allowed deployment failed. A DPA fallback exists for this model, but "
@@ -81,6 +83,30 @@ class ConsentFallback(Policy["ConsentFallback.Config"]):
             out.append((("require_consent",), "the fallback no longer needs consent"))
         if before.models and (not after.models or set(after.models) - set(before.models)):
             out.append((("models",), "the fallback applies to more models"))
+        return out
+
+    @classmethod
+    @override
+    def check(
+        cls, operator: OperatorConfig, config: ConsentFallback.Config, allowed: frozenset[str] | None
+    ) -> list[str]:
+        out = []
+        deployment = operator.deployments.get(config.target)
+        if deployment is None:
+            out.append(f"consent_fallback.target: unknown deployment {config.target!r}")
+        out += [
+            f"consent_fallback.models: unknown model {m!r}" for m in config.models if m not in operator.models
+        ]
+        if (
+            deployment is not None
+            and allowed is not None
+            and deployment.jurisdiction not in allowed
+            and not config.require_consent
+        ):
+            out.append(
+                f"contradiction: consent_fallback.target {config.target!r} is in {deployment.jurisdiction}, "
+                f"outside residency.allow {sorted(allowed)}, with require_consent: false under strict residency"
+            )
         return out
 
     async def on_request(self, ctx: Context, request: dict[str, Any]) -> dict[str, Any]:

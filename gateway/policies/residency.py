@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import override
 
 from gateway.errors import PolicyDenied
 from gateway.jurisdictions import Jurisdiction
 from gateway.policies import register
 from gateway.policy import Context, Policy, Target
+
+if TYPE_CHECKING:
+    from gateway.config import Config as OperatorConfig
 
 
 @register
@@ -50,6 +54,22 @@ class Residency(Policy["Residency.Config"]):
                 "require consent."
             ),
         )
+
+    @classmethod
+    @override
+    def strictly_allows(cls, config: Residency.Config) -> frozenset[str] | None:
+        return frozenset(config.allow) if config.strict else None
+
+    @classmethod
+    @override
+    def check(
+        cls, operator: OperatorConfig, config: Residency.Config, allowed: frozenset[str] | None
+    ) -> list[str]:
+        return [
+            f"warning: residency.allow {sorted(config.allow)} leaves model {name!r} with no deployment"
+            for name, alias in operator.models.items()
+            if not any(operator.deployments[d].jurisdiction in config.allow for d in alias.deployments)
+        ]
 
     @staticmethod
     def allowed_by(cfg: Residency.Config, data_class: str | None) -> frozenset[str] | None:
