@@ -11,16 +11,15 @@ unknown keys rejected at every depth). Every string field is one of:
     PSEUDONYM   an end-user id: replaced by a keyed pseudonym before it leaves
     (unmarked)  an identifier or enum: a pattern or a Literal makes it provably not free text
 
-``PLAN`` is the same information as a tree the PII walker follows without looking at types.
+``gateway.openai_plan.PLAN`` is the same information as a tree the PII walker follows without looking at types.
 docs/pii.md has the table, field by field.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Annotated, Any, Literal, NotRequired, Required, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, NotRequired, Required
 
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
+from pydantic import ConfigDict, Field, TypeAdapter, with_config
 from typing_extensions import TypedDict
 
 TEXT, JSON_TEXT, FREE_JSON, URL, BINARY, PSEUDONYM = (
@@ -296,95 +295,3 @@ TOP_LEVEL = {
     "chat": frozenset(ChatRequest.__annotations__),
     "embeddings": frozenset(EmbeddingsRequest.__annotations__),
 }
-
-
-# --- the PII walker's plan ---------------------------------------------------------------------------
-
-Plan = str | dict[str, Any]  # a leaf kind, or {key: Plan} with "[]" for list items and "{}" for map values
-
-
-def _merge(a: Plan | None, b: Plan | None) -> Plan | None:
-    if a is None or b is None:
-        return a if b is None else b
-    if isinstance(a, str) and isinstance(b, str):
-        return a
-    # A string or a container (content: str | list[part]): the container's plan, the string's kind under "".
-    da = a if isinstance(a, dict) else {"": a}
-    db = b if isinstance(b, dict) else {"": b}
-    return {k: _merge(da.get(k), db.get(k)) for k in {*da, *db}}
-
-
-def _plan(tp: Any) -> Plan | None:
-    origin = get_origin(tp)
-    if origin is Annotated:
-        inner, *meta = get_args(tp)
-        kind = next((m for m in meta if isinstance(m, str)), None)
-        return kind if kind is not None else _plan(inner)
-    if origin in (Required, NotRequired):
-        return _plan(get_args(tp)[0])
-    if origin is Union or type(tp).__name__ == "UnionType":
-        plan: Plan | None = None
-        for arg in get_args(tp):
-            plan = _merge(plan, _plan(arg))
-        return plan
-    if origin is list:
-        item = _plan(get_args(tp)[0])
-        return {"[]": item} if item is not None else None
-    if origin is dict:
-        value = _plan(get_args(tp)[1])
-        return {"{}": value} if value is not None else None
-    if isinstance(tp, type) and hasattr(tp, "__total__"):
-        hints = {k: _plan(v) for k, v in _hints(tp).items()}
-        return {k: v for k, v in hints.items() if v is not None} or None
-    return None
-
-
-def _hints(tp: type) -> dict[str, Any]:
-    from typing import get_type_hints
-
-    return get_type_hints(tp, include_extras=True)
-
-
-PLAN: dict[str, Plan] = {"chat": _plan(ChatRequest) or {}, "embeddings": _plan(EmbeddingsRequest) or {}}
-PSEUDONYMISED = {
-    endpoint: tuple(k for k, v in plan.items() if v == PSEUDONYM)
-    for endpoint, plan in PLAN.items()
-    if isinstance(plan, dict)
-}
-
-
-def depth(value: Any, limit: int = MAX_DEPTH) -> int:
-    """Nesting depth of a JSON value, counted without recursion; stops counting past ``limit``."""
-    deepest = 0
-    stack = [(value, 1)]
-    while stack:
-        node, level = stack.pop()
-        if isinstance(node, dict | list):
-            deepest = max(deepest, level)
-            if deepest > limit:
-                return deepest
-            stack.extend((child, level + 1) for child in (node.values() if isinstance(node, dict) else node))
-    return deepest
-
-
-def problem(exc: ValidationError, body: Any) -> tuple[str, str, str]:
-    """(param, code, message) for the first error, in OpenAI's style; never echoes the bad value."""
-    err = exc.errors(include_url=False, include_input=False)[0]
-    # pydantic's location also names union members and tags; keep only the steps that exist in the body.
-    loc: list[str | int] = []
-    node = body
-    for i, step in enumerate(err["loc"]):
-        in_dict = isinstance(node, dict) and step in node
-        in_list = isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node)
-        if in_dict or in_list:
-            node = node[step]
-        elif not (i == len(err["loc"]) - 1 and err["type"] == "missing"):
-            continue
-        loc.append(step)
-    param = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc))
-    if err["type"] == "extra_forbidden":
-        return param, "invalid_request.unknown_field", f"Unknown field '{param}'."
-    if err["type"] == "missing":
-        return param, "invalid_request.missing_field", f"'{param}' is required."
-    message = re.sub(r"\s+", " ", str(err["msg"]))[:200]
-    return param, "invalid_request.invalid_value", f"Invalid value for '{param or 'body'}': {message}."

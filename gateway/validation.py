@@ -7,13 +7,14 @@ extensions a deployment lists in ``extra_fields`` are accepted (and scanned like
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection
 from typing import Any
 
 from pydantic import ValidationError
 
 from gateway.errors import GatewayError, bad_request
-from gateway.openai_schema import CHAT, EMBEDDINGS, MAX_DEPTH, TOP_LEVEL, depth, problem
+from gateway.openai_schema import CHAT, EMBEDDINGS, MAX_DEPTH, TOP_LEVEL
 
 GATEWAY_FIELDS = frozenset({"gateway_rag"})  # our own request extensions, removed before forwarding
 Validator = Callable[[dict[str, Any]], None]
@@ -58,3 +59,40 @@ def validator(
             )
 
     return validate
+
+
+def depth(value: Any, limit: int = MAX_DEPTH) -> int:
+    """Nesting depth of a JSON value, counted without recursion; stops counting past ``limit``."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, level)
+            if deepest > limit:
+                return deepest
+            stack.extend((child, level + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def problem(exc: ValidationError, body: Any) -> tuple[str, str, str]:
+    """(param, code, message) for the first error, in OpenAI's style; never echoes the bad value."""
+    err = exc.errors(include_url=False, include_input=False)[0]
+    # pydantic's location also names union members and tags; keep only the steps that exist in the body.
+    loc: list[str | int] = []
+    node = body
+    for i, step in enumerate(err["loc"]):
+        in_dict = isinstance(node, dict) and step in node
+        in_list = isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node)
+        if in_dict or in_list:
+            node = node[step]
+        elif not (i == len(err["loc"]) - 1 and err["type"] == "missing"):
+            continue
+        loc.append(step)
+    param = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc))
+    if err["type"] == "extra_forbidden":
+        return param, "invalid_request.unknown_field", f"Unknown field '{param}'."
+    if err["type"] == "missing":
+        return param, "invalid_request.missing_field", f"'{param}' is required."
+    message = re.sub(r"\s+", " ", str(err["msg"]))[:200]
+    return param, "invalid_request.invalid_value", f"Invalid value for '{param or 'body'}': {message}."

@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "gateway.jurisdictions": 1,
     "gateway.identity": 1,
     "gateway.openai_schema": 1,
+    "gateway.openai_plan": 1,
     "gateway.validation": 1,
     "gateway.layering": 1,
     "gateway.config": 2,
@@ -74,8 +75,6 @@ KNOWN_CYCLES: set[frozenset[str]] = set()
 KNOWN_LARGE = {
     "gateway.store.writer",
     "gateway.rag.embedded",
-    "gateway.openai_schema",
-    "gateway.httpserver",
     "gateway.rag.weaviate_store",
 }
 

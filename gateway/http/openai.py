@@ -32,7 +32,7 @@ from gateway.http.asgi import (
     send_json,
 )
 from gateway.http.stream import relay_stream
-from gateway.openai_schema import PSEUDONYMISED
+from gateway.openai_plan import PSEUDONYMISED
 from gateway.pipeline import Pipeline
 from gateway.policy import Context
 from gateway.router import Committed

@@ -16,7 +16,8 @@ from typing import Any
 
 import orjson
 
-from gateway.openai_schema import FREE_JSON, JSON_TEXT, PLAN, TEXT, TOP_LEVEL, URL, Plan
+from gateway.openai_plan import PLAN, Plan
+from gateway.openai_schema import FREE_JSON, JSON_TEXT, TEXT, TOP_LEVEL, URL
 
 TextFn = Callable[[str], str]
 _URL_PARTS = re.compile(r"([?&=#]|/(?!/))")
