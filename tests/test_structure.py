@@ -74,8 +74,6 @@ KNOWN_CYCLES: set[frozenset[str]] = set()
 # Modules over MAX_LINES lines: each is to be split.
 KNOWN_LARGE = {
     "gateway.store.writer",
-    "gateway.rag.embedded",
-    "gateway.rag.weaviate_store",
 }
 
 

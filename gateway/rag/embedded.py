@@ -12,13 +12,10 @@ changes when it does, and the next search reloads from disk.
 from __future__ import annotations
 
 import asyncio
-import math
 import re
 import sqlite3
 import threading
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,15 @@ import orjson
 
 from gateway.rag import int8scan
 from gateway.rag.base import Chunk, Hit, Query, Scalar, StoreError, VectorStore
+from gateway.rag.partition import (
+    BM25,
+    Partition,
+    hybrid_pool,
+    normalise,
+    rank,
+    single_threaded_blas,
+    top_indices,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -43,131 +49,6 @@ _INLINE_BYTES = 4_000_000
 _INT8_FLOATS = 1_000_000
 
 
-def _tokens(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
-def _key(value: Scalar) -> tuple[str, Any]:
-    # True == 1 in Python; a filter on a boolean must not match the integer 1.
-    kind = "b" if isinstance(value, bool) else "n" if isinstance(value, int | float) else "s"
-    return kind, value
-
-
-@dataclass
-class _BM25:
-    postings: dict[str, tuple[np.ndarray, np.ndarray]]
-    lengths: np.ndarray
-    avg: float
-
-    @classmethod
-    def build(cls, texts: list[str]) -> _BM25:
-        docs: dict[str, list[int]] = {}
-        freqs: dict[str, list[int]] = {}
-        lengths = np.zeros(len(texts), dtype=np.float32)
-        for row, text in enumerate(texts):
-            counts = Counter(_tokens(text))
-            lengths[row] = sum(counts.values())
-            for term, tf in counts.items():
-                docs.setdefault(term, []).append(row)
-                freqs.setdefault(term, []).append(tf)
-        postings = {
-            t: (np.asarray(d, dtype=np.int64), np.asarray(freqs[t], dtype=np.float32))
-            for t, d in docs.items()
-        }
-        return cls(postings, lengths, float(lengths.mean()) if len(texts) else 1.0)
-
-    def scores(self, query: str, k1: float = 1.2, b: float = 0.75) -> np.ndarray:
-        out = np.zeros(len(self.lengths), dtype=np.float32)
-        n = len(self.lengths)
-        norm = k1 * (1 - b + b * self.lengths / max(self.avg, 1e-9))
-        for term in set(_tokens(query)):
-            posting = self.postings.get(term)
-            if posting is None:
-                continue
-            rows, tf = posting
-            idf = math.log(1 + (n - len(rows) + 0.5) / (len(rows) + 0.5))
-            out[rows] += idf * tf * (k1 + 1) / (tf + norm[rows])
-        return out
-
-
-@dataclass
-class _Partition:
-    """One tenant's rows of one collection."""
-
-    dim: int
-    matrix: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
-    ids: list[str] = field(default_factory=list)
-    metadata: list[dict[str, Scalar]] = field(default_factory=list)
-    rows: dict[str, int] = field(default_factory=dict)
-    columns: dict[str, np.ndarray] = field(default_factory=dict)
-    vocab: dict[str, dict[tuple[str, Any], int]] = field(default_factory=dict)
-    bm25: _BM25 | None = None
-    int8: int8scan.Int8Codes | None = None
-
-    @property
-    def n(self) -> int:
-        return len(self.ids)
-
-    def put(self, ids: list[str], vectors: np.ndarray, metadata: list[dict[str, Scalar]]) -> None:
-        new = [i for i, cid in enumerate(ids) if cid not in self.rows]
-        for i, cid in enumerate(ids):
-            if cid in self.rows:
-                row = self.rows[cid]
-                self.matrix[row] = vectors[i]
-                self.metadata[row] = metadata[i]
-        need = self.n + len(new)
-        if need > len(self.matrix):
-            grown = np.zeros((max(need, 2 * len(self.matrix), 64), self.dim), dtype=np.float32)
-            grown[: self.n] = self.matrix[: self.n]
-            self.matrix = grown
-        for i in new:
-            self.rows[ids[i]] = self.n
-            self.matrix[self.n] = vectors[i]
-            self.ids.append(ids[i])
-            self.metadata.append(metadata[i])
-        if self.int8 is not None:  # kept row for row with the matrix, re-encoding only these rows
-            self.int8.update(self.matrix, sorted({self.rows[cid] for cid in ids}))
-        self._invalidate()
-
-    def remove(self, ids: set[str]) -> None:
-        keep = [row for row, cid in enumerate(self.ids) if cid not in ids]
-        self.matrix = self.matrix[keep].copy()
-        if self.int8 is not None:
-            self.int8 = self.int8.take(keep)
-        self.ids = [self.ids[r] for r in keep]
-        self.metadata = [self.metadata[r] for r in keep]
-        self.rows = {cid: r for r, cid in enumerate(self.ids)}
-        self._invalidate()
-
-    def _invalidate(self) -> None:
-        self.columns.clear()
-        self.vocab.clear()
-        self.bm25 = None
-
-    def mask(self, filters: Any) -> np.ndarray | None:
-        """Rows matching every filter (None: no filter). Columns are built once per property."""
-        if not filters:
-            return None
-        mask = np.ones(self.n, dtype=bool)
-        for prop, wanted in filters.items():
-            if prop not in self.columns:
-                vocab: dict[tuple[str, Any], int] = {}
-                codes = np.fromiter(
-                    (vocab.setdefault(_key(m[prop]), len(vocab)) if prop in m else -1 for m in self.metadata),
-                    dtype=np.int32,
-                    count=self.n,
-                )
-                self.columns[prop], self.vocab[prop] = codes, vocab
-            values = wanted if isinstance(wanted, list | tuple) else [wanted]
-            codes_wanted = [self.vocab[prop][k] for k in map(_key, values) if k in self.vocab[prop]]
-            mask &= np.isin(self.columns[prop], codes_wanted)
-        return mask
-
-
-# In point look-ups by id, "+tenant" keeps SQLite on the primary key instead of the
-# (collection, tenant, source) index, which would scan every row of the tenant.
-
-
 class EmbeddedIndex(VectorStore):
     name = "embedded"
 
@@ -178,9 +59,9 @@ class EmbeddedIndex(VectorStore):
         self._db = sqlite3.connect(directory / "index.sqlite3", check_same_thread=False, isolation_level=None)
         self._db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;" + _SCHEMA)
         self._lock = threading.RLock()
-        self._loaded: dict[str, dict[str, _Partition]] = {}
+        self._loaded: dict[str, dict[str, Partition]] = {}
         self._version = self._data_version()
-        _single_threaded_blas()
+        single_threaded_blas()
 
     def _data_version(self) -> int:
         return int(self._db.execute("PRAGMA data_version").fetchone()[0])
@@ -192,7 +73,7 @@ class EmbeddedIndex(VectorStore):
 
     # --- loading ---------------------------------------------------------------------------
 
-    def _partitions(self, collection: str) -> dict[str, _Partition]:
+    def _partitions(self, collection: str) -> dict[str, Partition]:
         version = self._data_version()
         if version != self._version:  # another process wrote: reload lazily
             self._version = version
@@ -203,7 +84,7 @@ class EmbeddedIndex(VectorStore):
             self._loaded[collection] = parts
         return parts
 
-    def _load(self, collection: str) -> dict[str, _Partition]:
+    def _load(self, collection: str) -> dict[str, Partition]:
         grouped: dict[str, tuple[list[str], list[bytes], list[dict[str, Scalar]]]] = {}
         rows = self._db.execute(
             "SELECT tenant, id, source, metadata, vector FROM chunks WHERE collection = ? ORDER BY rowid",
@@ -217,7 +98,7 @@ class EmbeddedIndex(VectorStore):
         parts = {}
         for tenant, (ids, vecs, metas) in grouped.items():
             dim = len(vecs[0]) // 4
-            part = _Partition(
+            part = Partition(
                 dim=dim, matrix=np.frombuffer(b"".join(vecs), dtype=np.float32).reshape(-1, dim).copy()
             )
             part.ids, part.metadata = ids, metas
@@ -233,7 +114,7 @@ class EmbeddedIndex(VectorStore):
         return int(await self._run(self._upsert, collection, list(chunks)))
 
     def _upsert(self, collection: str, chunks: list[Chunk]) -> int:
-        vectors = _normalise(np.asarray([c.vector for c in chunks], dtype=np.float32))
+        vectors = normalise(np.asarray([c.vector for c in chunks], dtype=np.float32))
         with self._lock:
             parts = self._loaded.get(collection)
             for tenant in {c.tenant for c in chunks}:
@@ -268,7 +149,7 @@ class EmbeddedIndex(VectorStore):
                     idx = [i for i, c in enumerate(chunks) if c.tenant == tenant]
                     part = parts.setdefault(
                         tenant,
-                        _Partition(dim=vectors.shape[1], matrix=np.zeros((0, vectors.shape[1]), np.float32)),
+                        Partition(dim=vectors.shape[1], matrix=np.zeros((0, vectors.shape[1]), np.float32)),
                     )
                     part.put([chunks[i].id for i in idx], vectors[idx], [_filterable(chunks[i]) for i in idx])
         return len(rows)
@@ -332,7 +213,7 @@ class EmbeddedIndex(VectorStore):
         scanned = size if query.mode != "bm25" and _use_int8(size) and part.int8 is not None else 4 * size
         return list(await self._run(self._search, collection, part, query, inline=scanned < _INLINE_BYTES))
 
-    def _search(self, collection: str, part: _Partition, q: Query) -> list[Hit]:
+    def _search(self, collection: str, part: Partition, q: Query) -> list[Hit]:
         with self._lock:
             mask = part.mask(q.filters)
             candidates = np.arange(part.n) if mask is None else np.flatnonzero(mask)
@@ -341,12 +222,12 @@ class EmbeddedIndex(VectorStore):
             vec_scores = bm_scores = None
             if q.mode in ("bm25", "hybrid"):
                 if part.bm25 is None:
-                    part.bm25 = _BM25.build(self._texts(collection, q.tenant, part))
+                    part.bm25 = BM25.build(self._texts(collection, q.tenant, part))
                 bm_scores = part.bm25.scores(q.text)[candidates]
             if q.mode in ("vector", "hybrid"):
                 if q.vector is None:
                     raise StoreError(f"mode {q.mode} needs a query vector")
-                qv = _normalise(np.asarray(q.vector, dtype=np.float32)[None, :])[0]
+                qv = normalise(np.asarray(q.vector, dtype=np.float32)[None, :])[0]
                 if len(qv) != part.dim:
                     raise StoreError(f"query dimension {len(qv)} differs from the index's {part.dim}")
                 matrix = part.matrix[: part.n]
@@ -355,7 +236,7 @@ class EmbeddedIndex(VectorStore):
                 if dense and _use_int8(part.n * part.dim):
                     if part.int8 is None:
                         part.int8 = int8scan.Int8Codes.build(part.matrix)
-                    want = q.top_k if bm_scores is None else _pool(q.top_k)
+                    want = q.top_k if bm_scores is None else hybrid_pool(q.top_k)
                     found = int8scan.top_rows(matrix, part.int8, qv, want, mask)
                 if found is None:
                     sims = matrix @ qv if dense else matrix[candidates] @ qv
@@ -366,7 +247,9 @@ class EmbeddedIndex(VectorStore):
                     # Hybrid fuses the vector side's top pool (all inside ``found``) with the
                     # bm25 side's, whose rows also need their exact vector score (distance).
                     rows, exact = found
-                    extra = candidates[[i for i in _top(bm_scores, _pool(q.top_k)) if bm_scores[i] > 0]]
+                    extra = candidates[
+                        [i for i in top_indices(bm_scores, hybrid_pool(q.top_k)) if bm_scores[i] > 0]
+                    ]
                     rows = np.concatenate([rows, extra])
                     exact = np.concatenate([exact, matrix[extra] @ qv])
                     vec_scores = np.full(len(candidates), -np.inf, dtype=np.float32)
@@ -374,7 +257,7 @@ class EmbeddedIndex(VectorStore):
                 if q.max_distance is not None:
                     keep = 1.0 - vec_scores <= q.max_distance
                     vec_scores = np.where(keep, vec_scores, -np.inf)
-            ranked = _rank(q, vec_scores, bm_scores)
+            ranked = rank(q, vec_scores, bm_scores)
             picked = [(int(candidates[i]), s, d) for i, s, d in ranked]
             ids = [part.ids[r] for r, _, _ in picked]
             texts = self._fetch(collection, q.tenant, ids)
@@ -384,7 +267,7 @@ class EmbeddedIndex(VectorStore):
             if cid in texts
         ]
 
-    def _texts(self, collection: str, tenant: str, part: _Partition) -> list[str]:
+    def _texts(self, collection: str, tenant: str, part: Partition) -> list[str]:
         texts = [""] * part.n
         for cid, text in self._db.execute(
             "SELECT id, text FROM chunks WHERE collection = ? AND tenant = ?", (collection, tenant)
@@ -415,59 +298,3 @@ def _use_int8(floats: int) -> bool:
 
 def _filterable(c: Chunk) -> dict[str, Scalar]:
     return {**c.metadata, "source": c.source}
-
-
-def _rank(q: Query, vec: np.ndarray | None, bm: np.ndarray | None) -> list[tuple[int, float, float | None]]:
-    """(candidate index, score, distance) best first; hybrid fuses min-max-normalised scores."""
-    k = q.top_k
-    if bm is None:
-        assert vec is not None
-        top = _top(vec, k)
-        return [(i, float(vec[i]), float(1.0 - vec[i])) for i in top if np.isfinite(vec[i])]
-    if vec is None:
-        top = _top(bm, k)
-        return [(i, float(bm[i]), None) for i in top if bm[i] > 0]
-    pool = _pool(k)
-    fused: dict[int, float] = {}
-    for scores, weight in ((vec, q.alpha), (bm, 1.0 - q.alpha)):
-        top = [i for i in _top(scores, pool) if np.isfinite(scores[i]) and (scores is vec or scores[i] > 0)]
-        if not top:
-            continue
-        chosen = scores[top]
-        lo, hi = float(chosen.min()), float(chosen.max())
-        for i, s in zip(top, chosen, strict=True):
-            fused[i] = fused.get(i, 0.0) + weight * ((float(s) - lo) / (hi - lo) if hi > lo else 1.0)
-    best = sorted(fused.items(), key=lambda kv: -kv[1])[:k]
-    return [(i, s, float(1.0 - vec[i]) if np.isfinite(vec[i]) else None) for i, s in best]
-
-
-def _pool(k: int) -> int:
-    """How many of each side's best hybrid fuses."""
-    return max(4 * k, 50)
-
-
-def _top(scores: np.ndarray, k: int) -> list[int]:
-    idx = np.argpartition(-scores, k - 1)[:k] if len(scores) > k else np.arange(len(scores))
-    return [int(i) for i in idx[np.argsort(-scores[idx], kind="stable")]]
-
-
-def _normalise(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.asarray(vectors / np.where(norms == 0, 1.0, norms), dtype=np.float32)
-
-
-_blas_limited = False
-
-
-def _single_threaded_blas() -> None:
-    # One query is a memory-bound matrix-vector product: BLAS threads only add hand-off cost,
-    # and on a shared 2-core box they made a 10k search 30x slower (docs/rag.md).
-    global _blas_limited
-    if _blas_limited:
-        return
-    _blas_limited = True
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return
-    threadpool_limits(1, user_api="blas")

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlparse
 
 from gateway.config.rag import WeaviateStore as Settings
-from gateway.rag.base import Chunk, Filters, Hit, Query, StoreError, VectorStore
+from gateway.rag.base import Chunk, Hit, Query, StoreError, VectorStore
+from gateway.rag.weaviate_schema import properties, query_filter, schema, tenant_filter
 
 _RETURN = ["source", "text", "content_hash"]
 
@@ -87,7 +88,7 @@ class WeaviateStore(VectorStore):
                     return None
                 if self.server_vectorizer:
                     raise StoreError(f"collection {name} must be created with its vectorizer by the operator")
-                await client.collections.create(name, **_schema())
+                await client.collections.create(name, **schema())
             self._known.add(name)
         return client.collections.use(name)
 
@@ -109,7 +110,7 @@ class WeaviateStore(VectorStore):
         col = await self._call(self._collection(collection, create=True))
         objects = [
             DataObject(
-                properties=_properties(c),
+                properties=properties(c),
                 uuid=c.id,
                 vector=None if self.server_vectorizer or c.vector is None else [float(x) for x in c.vector],
             )
@@ -137,7 +138,7 @@ class WeaviateStore(VectorStore):
         col = await self._call(self._collection(collection))
         if col is None:
             return 0
-        where = _tenant(tenant) & Filter.by_property("source").equal(source)
+        where = tenant_filter(tenant) & Filter.by_property("source").equal(source)
         if keep:
             where = where & Filter.by_id().contains_none(list(keep))
         return await self._delete_where(col, where)
@@ -161,7 +162,7 @@ class WeaviateStore(VectorStore):
         col = await self._call(self._collection(collection))
         if col is None:
             return 0
-        result = await self._call(col.aggregate.over_all(total_count=True, filters=_tenant(tenant)))
+        result = await self._call(col.aggregate.over_all(total_count=True, filters=tenant_filter(tenant)))
         return int(result.total_count or 0)
 
     async def existing_ids(self, collection: str, tenant: str, ids: Sequence[str]) -> set[str]:
@@ -175,7 +176,7 @@ class WeaviateStore(VectorStore):
             part = list(ids[i : i + 500])
             res = await self._call(
                 col.query.fetch_objects(
-                    filters=_tenant(tenant) & Filter.by_id().contains_any(part),
+                    filters=tenant_filter(tenant) & Filter.by_id().contains_any(part),
                     limit=len(part),
                     return_properties=[],
                 )
@@ -189,7 +190,7 @@ class WeaviateStore(VectorStore):
         col = await self._call(self._collection(collection))
         if col is None:
             return []
-        where = _where(query.tenant, query.filters)
+        where = query_filter(query.tenant, query.filters)
         meta = MetadataQuery(distance=True, score=True)
         common: dict[str, Any] = {
             "limit": query.top_k,
@@ -244,63 +245,3 @@ class WeaviateStore(VectorStore):
         if self._client is not None:
             client, self._client = self._client, None
             await client.close()
-
-
-def _tenant(tenant: str) -> Any:
-    from weaviate.classes.query import Filter
-
-    return Filter.by_property("tenant").equal(tenant)
-
-
-def _where(tenant: str, filters: Filters) -> Any:
-    from weaviate.classes.query import Filter
-
-    where = _tenant(tenant)
-    for prop, value in filters.items():
-        name = "source" if prop == "source" else f"meta_{prop}"
-        value = cast(Any, value)
-        if isinstance(value, list | tuple):
-            where = where & Filter.by_property(name).contains_any(list(value))
-        else:
-            where = where & Filter.by_property(name).equal(value)
-    return where
-
-
-def _properties(c: Chunk) -> dict[str, Any]:
-    props: dict[str, Any] = {
-        "tenant": c.tenant,
-        "source": c.source,
-        "chunk_id": c.id,
-        "text": c.text,
-        "content_hash": c.content_hash,
-        "subject": c.subject or "",
-        "ingested_at": c.ingested_at,
-    }
-    props.update({f"meta_{k}": v for k, v in c.metadata.items()})
-    return props
-
-
-def _schema() -> dict[str, Any]:
-    from weaviate.classes.config import Configure, DataType, Property, Tokenization
-
-    def keyword(name: str) -> Any:
-        return Property(
-            name=name,
-            data_type=DataType.TEXT,
-            tokenization=Tokenization.FIELD,
-            index_searchable=False,
-            skip_vectorization=True,
-        )
-
-    return {
-        "properties": [
-            keyword("tenant"),
-            keyword("source"),
-            keyword("chunk_id"),
-            keyword("content_hash"),
-            keyword("subject"),
-            Property(name="text", data_type=DataType.TEXT, tokenization=Tokenization.WORD),
-            Property(name="ingested_at", data_type=DataType.NUMBER, skip_vectorization=True),
-        ],
-        "vector_config": Configure.Vectors.self_provided(),
-    }
