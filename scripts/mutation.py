@@ -73,6 +73,27 @@ TESTS: dict[str, list[str]] = {
         "test_regressions",
         "test_storage",
     ],
+    "gateway/store/wal.py": [
+        "test_writer",
+        "test_writer_wal",
+        "test_writer_paths",
+        "test_regressions",
+        "test_storage",
+    ],
+    "gateway/store/spool.py": [
+        "test_writer",
+        "test_writer_wal",
+        "test_writer_paths",
+        "test_regressions",
+        "test_storage",
+    ],
+    "gateway/store/rows.py": [
+        "test_writer",
+        "test_writer_wal",
+        "test_writer_paths",
+        "test_regressions",
+        "test_storage",
+    ],
     "gateway/policies/consent_fallback.py": [
         "test_routing_policies",
         "test_consent_cases",

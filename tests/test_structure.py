@@ -72,9 +72,7 @@ KNOWN_UPWARD: set[tuple[str, str]] = set()
 KNOWN_CYCLES: set[frozenset[str]] = set()
 
 # Modules over MAX_LINES lines: each is to be split.
-KNOWN_LARGE = {
-    "gateway.store.writer",
-}
+KNOWN_LARGE: set[str] = set()
 
 
 def modules() -> dict[str, Path]:

@@ -167,13 +167,13 @@ async def test_spool_left_by_a_crashed_writer_is_replayed_at_start(
 def test_rows_of_a_one_column_table_are_inserted_too() -> None:
     from sqlalchemy import Column, MetaData, String, Table, create_engine
 
-    from gateway.store.writer import _Insert
+    from gateway.store.rows import Insert
 
     metadata = MetaData()
     table = Table("just_keys", metadata, Column("k", String, primary_key=True))
     engine = create_engine("sqlite://")
     metadata.create_all(engine)
-    insert = _Insert(table, engine.dialect)
+    insert = Insert(table, engine.dialect)
     with engine.begin() as conn:
         conn.exec_driver_sql(insert.sql, insert.params([{"k": "a"}, {"k": "b"}, {"k": "a"}]))
         assert sorted(conn.exec_driver_sql("SELECT k FROM just_keys").scalars()) == ["a", "b"]

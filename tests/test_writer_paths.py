@@ -27,10 +27,14 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, select
 
 from gateway.config import Storage
+from gateway.store import rows, wal
+from gateway.store import spool as spool_module
 from gateway.store import writer as writer_module
 from gateway.store.db import AuditChainMark, make_engine, upgrade
 from gateway.store.ledger import UsageRecord
-from gateway.store.writer import Writer, _Insert, _Segment
+from gateway.store.rows import Insert
+from gateway.store.wal import Segment
+from gateway.store.writer import Writer
 from tests.test_regressions import _wait_for
 from tests.test_writer import _count, _row
 from tests.test_writer_wal import counted_since, killed_with, lines, messages, rows_counted, wal_files
@@ -340,7 +344,7 @@ def test_a_batch_that_spans_write_ahead_files_settles_each_of_them(
 
 def test_retiring_a_file_that_is_already_gone_is_not_an_error(tmp_path: Path) -> None:
     for keep in (False, True):
-        segment = _Segment(tmp_path / f"wal-x-{keep}.wal")
+        segment = Segment(tmp_path / f"wal-x-{keep}.wal")
         os.unlink(segment.path)
         segment.keep = keep
         segment.retire()
@@ -378,15 +382,15 @@ async def test_recovery_goes_past_a_file_it_cannot_open_or_lock_and_logs_one_it_
             raise OSError(30, "Read-only file system")
         os.rename(src, dst)
 
-    monkeypatch.setattr(writer_module, "os", OsWith(open=open_, rename=rename))
+    monkeypatch.setattr(wal, "os", OsWith(open=open_, rename=rename))  # where recovery runs
     writer = Writer(sqlite_engine, spool)
-    writer._recover_wal()
+    wal.recover(writer.spool_dir, writer.on_recover, writer._line)
     assert len(seen) == 3  # every file was tried
     assert ("ERROR", f"could not recover {seen[2]}") in messages(caplog)
     monkeypatch.undo()
     for fd in held:
         os.close(fd)
-    writer._recover_wal()
+    wal.recover(writer.spool_dir, writer.on_recover, writer._line)
     assert writer.replay() == 3
     assert _count(sqlite_engine, ids) == 3
 
@@ -427,11 +431,11 @@ def test_replay_sums_every_file_goes_past_one_claimed_elsewhere_and_inserts_batc
             raise FileNotFoundError(2, "No such file or directory")  # another process renamed it first
         os.rename(src, dst)
 
-    monkeypatch.setattr(writer_module, "os", OsWith(rename=rename))
+    monkeypatch.setattr(spool_module, "os", OsWith(rename=rename))  # where replay claims files
     assert claimed_elsewhere == []
     assert writer.replay() == 3
     assert claimed_elsewhere == ["a.jsonl"]
-    monkeypatch.setattr(writer_module, "os", os)
+    monkeypatch.setattr(spool_module, "os", os)
     assert writer.replay() == 2
     assert _count(sqlite_engine, ids) == 5
 
@@ -493,7 +497,7 @@ def test_an_insert_takes_its_values_in_column_order_on_both_databases(
         engine = make_engine(url)
         metadata.create_all(engine)
         try:
-            insert = _Insert(table, engine.dialect)
+            insert = Insert(table, engine.dialect)
             with engine.begin() as conn:
                 conn.exec_driver_sql(insert.sql, insert.params(rows))
                 stored = [tuple(r) for r in conn.execute(text(f"SELECT * FROM {name} ORDER BY c0"))]
@@ -511,7 +515,7 @@ def test_only_sqlite_and_postgres_are_accepted() -> None:
         with pytest.raises(ValidationError, match=why):
             Storage(database_url=url)
     with pytest.raises(ValueError, match="unsupported database dialect 'mysql'"):
-        writer_module._insert_ignoring_duplicates(UsageRecord.__table__, "mysql")  # type: ignore[attr-defined]
+        rows.insert_ignoring_duplicates(UsageRecord.__table__, "mysql")  # type: ignore[attr-defined]
 
 
 async def test_rows_a_full_queue_spilled_are_written_once_the_queue_has_drained(

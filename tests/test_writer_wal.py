@@ -27,7 +27,8 @@ from gateway import metrics
 from gateway.store import writer as writer_module
 from gateway.store.db import AuditChainMark
 from gateway.store.ledger import UsageRecord
-from gateway.store.writer import Writer, _decode, _tables
+from gateway.store.rows import decode, tables
+from gateway.store.writer import Writer
 from tests.test_regressions import _wait_for
 from tests.test_writer import _count, _row
 
@@ -214,7 +215,7 @@ async def test_a_file_is_rotated_after_its_time_and_retired_once_its_rows_are_wr
     await writer.flush()  # the file is young: no new one
     assert wal_files(spool) == [first]
     assert writer._segments[-1].remaining == 1
-    monkeypatch.setattr(writer_module, "_ROTATE_S", 0.0)
+    monkeypatch.setattr(writer_module, "ROTATE_S", 0.0)
     writer.put(_row())
     await writer.flush()  # old enough: rows from now on go to a new file...
     [segment] = writer._segments  # ...and the flush settled the first file's last two rows: it is deleted
@@ -363,8 +364,8 @@ def test_a_replay_the_database_drops_keeps_the_file_for_later(
 
 
 def test_spooled_values_come_back_as_their_column_types() -> None:
-    table = _tables()["usage_ledger"]
-    row = _decode(
+    table = tables()["usage_ledger"]
+    row = decode(
         table,
         {
             "request_id": "r1",
@@ -386,5 +387,5 @@ def test_spooled_values_come_back_as_their_column_types() -> None:
 
 
 def test_every_table_a_spooled_row_may_name_is_known() -> None:
-    assert {"usage_ledger", "audit_records", "audit_chain_marks"} <= set(_tables())
+    assert {"usage_ledger", "audit_records", "audit_chain_marks"} <= set(tables())
     assert UsageRecord.__tablename__ == "usage_ledger"

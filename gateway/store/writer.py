@@ -29,57 +29,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
-import operator
 import os
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Dialect, Engine, Table
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy import Engine, Table
 from sqlmodel import SQLModel
 
 from gateway import metrics
+from gateway.store import spool
+from gateway.store.rows import Insert, encode
+from gateway.store.wal import ROTATE_S, WAL_SUFFIX, Segment, recover, recover_claimed
 
 log = logging.getLogger("gateway.writer")
-
-_SUFFIX = ".jsonl"
-_WAL = ".wal"
-_ROTATE_S = 10.0  # a write-ahead file takes appends this long before the next flush starts another
-
-
-class _Segment:
-    """One write-ahead file: rows appended in queue order, ``remaining`` not yet in SQL or the spool."""
-
-    __slots__ = ("fd", "keep", "opened", "path", "remaining")
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        # Locked before it appears under its name: another process's start-up must never take a live file.
-        making = path.with_suffix(".new")
-        self.fd = os.open(making, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)  # "a live process owns this file"; released when the process dies
-        os.rename(making, path)
-        self.remaining = 0
-        self.opened = time.monotonic()
-        self.keep = False  # some of its rows could not be written or spooled: replay it at the next start
-
-    def retire(self) -> None:
-        if self.keep:
-            with contextlib.suppress(OSError):
-                os.rename(self.path, self.path.with_name(f"recovered-{uuid.uuid4().hex[:8]}{_SUFFIX}"))
-        else:
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
-        os.close(self.fd)
 
 
 class Writer:
@@ -108,9 +76,9 @@ class Writer:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._next_retry = 0.0
-        self._statements: dict[tuple[str, str], _Insert] = {}
+        self._statements: dict[tuple[str, str], Insert] = {}
         self._column_names: dict[Table, frozenset[str]] = {}
-        self._segments: deque[_Segment] = deque()  # oldest first; the last one takes appends
+        self._segments: deque[Segment] = deque()  # oldest first; the last one takes appends
         # Given the rows ({"table", "row"}) of a killed process's write-ahead file, rows to add to them
         # (the auditor marks where that process's audit chain ended).
         self.on_recover: Callable[[list[dict[str, Any]]], Sequence[SQLModel]] | None = None
@@ -145,8 +113,8 @@ class Writer:
 
     async def start(self) -> None:
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        self._recover_claimed()
-        self._recover_wal()
+        recover_claimed(self.spool_dir)
+        recover(self.spool_dir, self.on_recover, self._line)
         self._rotate()
         self._stopping = False
         self._wake = asyncio.Event()
@@ -184,7 +152,7 @@ class Writer:
         return len(self._rows)
 
     def spooled_files(self) -> list[Path]:
-        return sorted(self.spool_dir.glob(f"*{_SUFFIX}")) if self.spool_dir.is_dir() else []
+        return spool.files(self.spool_dir)
 
     async def flush(self) -> None:
         """Write one batch now; on failure spool it."""
@@ -192,7 +160,7 @@ class Writer:
         if not batch:
             return
         current = self._segments[-1] if self._segments else None
-        if current is not None and current.remaining and time.monotonic() - current.opened >= _ROTATE_S:
+        if current is not None and current.remaining and time.monotonic() - current.opened >= ROTATE_S:
             # Rows queued from now on go to a new file, so this one can be deleted once its rows are written.
             # Not at every flush: creating and deleting files costs the kernel's journal more than appends.
             self._rotate()
@@ -218,7 +186,7 @@ class Writer:
     def _line(self, row: SQLModel) -> bytes:
         table, names, values = self._values(row)
         return (
-            orjson.dumps({"table": table.name, "row": {n: values[n] for n in names}}, default=_encode) + b"\n"
+            orjson.dumps({"table": table.name, "row": {n: values[n] for n in names}}, default=encode) + b"\n"
         )
 
     def _values(self, row: SQLModel) -> tuple[Table, frozenset[str], Mapping[str, Any]]:
@@ -235,7 +203,7 @@ class Writer:
     def _rotate(self) -> None:
         try:
             self._wal_seq += 1
-            self._segments.append(_Segment(self.spool_dir / f"wal-{self._id}-{self._wal_seq}{_WAL}"))
+            self._segments.append(Segment(self.spool_dir / f"wal-{self._id}-{self._wal_seq}{WAL_SUFFIX}"))
         except OSError:
             log.exception("could not open a write-ahead file in %s", self.spool_dir)
 
@@ -251,36 +219,6 @@ class Writer:
             segment.keep = segment.keep or (take > 0 and not ok)
         while len(self._segments) > 1 and self._segments[0].remaining == 0:
             self._segments.popleft().retire()
-
-    def _recover_wal(self) -> None:
-        """Write-ahead files no live process holds (it was killed) go to the spool, to be replayed."""
-        for path in self.spool_dir.glob(f"wal-*{_WAL}"):
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                continue  # held by a live process
-            try:
-                recovered = path.with_name(f"recovered-{uuid.uuid4().hex[:8]}{_SUFFIX}")
-                os.rename(path, recovered)
-                log.warning("recovering %s, left by a process that did not stop cleanly", path.name)
-                if self.on_recover is not None:
-                    with open(recovered, "rb") as f:
-                        items = [
-                            item for item in map(_loads, f.read().splitlines()) if isinstance(item, dict)
-                        ]
-                    extra = self.on_recover(items)
-                    if extra:
-                        with open(recovered, "ab") as f:
-                            f.write(b"".join(self._line(row) for row in extra))
-            except OSError:
-                log.exception("could not recover %s", path.name)
-            finally:
-                os.close(fd)
 
     # --- background loop -------------------------------------------------------------------
 
@@ -326,211 +264,26 @@ class Writer:
                 key = (table.name, conn.dialect.name)
                 statement = self._statements.get(key)
                 if statement is None:
-                    statement = self._statements[key] = _Insert(table, conn.dialect)
+                    statement = self._statements[key] = Insert(table, conn.dialect)
                 conn.exec_driver_sql(statement.sql, statement.params(values))
 
     # --- spool -----------------------------------------------------------------------------
 
     def _spool(self, rows: list[SQLModel]) -> bool:
-        lines = b"".join(self._line(r) for r in rows)
-        path = self.spool_dir / f"{self._id}{_SUFFIX}"
-        try:
-            self.spool_dir.mkdir(parents=True, exist_ok=True)
-            while True:
-                with open(path, "ab") as f:
-                    fcntl.flock(f, fcntl.LOCK_EX)
-                    # A replayer may have claimed (renamed) the file while we waited for the lock.
-                    try:
-                        same = os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
-                    except FileNotFoundError:
-                        same = False
-                    if not same:
-                        continue
-                    f.write(lines)
-                    f.flush()
-                    os.fsync(f.fileno())
-                    break
-            metrics.WRITER_ROWS.labels("spooled").inc(len(rows))
-            return True
-        except Exception:
-            metrics.WRITER_ROWS.labels("lost").inc(len(rows))
-            log.exception(
-                "could not spool %d rows (their write-ahead file is kept for the next start)", len(rows)
-            )
-            return False
-
-    def _recover_claimed(self) -> None:
-        """Files claimed by a replayer that died are put back for the next replay."""
-        for path in self.spool_dir.glob("*.replaying"):
-            with contextlib.suppress(OSError), open(path, "rb") as f:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a live replayer holds the lock
-                os.rename(path, path.with_name(f"recovered-{uuid.uuid4().hex[:8]}{_SUFFIX}"))
+        return spool.append(self.spool_dir, self._id, b"".join(self._line(r) for r in rows), len(rows))
 
     def replay(self) -> int:
         """Insert every spooled row (synchronous; call in a thread). Returns rows replayed."""
-        tables = _tables()
-        total = 0
-        for path in self.spooled_files():
-            claimed = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.replaying")
-            try:
-                os.rename(path, claimed)
-            except FileNotFoundError:
-                continue  # another process claimed it
-            with open(claimed, "rb") as f:
-                fcntl.flock(f, fcntl.LOCK_EX)  # waits for an append in progress; held while replaying
-                lines = [line for line in f.read().splitlines() if line.strip()]
-                try:
-                    for i in range(0, len(lines), self.batch_size):
-                        by_table: dict[Table, list[Mapping[str, Any]]] = {}
-                        for line in lines[i : i + self.batch_size]:
-                            try:
-                                item = orjson.loads(line)
-                                table = tables[item["table"]]
-                                values = _decode(table, item["row"])
-                            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                                # A torn or foreign line must not block every row after it.
-                                log.error("skipping an unreadable spooled row in %s", path.name)
-                                metrics.WRITER_ROWS.labels("lost").inc()
-                                continue
-                            by_table.setdefault(table, []).append(values)
-                        try:
-                            self._insert(by_table)
-                        except _UNREACHABLE:
-                            raise
-                        except Exception:  # a refused batch is retried row by row  # noqa: BLE001
-                            self._insert_one_by_one(by_table, path.name)
-                except Exception as exc:  # the file is kept for the next replay  # noqa: BLE001
-                    os.rename(claimed, path.with_name(f"recovered-{uuid.uuid4().hex[:8]}{_SUFFIX}"))
-                    self._failed(exc)
-                    break
-                os.unlink(claimed)
-            total += len(lines)
-            metrics.WRITER_ROWS.labels("replayed").inc(len(lines))
-        else:
-            if not self.healthy:
-                self.healthy = True  # every spooled row went in: the database is back
-                log.warning("database is back")
+        total, error = spool.replay(self.spool_dir, self.batch_size, self._insert, self._insert_one_by_one)
+        if error is not None:
+            self._failed(error)
+        elif not self.healthy:
+            self.healthy = True  # every spooled row went in: the database is back
+            log.warning("database is back")
         if total:
             log.warning("replayed %d spooled rows", total)
         return total
 
     def _insert_one_by_one(self, by_table: Mapping[Table, list[Mapping[str, Any]]], source: str) -> None:
         """The database is up but refused a batch: keep the good rows, quarantine the bad ones."""
-        for table, rows in by_table.items():
-            for values in rows:
-                try:
-                    self._insert({table: [values]})
-                except _UNREACHABLE:
-                    raise
-                except Exception as exc:  # a refused row is quarantined  # noqa: BLE001
-                    log.error(
-                        "quarantining a %s row the database refused (%s)", table.name, type(exc).__name__
-                    )
-                    metrics.WRITER_ROWS.labels("rejected").inc()
-                    line = orjson.dumps({"table": table.name, "row": values}, default=_encode) + b"\n"
-                    with open(self.spool_dir / f"rejected-{source}.bad", "ab") as f:
-                        f.write(line)
-
-
-_UNREACHABLE = (OperationalError, InterfaceError, DisconnectionError)
-
-
-class _Insert:
-    """One table's INSERT compiled once, with the column types' own bind processors.
-
-    The writer thread shares the GIL with the event loop; ``Connection.execute`` spends ~10 µs
-    of Python per row building and processing parameters, which the loop then waits for. This
-    hands the driver ready parameters instead, converted by the same processors.
-    """
-
-    def __init__(self, table: Table, dialect: Dialect) -> None:
-        compiled = _insert_ignoring_duplicates(table, dialect.name).compile(
-            dialect=dialect, column_keys=[c.key for c in table.columns]
-        )
-        self.sql = compiled.string
-        self.positional = dialect.positional
-        self.names = list(compiled.positiontup or ()) if self.positional else [c.key for c in table.columns]
-        get = operator.itemgetter(*self.names)
-        # itemgetter of one name returns the value, of several a tuple: always make it a tuple.
-        self._get: Callable[[Mapping[str, Any]], tuple[Any, ...]] = (
-            get if len(self.names) > 1 else lambda d: (get(d),)
-        )
-        processors = [table.columns[n].type.dialect_impl(dialect).bind_processor(dialect) for n in self.names]
-        self._process = [(i, p) for i, p in enumerate(processors) if p is not None]
-
-    def params(self, rows: list[Mapping[str, Any]]) -> list[tuple[Any, ...]] | list[dict[str, Any]]:
-        out = []
-        for d in rows:
-            values = self._get(d)
-            if self._process:
-                processed = list(values)
-                for i, process in self._process:
-                    processed[i] = process(processed[i])
-                values = tuple(processed)
-            out.append(values)
-        if self.positional:
-            return out
-        return [dict(zip(self.names, values, strict=True)) for values in out]
-
-
-def _insert_ignoring_duplicates(table: Table, dialect: str) -> Any:
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table).on_conflict_do_nothing()
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert(table).on_conflict_do_nothing()
-    # config.Storage refuses other databases: replays need "skip duplicates", and only these two are tested.
-    raise ValueError(f"unsupported database dialect {dialect!r}")
-
-
-def _tables() -> dict[str, Table]:
-    """Every table a spooled or write-ahead row may name, whether or not this process has written one yet
-    (a process replaying a killed one's rows may not have imported the ledger's model)."""
-    import gateway.store.db
-    import gateway.store.ledger  # noqa: F401
-
-    return {t.name: t for t in SQLModel.metadata.sorted_tables}
-
-
-def _loads(line: bytes) -> Any:
-    try:
-        return orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None  # a torn last line
-
-
-def _encode(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return str(value)
-    raise TypeError(type(value).__name__)
-
-
-def _decode(table: Table, row: dict[str, Any]) -> dict[str, Any]:
-    """JSON values back to the column's Python type (datetimes and decimals travel as strings; no table has a
-    date column)."""
-    out: dict[str, Any] = {}
-    for column in table.columns:
-        value = row.get(column.name)
-        if value is not None:
-            kind = _python_type(column.type)
-            if kind is datetime and isinstance(value, str):
-                value = datetime.fromisoformat(value)
-            elif kind is Decimal and not isinstance(value, Decimal):
-                value = Decimal(str(value))
-        out[column.name] = value
-    return out
-
-
-def _python_type(sql_type: Any) -> Any:
-    # A TypeDecorator (sqlmodel's UTCDateTime) may report ``object``; its impl knows better.
-    for t in (sql_type, getattr(sql_type, "impl_instance", None)):
-        try:
-            kind = t.python_type if t is not None else None
-        except NotImplementedError:
-            kind = None
-        if kind not in (None, object):
-            return kind
-    return None
+        spool.insert_one_by_one(self._insert, self.spool_dir, by_table, source)
