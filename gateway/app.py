@@ -2,7 +2,7 @@
 
 The routes are thin adapters in ``gateway.http`` over the request lifecycle in
 ``gateway.pipeline``; admin routes, which are rare and benefit from typed bodies and an OpenAPI
-schema, live in a FastAPI sub-app (``gateway.admin``).
+schema, live in a FastAPI sub-app (``gateway.http.admin``).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class Gateway:
         self.writer.on_recover = self.auditor.recovered_marks
         metrics.configure_labels(config.accounting.metric_tenant_label, config.accounting.metric_app_label)
         self.bundle.bind(self.services)
-        from gateway.admin import admin_app
+        from gateway.http.admin import admin_app
 
         self.admin = admin_app(self)
         self.openai = OpenAIRoutes(config, self.keys, self.pipeline, self.pseudonym)

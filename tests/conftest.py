@@ -22,7 +22,7 @@ from gateway.app import Gateway
 from gateway.bundle import BundleHolder, load_bundle
 from gateway.config import Config
 from gateway.dev import DevUpstream
-from gateway.httpserver import uvicorn_config
+from gateway.http.server import uvicorn_config
 from gateway.logs import JsonFormatter
 from gateway.store.db import make_engine, upgrade
 

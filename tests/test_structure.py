@@ -55,8 +55,6 @@ LAYERS: dict[str, int] = {
     "gateway.policycases": 7,
     "gateway.http": 8,
     "gateway.app": 8,
-    "gateway.admin": 8,
-    "gateway.httpserver": 8,
     "gateway.cli": 9,
     "gateway.cli_main": 9,
     "gateway.rag.cli": 9,

@@ -76,7 +76,7 @@ def serve(
     from gateway import logs
 
     logs.setup(os.environ.get("GATEWAY_LOG_LEVEL", "INFO"))
-    from gateway.httpserver import server_options
+    from gateway.http.server import server_options
 
     # The gateway's HTTP protocol (head size, head and body timeouts, connection cap) with uvloop,
     # no access log (the app writes its own), uvicorn's keep-alive set from server.keep_alive_s.

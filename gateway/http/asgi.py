@@ -100,7 +100,7 @@ class DisconnectWatcher:
 
 
 def abort_of(scope: Scope) -> Callable[[], None] | None:
-    """The server's way to drop the connection at once (gateway/httpserver.py puts it in the scope)."""
+    """The server's way to drop the connection at once (gateway/http/server.py puts it in the scope)."""
     extensions = scope.get("extensions")
     return extensions.get("gateway.abort") if extensions else None
 

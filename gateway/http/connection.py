@@ -1,6 +1,6 @@
 """What the server says and does on a connection before the app sees a request: canned refusals
 (431, 408, 413, 503) and a lingering close, so a refused client reads its answer, not a reset.
-Used by ``gateway.httpserver``."""
+Used by ``gateway.http.server``."""
 
 from __future__ import annotations
 
