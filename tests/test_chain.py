@@ -206,3 +206,211 @@ def test_unknown_policy_and_bad_option_are_load_errors(tmp_path: Path, tagger) -
     with pytest.raises(ConfigError) as exc:
         load_bundle([path])
     assert any(":3: defaults.residencyy: unknown policy" in p for p in exc.value.problems)
+
+
+# --- the chain on its own: a shadow run changes nothing it can reach ------------------------------
+
+
+class Meddler(Policy["Meddler.Config"]):
+    """Test policy: changes every container of the context, and the body, in place, and records it."""
+
+    name: ClassVar[str] = "meddler"
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        deny_at: str | None = Field(None, description="raise from this hook, after meddling")
+        own_deny: bool = Field(False, description="record its own deny decision before raising")
+
+    def _meddle(self, ctx: Context, hook: str, body: dict[str, Any] | None = None) -> None:
+        ctx.candidates.append(ctx.candidates[0])
+        ctx.consents["meddled"] = hook
+        ctx.withheld.append(PolicyDenied(503, "meddler.withheld", "Withheld."))
+        ctx.attempts.append(("meddled", hook))
+        ctx.response_headers["x-meddled"] = hook
+        if ctx.usage is not None:
+            ctx.usage["prompt_tokens"] = 999
+        if body is not None:
+            body.setdefault("meddled", []).append(hook)
+        ctx.record(self.name, "meddled", hook=hook)
+        if self.config.deny_at == hook:
+            if self.config.own_deny:
+                ctx.record(self.name, "deny", why="own")
+            raise PolicyDenied(403, "meddler.no", "No.")
+
+    async def on_request(self, ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
+        self._meddle(ctx, "request", request)
+        return request
+
+    async def on_attempt(self, ctx: Context, target: Any, request: dict[str, Any]) -> dict[str, Any]:
+        self._meddle(ctx, "attempt", request)
+        return request
+
+    async def on_response(self, ctx: Context, response: dict[str, Any]) -> dict[str, Any]:
+        self._meddle(ctx, "response", response)
+        return response
+
+    async def on_stream(self, ctx: Context, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+        async for event in events:
+            self._meddle(ctx, "stream")
+            if isinstance(event.json, dict):
+                event.json = {**event.json, "meddled": True}
+            yield event
+
+    async def on_complete(self, ctx: Context) -> None:
+        self._meddle(ctx, "complete")
+
+
+def _ctx() -> Context:
+    from gateway.auth import Principal
+    from gateway.config import Deployment
+    from gateway.policy import Target
+
+    eu = Target(
+        "eu",
+        Deployment(
+            kind="openai_compatible",
+            base_url="http://127.0.0.1:9/v1",
+            model="m",
+            jurisdiction="EU",
+            region="x",
+        ),
+    )
+    principal = Principal("k", "acme", "app", frozenset(), frozenset())
+    return Context(
+        principal=principal, endpoint="chat", model="m", candidates=[eu], usage={"prompt_tokens": 1}
+    )
+
+
+def _state(ctx: Context) -> tuple[Any, ...]:
+    return (
+        list(ctx.candidates),
+        dict(ctx.consents),
+        list(ctx.withheld),
+        list(ctx.attempts),
+        dict(ctx.response_headers),
+        dict(ctx.usage or {}),
+    )
+
+
+async def _events(n: int, done: bool) -> AsyncIterator[Event]:
+    for i in range(n):
+        yield Event.of({"i": i})
+    if done:
+        yield Event(b"[DONE]")
+
+
+@pytest.mark.parametrize("done", [True, False])
+async def test_a_shadow_run_changes_no_container_of_the_context_nor_the_body_and_keeps_its_decisions(
+    done: bool,
+) -> None:
+    from gateway.chain import Chain
+
+    policy = Meddler()
+    ctx = _ctx()
+    before = _state(ctx)
+    run = Chain([policy], shadow=[policy]).start(ctx)
+    body = {"model": "m", "messages": []}
+    assert await run.request(body) == {"model": "m", "messages": []}
+    assert await run.attempt(ctx.candidates[0], body) == {"model": "m", "messages": []}
+    assert await run.response({"choices": []}) == {"choices": []}
+    streamed = [e.json async for e in run.stream(_events(2, done))]
+    assert streamed == [{"i": 0}, {"i": 1}, *([None] if done else [])]  # the stream goes out unchanged
+    await run.complete()
+    assert body == {"model": "m", "messages": []}
+    assert _state(ctx) == before
+    hooks = ["request", "attempt", "response", *(["stream"] * (3 if done else 2)), "complete"]
+    assert [(d.policy, d.action, d.facts) for d in ctx.decisions] == [
+        ("meddler", "would_meddled", {"hook": hook}) for hook in hooks
+    ]
+
+
+async def test_enforced_the_same_policy_changes_what_it_touches() -> None:
+    """The Meddler really does change things: the shadow test above is not passing by accident."""
+    from gateway.chain import Chain
+
+    ctx = _ctx()
+    before = _state(ctx)
+    run = Chain([Meddler()]).start(ctx)
+    assert await run.request({"model": "m"}) == {"model": "m", "meddled": ["request"]}
+    assert [e.json async for e in run.stream(_events(1, True))] == [{"i": 0, "meddled": True}, None]
+    assert _state(ctx) != before
+    assert [d.action for d in ctx.decisions] == ["meddled", "meddled", "meddled"]
+
+
+@pytest.mark.parametrize("own", [False, True])
+async def test_a_shadow_refusal_is_one_would_deny_with_the_code_status_and_reason(own: bool) -> None:
+    from gateway.chain import Chain
+
+    policy = Meddler(Meddler.Config(deny_at="request", own_deny=own))
+    ctx = _ctx()
+    assert await Chain([policy], shadow=[policy]).start(ctx).request({"a": 1}) == {"a": 1}
+    denies = [d.facts for d in ctx.decisions if d.action == "would_deny"]
+    refusal = {"code": "meddler.no", "status": 403, "reason": "No."}
+    assert denies == [{"why": "own", **refusal} if own else refusal]
+    assert not any(d.action == "deny" for d in ctx.decisions)
+
+
+@pytest.mark.parametrize("own", [False, True])
+async def test_an_enforced_refusal_is_recorded_once_and_raised(own: bool) -> None:
+    from gateway.chain import Chain
+
+    policy = Meddler(Meddler.Config(deny_at="attempt", own_deny=own))
+    ctx = _ctx()
+    run = Chain([policy]).start(ctx)
+    with pytest.raises(PolicyDenied):
+        await run.attempt(ctx.candidates[0], {"a": 1})
+    assert [d.facts for d in ctx.decisions if d.action == "deny"] == [
+        {"why": "own"} if own else {"code": "meddler.no", "status": 403, "hop": "eu"}
+    ]
+
+
+async def test_a_failing_completion_hook_is_logged_and_the_others_still_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from gateway.chain import Chain
+
+    first, broken, shadow_broken = (
+        Meddler(),
+        Meddler(Meddler.Config(deny_at="complete")),
+        Meddler(Meddler.Config(deny_at="complete")),
+    )
+
+    async def crash(ctx: Context) -> None:
+        raise RuntimeError("bug")
+
+    broken.on_complete = crash  # type: ignore[method-assign]
+    shadow_broken.on_complete = crash  # type: ignore[method-assign]
+    ctx = _ctx()
+    await Chain([first, broken, shadow_broken], shadow=[shadow_broken]).start(ctx).complete()
+    assert [d.action for d in ctx.decisions] == ["meddled"]  # the first policy's hook ran after both failed
+    assert [r.getMessage() for r in caplog.records if r.name == "gateway.chain"] == ["on_complete failed"] * 2
+
+
+class Second(Meddler):
+    name: ClassVar[str] = "second"
+
+
+async def test_requests_go_forward_through_the_chain_and_answers_come_back_in_reverse() -> None:
+    from gateway.chain import Chain
+
+    ctx = _ctx()
+    run = Chain([Meddler(), Second()]).start(ctx)
+    await run.request({})
+    await run.attempt(ctx.candidates[0], {})
+    await run.response({})
+    assert [e.json async for e in run.stream(_events(1, False))] == [{"i": 0, "meddled": True}]
+    await run.complete()
+    assert [(d.policy, d.facts["hook"]) for d in ctx.decisions] == [
+        ("meddler", "request"),
+        ("second", "request"),
+        ("meddler", "attempt"),
+        ("second", "attempt"),
+        ("second", "response"),
+        ("meddler", "response"),
+        ("second", "stream"),
+        ("meddler", "stream"),  # the last policy's transform sees the events first
+        ("second", "complete"),
+        ("meddler", "complete"),
+    ]
+    assert Chain([Meddler()]).start(_ctx()).reads_response()  # Meddler reads answers
+    assert not Chain([Policy()]).start(_ctx()).reads_response()  # a pass-through policy does not
