@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import httpx
 import openai
+import orjson
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -222,6 +223,7 @@ class Meddler(Policy["Meddler.Config"]):
         own_deny: bool = Field(False, description="record its own deny decision before raising")
 
     def _meddle(self, ctx: Context, hook: str, body: dict[str, Any] | None = None) -> None:
+        ctx.record(self.name, "meddled", hook=hook, tokens=(ctx.usage or {}).get("prompt_tokens"))
         ctx.candidates.append(ctx.candidates[0])
         ctx.consents["meddled"] = hook
         ctx.withheld.append(PolicyDenied(503, "meddler.withheld", "Withheld."))
@@ -231,11 +233,13 @@ class Meddler(Policy["Meddler.Config"]):
             ctx.usage["prompt_tokens"] = 999
         if body is not None:
             body.setdefault("meddled", []).append(hook)
-        ctx.record(self.name, "meddled", hook=hook)
         if self.config.deny_at == hook:
             if self.config.own_deny:
                 ctx.record(self.name, "deny", why="own")
             raise PolicyDenied(403, "meddler.no", "No.")
+
+    def reads_response(self, ctx: Context) -> bool:
+        return ctx.endpoint == "chat"
 
     async def on_request(self, ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
         self._meddle(ctx, "request", request)
@@ -251,6 +255,7 @@ class Meddler(Policy["Meddler.Config"]):
 
     async def on_stream(self, ctx: Context, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
         async for event in events:
+            ctx.record(self.name, "saw", data=event.data, event=event.event, id=event.id)
             self._meddle(ctx, "stream")
             if isinstance(event.json, dict):
                 event.json = {**event.json, "meddled": True}
@@ -258,6 +263,10 @@ class Meddler(Policy["Meddler.Config"]):
 
     async def on_complete(self, ctx: Context) -> None:
         self._meddle(ctx, "complete")
+
+
+class Second(Meddler):
+    name: ClassVar[str] = "second"
 
 
 def _ctx() -> Context:
@@ -292,11 +301,18 @@ def _state(ctx: Context) -> tuple[Any, ...]:
     )
 
 
-async def _events(n: int, done: bool) -> AsyncIterator[Event]:
-    for i in range(n):
-        yield Event.of({"i": i})
+SENT = [(orjson.dumps({"i": i}), b"chunk", str(i).encode()) for i in range(2)]
+
+
+async def _events(done: bool) -> AsyncIterator[Event]:
+    for data, event, id_ in SENT:
+        yield Event(data, event=event, id=id_)
     if done:
         yield Event(b"[DONE]")
+
+
+def _actions(ctx: Context) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(d.policy, d.action, d.facts) for d in ctx.decisions]
 
 
 @pytest.mark.parametrize("done", [True, False])
@@ -313,54 +329,83 @@ async def test_a_shadow_run_changes_no_container_of_the_context_nor_the_body_and
     assert await run.request(body) == {"model": "m", "messages": []}
     assert await run.attempt(ctx.candidates[0], body) == {"model": "m", "messages": []}
     assert await run.response({"choices": []}) == {"choices": []}
-    streamed = [e.json async for e in run.stream(_events(2, done))]
+    streamed = [e.json async for e in run.stream(_events(done))]
     assert streamed == [{"i": 0}, {"i": 1}, *([None] if done else [])]  # the stream goes out unchanged
     await run.complete()
     assert body == {"model": "m", "messages": []}
     assert _state(ctx) == before
-    hooks = ["request", "attempt", "response", *(["stream"] * (3 if done else 2)), "complete"]
-    assert [(d.policy, d.action, d.facts) for d in ctx.decisions] == [
-        ("meddler", "would_meddled", {"hook": hook}) for hook in hooks
+    sent = [*SENT, *([(b"[DONE]", None, None)] if done else [])]
+    # Each hook sees the real context (not the previous hook's meddling) and its own copies of the events;
+    # a stream is one hook: its later events see what it did at the earlier ones, on its copy.
+    meddled = {"tokens": 1}
+    assert _actions(ctx) == [
+        *(("meddler", "would_meddled", {"hook": h, **meddled}) for h in ("request", "attempt", "response")),
+        *(
+            step
+            for n, (d, e, i) in enumerate(sent)
+            for step in (
+                ("meddler", "would_saw", {"data": d, "event": e, "id": i}),
+                ("meddler", "would_meddled", {"hook": "stream", "tokens": 999 if n else 1}),
+            )
+        ),
+        ("meddler", "would_meddled", {"hook": "complete", **meddled}),
     ]
 
 
+@pytest.mark.parametrize("hook", ["request", "attempt", "response", "stream", "complete"])
+@pytest.mark.parametrize("own", [False, True])
+async def test_a_shadow_refusal_in_any_hook_is_one_would_deny_of_that_policy(hook: str, own: bool) -> None:
+    from gateway.chain import Chain
+
+    policy = Meddler(Meddler.Config(deny_at=hook, own_deny=own))
+    ctx = _ctx()
+    run = Chain([policy], shadow=[policy]).start(ctx)
+    assert await run.request({"a": 1}) == {"a": 1}
+    assert await run.attempt(ctx.candidates[0], {"a": 1}) == {"a": 1}
+    assert await run.response({"a": 1}) == {"a": 1}
+    assert [e.json async for e in run.stream(_events(False))] == [{"i": 0}, {"i": 1}]
+    await run.complete()
+    refusal = {"code": "meddler.no", "status": 403, "reason": "No."}
+    denies = [(d.policy, d.facts) for d in ctx.decisions if d.action == "would_deny"]
+    assert denies == [("meddler", {"why": "own", **refusal} if own else refusal)]
+    assert not any(d.action == "deny" for d in ctx.decisions)
+
+
 async def test_enforced_the_same_policy_changes_what_it_touches() -> None:
-    """The Meddler really does change things: the shadow test above is not passing by accident."""
+    """The Meddler really does change things: the shadow tests above do not pass by accident."""
     from gateway.chain import Chain
 
     ctx = _ctx()
     before = _state(ctx)
     run = Chain([Meddler()]).start(ctx)
     assert await run.request({"model": "m"}) == {"model": "m", "meddled": ["request"]}
-    assert [e.json async for e in run.stream(_events(1, True))] == [{"i": 0, "meddled": True}, None]
+    assert [e.json async for e in run.stream(_events(True))] == [
+        {"i": 0, "meddled": True},
+        {"i": 1, "meddled": True},
+        None,
+    ]
     assert _state(ctx) != before
-    assert [d.action for d in ctx.decisions] == ["meddled", "meddled", "meddled"]
+    assert [(d.action, d.facts.get("tokens")) for d in ctx.decisions if d.action == "meddled"] == [
+        ("meddled", 1),
+        ("meddled", 999),
+        ("meddled", 999),
+        ("meddled", 999),
+    ]
 
 
+@pytest.mark.parametrize("hook", ["request", "attempt"])
 @pytest.mark.parametrize("own", [False, True])
-async def test_a_shadow_refusal_is_one_would_deny_with_the_code_status_and_reason(own: bool) -> None:
+async def test_an_enforced_refusal_is_recorded_once_for_its_policy_and_raised(hook: str, own: bool) -> None:
     from gateway.chain import Chain
 
-    policy = Meddler(Meddler.Config(deny_at="request", own_deny=own))
-    ctx = _ctx()
-    assert await Chain([policy], shadow=[policy]).start(ctx).request({"a": 1}) == {"a": 1}
-    denies = [d.facts for d in ctx.decisions if d.action == "would_deny"]
-    refusal = {"code": "meddler.no", "status": 403, "reason": "No."}
-    assert denies == [{"why": "own", **refusal} if own else refusal]
-    assert not any(d.action == "deny" for d in ctx.decisions)
-
-
-@pytest.mark.parametrize("own", [False, True])
-async def test_an_enforced_refusal_is_recorded_once_and_raised(own: bool) -> None:
-    from gateway.chain import Chain
-
-    policy = Meddler(Meddler.Config(deny_at="attempt", own_deny=own))
+    policy = Meddler(Meddler.Config(deny_at=hook, own_deny=own))
     ctx = _ctx()
     run = Chain([policy]).start(ctx)
     with pytest.raises(PolicyDenied):
-        await run.attempt(ctx.candidates[0], {"a": 1})
-    assert [d.facts for d in ctx.decisions if d.action == "deny"] == [
-        {"why": "own"} if own else {"code": "meddler.no", "status": 403, "hop": "eu"}
+        await (run.request({}) if hook == "request" else run.attempt(ctx.candidates[0], {}))
+    hop = {"hop": "eu"} if hook == "attempt" else {}
+    assert [(d.policy, d.facts) for d in ctx.decisions if d.action == "deny"] == [
+        ("meddler", {"why": "own"} if own else {"code": "meddler.no", "status": 403, **hop})
     ]
 
 
@@ -369,11 +414,7 @@ async def test_a_failing_completion_hook_is_logged_and_the_others_still_run(
 ) -> None:
     from gateway.chain import Chain
 
-    first, broken, shadow_broken = (
-        Meddler(),
-        Meddler(Meddler.Config(deny_at="complete")),
-        Meddler(Meddler.Config(deny_at="complete")),
-    )
+    first, broken, shadow_broken = Meddler(), Second(), Second()
 
     async def crash(ctx: Context) -> None:
         raise RuntimeError("bug")
@@ -383,11 +424,8 @@ async def test_a_failing_completion_hook_is_logged_and_the_others_still_run(
     ctx = _ctx()
     await Chain([first, broken, shadow_broken], shadow=[shadow_broken]).start(ctx).complete()
     assert [d.action for d in ctx.decisions] == ["meddled"]  # the first policy's hook ran after both failed
-    assert [r.getMessage() for r in caplog.records if r.name == "gateway.chain"] == ["on_complete failed"] * 2
-
-
-class Second(Meddler):
-    name: ClassVar[str] = "second"
+    logged = [(r.getMessage(), r.policy, r.request_id) for r in caplog.records if r.name == "gateway.chain"]  # type: ignore[attr-defined]
+    assert logged == [("on_complete failed", "second", ctx.request_id)] * 2
 
 
 async def test_requests_go_forward_through_the_chain_and_answers_come_back_in_reverse() -> None:
@@ -397,20 +435,29 @@ async def test_requests_go_forward_through_the_chain_and_answers_come_back_in_re
     run = Chain([Meddler(), Second()]).start(ctx)
     await run.request({})
     await run.attempt(ctx.candidates[0], {})
-    await run.response({})
-    assert [e.json async for e in run.stream(_events(1, False))] == [{"i": 0, "meddled": True}]
+    assert await run.response({}) == {"meddled": ["response", "response"]}
+    streamed = [e.json async for e in run.stream(_events(False))]
+    assert streamed == [{"i": 0, "meddled": True}, {"i": 1, "meddled": True}]
     await run.complete()
-    assert [(d.policy, d.facts["hook"]) for d in ctx.decisions] == [
-        ("meddler", "request"),
-        ("second", "request"),
-        ("meddler", "attempt"),
-        ("second", "attempt"),
-        ("second", "response"),
-        ("meddler", "response"),
-        ("second", "stream"),
-        ("meddler", "stream"),  # the last policy's transform sees the events first
-        ("second", "complete"),
-        ("meddler", "complete"),
-    ]
+    assert [(d.policy, d.facts["hook"]) for d in ctx.decisions if d.action == "meddled"] == [
+        ("meddler", "request"), ("second", "request"), ("meddler", "attempt"), ("second", "attempt"),
+        ("second", "response"), ("meddler", "response"),
+        ("second", "stream"), ("meddler", "stream"),  # the last policy's transform sees each event first
+        ("second", "stream"), ("meddler", "stream"),
+        ("second", "complete"), ("meddler", "complete"),
+    ]  # fmt: skip
     assert Chain([Meddler()]).start(_ctx()).reads_response()  # Meddler reads answers
     assert not Chain([Policy()]).start(_ctx()).reads_response()  # a pass-through policy does not
+
+
+async def test_a_shadow_policy_before_enforced_ones_lets_them_all_run() -> None:
+    from gateway.chain import Chain
+
+    shadowed = Meddler()
+    ctx = _ctx()
+    run = Chain([shadowed, Second()], shadow=[shadowed]).start(ctx)
+    assert await run.request({}) == {"meddled": ["request"]}
+    assert await run.attempt(ctx.candidates[0], {}) == {"meddled": ["attempt"]}
+    assert [(d.policy, d.action) for d in ctx.decisions] == [
+        ("meddler", "would_meddled"), ("second", "meddled"), ("meddler", "would_meddled"), ("second", "meddled"),
+    ]  # fmt: skip
