@@ -453,9 +453,11 @@ async def test_requests_go_forward_through_the_chain_and_answers_come_back_in_re
 async def test_a_shadow_policy_before_enforced_ones_lets_them_all_run() -> None:
     from gateway.chain import Chain
 
-    shadowed = Meddler()
+    shadowed, enforced = Meddler(), Second()
+    chain = Chain([shadowed, enforced], shadow=[shadowed])
+    assert (chain.is_shadow(shadowed), chain.is_shadow(enforced)) == (True, False)
     ctx = _ctx()
-    run = Chain([shadowed, Second()], shadow=[shadowed]).start(ctx)
+    run = chain.start(ctx)
     assert await run.request({}) == {"meddled": ["request"]}
     assert await run.attempt(ctx.candidates[0], {}) == {"meddled": ["attempt"]}
     assert [(d.policy, d.action) for d in ctx.decisions] == [
