@@ -234,14 +234,8 @@ def test_a_reload_that_stops_enforcing_pii_under_the_dpa_fallback_is_refused(
         time.sleep(0.05)
     assert gw.gateway.bundle.current.hash == before
     upstream.fail_status = 503
-    resp = httpx.post(
-        f"{gw.base_url}/chat/completions",
-        headers={"Authorization": f"Bearer {gw.key()}"},
-        json={
-            "model": "mistral-7b",
-            "user": "alice",
-            "messages": [{"role": "user", "content": "Mail jane.roe@example.org"}],
-        },
+    resp = chat(
+        gw, gw.key(), user="alice", messages=[{"role": "user", "content": "Mail jane.roe@example.org"}]
     )
     assert resp.headers["x-gateway-deployment"] == "us-gpt4"
     assert "jane.roe@example.org" not in str(

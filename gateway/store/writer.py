@@ -258,7 +258,7 @@ class Writer:
             by_table.setdefault(table, []).append(values)
         self._insert(by_table)
 
-    def _insert(self, by_table: Mapping[Table, list[Mapping[str, Any]]]) -> None:
+    def _insert(self, by_table: spool.ByTable) -> None:
         with self.engine.begin() as conn:
             for table, values in by_table.items():
                 key = (table.name, conn.dialect.name)
@@ -284,6 +284,6 @@ class Writer:
             log.warning("replayed %d spooled rows", total)
         return total
 
-    def _insert_one_by_one(self, by_table: Mapping[Table, list[Mapping[str, Any]]], source: str) -> None:
+    def _insert_one_by_one(self, by_table: spool.ByTable, source: str) -> None:
         """The database is up but refused a batch: keep the good rows, quarantine the bad ones."""
         spool.insert_one_by_one(self._insert, self.spool_dir, by_table, source)
