@@ -32,7 +32,9 @@ from gateway.router import Router
 from gateway.services import Services
 from gateway.store.consent import ConsentRegistry
 from gateway.store.db import make_engine
+from gateway.store.subject_keys import SubjectKeys
 from gateway.store.writer import Writer
+from gateway.subjects.erase import Stores
 from gateway.upstreams import build
 from gateway.upstreams.base import Upstream
 
@@ -57,7 +59,10 @@ class Gateway:
             flush_interval_s=storage.writer_flush_interval_s,
             wal_fsync=storage.wal_fsync,
         )
-        self.pipeline = Pipeline(config, self.bundle, self.router, self.pseudonym, record=self._finish)
+        self.subjects = SubjectKeys(self.engine)
+        self.pipeline = Pipeline(
+            config, self.bundle, self.router, self.pseudonym, record=self._finish, link=self.subjects.link
+        )
         self.embed = self.pipeline.embed
         self.services = Services(
             config=config,
@@ -99,6 +104,7 @@ class Gateway:
             self._watch = asyncio.create_task(watch(self.bundle, policies, self._stop_watch))
         await self.writer.start()
         self.auditor.start()
+        self._subjects = asyncio.create_task(self.subjects.watch(self._stop_watch))
         # Library modules (spaCy, weaviate, numpy) can leave ~200 MB of long-lived objects; moving
         # them out of the collector's view keeps full collections from pausing requests for ~50 ms.
         gc.collect()
@@ -113,6 +119,7 @@ class Gateway:
         self._stop_watch.set()
         if self._watch is not None:
             self._watch.cancel()
+        await self._subjects  # saves the keys made since its last round
         for upstream in self.upstreams.values():
             await upstream.close()
         await self.services.aclose()  # e.g. leases given back and settlements sent, before Redis closes
@@ -121,6 +128,12 @@ class Gateway:
         self.auditor.close()
         await self.writer.stop()  # after the upstreams: in-flight requests have queued their rows
         self.engine.dispose()
+
+    def subject_stores(self) -> Stores:
+        """Where this gateway holds data subjects' data, for erasure and export (``/admin/subjects``)."""
+        return Stores(
+            self.config, self.engine, self.auditor, self.bundle.current.hash, before=self.subjects.save
+        )
 
     # --- ASGI ------------------------------------------------------------------------------
 

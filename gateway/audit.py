@@ -77,7 +77,7 @@ class Auditor:
             tenant=ctx.principal.tenant,
             app=ctx.principal.app,
             key_id=ctx.principal.key_id,
-            subject=ctx.subject,
+            subject=ctx.subject_link,
             model=ctx.model,
             endpoint=ctx.endpoint,
             policy_hash=ctx.bundle_hash,
@@ -93,9 +93,53 @@ class Auditor:
             status=ctx.status,
             prev_hash=self.prev,
         )
+        return self._chained(fields)
+
+    def _chained(self, fields: dict[str, Any]) -> AuditRecord:
         # model_construct: every field is ours and typed; validation would cost ~40 µs per request.
         row = AuditRecord.model_construct(**fields, hash=_digest(fields))
         self.prev = row.hash
+        return row
+
+    def event(
+        self,
+        *,
+        request_id: str,
+        tenant: str,
+        app: str,
+        key_id: str,
+        kind: str,
+        facts: dict[str, Any],
+        bundle_hash: str,
+    ) -> AuditRecord:
+        """Record an operation that is not a proxied request (``kind``, e.g. ``erasure``) in this chain."""
+        self.seq += 1
+        row = self._chained(
+            dict(
+                request_id=request_id,
+                chain_id=self.chain_id,
+                seq=self.seq,
+                at=utcnow(),
+                tenant=tenant,
+                app=app,
+                key_id=key_id,
+                subject=None,
+                model="-",
+                endpoint=kind,
+                policy_hash=bundle_hash,
+                decisions=orjson.dumps(
+                    [{"policy": kind, "action": "done", "facts": facts}], default=str
+                ).decode(),
+                attempts="[]",
+                deployment=None,
+                jurisdiction=None,
+                fallback=None,
+                consent_ref=None,
+                status=200,
+                prev_hash=self.prev,
+            )
+        )
+        self.writer.put(row)
         return row
 
     def record(self, ctx: Context) -> None:

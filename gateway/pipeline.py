@@ -45,7 +45,8 @@ class Bundles(Protocol):
 class Pipeline:
     """One gateway's request lifecycle over its config, bundle and router.
 
-    ``pseudonym`` keys subject ids; ``record`` (the app's telemetry: metrics, audit, access log) runs
+    ``pseudonym`` keys subject ids and ``link`` gives what the records store for one (per-subject keys,
+    ``gateway.store.subject_keys``); ``record`` (the app's telemetry: metrics, audit, access log) runs
     once per request after the chain's completion hooks, and is None for dry runs.
     """
 
@@ -56,12 +57,14 @@ class Pipeline:
         router: Router,
         pseudonym: Callable[[str], str],
         record: Callable[[Context], None] | None = None,
+        link: Callable[[str, str], str] | None = None,
     ) -> None:
         self.config = config
         self.bundles = bundles
         self.router = router
         self.pseudonym = pseudonym
         self.record = record
+        self.link = link
 
     def context(
         self,
@@ -104,13 +107,19 @@ class Pipeline:
             )
         bundle = self.bundles.current
         bundle.check_header("x-data-class", data_class)
+        pseudonym = self.pseudonym(subject) if isinstance(subject, str) and subject else None
         return Context(
             principal=principal,
             endpoint=endpoint,
             model=model,
             candidates=[Target(n, self.config.deployments[n]) for n in alias.deployments],
             stream=bool(body.get("stream")),
-            subject=self.pseudonym(subject) if isinstance(subject, str) and subject else None,
+            subject=pseudonym,
+            subject_link=(
+                self.link(principal.tenant, pseudonym)
+                if pseudonym is not None and self.link is not None
+                else None
+            ),
             data_class=data_class,
             bundle_hash=bundle.hash,
         )

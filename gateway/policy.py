@@ -87,6 +87,9 @@ class Context:
     candidates: list[Target]
     stream: bool = False
     subject: str | None = None  # keyed pseudonym, never the raw id
+    # What the ledger and the audit trail store for the subject: a link under a per-subject key that
+    # erasure deletes (gateway.store.subject_keys). None when the request names no subject.
+    subject_link: str | None = None
     data_class: str | None = None  # from the X-Data-Class header; residency rules may depend on it
     # The request's `gateway_rag` extension (read by rag_context); removed from the body before routing.
     rag_hints: Any = None

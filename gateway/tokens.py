@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from gateway import forgetting
 from gateway.config import Deployment
 
 
@@ -102,6 +103,17 @@ _LOADED: dict[str, Tokenizer] = {}
 _PROMPTS: dict[tuple[str, bool, int, int], int] = {}
 _PROMPTS_MAX = 20_000
 _LOCK = threading.Lock()
+
+
+class _PromptCounts:
+    """The prompt count cache as a ``forgetting`` holder: it is keyed by hashes of prompt texts."""
+
+    def forget(self) -> None:
+        _PROMPTS.clear()
+
+
+_FORGET = _PromptCounts()
+forgetting.register(_FORGET)
 
 
 def family_of(deployment: Deployment) -> str:

@@ -242,6 +242,7 @@ def finished_request(target: Target | None, status: int = 200) -> Context:
         model="mistral-7b",
         candidates=[US],
         subject="pseudo-1",
+        subject_link="link-1",
     )
     ctx.bundle_hash = "b" * 16
     ctx.record("residency", "deny", allowed=["EU"])
@@ -267,7 +268,7 @@ def test_records_chain_in_order_and_hold_the_request_not_its_text() -> None:
         "acme",
         "chat",
         "k9",
-        "pseudo-1",
+        "link-1",  # the link under the subject's key, never the pseudonym
         "mistral-7b",
         "chat",
     )

@@ -206,12 +206,28 @@ def test_ingestion_stores_only_the_subject_pseudonym_and_erasure_deletes_it(
     assert b"alice@example.com" not in db.read_bytes()
     assert b'"lang":"en"' in metadata
 
-    erased = CliRunner().invoke(
-        cli, ["rag", "delete-subject", "--subject-id", "alice@example.com", "--config", str(config_path)]
-    )
-    assert erased.exit_code == 0
-    assert "deleted 1 chunks" in erased.output
+    def delete(tenant: str) -> str:
+        erased = CliRunner().invoke(
+            cli,
+            [
+                "rag",
+                "delete-subject",
+                "--tenant",
+                tenant,
+                "--subject-id",
+                "alice@example.com",
+                "--config",
+                str(config_path),
+            ],
+        )
+        assert erased.exit_code == 0
+        return erased.output
+
+    assert "deleted 0 chunks" in delete("globex")  # another tenant's subject of the same id
+    assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM chunks").fetchone()[0] == 1
+    assert "deleted 1 chunks" in delete("acme")
     assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM chunks").fetchone()[0] == 0
+    assert subject.encode() not in b"".join(p.read_bytes() for p in db.parent.iterdir())  # no page left
 
 
 def test_ingestion_refuses_a_tenant_outside_the_collection_acl(tmp_path: Path, upstream: DevUpstream) -> None:

@@ -104,7 +104,16 @@ async def test_delete_by_subject_removes_that_subjects_chunks_in_every_collectio
     await store.upsert(
         "contracts", make_chunks("acme", ["Contract of p-1."], collection="contracts", subject="p-1")
     )
-    assert await store.delete_by_subject("p-1") == 2
+    await store.upsert(
+        "handbook", make_chunks("globex", ["Globex file on p-1."], source="g.md", subject="p-1")
+    )
+    assert await store.subject_sources("acme", "p-1") == [
+        ("contracts", "doc.md", 1),
+        ("handbook", "doc.md", 1),
+    ]
+    assert await store.delete_by_subject("acme", "p-1") == 2
+    assert await store.subject_sources("acme", "p-1") == []
+    assert await store.subject_sources("globex", "p-1") == [("handbook", "g.md", 1)]  # another tenant's: kept
     assert await store.count("handbook", "acme") == 2
     assert await store.count("contracts", "acme") == 0
     hits = await store.search("handbook", q("acme", DOCS[0], top_k=10))

@@ -17,6 +17,7 @@ from gateway.cli import (  # noqa: F401  (serve: root commands; policy_run: poli
     policy_run,
     rag,
     serve,
+    subject,
     usage,
 )
 from gateway.cli.common import app
@@ -28,6 +29,7 @@ app.add_typer(config_db.db_app, name="db")
 app.add_typer(policy.policy_app, name="policy")
 app.add_typer(consent.consent_app, name="consent")
 app.add_typer(audit.audit_app, name="audit")
+app.add_typer(subject.subject_app, name="subject")
 app.add_typer(rag.rag_app, name="rag")
 app.add_typer(usage.usage_app, name="usage")
 

@@ -58,10 +58,12 @@ def rag_count(
 
 @rag_app.command("delete-subject")
 def rag_delete_subject(
+    tenant: Annotated[str, typer.Option(help="Tenant.")],
     subject_id: Annotated[str, typer.Option(help="The data subject's id (pseudonymised).")],
     config: ConfigOpt = None,
 ) -> None:
-    """Delete every chunk concerning a data subject, in every collection (right to erasure)."""
+    """Delete a tenant's chunks concerning a data subject, in every collection. `gateway subject erase`
+    does this and erases the subject from every other store too."""
     from gateway.rag.cli import run_delete_subject
 
-    run_delete_subject(_config(config), subject_id)
+    run_delete_subject(_config(config), tenant, subject_id)

@@ -7,22 +7,25 @@ more here than the microseconds they cost.
 # No `from __future__ import annotations`: FastAPI resolves the local Annotated aliases at runtime.
 import asyncio
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Protocol
 
 import orjson
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 from starlette.exceptions import HTTPException
 
 from gateway import audit, auth
+from gateway.audit import Auditor
 from gateway.config import Config
 from gateway.errors import GatewayError
+from gateway.http.admin_models import ConsentGrant, ConsentOut, KeyCreate, KeyCreated, KeyOut, key_out
 from gateway.store import consent
-from gateway.store.db import ApiKey, Consent
+from gateway.store.db import Consent
+from gateway.subjects.erase import Stores, erase
+from gateway.subjects.export import export
 
 
 class Host(Protocol):
@@ -32,77 +35,9 @@ class Host(Protocol):
     engine: Engine
     keys: auth.KeyStore
     pseudonym: Callable[[str], str]
+    auditor: Auditor
 
-
-# Names are identifiers; free text may not carry NUL bytes (PostgreSQL refuses them, with a 500 before).
-Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")]
-Text = Annotated[str, Field(max_length=512, pattern=r"^[^\x00]*$")]
-ModelPattern = Annotated[str, Field(pattern=r"^([A-Za-z0-9._:/+-]+|\*)$", max_length=256)]
-
-
-class KeyCreate(BaseModel):
-    tenant: Name
-    app: Name
-    models: list[ModelPattern] = Field(default_factory=list, description="Public model names; ['*'] for all.")
-    scopes: list[Name] = Field(default_factory=lambda: ["chat", "embeddings"])
-    name: Annotated[str, Field(max_length=128, pattern=r"^[^\x00]*$")] = ""
-
-
-class KeyOut(BaseModel):
-    key_id: str
-    tenant: str
-    app: str
-    models: list[str]
-    scopes: list[str]
-    name: str
-    created_at: datetime
-    revoked_at: datetime | None
-
-
-class KeyCreated(KeyOut):
-    key: str = Field(..., description="The API key. It is shown once and not stored.")
-
-
-def _out(row: ApiKey) -> dict[str, object]:
-    return {
-        "key_id": row.key_id,
-        "tenant": row.tenant,
-        "app": row.app,
-        "models": [m for m in row.models.split(",") if m],
-        "scopes": [s for s in row.scopes.split(",") if s],
-        "name": row.name,
-        "created_at": row.created_at,
-        "revoked_at": row.revoked_at,
-    }
-
-
-class ConsentGrant(BaseModel):
-    tenant: Name
-    subject_id: Annotated[
-        str,
-        Field(
-            min_length=1,
-            max_length=256,
-            pattern=r"^[^\x00]+$",
-            description="Raw id; only its pseudonym is stored.",
-        ),
-    ]
-    purpose: Name
-    evidence_ref: Annotated[
-        str, Field(max_length=256, pattern=r"^[^\x00]*$", description="Where the proof of consent is kept.")
-    ] = ""
-    expires_in_days: int | None = Field(None, ge=1, le=3650)
-
-
-class ConsentOut(BaseModel):
-    id: str
-    tenant: str
-    subject: str = Field(..., description="The subject's pseudonym.")
-    purpose: str
-    granted_at: datetime
-    expires_at: datetime | None
-    withdrawn_at: datetime | None
-    evidence_ref: str
+    def subject_stores(self) -> Stores: ...
 
 
 def _error(exc: GatewayError) -> Response:
@@ -190,12 +125,12 @@ def admin_app(gw: Host) -> FastAPI:
             )
         except ValueError as exc:
             raise GatewayError(400, "invalid_request", str(exc)) from None
-        return {**_out(row), "key": key}
+        return {**key_out(row), "key": key}
 
     @app.get("/admin/keys", response_model=list[KeyOut])
     async def list_keys(principal: Admin, tenant: QueryName = None) -> list[dict[str, object]]:
         rows = await asyncio.to_thread(auth.list_keys, gw.engine, tenant_of(principal, tenant))
-        return [_out(r) for r in rows]
+        return [key_out(r) for r in rows]
 
     @app.delete("/admin/keys/{key_id}", status_code=204)
     async def revoke(key_id: str, principal: Admin) -> Response:
@@ -242,6 +177,44 @@ def admin_app(gw: Host) -> FastAPI:
         return await asyncio.to_thread(
             consent.list_consents, gw.engine, tenant=tenant_of(principal, tenant), subject=subject
         )
+
+    SubjectId = Annotated[str, Path(min_length=1, max_length=256, pattern=r"^[^\x00]+$")]
+
+    def subject_tenant(principal: auth.Principal, tenant: str | None) -> str:
+        chosen = tenant_of(principal, tenant)
+        if chosen is None:
+            raise GatewayError(
+                400,
+                "invalid_request",
+                "A global admin key must name the tenant (?tenant=...).",
+                param="tenant",
+            )
+        return chosen
+
+    not_held = GatewayError(
+        404, "subject_not_found", "Nothing is held about this subject in this tenant (never seen, or erased)."
+    )
+
+    @app.post("/admin/subjects/{subject_id}/erase")
+    async def erase_subject(
+        subject_id: SubjectId, principal: Admin, tenant: QueryName = None
+    ) -> dict[str, object]:
+        chosen = subject_tenant(principal, tenant)
+        receipt = await erase(
+            gw.subject_stores(), tenant=chosen, subject_id=subject_id, actor=(principal.app, principal.key_id)
+        )
+        if receipt is None:
+            raise not_held
+        return receipt
+
+    @app.get("/admin/subjects/{subject_id}/export")
+    async def export_subject(subject_id: SubjectId, principal: Admin, tenant: QueryName = None) -> Response:
+        found = await export(
+            gw.subject_stores(), tenant=subject_tenant(principal, tenant), subject_id=subject_id
+        )
+        if found is None:
+            raise not_held
+        return Response(orjson.dumps(found, default=str), media_type="application/json")
 
     @app.get("/admin/audit/{request_id}")
     async def audit_record(request_id: str, principal: Admin) -> dict[str, object]:

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, NamedTuple
 
+from gateway import forgetting
 from gateway.pii.entities import DEFAULT_PHONE_REGIONS, NER_ENTITIES, STRUCTURED
 from gateway.pii.ner import SpacyNerRecognizer
 
@@ -113,6 +114,7 @@ class Analyzer:
         self.timeout_s = timeout_s
         self.cache_size = cache_size
         self._cache: OrderedDict[bytes, tuple[Span, ...]] = OrderedDict()
+        forgetting.register(self)
         wanted = set(self.thresholds)
         # NER runs only for the NER types; once it runs, its dates count too (as Presidio's do).
         self.ner_entities = sorted(wanted & set(NER_ENTITIES))
@@ -192,6 +194,10 @@ class Analyzer:
 
     def _analyze_many(self, texts: Sequence[str], deadline: float | None = None) -> list[tuple[Span, ...]]:
         return [self.analyze_text(t, deadline) for t in texts]
+
+    def forget(self) -> None:
+        """Drop every cached result (a subject was erased; the cache is keyed by text hashes)."""
+        self._cache.clear()
 
     async def analyze(self, texts: Iterable[str], *, cache: bool = True) -> dict[str, tuple[Span, ...]]:
         """Spans per distinct text; raises AnalyzerUnavailable on any failure or timeout.

@@ -242,7 +242,7 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
                     tenant=p.tenant,
                     app=p.app,
                     key_id=p.key_id,
-                    subject=ctx.subject,
+                    subject=ctx.subject_link,
                     endpoint=ctx.endpoint,
                     model=ctx.model,
                     deployment=target.name if target else "none",

@@ -107,8 +107,12 @@ class VectorStore(ABC):
         """Delete the tenant's chunks of ``source`` except the ids in ``keep``; return the count."""
 
     @abstractmethod
-    async def delete_by_subject(self, subject: str) -> int:
-        """Delete every chunk about a data subject (by pseudonym) in every collection."""
+    async def delete_by_subject(self, tenant: str, subject: str) -> int:
+        """Delete every chunk of the tenant about a data subject (by pseudonym) in every collection."""
+
+    @abstractmethod
+    async def subject_sources(self, tenant: str, subject: str) -> list[tuple[str, str, int]]:
+        """The tenant's documents about a data subject: (collection, source, chunks), sorted."""
 
     @abstractmethod
     async def count(self, collection: str, tenant: str) -> int:

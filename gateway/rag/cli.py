@@ -126,9 +126,9 @@ def run_count(config: Config, tenant: str, collection: str) -> int:
     return n
 
 
-def run_delete_subject(config: Config, subject_id: str) -> int:
+def run_delete_subject(config: Config, tenant: str, subject_id: str) -> int:
     async def work(rag: Rag) -> int:
-        return await rag.store.delete_by_subject(pseudonymiser(config.server.secret_key)(subject_id))
+        return await rag.store.delete_by_subject(tenant, pseudonymiser(config.server.secret_key)(subject_id))
 
     n = asyncio.run(_with_rag(config, work))
     out.print(f"deleted {n} chunks concerning the subject")

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from gateway.rag import embedded_sql as sql
 from gateway.rag import int8scan
 from gateway.rag.base import Chunk, Hit, Query, Scalar, StoreError, VectorStore
 from gateway.rag.partition import (
@@ -34,14 +35,6 @@ from gateway.rag.partition import (
     top_indices,
 )
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS chunks (
-    collection TEXT NOT NULL, id TEXT NOT NULL, tenant TEXT NOT NULL, source TEXT NOT NULL,
-    text TEXT NOT NULL, content_hash TEXT NOT NULL, subject TEXT, ingested_at REAL NOT NULL,
-    metadata BLOB, vector BLOB NOT NULL, PRIMARY KEY (collection, id));
-CREATE INDEX IF NOT EXISTS chunks_source ON chunks (collection, tenant, source);
-CREATE INDEX IF NOT EXISTS chunks_subject ON chunks (subject) WHERE subject IS NOT NULL;
-"""
 _WORD = re.compile(r"\w+")
 # Below this many bytes scanned a search is cheaper inline than a hop to a worker thread.
 _INLINE_BYTES = 4_000_000
@@ -56,8 +49,7 @@ class EmbeddedIndex(VectorStore):
         self.jurisdiction = jurisdiction
         directory = Path(path)
         directory.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(directory / "index.sqlite3", check_same_thread=False, isolation_level=None)
-        self._db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;" + _SCHEMA)
+        self._db = sql.connect(directory / "index.sqlite3")
         self._lock = threading.RLock()
         self._loaded: dict[str, dict[str, Partition]] = {}
         self._version = self._data_version()
@@ -178,31 +170,29 @@ class EmbeddedIndex(VectorStore):
         where = "collection = ? AND tenant = ? AND source = ?" + (f" AND id NOT IN ({marks})" if keep else "")
         return int(await self._run(self._delete, where, (collection, tenant, source, *keep)))
 
-    async def delete_by_subject(self, subject: str) -> int:
-        return int(await self._run(self._delete, "subject = ?", (subject,)))
+    async def delete_by_subject(self, tenant: str, subject: str) -> int:
+        n = int(await self._run(self._delete, "tenant = ? AND subject = ?", (tenant, subject)))
+        # secure_delete zeroed the rows' pages; the write-ahead file still holds their old images.
+        await self._run(self._checkpoint)
+        return n
+
+    def _checkpoint(self) -> None:
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    async def subject_sources(self, tenant: str, subject: str) -> list[tuple[str, str, int]]:
+        with self._lock:
+            return sql.subject_sources(self._db, tenant, subject)
 
     # --- reads -----------------------------------------------------------------------------
 
     async def count(self, collection: str, tenant: str) -> int:
         with self._lock:
-            row = self._db.execute(
-                "SELECT COUNT(*) FROM chunks WHERE collection = ? AND tenant = ?", (collection, tenant)
-            ).fetchone()
-        return int(row[0])
+            return sql.count(self._db, collection, tenant)
 
     async def existing_ids(self, collection: str, tenant: str, ids: Sequence[str]) -> set[str]:
-        found: set[str] = set()
         with self._lock:
-            for i in range(0, len(ids), 500):
-                part = list(ids[i : i + 500])
-                found.update(
-                    r[0]
-                    for r in self._db.execute(
-                        f"SELECT id FROM chunks WHERE collection = ? AND +tenant = ? AND id IN ({','.join('?' * len(part))})",
-                        (collection, tenant, *part),
-                    )
-                )
-        return found
+            return sql.existing_ids(self._db, collection, tenant, ids)
 
     async def search(self, collection: str, query: Query) -> list[Hit]:
         with self._lock:

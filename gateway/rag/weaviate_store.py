@@ -22,6 +22,7 @@ from gateway.rag.base import Chunk, Hit, Query, StoreError, VectorStore
 from gateway.rag.weaviate_schema import properties, query_filter, schema, tenant_filter
 
 _RETURN = ["source", "text", "content_hash"]
+SUBJECT_CHUNKS_MAX = 10_000  # one query per collection (Weaviate's default QUERY_MAXIMUM_RESULTS)
 
 
 class WeaviateStore(VectorStore):
@@ -143,18 +144,39 @@ class WeaviateStore(VectorStore):
             where = where & Filter.by_id().contains_none(list(keep))
         return await self._delete_where(col, where)
 
-    async def delete_by_subject(self, subject: str) -> int:
-        from weaviate.classes.query import Filter
-
+    async def _gateway_collections(self) -> list[tuple[str, Any]]:
         client = await self.client()
         names = await self._call(client.collections.list_all(simple=True))
         prefix = self.settings.class_prefix + "_"
+        return [
+            (name[len(prefix) :], client.collections.use(name))
+            for name in sorted(names)
+            if name.startswith(prefix)
+        ]
+
+    async def delete_by_subject(self, tenant: str, subject: str) -> int:
+        from weaviate.classes.query import Filter
+
         total = 0
-        for name in names:
-            if name.startswith(prefix):
-                col = client.collections.use(name)
-                total += await self._delete_where(col, Filter.by_property("subject").equal(subject))
+        for _, col in await self._gateway_collections():
+            where = tenant_filter(tenant) & Filter.by_property("subject").equal(subject)
+            total += await self._delete_where(col, where)
         return total
+
+    async def subject_sources(self, tenant: str, subject: str) -> list[tuple[str, str, int]]:
+        from collections import Counter
+
+        from weaviate.classes.query import Filter
+
+        out: list[tuple[str, str, int]] = []
+        for collection, col in await self._gateway_collections():
+            where = tenant_filter(tenant) & Filter.by_property("subject").equal(subject)
+            result = await self._call(
+                col.query.fetch_objects(filters=where, limit=SUBJECT_CHUNKS_MAX, return_properties=["source"])
+            )
+            counts = Counter(str(o.properties.get("source")) for o in result.objects)
+            out.extend((collection, source, n) for source, n in sorted(counts.items()))
+        return out
 
     # --- reads -----------------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from gateway import forgetting
+
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
@@ -144,6 +146,11 @@ class ConsentRegistry:
         self.engine = engine
         self.ttl_s = ttl_s
         self._cache: dict[tuple[str, str, str], tuple[float, ConsentRef | None]] = {}
+        forgetting.register(self)
+
+    def forget(self) -> None:
+        """Drop every cached answer (keyed by subject pseudonyms): a subject was erased."""
+        self._cache.clear()
 
     async def active(self, tenant: str, subject: str, purpose: str) -> ConsentRef | None:
         """The subject's active consent for ``purpose``, or None. Raises if SQL is unreachable."""

@@ -45,6 +45,9 @@ def make_engine(url: str) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute(
+                "PRAGMA secure_delete=ON"
+            )  # an erased row's bytes are overwritten, not left in free pages
             cur.close()
 
         return engine
@@ -114,3 +117,32 @@ class AuditChainMark(SQLModel, table=True):
     kind: str = Field(primary_key=True, max_length=16)  # start | end | recovered
     seq: int
     at: datetime
+
+
+class SubjectKey(SQLModel, table=True):
+    """A per-subject key: the ledger and the audit trail store ``link(key, pseudonym)``, never the
+    pseudonym. Erasure deletes the keys, and the rows that hold the links can no longer be tied to
+    the subject (crypto-shredding), while the audit chain still verifies."""
+
+    __tablename__ = "subject_keys"
+
+    id: str = Field(primary_key=True, max_length=32)
+    tenant: str = Field(max_length=128)
+    subject: str = Field(max_length=64, description="keyed HMAC pseudonym")
+    key: str = Field(max_length=64, description="hex of 32 random bytes")
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class SubjectErasure(SQLModel, table=True):
+    """One erasure job. ``target`` (a keyed hash of tenant and pseudonym under the server secret) lets an
+    interrupted job be resumed; it is cleared when the job finishes, leaving counts and the receipt."""
+
+    __tablename__ = "subject_erasures"
+
+    id: str = Field(primary_key=True, max_length=32)
+    tenant: str = Field(max_length=128)
+    target: str | None = Field(default=None, max_length=64)
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = Field(default=None)
+    counts: str = Field(default="{}", description="JSON: rows erased or unlinked per layer so far")
+    receipt: str | None = Field(default=None, description="the signed receipt, JSON")

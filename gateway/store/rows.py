@@ -116,3 +116,15 @@ def python_type(sql_type: Any) -> Any:
         if kind not in (None, object):
             return kind
     return None
+
+
+class DirectWriter:
+    """A writer for one-off commands (``gateway subject erase``): each row is inserted at once."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def put(self, row: SQLModel) -> None:
+        table = row.__table__  # type: ignore[attr-defined]
+        with self.engine.begin() as conn:
+            conn.execute(table.insert(), [{c.name: getattr(row, c.name) for c in table.columns}])
