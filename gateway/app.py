@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from gateway import metrics
+from gateway import metrics, retention
 from gateway.audit import Auditor
 from gateway.auth import KeyStore
 from gateway.bundle import Bundle, BundleHolder, watch
@@ -105,6 +105,7 @@ class Gateway:
         await self.writer.start()
         self.auditor.start()
         self._subjects = asyncio.create_task(self.subjects.watch(self._stop_watch))
+        self._retention = asyncio.create_task(retention.schedule(self.config, self.engine, self._stop_watch))
         # Library modules (spaCy, weaviate, numpy) can leave ~200 MB of long-lived objects; moving
         # them out of the collector's view keeps full collections from pausing requests for ~50 ms.
         gc.collect()
@@ -120,6 +121,7 @@ class Gateway:
         if self._watch is not None:
             self._watch.cancel()
         await self._subjects  # saves the keys made since its last round
+        self._retention.cancel()
         for upstream in self.upstreams.values():
             await upstream.close()
         await self.services.aclose()  # e.g. leases given back and settlements sent, before Redis closes

@@ -12,6 +12,7 @@ written off the hot path by the batched writer.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import uuid
 from datetime import UTC
 from typing import Any
@@ -21,8 +22,9 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import configure_mappers
 from sqlmodel import Session, col, select
 
+from gateway.identity import signer
 from gateway.policy import Context
-from gateway.store.db import AuditChainMark, AuditRecord, utcnow
+from gateway.store.db import AuditChainMark, AuditCheckpoint, AuditRecord, utcnow
 
 GENESIS = "0" * 64
 _HASHED = (
@@ -172,17 +174,42 @@ def fetch(engine: Engine, request_id: str) -> AuditRecord | None:
         return s.get(AuditRecord, request_id)
 
 
-def verify(engine: Engine) -> tuple[int, list[str]]:
+CHECKPOINT = b"execai audit checkpoint v1"
+
+
+def checkpoint_message(chain_id: str, seq: int, hash_: str, removed: int) -> bytes:
+    return f"{chain_id}\0{seq}\0{hash_}\0{removed}".encode()
+
+
+def _starts(s: Session, secret_key: str | None, problems: list[str]) -> dict[str, tuple[int, str]]:
+    """Per chain, where retention left it: (last deleted seq, its hash), from the newest checkpoint whose
+    signature holds. A checkpoint with a wrong signature is a problem, and is not used."""
+    sign = signer(secret_key, CHECKPOINT) if secret_key is not None else None
+    starts: dict[str, tuple[int, str]] = {}
+    for cp in s.exec(select(AuditCheckpoint).order_by(col(AuditCheckpoint.seq))):
+        if sign is not None and not hmac.compare_digest(
+            sign(checkpoint_message(cp.chain_id, cp.seq, cp.hash, cp.removed)), cp.signature
+        ):
+            problems.append(f"chain {cp.chain_id}: the checkpoint at seq {cp.seq} was modified")
+            continue
+        starts[cp.chain_id] = (cp.seq, cp.hash)
+    return starts
+
+
+def verify(engine: Engine, secret_key: str | None = None) -> tuple[int, list[str]]:
     """Check every chain; return (records checked, problems).
 
     Within a chain, sequence numbers must run 1, 2, 3... with no gap, each record must link to the
     previous one and hash to its stored hash. A chain whose process stopped cleanly (an ``end``
     mark) or whose write-ahead file was recovered after a kill (``recovered``) must also reach
-    the marked sequence number: a lost tail is then reported too.
+    the marked sequence number: a lost tail is then reported too. A chain whose oldest records
+    retention deleted starts after its checkpoint (seq and hash of the last deleted record), whose
+    signature is checked under ``secret_key`` when it is given (``gateway audit verify`` gives it).
     """
     problems: list[str] = []
     checked = 0
     with Session(engine) as s:
+        starts = _starts(s, secret_key, problems)
         marks: dict[str, int] = {}
         for mark in s.exec(select(AuditChainMark).where(col(AuditChainMark.kind) != "start")):
             marks[mark.chain_id] = max(marks.get(mark.chain_id, 0), mark.seq)
@@ -197,11 +224,14 @@ def verify(engine: Engine) -> tuple[int, list[str]]:
                 problems.append(f"chain {chain}: records {last + 1}..{end} are missing (end of chain)")
 
         for row in rows:
+            if row.seq <= starts.get(row.chain_id, (0, ""))[0]:
+                continue  # before the checkpoint: a purge that was interrupted; the next one deletes it
             checked += 1
             if row.chain_id != chain:
                 if chain is not None:
                     tail(chain, expected_seq - 1)
-                chain, expected_seq, prev = row.chain_id, 1, GENESIS
+                start, prev = starts.get(row.chain_id, (0, GENESIS))
+                chain, expected_seq = row.chain_id, start + 1
                 seen.add(chain)
             if row.seq != expected_seq:
                 problems.append(f"chain {row.chain_id}: records {expected_seq}..{row.seq - 1} are missing")
@@ -215,7 +245,7 @@ def verify(engine: Engine) -> tuple[int, list[str]]:
         if chain is not None:
             tail(chain, expected_seq - 1)
         for lost in sorted(set(marks) - seen):
-            tail(lost, 0)
+            tail(lost, starts.get(lost, (0, ""))[0])
     return checked, problems
 
 

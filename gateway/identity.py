@@ -18,3 +18,10 @@ def pseudonymiser(secret_key: str) -> Callable[[str], str]:
     """The subject pseudonym function for a configured secret."""
     key = (secret_key or DEV_SECRET).encode()
     return lambda subject: hmac.new(key, subject.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def signer(secret_key: str, purpose: bytes) -> Callable[[bytes], str]:
+    """HMAC-SHA256 (hex) under a key derived from the secret for one ``purpose`` (erasure receipts, audit
+    checkpoints): a signature made for one purpose never verifies for another."""
+    key = hmac.new((secret_key or DEV_SECRET).encode(), purpose, hashlib.sha256).digest()
+    return lambda message: hmac.new(key, message, hashlib.sha256).hexdigest()

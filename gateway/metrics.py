@@ -108,6 +108,11 @@ WRITER_ROWS = Counter(
     "Rows handled by the batched SQL writer, by outcome (written/spooled/replayed/rejected/lost).",
     ["outcome"],
 )
+RETENTION_DELETED = Counter(
+    "gateway_retention_deleted_total",
+    "Rows, chunks or files deleted by the retention purge, by data class.",
+    ["class"],
+)
 
 _LABEL_TENANT = True
 _LABEL_APP = True

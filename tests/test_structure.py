@@ -55,6 +55,7 @@ LAYERS: dict[str, int] = {
     "gateway.policytest": 7,
     "gateway.policycases": 7,
     "gateway.subjects": 7,
+    "gateway.retention": 7,
     "gateway.http": 8,
     "gateway.app": 8,
     "gateway.cli": 9,

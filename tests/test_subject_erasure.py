@@ -26,6 +26,7 @@ from gateway import audit, forgetting
 from gateway.cli import app as cli
 from gateway.config import Config, Storage
 from gateway.dev import DevUpstream
+from gateway.pii.analyzer import Analyzer
 from gateway.rag.cli import run_ingest
 from gateway.store.ledger import UsageRecord
 from gateway.subjects.receipt import ReceiptError, verify
@@ -89,7 +90,7 @@ def _chat(gw: RunningGateway, content: str) -> None:
 
 def _sql_rows(engine: Engine) -> str:
     """Every row of every table, as text."""
-    out = []
+    out: list[str] = []
     with engine.connect() as conn:
         for table in inspect(engine).get_table_names():
             out.extend(repr(tuple(row)) for row in conn.execute(text(f'SELECT * FROM "{table}"')))
@@ -100,10 +101,10 @@ def _redis_dump() -> str:
     import redis
 
     r = redis.Redis.from_url(REDIS_URL)
-    out = []
+    out: list[str] = []
     for key in r.scan_iter(count=1000):
-        kind = r.type(key)
-        read = {b"string": r.get, b"hash": r.hgetall, b"set": r.smembers}.get(kind)
+        kind: Any = r.type(key)
+        read: Any = {b"string": r.get, b"hash": r.hgetall, b"set": r.smembers}.get(kind)
         value: Any = read(key) if read else r.lrange(key, 0, -1) if kind == b"list" else r.zrange(key, 0, -1)
         out.append(f"{key!r} {value!r}")
     return "\n".join(out)
@@ -174,7 +175,7 @@ def test_erasure_leaves_no_trace_of_the_subject_in_any_store(
     assert [u["deployment"] for u in exported["usage"]] == ["mistral-7b-selfhosted", "openai-gpt4"]
     assert [d["jurisdiction"] for d in exported["decisions"]] == ["EU", "US"]
     assert sorted(d["source"] for d in exported["documents"]) == ["leave.md", "review.md"]
-    analyzers = [h for h in list(forgetting._HOLDERS) if type(h).__name__ == "Analyzer" and h._cache]
+    analyzers = [h for h in list(forgetting._HOLDERS) if isinstance(h, Analyzer) and h._cache]
     assert analyzers, "the PII analyzer cached the prompts"
 
     resp = httpx.post(

@@ -16,6 +16,7 @@ from gateway.cli import (  # noqa: F401  (serve: root commands; policy_run: poli
     policy,
     policy_run,
     rag,
+    retention,
     serve,
     subject,
     usage,
@@ -31,6 +32,7 @@ app.add_typer(consent.consent_app, name="consent")
 app.add_typer(audit.audit_app, name="audit")
 app.add_typer(subject.subject_app, name="subject")
 app.add_typer(rag.rag_app, name="rag")
+app.add_typer(retention.retention_app, name="retention")
 app.add_typer(usage.usage_app, name="usage")
 
 __all__ = ["app", "main"]

@@ -21,7 +21,7 @@ def audit_verify(config: ConfigOpt = None) -> None:
     from gateway import audit
 
     engine = _engine(config)
-    checked, problems = audit.verify(engine)
+    checked, problems = audit.verify(engine, _config(config).server.secret_key)
     for problem in problems:
         err.print(f"[red]problem[/red] {problem}", highlight=False)
     for chain, last in audit.open_chains(engine):

@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, field_validator
 from gateway import yamlsrc
 from gateway.config.deployments import Alias, Deployment, Price, Strict, Timeouts
 from gateway.config.rag import RagSettings
+from gateway.config.retention import Retention
 
 __all__ = ["Alias", "Config", "Deployment", "Price", "Strict", "Timeouts", "load_config"]
 
@@ -187,6 +188,10 @@ class Config(Strict):
         Accounting(), description="Cost accounting and ledger settings (docs/accounting.md)."
     )
     rag: RagSettings = Field(RagSettings(), description="Vector store and RAG collections (docs/rag.md).")
+    retention: Retention = Field(
+        Retention(),
+        description="How long each class of data is kept (docs/compliance.md). Default: all kept.",
+    )
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

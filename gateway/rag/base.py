@@ -111,6 +111,10 @@ class VectorStore(ABC):
         """Delete every chunk of the tenant about a data subject (by pseudonym) in every collection."""
 
     @abstractmethod
+    async def delete_ingested_before(self, before: float, dry_run: bool = False) -> int:
+        """Delete (or only count) every chunk ingested before ``before`` (Unix time), in every collection."""
+
+    @abstractmethod
     async def subject_sources(self, tenant: str, subject: str) -> list[tuple[str, str, int]]:
         """The tenant's documents about a data subject: (collection, source, chunks), sorted."""
 

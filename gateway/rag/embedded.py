@@ -180,6 +180,14 @@ class EmbeddedIndex(VectorStore):
         with self._lock:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
+    async def delete_ingested_before(self, before: float, dry_run: bool = False) -> int:
+        if dry_run:
+            with self._lock:
+                return sql.count_where(self._db, "ingested_at < ?", (before,))
+        n = int(await self._run(self._delete, "ingested_at < ?", (before,)))
+        await self._run(self._checkpoint)
+        return n
+
     async def subject_sources(self, tenant: str, subject: str) -> list[tuple[str, str, int]]:
         with self._lock:
             return sql.subject_sources(self._db, tenant, subject)

@@ -29,6 +29,10 @@ def count(db: sqlite3.Connection, collection: str, tenant: str) -> int:
     return int(row.fetchone()[0])
 
 
+def count_where(db: sqlite3.Connection, where: str, args: tuple[object, ...]) -> int:
+    return int(db.execute(f"SELECT COUNT(*) FROM chunks WHERE {where}", args).fetchone()[0])
+
+
 def existing_ids(db: sqlite3.Connection, collection: str, tenant: str, ids: Sequence[str]) -> set[str]:
     found: set[str] = set()
     for i in range(0, len(ids), 500):

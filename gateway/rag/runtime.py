@@ -8,6 +8,7 @@ Tests put their own ``Rag`` there first.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.config.rag import RagSettings
@@ -56,6 +57,14 @@ class Rag:
             found = GatewayEmbedder(self.embed, model, frozenset(self.settings.embedding_jurisdictions))
             self.embedders[model] = found
         return found
+
+
+def open_existing_store(settings: RagSettings) -> VectorStore | None:
+    """The configured store, or None when it is an embedded index that was never made (nothing to read or
+    delete, and no directory to create)."""
+    if settings.backend == "embedded" and not Path(settings.embedded.path).exists():
+        return None
+    return open_store(settings)
 
 
 def open_store(settings: RagSettings) -> VectorStore:

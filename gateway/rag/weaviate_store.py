@@ -163,6 +163,19 @@ class WeaviateStore(VectorStore):
             total += await self._delete_where(col, where)
         return total
 
+    async def delete_ingested_before(self, before: float, dry_run: bool = False) -> int:
+        from weaviate.classes.query import Filter
+
+        total = 0
+        for _, col in await self._gateway_collections():
+            where = Filter.by_property("ingested_at").less_than(before)
+            if dry_run:
+                result = await self._call(col.aggregate.over_all(total_count=True, filters=where))
+                total += int(result.total_count or 0)
+            else:
+                total += await self._delete_where(col, where)
+        return total
+
     async def subject_sources(self, tenant: str, subject: str) -> list[tuple[str, str, int]]:
         from collections import Counter
 

@@ -146,3 +146,28 @@ class SubjectErasure(SQLModel, table=True):
     finished_at: datetime | None = Field(default=None)
     counts: str = Field(default="{}", description="JSON: rows erased or unlinked per layer so far")
     receipt: str | None = Field(default=None, description="the signed receipt, JSON")
+
+
+class AuditCheckpoint(SQLModel, table=True):
+    """Where an audit chain resumes after retention deleted its oldest records: the last deleted record's
+    sequence number and hash, how many were removed in all, signed under ``server.secret_key``."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: str = Field(primary_key=True, max_length=32)
+    chain_id: str = Field(max_length=32, index=True)
+    seq: int
+    hash: str = Field(max_length=64)
+    removed: int
+    at: datetime = Field(default_factory=utcnow)
+    signature: str = Field(max_length=64)
+
+
+class JobLock(SQLModel, table=True):
+    """A lease on a job only one worker may run at a time (the retention purge)."""
+
+    __tablename__ = "job_locks"
+
+    name: str = Field(primary_key=True, max_length=64)
+    holder: str = Field(max_length=64)
+    expires_at: datetime

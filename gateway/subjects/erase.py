@@ -42,7 +42,7 @@ from gateway.audit import Auditor
 from gateway.config import Config
 from gateway.identity import DEV_SECRET, pseudonymiser
 from gateway.rag.base import VectorStore
-from gateway.rag.runtime import open_store
+from gateway.rag.runtime import open_existing_store
 from gateway.store.db import SubjectErasure, utcnow
 from gateway.store.subject_keys import delete_keys, links
 from gateway.subjects import held
@@ -71,10 +71,7 @@ class Stores:
     settle_s: float = 2.5  # > the workers' 1 s poll + their 0.5 s key saves
 
     def rag(self) -> VectorStore | None:
-        rag = self.config.rag
-        if rag.backend == "embedded" and not Path(rag.embedded.path).exists():
-            return None  # never used: nothing to erase, and no directory to create
-        return open_store(rag)
+        return open_existing_store(self.config.rag)
 
 
 def target(secret_key: str, tenant: str, pseudonym: str) -> str:

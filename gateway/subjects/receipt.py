@@ -8,13 +8,12 @@ gateway's secret can check a receipt; a changed count, time, tenant or job id fa
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from typing import Any
 
 import orjson
 
-from gateway.identity import DEV_SECRET
+from gateway.identity import signer
 
 KIND = "execai.subject_erasure.v1"
 ALG = "HMAC-SHA256"
@@ -24,10 +23,7 @@ class ReceiptError(ValueError):
     """The receipt is malformed, or its signature does not match."""
 
 
-def _key(secret_key: str) -> bytes:
-    return hmac.new(
-        (secret_key or DEV_SECRET).encode(), b"execai erasure receipt v1", hashlib.sha256
-    ).digest()
+PURPOSE = b"execai erasure receipt v1"
 
 
 def _canonical(body: dict[str, Any]) -> bytes:
@@ -36,7 +32,7 @@ def _canonical(body: dict[str, Any]) -> bytes:
 
 def sign(body: dict[str, Any], secret_key: str) -> dict[str, Any]:
     """The receipt: ``body`` (JSON values only) with its signature."""
-    digest = hmac.new(_key(secret_key), _canonical(body), hashlib.sha256).hexdigest()
+    digest = signer(secret_key, PURPOSE)(_canonical(body))
     return {**body, "signature": {"alg": ALG, "value": digest}}
 
 
@@ -58,7 +54,7 @@ def verify(raw: bytes, secret_key: str) -> dict[str, Any]:
     ):
         raise ReceiptError(f'\'signature\' must be {{"alg": {ALG!r}, "value": <hex>}}')
     body = {k: v for k, v in receipt.items() if k != "signature"}
-    expected = hmac.new(_key(secret_key), _canonical(body), hashlib.sha256).hexdigest()
+    expected = signer(secret_key, PURPOSE)(_canonical(body))
     if not hmac.compare_digest(expected, signature["value"]):
         raise ReceiptError(
             "the signature does not match: the receipt was changed, or signed with another secret"
