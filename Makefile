@@ -1,6 +1,7 @@
 # Two commands for newcomers (see README.md):
 #   make run    install, then start the gateway with the embedded defaults and a development upstream
-#   make test   install, then run the whole test suite (needs PostgreSQL and Redis on 127.0.0.1)
+#   make test   install, then run the whole test suite (needs PostgreSQL and Redis on 127.0.0.1, and
+#               Node.js with npm for the OpenID provider the sign-in tests use)
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -19,7 +20,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 run: install
 	$(BIN)/gateway serve --dev
 
-test: install
+# The certified OpenID provider tests/test_oidc.py signs in with (Node.js), from its lock file.
+OIDC_PROVIDER := tests/oidc/node_modules/.package-lock.json
+$(OIDC_PROVIDER): tests/oidc/package.json tests/oidc/package-lock.json
+	npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: install $(OIDC_PROVIDER)
 	$(BIN)/ruff check gateway tests bench scripts
 	$(BIN)/ruff format --check gateway tests bench scripts
 	$(BIN)/mypy

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import metrics, retention
 from gateway.audit import Auditor
@@ -38,6 +38,9 @@ from gateway.subjects.erase import Stores
 from gateway.upstreams import build
 from gateway.upstreams.base import Upstream
 
+if TYPE_CHECKING:
+    from gateway.oidc import OidcVerifier
+
 log = logging.getLogger("gateway")
 access = logging.getLogger("gateway.access")
 
@@ -46,7 +49,14 @@ class Gateway:
     def __init__(self, config: Config, *, bundle: BundleHolder | None = None) -> None:
         self.config = config
         self.engine = make_engine(config.storage.database_url)
-        self.keys = KeyStore(self.engine, config.server.key_refresh_s)
+        self.oidc: OidcVerifier | None = None
+        if config.auth.oidc:  # PyJWT and the JWKS client are imported only when an issuer is configured
+            from gateway.oidc import OidcVerifier
+
+            self.oidc = OidcVerifier(config.auth.oidc)
+        self.keys = KeyStore(
+            self.engine, config.server.key_refresh_s, self.oidc.principal if self.oidc is not None else None
+        )
         self.upstreams: dict[str, Upstream] = {n: build(n, d) for n, d in config.deployments.items()}
         self.router = Router(self.upstreams)
         self.bundle = bundle or BundleHolder(Bundle.empty())

@@ -17,7 +17,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -53,6 +53,7 @@ class Principal:
     app: str
     models: frozenset[str]
     scopes: frozenset[str]
+    subject: str | None = None  # the data subject an OIDC token names (auth.oidc claims.subject)
 
     def may_use(self, model: str) -> bool:
         return "*" in self.models or model in self.models
@@ -154,9 +155,15 @@ def revoke_key(engine: Engine, key_id: str) -> bool:
 class KeyStore:
     """Resolves bearer tokens to Principals with a per-worker cache."""
 
-    def __init__(self, engine: Engine, refresh_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        refresh_s: float = 2.0,
+        oidc: Callable[[str], Awaitable[Principal]] | None = None,
+    ) -> None:
         self.engine = engine
         self.refresh_s = refresh_s
+        self.oidc = oidc  # resolves a JWT access token (gateway.oidc.OidcVerifier.principal)
         self._cache: dict[str, tuple[str, Principal]] = {}
         self._negative: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
@@ -165,7 +172,10 @@ class KeyStore:
         """Return the Principal for an ``Authorization`` header value; raise 401 otherwise."""
         if not authorization or not authorization[:7].lower() == "bearer ":
             raise GatewayError(401, "invalid_api_key", "Missing bearer API key in the Authorization header.")
-        parts = _split(authorization[7:].strip())
+        token = authorization[7:].strip()
+        if self.oidc is not None and not token.startswith(PREFIX) and token.count(".") == 2:
+            return await self.oidc(token)
+        parts = _split(token)
         if parts is None:
             raise GatewayError(401, "invalid_api_key", "Invalid API key.")
         key_id, secret = parts

@@ -44,6 +44,7 @@ LAYERS: dict[str, int] = {
     "gateway.tokens": 3,
     "gateway.upstreams": 3,
     "gateway.auth": 3,
+    "gateway.oidc": 3,
     "gateway.policy": 4,
     "gateway.services": 4,
     "gateway.chain": 4,

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 
 from gateway import yamlsrc
+from gateway.config.auth import Auth
 from gateway.config.deployments import Alias, Deployment, Price, Strict, Timeouts
 from gateway.config.rag import RagSettings
 from gateway.config.retention import Retention
@@ -188,6 +189,9 @@ class Config(Strict):
         Accounting(), description="Cost accounting and ledger settings (docs/accounting.md)."
     )
     rag: RagSettings = Field(RagSettings(), description="Vector store and RAG collections (docs/rag.md).")
+    auth: Auth = Field(
+        Auth(), description="Sign-in besides virtual keys: OpenID Connect issuers (docs/auth.md)."
+    )
     retention: Retention = Field(
         Retention(),
         description="How long each class of data is kept (docs/compliance.md). Default: all kept.",

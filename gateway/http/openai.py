@@ -121,7 +121,8 @@ class OpenAIRoutes:
             principal,
             endpoint,
             body,
-            subject=header(scope, b"x-subject-id") or body.get("user"),
+            # A subject the sign-in token names (auth.oidc claims.subject) is authenticated: it wins.
+            subject=principal.subject or header(scope, b"x-subject-id") or body.get("user"),
             data_class=header(scope, b"x-data-class"),
         )
         # Our own request extension never reaches an upstream, whether or not a policy reads it.
