@@ -87,7 +87,10 @@ class Tokenizer:
         if n is None:
             n = self.encode(text)
             if len(_PROMPTS) >= _PROMPTS_MAX:
-                del _PROMPTS[next(iter(_PROMPTS))]  # the oldest entry
+                # The oldest entry; another thread may have emptied the cache meanwhile (an erasure).
+                oldest = next(iter(_PROMPTS), None)
+                if oldest is not None:
+                    _PROMPTS.pop(oldest, None)
             _PROMPTS[key] = n
         return n
 

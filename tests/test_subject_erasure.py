@@ -221,8 +221,9 @@ def test_erasure_leaves_no_trace_of_the_subject_in_any_store(
     assert sorted((r, subject) for r, subject, _ in kept if r in requests) == sorted(
         (r, None) for r in requests
     )
-    checked, problems = audit.verify(engine)
-    assert problems == []
+    checked, problems = audit.verify(engine, config.server.secret_key)
+    chain = gw.gateway.auditor.chain_id  # the PostgreSQL database holds other tests' (tampered) chains too
+    assert [p for p in problems if chain in p] == []
     assert checked >= 2
 
     def erasure_record() -> Any:

@@ -132,13 +132,11 @@ class SubjectKeys:
             raise
         return len(rows)
 
-    def check_erasures(self) -> bool:
-        """Forget everything when an erasure started since the last check (synchronous)."""
-        if self.engine is None:
-            return False
-        n = erasures_started(self.engine)
-        seen, self._erasures = self._erasures, n
-        if seen is not None and n != seen:
+    def erasure_seen(self, started: int) -> bool:
+        """Note how many erasures have started; True when one started since the last call (then forget
+        everything: call it on the event loop's thread, where the caches are used)."""
+        seen, self._erasures = self._erasures, started
+        if seen is not None and started != seen:
             forgetting.forget_all()
             return True
         return False
@@ -149,8 +147,8 @@ class SubjectKeys:
         while not stop.is_set():
             try:
                 await asyncio.to_thread(self.save)
-                if ticks % round(POLL_S / SAVE_S) == 0:
-                    await asyncio.to_thread(self.check_erasures)
+                if ticks % round(POLL_S / SAVE_S) == 0 and self.engine is not None:
+                    self.erasure_seen(await asyncio.to_thread(erasures_started, self.engine))
             except Exception as exc:  # the database may be briefly away: try again  # noqa: BLE001
                 log.warning("subject keys: %s; retrying", type(exc).__name__)
             ticks += 1
