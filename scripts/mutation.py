@@ -65,7 +65,13 @@ TESTS: dict[str, list[str]] = {
         "test_pii_gateway",
         "test_regressions",
     ],
-    "gateway/audit.py": ["test_audit_chain", "test_writer_wal", "test_regressions", "test_admin_surface"],
+    "gateway/audit.py": [
+        "test_audit_chain",
+        "test_writer_wal",
+        "test_regressions",
+        "test_admin_surface",
+        "test_retention",
+    ],
     "gateway/store/writer.py": [
         "test_writer",
         "test_writer_wal",
@@ -95,6 +101,11 @@ TESTS: dict[str, list[str]] = {
         "test_storage",
         "test_retention",
     ],
+    "gateway/subjects/erase.py": ["test_subject_erasure"],
+    "gateway/subjects/receipt.py": ["test_subject_erasure"],
+    "gateway/store/subject_keys.py": ["test_subject_erasure", "test_audit_chain", "test_accounting_policy"],
+    "gateway/retention.py": ["test_retention"],
+    "gateway/oidc.py": ["test_oidc"],
     "gateway/policies/consent_fallback.py": [
         "test_routing_policies",
         "test_consent_cases",
