@@ -90,6 +90,20 @@ def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A migrated database, once SQLite and once PostgreSQL (the session's database, shared)."""
+    url = (
+        f"sqlite:///{tmp_path / 'gw.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    upgrade(url)
+    engine = make_engine(url)
+    yield engine
+    engine.dispose()
+
+
 def make_config(upstream: DevUpstream, **overrides: Any) -> Config:
     """A config with EU and US deployments on the given loopback upstream."""
     base: dict[str, Any] = {

@@ -58,10 +58,7 @@ def subject_erase(
         signed = asyncio.run(erase(stores, tenant=tenant, subject_id=subject, actor=("cli", "-")))
     finally:
         stores.auditor.close()
-    if signed is None:
-        err.print("nothing is held about this subject in this tenant (never seen, or already erased)")
-        raise typer.Exit(1)
-    text = _json(signed)
+    text = _answer(signed)
     if receipt is not None:
         receipt.write_text(text + "\n", encoding="utf-8")
     print(text)
@@ -81,10 +78,7 @@ def subject_export(
 
     _check(tenant, subject)
     found = asyncio.run(export(_stores(config), tenant=tenant, subject_id=subject))
-    if found is None:
-        err.print("nothing is held about this subject in this tenant")
-        raise typer.Exit(1)
-    text = _json(found)
+    text = _answer(found)
     if output is not None:
         output.write_text(text + "\n", encoding="utf-8")
         out.print(f"wrote {output}")
@@ -117,7 +111,11 @@ def subject_verify_receipt(
     )
 
 
-def _json(value: dict[str, Any]) -> str:
+def _answer(found: dict[str, Any] | None) -> str:
+    """The answer as indented JSON; exit 1 when nothing is held about the subject."""
     import orjson
 
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS, default=str).decode()
+    if found is None:
+        err.print("nothing is held about this subject in this tenant (never seen, or already erased)")
+        raise typer.Exit(1)
+    return orjson.dumps(found, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS, default=str).decode()
