@@ -312,8 +312,12 @@ def test_cli_erases_one_tenant_only_and_its_receipt_verifies_until_changed(
     gone = _run("subject", "export", "--tenant", "hr", "--subject", SUBJECT, "-c", str(cli_config))
     assert gone.exit_code == 1
     assert "nothing is held" in gone.output
+    verified = _run("audit", "verify", "-c", str(cli_config))
+    assert verified.exit_code == 0, verified.output  # the erasure's own record, in a closed chain
+    assert "1 records checked, 0 problems" in verified.output
     again = _run("subject", "erase", "--tenant", "hr", "--subject", SUBJECT, "-c", str(cli_config))
     assert again.exit_code == 1  # idempotent: nothing to do, nothing written
+    assert "1 records checked" in _run("audit", "verify", "-c", str(cli_config)).output
 
     # A changed, malformed or foreign-signed receipt fails with the reason.
     receipt = orjson.loads(receipt_file.read_bytes())

@@ -53,10 +53,11 @@ def subject_erase(
 
     _check(tenant, subject)
     stores = _stores(config)
-    stores.auditor.start()
-    try:
-        signed = asyncio.run(erase(stores, tenant=tenant, subject_id=subject, actor=("cli", "-")))
-    finally:
+    signed = asyncio.run(erase(stores, tenant=tenant, subject_id=subject, actor=("cli", "-")))
+    if (
+        signed is not None
+    ):  # the job's record is this command's whole audit chain: mark where it starts and ends
+        stores.auditor.start()
         stores.auditor.close()
     text = _answer(signed)
     if receipt is not None:

@@ -26,8 +26,6 @@ returns None and writes nothing.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +38,7 @@ from sqlmodel import Session, select
 
 from gateway.audit import Auditor
 from gateway.config import Config
-from gateway.identity import DEV_SECRET, pseudonymiser
+from gateway.identity import pseudonymiser, signer
 from gateway.rag.base import VectorStore
 from gateway.rag.runtime import open_existing_store
 from gateway.store.db import SubjectErasure, utcnow
@@ -76,8 +74,7 @@ class Stores:
 
 def target(secret_key: str, tenant: str, pseudonym: str) -> str:
     """The job's handle for resuming (cleared when it finishes)."""
-    message = f"erasure\0{tenant}\0{pseudonym}".encode()
-    return hmac.new((secret_key or DEV_SECRET).encode(), message, hashlib.sha256).hexdigest()[:64]
+    return signer(secret_key, b"execai erasure job v1")(f"{tenant}\0{pseudonym}".encode())
 
 
 async def erase(
