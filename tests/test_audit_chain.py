@@ -9,6 +9,7 @@ the last record deleted, and two records' sequence numbers swapped. Each must be
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -414,3 +415,57 @@ def test_the_newest_end_mark_counts_and_an_empty_closed_chain_is_whole(
         f"chain {auditor.chain_id}: records 4..5 are missing (end of chain)"
     ]
     assert problems(engine, empty.chain_id) == []
+
+
+def test_an_operation_is_recorded_in_the_chain_after_the_requests(engine: Engine) -> None:
+    """``Auditor.event`` (an erasure's own record): the next link of the chain, every field as given,
+    no subject, and the chain still verifies."""
+    from gateway.store.rows import DirectWriter
+
+    auditor = audit.Auditor(DirectWriter(engine))
+    auditor.start()
+    auditor.record(finished_request(US))
+    before = datetime.now(UTC)
+    row = auditor.event(
+        request_id="job-1",
+        tenant="acme",
+        app="cli",
+        key_id="-",
+        kind="erasure",
+        facts={"consents": 1, "rag_chunks": 2},
+        bundle_hash="b" * 16,
+    )
+    auditor.close()
+    assert (row.chain_id, row.seq, auditor.seq, auditor.prev) == (auditor.chain_id, 2, 2, row.hash)
+    assert (row.tenant, row.app, row.key_id, row.endpoint, row.policy_hash) == (
+        "acme",
+        "cli",
+        "-",
+        "erasure",
+        "b" * 16,
+    )
+    assert (row.subject, row.model, row.status, row.attempts, row.deployment) == (None, "-", 200, "[]", None)
+    assert (row.jurisdiction, row.fallback, row.consent_ref) == (None, None, None)
+    assert json.loads(row.decisions) == [
+        {"policy": "erasure", "action": "done", "facts": {"consents": 1, "rag_chunks": 2}}
+    ]
+    assert row.at >= before
+    assert row.hash == audit._digest(row.model_dump())
+    stored = audit.fetch(engine, "job-1")
+    assert stored is not None
+    assert stored.prev_hash == _hash_of(engine, auditor.chain_id, 1)  # linked to the request's record
+    checked, problems = audit.verify(engine)
+    assert [p for p in problems if auditor.chain_id in p] == []
+    assert checked >= 2
+
+
+def _hash_of(engine: Engine, chain: str, seq: int) -> str:
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        return str(
+            conn.execute(
+                text("SELECT hash FROM audit_records WHERE chain_id = :c AND seq = :s"),
+                {"c": chain, "s": seq},
+            ).scalar_one()
+        )
