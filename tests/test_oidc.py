@@ -297,3 +297,24 @@ def test_a_subject_claim_names_the_data_subject_over_the_user_field(
     token_subject = gw.gateway.pseudonym("hr-chatbot")  # the token's `sub`
     assert gw.gateway.subjects._keys.keys() == {("hr", token_subject)}  # not the body's `user`
     assert row.subject == gw.gateway.subjects.link("hr", token_subject)
+
+
+def test_missing_claims_and_an_unreachable_jwks_are_told_apart(
+    gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream, keycloak: Provider, auth0: Provider
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/jwks"  # nothing listens there
+    issuers = [
+        _issuer(auth0, preset="keycloak"),  # Auth0-shaped claims read with Keycloak's paths: no tenant
+        _issuer(keycloak, jwks_url=dead),
+    ]
+    gw = gateway_factory(make_config(upstream, auth={"oidc": issuers}))
+    assert _refusal(gw, auth0.token()) == (401, "oidc.claim_missing")
+    resp = httpx.post(
+        f"{gw.base_url}/chat/completions",
+        headers={"Authorization": f"Bearer {keycloak.token()}"},
+        json={"model": "mistral-7b", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=30,
+    )
+    assert resp.status_code == 503  # the provider is away: retry, not "your token is bad"
+    assert resp.json()["error"]["code"] == "oidc.jwks_unavailable"
+    assert resp.headers["retry-after"] == "5"
