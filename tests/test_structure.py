@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "gateway.validation": 1,
     "gateway.layering": 1,
     "gateway.config": 2,
+    "gateway.egress": 2,
     "gateway.store": 3,
     "gateway.migrations": 3,
     "gateway.pii": 3,

@@ -48,8 +48,17 @@ def serve(
             help="With --dev: the development upstream's port on 127.0.0.1.",
         ),
     ] = 9100,
+    no_migrate: Annotated[
+        bool,
+        typer.Option(
+            "--no-migrate",
+            help="Do not migrate the database; wait (up to --schema-wait-s) until something else has "
+            "(the Helm chart's migration Job).",
+        ),
+    ] = False,
+    schema_wait_s: Annotated[float, typer.Option(help="With --no-migrate: how long to wait.")] = 300.0,
 ) -> None:
-    """Run the gateway (migrates the database first)."""
+    """Run the gateway (migrates the database first, unless --no-migrate)."""
     import uvicorn
 
     from gateway.store.db import upgrade
@@ -63,7 +72,10 @@ def serve(
             highlight=False,
         )
         raise typer.Exit(2)
-    upgrade(cfg.storage.database_url)
+    if no_migrate:
+        _wait_for_schema(cfg.storage.database_url, schema_wait_s)
+    else:
+        upgrade(cfg.storage.database_url)
     if config is not None:
         os.environ["GATEWAY_CONFIG"] = str(config)
     n = workers or cfg.server.workers
@@ -89,6 +101,23 @@ def serve(
         timeout_graceful_shutdown=30,
         **server_options(cfg.server),
     )
+
+
+def _wait_for_schema(url: str, wait_s: float) -> None:
+    import time
+
+    from gateway.store.db import schema_is_current
+
+    deadline = time.monotonic() + wait_s
+    while not schema_is_current(url):
+        if time.monotonic() >= deadline:
+            err.print(
+                f"[red]error[/red] the database schema is not at the newest migration after {wait_s:.0f} s "
+                "(--no-migrate: run `gateway db upgrade`, or the chart's migration Job)",
+                highlight=False,
+            )
+            raise typer.Exit(1)
+        time.sleep(1.0)
 
 
 # --- development mode (`serve --dev`) -----------------------------------------------------------------

@@ -54,15 +54,36 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the schema at ``url`` to ``revision`` with alembic."""
-    from alembic import command
+def _alembic(url: str) -> Any:
     from alembic.config import Config as AlembicConfig
 
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(cfg, revision)
+    return cfg
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Bring the schema at ``url`` to ``revision`` with alembic."""
+    from alembic import command
+
+    command.upgrade(_alembic(url), revision)
+
+
+def schema_is_current(url: str) -> bool:
+    """Whether the database at ``url`` is at the newest migration (False when it cannot be reached)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic(url)).get_current_head()
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return bool(MigrationContext.configure(conn).get_current_revision() == head)
+    except Exception:  # not reachable yet  # noqa: BLE001
+        return False
+    finally:
+        engine.dispose()
 
 
 class Consent(SQLModel, table=True):
