@@ -432,7 +432,11 @@ def test_an_operation_is_recorded_in_the_chain_after_the_requests(engine: Engine
         app="cli",
         key_id="-",
         kind="erasure",
-        facts={"consents": 1, "rag_chunks": 2},
+        facts={
+            "consents": 1,
+            "rag_chunks": 2,
+            "cost_eur": Decimal("0.5"),
+        },  # not JSON by itself: kept as text
         bundle_hash="b" * 16,
     )
     auditor.close()
@@ -447,7 +451,7 @@ def test_an_operation_is_recorded_in_the_chain_after_the_requests(engine: Engine
     assert (row.subject, row.model, row.status, row.attempts, row.deployment) == (None, "-", 200, "[]", None)
     assert (row.jurisdiction, row.fallback, row.consent_ref) == (None, None, None)
     assert json.loads(row.decisions) == [
-        {"policy": "erasure", "action": "done", "facts": {"consents": 1, "rag_chunks": 2}}
+        {"policy": "erasure", "action": "done", "facts": {"consents": 1, "rag_chunks": 2, "cost_eur": "0.5"}}
     ]
     assert row.at >= before
     assert row.hash == audit._digest(row.model_dump())

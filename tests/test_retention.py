@@ -262,3 +262,76 @@ server: {{policies_dir: /nonexistent, secret_key: {SECRET}}}
     bad = CliRunner().invoke(cli, ["retention", "run", "-c", str(config_file)])
     assert bad.exit_code == 2
     assert "retention.ledger" in bad.output
+
+
+def _checkpoint(engine: Engine, chain: str, seq: int, removed: int, secret: str = SECRET) -> str:
+    """A checkpoint as retention writes it: after seq ``seq``, whose hash it takes from the chain."""
+    from gateway.identity import signer
+
+    with engine.connect() as conn:
+        hash_ = conn.execute(
+            text("SELECT hash FROM audit_records WHERE chain_id = :c AND seq = :s"), {"c": chain, "s": seq}
+        ).scalar_one()
+    cid = os.urandom(8).hex()
+    signature = signer(secret, audit.CHECKPOINT)(audit.checkpoint_message(chain, seq, hash_, removed))
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO audit_checkpoints (id, chain_id, seq, hash, removed, at, signature) "
+                "VALUES (:id, :c, :s, :h, :r, :at, :sig)"
+            ),
+            {"id": cid, "c": chain, "s": seq, "h": hash_, "r": removed, "at": utcnow(), "sig": signature},
+        )
+    return cid
+
+
+def _mine(engine: Engine, chain: str, secret: str | None = SECRET) -> list[str]:
+    _, problems = audit.verify(engine, secret)
+    return [p for p in problems if chain in p]
+
+
+def test_a_purge_interrupted_after_its_checkpoint_still_verifies(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chain = _chain(engine, monkeypatch, [OLD] * 5).chain_id
+    _checkpoint(engine, chain, 3, 3)  # the checkpoint went in; the deletes did not happen
+    assert _mine(engine, chain) == []
+    with engine.begin() as conn:  # then records 1..2 went, 3 did not
+        conn.execute(text("DELETE FROM audit_records WHERE chain_id = :c AND seq < 3"), {"c": chain})
+    assert _mine(engine, chain) == []
+    with engine.begin() as conn:  # a record after the checkpoint is still checked
+        conn.execute(
+            text("UPDATE audit_records SET model = 'x' WHERE chain_id = :c AND seq = 4"), {"c": chain}
+        )
+    assert [p.split(": ", 1)[1] for p in _mine(engine, chain)] == ["record was modified"]
+
+
+def test_the_newest_valid_checkpoint_of_a_chain_is_the_one_used(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chain = _chain(engine, monkeypatch, [OLD] * 6).chain_id
+    _checkpoint(engine, chain, 4, 4)  # written first, but the newer one
+    _checkpoint(engine, chain, 2, 2)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_records WHERE chain_id = :c AND seq <= 4"), {"c": chain})
+    assert _mine(engine, chain) == []
+    # An older checkpoint that was tampered with is reported, and the newer valid one still holds.
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE audit_checkpoints SET removed = 9 WHERE chain_id = :c AND seq = 2"), {"c": chain}
+        )
+    assert _mine(engine, chain) == [f"chain {chain}: the checkpoint at seq 2 was modified"]
+
+
+def test_without_the_secret_checkpoints_are_used_but_their_signatures_not_checked(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chain = _chain(engine, monkeypatch, [OLD] * 3).chain_id
+    _checkpoint(engine, chain, 2, 2, secret="another-deployments-secret")
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_records WHERE chain_id = :c AND seq <= 2"), {"c": chain})
+    assert _mine(engine, chain, None) == []  # as `gateway audit verify` without a config's secret
+    assert _mine(engine, chain) == [
+        f"chain {chain}: the checkpoint at seq 2 was modified",
+        f"chain {chain}: records 1..2 are missing",
+    ]
