@@ -64,10 +64,20 @@ def _alembic(url: str) -> Any:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the schema at ``url`` to ``revision`` with alembic."""
+    """Bring the schema at ``url`` to ``revision`` with alembic. Processes that start together take
+    turns: PostgreSQL through an advisory lock (migrations/env.py), a SQLite file through a lock file
+    next to it."""
+    import contextlib
+    import fcntl
+
     from alembic import command
 
-    command.upgrade(_alembic(url), revision)
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") and ":memory:" not in url else None
+    with contextlib.ExitStack() as stack:
+        if path:
+            lock = stack.enter_context(open(f"{path}.migrate-lock", "a"))
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        command.upgrade(_alembic(url), revision)
 
 
 def schema_is_current(url: str) -> bool:
