@@ -129,6 +129,7 @@ def main() -> None:
     ap.add_argument("--stream", action="store_true", help="benchmark streamed completions")
     ap.add_argument("--redis-url", default=None, help="storage.redis_url for the gateway")
     ap.add_argument("--label", default="empty chain")
+    ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (server.workers)")
     ap.add_argument(
         "--unique",
         action="store_true",
@@ -175,6 +176,7 @@ storage:
   database_url: sqlite:///{work}/gateway.db
 {redis_line}server:
   port: {gw_port}
+  workers: {args.workers}
   policies_dir: {Path(policies).resolve()}
   secret_key: ${{GATEWAY_SECRET}}
 """)
