@@ -49,6 +49,13 @@ def _name(value: Any, what: str, paths: dict[str, str | None]) -> str:
     return value
 
 
+def _words(value: Any) -> list[str]:
+    """Scopes or roles: a space-separated string or a list; anything that is not a string is ignored."""
+    if isinstance(value, str):
+        return value.split()
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
 def claim(claims: dict[str, Any], path: str | None) -> Any:
     """The value at a claim path: a top-level name first (it may hold dots), else a dotted path."""
     if path is None:
@@ -133,13 +140,8 @@ class OidcVerifier:
         paths = issuer.claim_paths()
         tenant = _name(claim(claims, paths["tenant"]) if paths["tenant"] else issuer.tenant, "tenant", paths)
         app = _name(claim(claims, paths["app"]), "app", paths)
-        scopes = claim(claims, paths["scopes"])
-        granted = set(
-            scopes.split() if isinstance(scopes, str) else scopes if isinstance(scopes, list) else ()
-        )
-        roles = claim(claims, paths["roles"])
-        roles = set(roles) if isinstance(roles, list) else set()
-        given = {s for s in granted if s in USER_SCOPES}
+        given = {s for s in _words(claim(claims, paths["scopes"])) if s in USER_SCOPES}
+        roles = set(_words(claim(claims, paths["roles"])))
         if issuer.admin_role in roles:
             given.add("admin")
         if issuer.global_admin_role is not None and issuer.global_admin_role in roles:

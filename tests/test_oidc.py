@@ -318,3 +318,24 @@ def test_missing_claims_and_an_unreachable_jwks_are_told_apart(
     assert resp.status_code == 503  # the provider is away: retry, not "your token is bad"
     assert resp.json()["error"]["code"] == "oidc.jwks_unavailable"
     assert resp.headers["retry-after"] == "5"
+
+
+def test_claim_paths_read_namespaced_names_first_then_nested_objects() -> None:
+    from gateway.oidc import _words, claim
+
+    claims = {
+        "https://execai.example/tenant": "hr",
+        "realm_access": {"roles": ["gateway-admin", {"odd": 1}, 7]},
+        "a.b": "top-level wins",
+        "a": {"b": "nested"},
+        "scope": "chat  embeddings admin",
+    }
+    assert claim(claims, "https://execai.example/tenant") == "hr"
+    assert claim(claims, "a.b") == "top-level wins"
+    assert claim(claims, "realm_access.roles") == ["gateway-admin", {"odd": 1}, 7]
+    assert claim(claims, "realm_access.missing") is None
+    assert claim(claims, "scope.deeper") is None  # a string has no members
+    assert claim(claims, None) is None
+    assert _words(claim(claims, "realm_access.roles")) == ["gateway-admin"]  # non-strings ignored, no crash
+    assert _words(claims["scope"]) == ["chat", "embeddings", "admin"]
+    assert _words({"not": "a list"}) == []
