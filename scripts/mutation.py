@@ -101,11 +101,9 @@ TESTS: dict[str, list[str]] = {
         "test_storage",
         "test_retention",
     ],
-    "gateway/subjects/erase.py": ["test_subject_erasure"],
     "gateway/subjects/receipt.py": ["test_subject_erasure"],
     "gateway/store/subject_keys.py": ["test_subject_erasure", "test_audit_chain", "test_accounting_policy"],
     "gateway/retention.py": ["test_retention"],
-    "gateway/oidc.py": ["test_oidc"],
     "gateway/policies/consent_fallback.py": [
         "test_routing_policies",
         "test_consent_cases",
