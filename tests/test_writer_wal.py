@@ -389,3 +389,25 @@ def test_spooled_values_come_back_as_their_column_types() -> None:
 def test_every_table_a_spooled_row_may_name_is_known() -> None:
     assert {"usage_ledger", "audit_records", "audit_chain_marks"} <= set(tables())
     assert UsageRecord.__tablename__ == "usage_ledger"
+
+
+def test_a_column_type_without_a_python_type_falls_back_to_its_implementation() -> None:
+    """``python_type`` asks a type decorator's implementation when the type itself cannot say, and
+    answers None when neither can (the value is then kept as JSON gave it)."""
+    from sqlalchemy.types import DateTime, TypeDecorator, UserDefinedType
+
+    from gateway.store.rows import python_type
+
+    class Opaque(UserDefinedType[Any]):
+        cache_ok = True
+
+    class Stamp(TypeDecorator[Any]):
+        impl = DateTime
+        cache_ok = True
+
+        @property
+        def python_type(self) -> type:
+            raise NotImplementedError
+
+    assert python_type(Stamp()) is datetime
+    assert python_type(Opaque()) is None

@@ -87,7 +87,7 @@ def loads(line: bytes) -> Any:
 def encode(value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value)
-    raise TypeError(type(value).__name__)
+    raise TypeError  # orjson reports "Type is not JSON serializable" with the type itself
 
 
 def decode(table: Table, row: dict[str, Any]) -> dict[str, Any]:
