@@ -204,30 +204,11 @@ def test_two_replicas_agree_on_budgets_revocations_consent_policies_and_the_audi
             .strip()
             .splitlines()[-1]
         )
-        cli(
-            config,
-            "consent",
-            "grant",
-            "--tenant",
-            f"{tenant}-c",
-            "--subject",
-            "emp-7",
-            "--purpose",
-            "llm_fallback_gpt4",
-        )
+        consent = ("--tenant", f"{tenant}-c", "--subject", "emp-7", "--purpose", "llm_fallback_gpt4")
+        cli(config, "consent", "grant", *consent)
         _on_each(replicas, lambda r: chat(r, fresh, "emp-7").status_code == 200, 5, "the consent")
         # ...and a withdrawal closes it on both within 2 s.
-        cli(
-            config,
-            "consent",
-            "withdraw",
-            "--tenant",
-            f"{tenant}-c",
-            "--subject",
-            "emp-7",
-            "--purpose",
-            "llm_fallback_gpt4",
-        )
+        cli(config, "consent", "withdraw", *consent)
         # (2 s consent cache, plus a request in flight)
         _on_each(replicas, lambda r: chat(r, fresh, "emp-7").status_code == 503, 2.5, "the withdrawal")
         upstream.fail_status = None

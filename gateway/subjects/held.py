@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import Engine, delete, func, update
@@ -14,6 +14,8 @@ from sqlmodel import Session, col, select
 from gateway.store.db import AuditRecord, Consent
 from gateway.store.ledger import UsageRecord
 from gateway.store.subject_keys import keys_of
+
+Linked = TypeVar("Linked", UsageRecord, AuditRecord)
 
 # The writer's files: write-ahead segments, spooled and recovered rows, quarantined rows.
 WRITER_FILES = ("*.wal", "*.jsonl", "*.replaying", "*.bad")
@@ -31,10 +33,15 @@ def delete_consents(engine: Engine, tenant: str, pseudonym: str) -> int:
         return int(conn.execute(stmt).rowcount)
 
 
-def ledger(engine: Engine, tenant: str, links: Sequence[str]) -> list[UsageRecord]:
+def _linked(engine: Engine, model: type[Linked], tenant: str, links: Sequence[str]) -> list[Linked]:
+    """The tenant's rows of ``model`` whose subject is one of ``links``, oldest first."""
     with Session(engine) as s:
-        q = select(UsageRecord).where(UsageRecord.tenant == tenant, col(UsageRecord.subject).in_(links))
-        return list(s.exec(q.order_by(col(UsageRecord.at))))
+        q = select(model).where(col(model.tenant) == tenant, col(model.subject).in_(links))
+        return list(s.exec(q.order_by(col(model.at))))
+
+
+def ledger(engine: Engine, tenant: str, links: Sequence[str]) -> list[UsageRecord]:
+    return _linked(engine, UsageRecord, tenant, links)
 
 
 def unlink_ledger(engine: Engine, tenant: str, links: Sequence[str]) -> int:
@@ -49,9 +56,7 @@ def unlink_ledger(engine: Engine, tenant: str, links: Sequence[str]) -> int:
 
 
 def audit(engine: Engine, tenant: str, links: Sequence[str]) -> list[AuditRecord]:
-    with Session(engine) as s:
-        q = select(AuditRecord).where(AuditRecord.tenant == tenant, col(AuditRecord.subject).in_(links))
-        return list(s.exec(q.order_by(col(AuditRecord.at))))
+    return _linked(engine, AuditRecord, tenant, links)
 
 
 def count_audit(engine: Engine, tenant: str, links: Sequence[str]) -> int:
