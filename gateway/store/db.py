@@ -45,9 +45,8 @@ def make_engine(url: str) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute(
-                "PRAGMA secure_delete=ON"
-            )  # an erased row's bytes are overwritten, not left in free pages
+            # An erased row's bytes are overwritten, not left in free pages.
+            cur.execute("PRAGMA secure_delete=ON")
             cur.close()
 
         return engine
