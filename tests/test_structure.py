@@ -43,6 +43,7 @@ LAYERS: dict[str, int] = {
     "gateway.rag": 3,
     "gateway.accounting": 3,
     "gateway.tokens": 3,
+    "gateway.tokenids": 3,
     "gateway.upstreams": 3,
     "gateway.auth": 3,
     "gateway.oidc": 3,

@@ -180,6 +180,19 @@ class Accounting(Strict):
     )
 
 
+class Embeddings(Strict):
+    token_input: Literal["decode", "reject"] = Field(
+        "decode",
+        description="`/v1/embeddings` input given as token ids (LangChain's `OpenAIEmbeddings` default): `decode` "
+        "turns it into text with `token_input_encoding`, so it is scanned, counted and forwarded as text; "
+        "`reject` answers 400.",
+    )
+    token_input_encoding: Literal["cl100k_base", "o200k_base"] = Field(
+        "cl100k_base",
+        description="The tiktoken encoding token-id input is decoded with (OpenAI clients: cl100k_base).",
+    )
+
+
 class Config(Strict):
     deployments: dict[str, Deployment] = Field(..., description="Upstream deployments by name.")
     models: dict[str, Alias] = Field(..., description="Public model names mapped to ordered deployments.")
@@ -189,6 +202,7 @@ class Config(Strict):
         Accounting(), description="Cost accounting and ledger settings (docs/accounting.md)."
     )
     rag: RagSettings = Field(RagSettings(), description="Vector store and RAG collections (docs/rag.md).")
+    embeddings: Embeddings = Field(Embeddings(), description="How `/v1/embeddings` input is read.")
     auth: Auth = Field(
         Auth(), description="Sign-in besides virtual keys: OpenID Connect issuers (docs/auth.md)."
     )

@@ -36,6 +36,7 @@ from gateway.openai_plan import PSEUDONYMISED
 from gateway.pipeline import Pipeline
 from gateway.policy import Context
 from gateway.router import Committed
+from gateway.tokenids import decode_token_input
 from gateway.validation import validator
 
 log = logging.getLogger("gateway")
@@ -62,6 +63,13 @@ class OpenAIRoutes:
             )
             for endpoint in ("chat", "embeddings")
         )
+        validate_input = self.validate_embeddings
+
+        def validate_embeddings(body: dict[str, Any]) -> None:
+            validate_input(body)
+            decode_token_input(body, config.embeddings)  # token ids become text before any policy
+
+        self.validate_embeddings = validate_embeddings
 
     async def _authenticate(self, scope: Scope, needed: str) -> Principal:
         principal = await self.keys.authenticate(header(scope, b"authorization"))
