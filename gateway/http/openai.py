@@ -63,13 +63,6 @@ class OpenAIRoutes:
             )
             for endpoint in ("chat", "embeddings")
         )
-        validate_input = self.validate_embeddings
-
-        def validate_embeddings(body: dict[str, Any]) -> None:
-            validate_input(body)
-            decode_token_input(body, config.embeddings)  # token ids become text before any policy
-
-        self.validate_embeddings = validate_embeddings
 
     async def _authenticate(self, scope: Scope, needed: str) -> Principal:
         principal = await self.keys.authenticate(header(scope, b"authorization"))
@@ -112,7 +105,11 @@ class OpenAIRoutes:
         await self._proxy(scope, receive, send, "chat", self.validate_chat)
 
     async def embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._proxy(scope, receive, send, "embeddings", self.validate_embeddings)
+        await self._proxy(scope, receive, send, "embeddings", self._embeddings_body)
+
+    def _embeddings_body(self, body: dict[str, Any]) -> None:
+        self.validate_embeddings(body)
+        decode_token_input(body, self.config.embeddings)  # token ids become text before any policy
 
     async def _proxy(
         self,

@@ -62,17 +62,15 @@ def keys_of(engine: Engine, tenant: str, pseudonym: str) -> list[SubjectKey]:
 
 def delete_keys(engine: Engine, tenant: str, pseudonym: str) -> int:
     from sqlalchemy import delete
+    from sqlmodel import col
 
     from gateway.store.db import SubjectKey
 
     with engine.begin() as conn:
-        result = conn.execute(
-            delete(SubjectKey).where(
-                SubjectKey.tenant == tenant,  # type: ignore[arg-type]
-                SubjectKey.subject == pseudonym,  # type: ignore[arg-type]
-            )
+        stmt = delete(SubjectKey).where(
+            col(SubjectKey.tenant) == tenant, col(SubjectKey.subject) == pseudonym
         )
-        return int(result.rowcount)
+        return int(conn.execute(stmt).rowcount)
 
 
 def erasures_started(engine: Engine) -> int:
@@ -88,7 +86,7 @@ def erasures_started(engine: Engine) -> int:
 class SubjectKeys:
     """One worker's keys (``link``), saved in the background; emptied when a subject is erased."""
 
-    def __init__(self, engine: Engine | None, max_keys: int = 100_000) -> None:
+    def __init__(self, engine: Engine, max_keys: int = 100_000) -> None:
         self.engine = engine
         self.max_keys = max_keys
         self._keys: dict[tuple[str, str], bytes] = {}
@@ -103,18 +101,17 @@ class SubjectKeys:
             if len(self._keys) >= self.max_keys:
                 self._keys.clear()  # saved keys stay valid; the next requests make new ones
             key = self._keys[(tenant, pseudonym)] = secrets.token_bytes(32)
-            if self.engine is not None:
-                from gateway.store.db import SubjectKey, utcnow
+            from gateway.store.db import SubjectKey, utcnow
 
-                self._unsaved.append(
-                    SubjectKey(
-                        id=secrets.token_hex(16),
-                        tenant=tenant,
-                        subject=pseudonym,
-                        key=key.hex(),
-                        created_at=utcnow(),
-                    )
+            self._unsaved.append(
+                SubjectKey(
+                    id=secrets.token_hex(16),
+                    tenant=tenant,
+                    subject=pseudonym,
+                    key=key.hex(),
+                    created_at=utcnow(),
                 )
+            )
         return link(key, pseudonym)
 
     def forget(self) -> None:
@@ -123,7 +120,7 @@ class SubjectKeys:
     def save(self) -> int:
         """Save the keys made since the last call (synchronous); on failure they are kept for the next."""
         rows, self._unsaved = self._unsaved, []
-        if not rows or self.engine is None:
+        if not rows:
             return 0
         try:
             _insert(self.engine, rows)
@@ -147,7 +144,7 @@ class SubjectKeys:
         while not stop.is_set():
             try:
                 await asyncio.to_thread(self.save)
-                if ticks % round(POLL_S / SAVE_S) == 0 and self.engine is not None:
+                if ticks % round(POLL_S / SAVE_S) == 0:
                     self.erasure_seen(await asyncio.to_thread(erasures_started, self.engine))
             except Exception as exc:  # the database may be briefly away: try again  # noqa: BLE001
                 log.warning("subject keys: %s; retrying", type(exc).__name__)
