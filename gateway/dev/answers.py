@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 
+from gateway.dev.structured import instance, json_schema
+
 
 @dataclass
 class Answers:
@@ -38,7 +40,7 @@ class Answers:
         reply = self.answer(body)
         message: dict[str, Any] = {"role": "assistant", "content": reply}
         finish = "stop"
-        if body.get("tools"):
+        if _calls_tool(body):
             tool = body["tools"][0]["function"]["name"]
             message = {
                 "role": "assistant",
@@ -81,6 +83,11 @@ class Answers:
         }
 
     def answer(self, body: dict[str, Any]) -> str:
+        """The reply text: an instance of the requested JSON schema (``response_format``), the echo report, or
+        the canned reply."""
+        schema = json_schema(body)
+        if schema is not None:
+            return orjson.dumps(instance(schema, _last_user(body))).decode()
         return report(body) if self.echo else self.reply
 
     def _legacy_function(self, body: dict[str, Any]) -> str | None:
@@ -106,7 +113,7 @@ class Answers:
                 for t in body.get("tools") or ()
                 if isinstance(t, dict) and isinstance(t.get("function"), dict)
             ]
-            if self.stream_tool_calls
+            if self.stream_tool_calls and _calls_tool(body)
             else []
         )
         per_choice: list[list[tuple[dict[str, Any], str | None]]] = []
@@ -254,6 +261,14 @@ def _shown(text: str) -> str:
 
 _WORDS = re.compile(r"\w+")
 _PLACEHOLDER = re.compile(r"[<\[{]\s*([A-Za-z][A-Za-z_ -]*?[ _-]?\d+)\s*[>\]}]")
+
+
+def _calls_tool(body: dict[str, Any]) -> bool:
+    """A request with tools gets a tool call, unless it already carries the tools' results (the round trip's
+    second request) or asks for no tool."""
+    messages = body.get("messages") or [{}]
+    last = messages[-1] if isinstance(messages[-1], dict) else {}
+    return bool(body.get("tools")) and last.get("role") != "tool" and body.get("tool_choice") != "none"
 
 
 def _last_user(body: dict[str, Any]) -> str:
