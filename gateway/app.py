@@ -94,6 +94,7 @@ class Gateway:
         self._routes: dict[tuple[str, str], Callable[..., Awaitable[None]]] = {
             ("POST", "/v1/chat/completions"): self.openai.chat,
             ("POST", "/v1/embeddings"): self.openai.embeddings,
+            ("POST", "/v1/responses"): self.openai.responses,
             ("GET", "/v1/models"): self.openai.models,
             ("GET", "/healthz"): ops.healthz,
             ("GET", "/readyz"): ops.readyz,
@@ -160,6 +161,8 @@ class Gateway:
                 await self._admin(scope, receive, send)
             elif path.startswith("/v1/models/") and scope["method"] == "GET":
                 await asgi.run(self.openai.model, scope, receive, send)
+            elif path.startswith("/v1/responses/"):
+                await asgi.run(self.openai.stored_response, scope, receive, send)
             elif path in self._paths or path.startswith("/v1/models/"):
                 await send_error(send, GatewayError(405, "method_not_allowed", "Method not allowed."))
             else:
@@ -221,6 +224,7 @@ class Gateway:
             deployment,
             jurisdiction,
             str(ctx.status),
+            ctx.route,
         ).inc()
         if target is not None:
             metrics.UPSTREAM_LATENCY.labels(deployment).observe(ctx.upstream_s)

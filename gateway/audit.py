@@ -81,7 +81,7 @@ class Auditor:
             key_id=ctx.principal.key_id,
             subject=ctx.subject_link,
             model=ctx.model,
-            endpoint=ctx.endpoint,
+            endpoint=ctx.route,
             policy_hash=ctx.bundle_hash,
             decisions=orjson.dumps(
                 [{"policy": d.policy, "action": d.action, "facts": d.facts} for d in ctx.decisions],

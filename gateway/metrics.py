@@ -36,8 +36,9 @@ _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.002, 0.005, 0.01
 
 REQUESTS = Counter(
     "gateway_requests_total",
-    "Requests answered, by tenant, app, public model, deployment, jurisdiction and HTTP status.",
-    ["tenant", "app", "model", "deployment", "jurisdiction", "status"],
+    "Requests answered, by tenant, app, public model, deployment, jurisdiction, HTTP status and API "
+    "(chat, embeddings, responses).",
+    ["tenant", "app", "model", "deployment", "jurisdiction", "status", "endpoint"],
 )
 UPSTREAM_LATENCY = Histogram(
     "gateway_upstream_latency_seconds",

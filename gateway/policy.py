@@ -82,7 +82,7 @@ class Context:
     """Everything known about one request; policies read and narrow typed fields only."""
 
     principal: Principal
-    endpoint: Literal["chat", "embeddings"]
+    endpoint: Literal["chat", "embeddings"]  # the body's shape, as the policies and the upstream see it
     model: str
     candidates: list[Target]
     stream: bool = False
@@ -101,6 +101,8 @@ class Context:
     # the client gets instead of an upstream error when every candidate that was allowed fails.
     withheld: list[PolicyDenied] = field(default_factory=list)
     bundle_hash: str = ""
+    # The API the client called, as recorded (ledger, audit, metrics): "responses" is bridged to "chat".
+    route: str = ""
     request_id: str = field(default_factory=new_request_id)
     started: float = field(default_factory=time.perf_counter)
     decisions: list[Decision] = field(default_factory=list)
@@ -112,6 +114,9 @@ class Context:
     response_headers: dict[str, str] = field(default_factory=dict)
     first_byte_at: float | None = None
     upstream_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.route = self.route or self.endpoint
 
     def record(self, policy: str, action: str, **facts: Any) -> None:
         """Record a decision. Facts hold counts and identifiers, never prompt text or PII."""

@@ -11,10 +11,11 @@ import re
 from collections.abc import Callable, Collection
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from gateway.errors import GatewayError, bad_request
 from gateway.openai_schema import CHAT, EMBEDDINGS, MAX_DEPTH, TOP_LEVEL
+from gateway.responses_schema import RESPONSES, TOP_LEVEL_RESPONSES
 
 GATEWAY_FIELDS = frozenset({"gateway_rag"})  # our own request extensions, removed before forwarding
 Validator = Callable[[dict[str, Any]], None]
@@ -24,9 +25,10 @@ def validator(
     endpoint: str, *, unknown_fields: str = "reject", max_n: int = 8, extensions: Collection[str] = ()
 ) -> Validator:
     """A function that checks (and, for ``drop``, trims) one request body in place; raises a 400."""
-    adapter = CHAT if endpoint == "chat" else EMBEDDINGS
-    known = TOP_LEVEL[endpoint] | GATEWAY_FIELDS | frozenset(extensions)
-    core = TOP_LEVEL[endpoint]
+    adapters: dict[str, TypeAdapter[Any]] = {"chat": CHAT, "embeddings": EMBEDDINGS, "responses": RESPONSES}
+    adapter = adapters[endpoint]
+    core = TOP_LEVEL_RESPONSES if endpoint == "responses" else TOP_LEVEL[endpoint]
+    known = core | GATEWAY_FIELDS | frozenset(extensions)
 
     def validate(body: dict[str, Any]) -> None:
         if depth(body) > MAX_DEPTH:

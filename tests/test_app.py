@@ -85,8 +85,8 @@ def test_healthz_readyz_and_metrics(gw: RunningGateway) -> None:
     )
     text = httpx.get(f"{gw.url}/metrics").text
     assert (
-        'gateway_requests_total{app="chat",deployment="eu-primary",jurisdiction="EU",model="mistral-7b"'
-        in text
+        'gateway_requests_total{app="chat",deployment="eu-primary",endpoint="chat",jurisdiction="EU",'
+        'model="mistral-7b"' in text
     )
     assert "gateway_overhead_seconds_bucket" in text
 

@@ -35,6 +35,7 @@ from gateway.http.stream import relay_stream
 from gateway.openai_plan import PSEUDONYMISED
 from gateway.pipeline import Pipeline
 from gateway.policy import Context
+from gateway.responses import Events, Shape, refuse, to_chat
 from gateway.router import Committed
 from gateway.tokenids import decode_token_input
 from gateway.validation import validator
@@ -43,7 +44,8 @@ log = logging.getLogger("gateway")
 
 
 class OpenAIRoutes:
-    """``POST /v1/chat/completions``, ``POST /v1/embeddings``, ``GET /v1/models[/{id}]``."""
+    """``POST /v1/chat/completions``, ``POST /v1/embeddings``, ``POST /v1/responses`` (bridged to chat),
+    ``GET /v1/models[/{id}]``."""
 
     def __init__(
         self, config: Config, keys: KeyStore, pipeline: Pipeline, pseudonym: Callable[[str], str]
@@ -62,6 +64,10 @@ class OpenAIRoutes:
                 extensions=extensions,
             )
             for endpoint in ("chat", "embeddings")
+        )
+        # Fields the bridge does not translate never leave: unknown ones are refused, or dropped under `drop`.
+        self.validate_responses = validator(
+            "responses", unknown_fields="drop" if config.server.unknown_fields == "drop" else "reject"
         )
 
     async def _authenticate(self, scope: Scope, needed: str) -> Principal:
@@ -102,14 +108,38 @@ class OpenAIRoutes:
     # --- OpenAI routes ---------------------------------------------------------------------
 
     async def chat(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._proxy(scope, receive, send, "chat", self.validate_chat)
+        await self._proxy(scope, receive, send, "chat", self._chat_body)
 
     async def embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._proxy(scope, receive, send, "embeddings", self._embeddings_body)
 
-    def _embeddings_body(self, body: dict[str, Any]) -> None:
+    async def responses(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The Responses API, bridged: the chat completion it translates to runs the chat pipeline, and the
+        answer (or stream) is translated back (``gateway.responses``). Needs the 'chat' scope."""
+        await self._proxy(scope, receive, send, "chat", self._responses_body, Shape)
+
+    async def stored_response(self, scope: Scope, _receive: Receive, _send: Send) -> None:
+        """``/v1/responses/{id}[/...]``: nothing is stored, so nothing can be retrieved, cancelled or deleted."""
+        await self.keys.authenticate(header(scope, b"authorization"))
+        raise GatewayError(
+            404,
+            "responses.stateless",
+            "This gateway stores no responses (store is treated as false); there is nothing to retrieve.",
+        )
+
+    def _chat_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.validate_chat(body)
+        return body
+
+    def _embeddings_body(self, body: dict[str, Any]) -> dict[str, Any]:
         self.validate_embeddings(body)
         decode_token_input(body, self.config.embeddings)  # token ids become text before any policy
+        return body
+
+    def _responses_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        refuse(body)
+        self.validate_responses(body)
+        return to_chat(body)
 
     async def _proxy(
         self,
@@ -117,11 +147,14 @@ class OpenAIRoutes:
         receive: Receive,
         send: Send,
         endpoint: Any,
-        validate: Callable[[dict[str, Any]], None],
+        prepare: Callable[[dict[str, Any]], dict[str, Any]],
+        bridge: Callable[[dict[str, Any], str], Shape] | None = None,
     ) -> None:
+        """One proxied request. ``prepare`` validates the client's body and gives the body the pipeline runs;
+        ``bridge`` (the Responses API) shapes the answer from the client's body and the request id."""
         principal = await self._authenticate(scope, endpoint)
-        body = await self._body(scope, receive)
-        validate(body)
+        original = await self._body(scope, receive)
+        body = prepare(original)
         ctx = self.pipeline.context(
             principal,
             endpoint,
@@ -129,7 +162,9 @@ class OpenAIRoutes:
             # A subject the sign-in token names (auth.oidc claims.subject) is authenticated: it wins.
             subject=principal.subject or header(scope, b"x-subject-id") or body.get("user"),
             data_class=header(scope, b"x-data-class"),
+            route="responses" if bridge is not None else None,
         )
+        shape = bridge(original, ctx.request_id) if bridge is not None else None
         # Our own request extension never reaches an upstream, whether or not a policy reads it.
         ctx.rag_hints = body.pop("gateway_rag", None)
         self._pseudonymise_ids(body, PSEUDONYMISED[endpoint])
@@ -147,6 +182,7 @@ class OpenAIRoutes:
         try:
             committed = await self.pipeline.send(ctx, chain, body)
             if ctx.stream:
+                events = Events(shape) if shape is not None else None
                 await relay_stream(
                     ctx,
                     chain,
@@ -157,9 +193,10 @@ class OpenAIRoutes:
                     abort_of(scope),
                     self._headers(ctx),
                     self.config.server.stream_write_timeout_s,
+                    events,
                 )
             else:
-                await self._relay_json(ctx, chain, committed, send, record)
+                await self._relay_json(ctx, chain, committed, send, record, shape)
         except GatewayError as exc:
             if ctx.status:  # the response has started; nothing more can be said
                 raise
@@ -194,8 +231,11 @@ class OpenAIRoutes:
         committed: Committed,
         send: Send,
         record: Callable[[], Awaitable[None]],
+        shape: Shape | None,
     ) -> None:
         raw = await self.pipeline.answer(ctx, chain, committed)
+        if shape is not None:
+            raw = shape.answer(raw)
         await record()
         await send_body(send, 200, raw, self._headers(ctx))
 

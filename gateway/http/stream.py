@@ -13,9 +13,10 @@ from collections.abc import Awaitable, Callable
 
 from gateway import metrics
 from gateway.chain import Pass
-from gateway.errors import PolicyDenied, UpstreamError
+from gateway.errors import GatewayError, PolicyDenied, UpstreamError
 from gateway.http.asgi import DisconnectWatcher, Send, error_event
 from gateway.policy import Context
+from gateway.responses import TERMINAL, Events
 from gateway.router import Committed
 from gateway.sse import parse
 
@@ -39,8 +40,13 @@ async def relay_stream(
     abort: Callable[[], None] | None,
     headers: list[tuple[bytes, bytes]],
     write_timeout: float,
+    bridge: Events | None = None,
 ) -> None:
     """Relay the upstream's events; bounded by the deployment's total_s and by a write timeout per send.
+
+    ``bridge`` (the Responses API) translates the chat events, after the chain's stream hooks, into the
+    Responses event sequence; its terminal event takes the place of ``[DONE]``, and failures are told in its
+    ``error`` event.
 
     A client that stops reading makes ``send`` wait (uvicorn's flow control); after
     ``stream_write_timeout_s`` the client is disconnected (499), and the upstream connection and
@@ -48,6 +54,10 @@ async def relay_stream(
     """
     assert committed.chunks is not None
     assert ctx.target is not None
+
+    def failure(exc: GatewayError) -> bytes:
+        return bridge.error(exc) if bridge is not None else error_event(exc)
+
     loop = asyncio.get_running_loop()
     deadline = loop.time() + ctx.target.deployment.timeouts.total_s - (time.perf_counter() - committed.began)
     finished = writing = False
@@ -76,13 +86,15 @@ async def relay_stream(
                 # Once the client has the terminating [DONE], the answer is delivered: a hang-up after it is not
                 # an abort (the status stays 200), so the watcher stops before the upstream's own end is awaited.
                 # The records are queued just before [DONE] goes out.
-                if chain.reads_response():
-                    async for event in chain.stream(parse(committed.chunks)):
-                        if event.is_done:
+                if bridge is not None or chain.reads_response():
+                    events = chain.stream(parse(committed.chunks))
+                    async for event in events if bridge is None else bridge.translate(events):
+                        last = event.is_done or event.event in TERMINAL
+                        if last:
                             await record()
                         first_byte(ctx)
                         await out(event.encode())
-                        if event.is_done:
+                        if last:
                             watcher.stop()
                 else:
                     async for chunk in committed.chunks:
@@ -97,7 +109,7 @@ async def relay_stream(
             except PolicyDenied as exc:
                 ctx.status = exc.status
                 await record()
-                await out(error_event(exc))
+                await out(failure(exc))
             except TimeoutError:
                 raise  # ours (total_s, write timeout) or the upstream's read timeout: handled below
             except Exception as exc:  # any upstream failure is the client's 502  # noqa: BLE001
@@ -108,7 +120,7 @@ async def relay_stream(
                 )
                 await record()
                 await out(
-                    error_event(
+                    failure(
                         UpstreamError(
                             502, "upstream_stream_error", "The upstream stream ended with an error."
                         )
@@ -133,7 +145,7 @@ async def relay_stream(
             err = UpstreamError(504, "upstream_timeout", "The upstream model timed out.")
             try:
                 async with asyncio.timeout(write_timeout):
-                    await send({"type": "http.response.body", "body": error_event(err), "more_body": False})
+                    await send({"type": "http.response.body", "body": failure(err), "more_body": False})
             except TimeoutError:
                 if abort is not None:
                     abort()

@@ -243,7 +243,7 @@ class TokenAccounting(Policy["TokenAccounting.Config"]):
                     app=p.app,
                     key_id=p.key_id,
                     subject=ctx.subject_link,
-                    endpoint=ctx.endpoint,
+                    endpoint=ctx.route,
                     model=ctx.model,
                     deployment=target.name if target else "none",
                     jurisdiction=target.jurisdiction if target else "none",
