@@ -1,7 +1,7 @@
 # Two commands for newcomers (see README.md):
 #   make run    install, then start the gateway with the embedded defaults and a development upstream
 #   make test   install, then run the whole test suite (needs PostgreSQL and Redis on 127.0.0.1, and
-#               Node.js with npm for the OpenID provider the sign-in tests use)
+#               Node.js with npm for the OpenID provider the sign-in tests use and the JavaScript clients)
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -26,7 +26,13 @@ $(OIDC_PROVIDER): tests/oidc/package.json tests/oidc/package-lock.json
 	npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
 	touch $@
 
-test: install $(OIDC_PROVIDER)
+# The JavaScript clients tests/test_clients_js.py drives (the openai SDK, the Vercel AI SDK), from its lock file.
+JS_CLIENTS := tests/clients/node_modules/.package-lock.json
+$(JS_CLIENTS): tests/clients/package.json tests/clients/package-lock.json
+	npm ci --prefix tests/clients --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: install $(OIDC_PROVIDER) $(JS_CLIENTS)
 	$(BIN)/ruff check gateway tests bench scripts
 	$(BIN)/ruff format --check gateway tests bench scripts
 	$(BIN)/mypy

@@ -146,6 +146,23 @@ def test_ingested_documents_are_injected_and_cited_through_the_openai_sdk(
     assert body["messages"][-1] == {"role": "user", "content": "How many days of leave do I get?"}
     assert "x-gateway-rag-sources" not in str(raw.parse().choices[0].message.content)
 
+    # The Responses API (bridged to chat) gets the same context, beside its instructions.
+    upstream.reset()
+    answered = client.responses.with_raw_response.create(
+        model="mistral-7b",
+        instructions="Answer in one sentence.",
+        input="How many days of leave do I get?",
+        extra_body={"gateway_rag": {"top_k": 2}},
+    )
+    assert answered.parse().output_text == upstream.reply
+    assert "source=hr/leave.md" in answered.headers["x-gateway-rag-sources"]
+    _, chat_call = upstream.received
+    system = " ".join(m["content"] for m in chat_call.body["messages"] if m["role"] == "system")
+    assert LEAVE in system
+    assert "Answer in one sentence." in system
+    assert "gateway_rag" not in chat_call.body
+    assert chat_call.body["messages"][-1] == {"role": "user", "content": "How many days of leave do I get?"}
+
     # globex is not in the collection's ACL: no retrieval, no citation, the request still works.
     other = openai.OpenAI(base_url=gw.base_url, api_key=gw.key(tenant="globex"), max_retries=0)
     raw = other.chat.completions.with_raw_response.create(

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.responses import FunctionToolParam, ResponseFunctionCallArgumentsDeltaEvent
 from sqlmodel import Session, select
 
 from gateway.dev import DevUpstream
@@ -26,11 +27,12 @@ from tests.test_shipped_bundle import SHIPPED_POLICIES
 
 EMAIL = "maria.schneider@example.de"
 PROMPT = f"Write to {EMAIL} about the contract."
-TOOL = {
+TOOL: FunctionToolParam = {
     "type": "function",
     "name": "lookup",
     "description": "Look a customer up.",
     "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]},
+    "strict": None,
 }
 
 
@@ -75,7 +77,7 @@ def test_a_plain_response_is_a_chat_completion_upstream_and_restored(
     assert resp.usage.output_tokens > 0
     assert resp.usage.total_tokens == resp.usage.input_tokens + resp.usage.output_tokens
     assert resp.metadata == {"ticket": "T-1"}
-    assert resp.store is False
+    assert resp.model_dump()["store"] is False
     [received] = upstream.received
     assert received.path.endswith("/chat/completions")
     body = received.body
@@ -147,7 +149,7 @@ def test_the_sequence_numbers_count_up_and_each_event_names_its_type(gw: Running
 
 def test_a_function_tool_round_trip(gw: RunningGateway, upstream: DevUpstream) -> None:
     api = client(gw)
-    first = api.responses.create(model="mistral-7b", input=PROMPT, tools=[TOOL])  # type: ignore[list-item]
+    first = api.responses.create(model="mistral-7b", input=PROMPT, tools=[TOOL])
     [call] = [item for item in first.output if item.type == "function_call"]
     assert call.name == "lookup"
     assert EMAIL in call.arguments  # restored inside the JSON arguments
@@ -159,12 +161,12 @@ def test_a_function_tool_round_trip(gw: RunningGateway, upstream: DevUpstream) -
                 "name": "lookup",
                 "description": "Look a customer up.",
                 "parameters": TOOL["parameters"],
-            },
+            },  # strict: None is not forwarded
         }
     ]
     second = api.responses.create(
         model="mistral-7b",
-        tools=[TOOL],  # type: ignore[list-item]
+        tools=[TOOL],
         input=[
             {"role": "user", "content": PROMPT},
             {
@@ -198,12 +200,12 @@ def test_a_streamed_function_call(gw: RunningGateway, upstream: DevUpstream) -> 
     with client(gw).responses.create(
         model="mistral-7b",
         input=PROMPT,
-        tools=[TOOL],  # type: ignore[list-item]
+        tools=[TOOL],
         stream=True,
     ) as stream:
         for event in stream:
             kinds.append(event.type)
-            if event.type == "response.function_call_arguments.delta":
+            if isinstance(event, ResponseFunctionCallArgumentsDeltaEvent):
                 arguments.append(event.delta)
             if event.type == "response.function_call_arguments.done":
                 done = event
@@ -334,3 +336,45 @@ def test_the_ledger_and_the_audit_trail_say_responses(gw: RunningGateway) -> Non
     assert audit == [("responses", 200), ("responses", 200)]
     metrics = httpx.get(f"{gw.url}/metrics", timeout=10).text
     assert 'endpoint="responses"' in metrics
+
+
+def test_a_stream_that_runs_past_total_s_ends_with_an_error_event(
+    gateway_factory: Callable[..., RunningGateway],
+) -> None:
+    slow = DevUpstream(chunks=40, chunk_delay_s=0.1).start()  # 4 s of stream
+    try:
+        eu = {
+            "kind": "openai_compatible",
+            "base_url": slow.url,
+            "model": "m",
+            "jurisdiction": "EU",
+            "region": "fr-par",
+            "timeouts": {"connect_s": 1, "read_s": 5, "total_s": 1},
+        }
+        config = make_config(
+            slow, deployments={"eu-primary": eu}, models={"mistral-7b": {"deployments": ["eu-primary"]}}
+        )
+        gw = gateway_factory(config)
+        kinds: list[str] = []
+        with (
+            pytest.raises(openai.APIError) as failed,
+            client(gw).responses.create(model="mistral-7b", input="hi", stream=True) as stream,
+        ):
+            kinds.extend(event.type for event in stream)
+        assert "upstream model timed out" in str(failed.value)
+        assert kinds[0] == "response.created"
+        with httpx.stream(
+            "POST",
+            f"{gw.base_url}/responses",
+            headers={"Authorization": f"Bearer {gw.key()}"},
+            json={"model": "mistral-7b", "input": "hi", "stream": True},
+            timeout=10,
+        ) as resp:
+            text = resp.read().decode()
+        last = text.strip().split("\n\n")[-1]
+        assert last.startswith("event: error\ndata: ")
+        error = json.loads(last.split("data: ", 1)[1])
+        assert (error["type"], error["code"]) == ("error", "upstream_timeout")
+        assert "response.completed" not in text
+    finally:
+        slow.stop()

@@ -85,15 +85,15 @@ def _us_server() -> Iterator[DevUpstream]:
     server.stop()
 
 
-@pytest.fixture
-def upstream_us(_us_server: DevUpstream) -> DevUpstream:
+@pytest.fixture(name="upstream_us")
+def upstream_us_fixture(_us_server: DevUpstream) -> DevUpstream:
     """The third recording upstream: OpenAI GPT-4 in the US (reset for every test)."""
     _us_server.reset()
     return _us_server
 
 
-@pytest.fixture
-def shipped_config(
+@pytest.fixture(name="shipped_config")
+def shipped_config_fixture(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     upstream: DevUpstream,
@@ -124,8 +124,8 @@ def shipped_config(
     return config.model_copy(update={"storage": storage, "server": server})
 
 
-@pytest.fixture
-def gw(gateway_factory: Callable[..., RunningGateway], shipped_config: Config) -> RunningGateway:
+@pytest.fixture(name="gw")
+def shipped_gw(gateway_factory: Callable[..., RunningGateway], shipped_config: Config) -> RunningGateway:
     return gateway_factory(shipped_config, SHIPPED_POLICIES)
 
 

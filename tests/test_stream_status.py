@@ -72,6 +72,10 @@ def test_official_sdk_streams_from_a_chunked_upstream_are_200_in_ledger_audit_an
     engine = gw.gateway.engine
     assert [audit.fetch(engine, i).status for i in ids] == [200] * 5  # type: ignore[union-attr]
     assert sorted(r.status for r in ledger(engine, 5) if r.request_id in ids) == [200] * 5
-    answered = metrics.REQUESTS.labels(tenant, "chat", "mistral-7b", "eu-primary", "EU", "200", "chat")._value.get()
-    aborted = metrics.REQUESTS.labels(tenant, "chat", "mistral-7b", "eu-primary", "EU", "499", "chat")._value.get()
+    answered = metrics.REQUESTS.labels(
+        tenant, "chat", "mistral-7b", "eu-primary", "EU", "200", "chat"
+    )._value.get()
+    aborted = metrics.REQUESTS.labels(
+        tenant, "chat", "mistral-7b", "eu-primary", "EU", "499", "chat"
+    )._value.get()
     assert (answered, aborted) == (5, 0)

@@ -38,8 +38,8 @@ from tests.test_shipped_bundle import (  # noqa: F401  (fixtures)
     client,
     eu_down,
     grant,
-    shipped_config,
-    upstream_us,
+    shipped_config_fixture,
+    upstream_us_fixture,
 )
 
 SUBJECT = "emp-erase-7781"  # unique to this file: the PostgreSQL database is shared by the session
@@ -135,7 +135,7 @@ def test_erasure_leaves_no_trace_of_the_subject_in_any_store(
     backend: str,
     request: pytest.FixtureRequest,
     gateway_factory: Callable[..., RunningGateway],
-    shipped_config: Config,  # noqa: F811 (the fixture)
+    shipped_config: Config,
     tmp_path: Path,
     upstream: DevUpstream,
     upstream_b: DevUpstream,

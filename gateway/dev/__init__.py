@@ -6,7 +6,8 @@ server   the HTTP server on loopback (``DevUpstream``) and ``gateway dev-upstrea
 
 from __future__ import annotations
 
-from gateway.dev.answers import embed, report
+from gateway.dev.answers import report
 from gateway.dev.server import DevUpstream, Received, main
+from gateway.dev.vectors import embed
 
 __all__ = ["DevUpstream", "Received", "embed", "main", "report"]

@@ -3,7 +3,6 @@ shapes tests opt into) and deterministic embeddings. ``gateway.dev.server`` serv
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from typing import Any
 import orjson
 
 from gateway.dev.structured import instance, json_schema
+from gateway.dev.vectors import embed, encoded
 
 
 @dataclass
@@ -207,9 +207,14 @@ class Answers:
     def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
         inputs = body.get("input")
         items = inputs if isinstance(inputs, list) else [inputs]
+        vectors = [embed(str(x), self.embedding_dim) for x in items]
         data = [
-            {"object": "embedding", "index": i, "embedding": embed(str(x), self.embedding_dim)}
-            for i, x in enumerate(items)
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": encoded(v, body.get("encoding_format")),
+            }
+            for i, v in enumerate(vectors)
         ]
         tokens = sum(len(str(x).split()) for x in items)
         return {
@@ -218,21 +223,6 @@ class Answers:
             "model": body.get("model", "dev"),
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-
-
-def embed(text: str, dim: int) -> list[float]:
-    """A deterministic unit vector: each word, and each character trigram of a word, adds a signed unit to
-    one of ``dim`` buckets, so texts that share words (or word stems) are near. Not a language model."""
-    out = [0.0] * dim
-    for word in _WORDS.findall(text.lower()):
-        padded = f" {word} "
-        for feature, weight in ((word, 1.0), *((padded[i : i + 3], 0.5) for i in range(len(padded) - 2))):
-            h = int.from_bytes(hashlib.blake2b(feature.encode(), digest_size=8).digest(), "little")
-            out[h % dim] += weight if (h >> 32) & 1 else -weight
-    norm = sum(v * v for v in out) ** 0.5
-    if not norm:
-        return [1.0] + [0.0] * (dim - 1)
-    return [round(v / norm, 6) for v in out]
 
 
 def report(body: dict[str, Any]) -> str:
@@ -259,7 +249,6 @@ def _shown(text: str) -> str:
     return _PLACEHOLDER.sub(lambda m: f"«{m.group(1)}»", text)
 
 
-_WORDS = re.compile(r"\w+")
 _PLACEHOLDER = re.compile(r"[<\[{]\s*([A-Za-z][A-Za-z_ -]*?[ _-]?\d+)\s*[>\]}]")
 
 
@@ -273,8 +262,13 @@ def _calls_tool(body: dict[str, Any]) -> bool:
 
 def _last_user(body: dict[str, Any]) -> str:
     for m in reversed(body.get("messages") or []):
-        if m.get("role") == "user" and isinstance(m.get("content"), str):
-            return str(m["content"])
+        content = m.get("content")
+        if m.get("role") == "user" and isinstance(content, str):
+            return content
+        if m.get("role") == "user" and isinstance(content, list):  # content parts: the texts, joined
+            return "".join(
+                p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+            )
     return ""
 
 

@@ -28,7 +28,8 @@ from typing import Any
 import httptools
 import orjson
 
-from gateway.dev.answers import Answers, embed, report
+from gateway.dev.answers import Answers, report
+from gateway.dev.vectors import embed
 
 __all__ = ["DevUpstream", "Received", "embed", "main", "report"]
 
@@ -135,7 +136,7 @@ class DevUpstream(Answers):
         self.fail_status = None
         self.fail_times = None
         self.delay_s = self.chunk_delay_s = 0.0
-        self.stream_tool_calls = self.stream_choices = self.legacy_function_call = False
+        self.echo = self.stream_tool_calls = self.stream_choices = self.legacy_function_call = False
         self.finish_reason = True
         self.tool_calls, self.arguments_chunk = 1, 5
         self.streams_started = self.streams_completed = self.streams_aborted = 0

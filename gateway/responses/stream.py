@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
+
 from gateway.errors import GatewayError
 from gateway.responses.answer import Shape, output_text
 from gateway.sse import Event
@@ -58,8 +60,10 @@ class Events:
         return ev
 
     def error(self, exc: GatewayError) -> bytes:
-        """A failure after the stream started, as the Responses ``error`` event."""
-        return self.event("error", code=exc.code, message=exc.message, param=exc.param).encode()
+        """A failure after the stream started, as the Responses ``error`` event; it also carries the error
+        object chat streams end with, which makes the OpenAI SDKs raise instead of ending quietly."""
+        error = orjson.loads(exc.body())["error"]
+        return self.event("error", code=exc.code, message=exc.message, param=exc.param, error=error).encode()
 
     async def translate(self, chunks: AsyncIterator[Event]) -> AsyncIterator[Event]:
         shape = self.shape

@@ -1,0 +1,121 @@
+"""The Responses API on the shipped configuration's riskiest path: the consent-gated DPA fallback to the US.
+
+config.yaml and policies/ as shipped (``tests.test_shipped_bundle``'s fixtures): the EU deployments
+fail, the subject consented, and the request reaches GPT-4 in the US. Every string of the Responses
+request (instructions, message parts, earlier function calls and their outputs) must arrive there
+without an identifier, streamed or not; a blocked type and a missing consent refuse as on chat.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai
+import pytest
+
+from gateway.dev import DevUpstream
+from tests.conftest import RunningGateway
+from tests.test_shipped_bundle import (  # noqa: F401  (the shipped configuration's fixtures)
+    EMAIL,
+    FULL_PROMPT,
+    NAME,
+    PHONE,
+    SSN,
+    SUBJECT,
+    US_REPLY,
+    _us_server,
+    assert_no_identifier,
+    client,
+    error_of,
+    eu_down,
+    grant,
+    sent,
+    shipped_config_fixture,
+    shipped_gw,
+    upstream_us_fixture,
+)
+
+# Every place a Responses request carries text, each with identifiers.
+ITEMS: list[dict[str, Any]] = [
+    {"role": "developer", "content": f"The user is {NAME}, reachable at {EMAIL}."},
+    {"role": "user", "content": [{"type": "input_text", "text": FULL_PROMPT}]},
+    {"type": "function_call", "call_id": "call_1", "name": "lookup", "arguments": json.dumps({"q": EMAIL})},
+    {"type": "function_call_output", "call_id": "call_1", "output": f"{NAME}, phone {PHONE}"},
+    {"role": "assistant", "content": [{"type": "output_text", "text": f"I found {NAME}."}]},
+    {"role": "user", "content": "Go on."},
+]
+TOOLS: list[Any] = [
+    {
+        "type": "function",
+        "name": "lookup",
+        "description": f"Looks people up, e.g. {EMAIL}.",
+        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+    }
+]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_consented_fallback_through_the_responses_api_sends_no_identifier_to_the_us(
+    gw: RunningGateway, upstream: DevUpstream, upstream_b: DevUpstream, upstream_us: DevUpstream, stream: bool
+) -> None:
+    grant(gw)
+    eu_down(upstream, upstream_b)
+    raw = client(gw).responses.with_raw_response.create(
+        model="mistral-7b",
+        user=SUBJECT,
+        instructions=f"Reply to {NAME} only.",
+        input=ITEMS,  # type: ignore[arg-type]
+        tools=TOOLS,
+        stream=stream,
+    )
+    assert raw.headers["x-gateway-deployment"] == "openai-gpt4"
+    assert raw.headers["x-gateway-fallback"] == "upstream_5xx"
+    answer = raw.parse()
+    if isinstance(answer, openai.Stream):  # the US upstream streams its canned text
+        assert "".join(e.delta for e in answer if e.type == "response.output_text.delta") == US_REPLY
+    else:  # and answers a non-streamed request that has tools with a call
+        [call] = answer.output
+        assert call.type == "function_call"
+        assert call.name == "lookup"
+    [body] = sent(upstream_us)
+    assert_no_identifier(body)
+    assert SUBJECT not in body
+    chat = upstream_us.received[0].body
+    assert [m["role"] for m in chat["messages"]] == [
+        "system",
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "user",
+    ]
+    assert chat["model"] == "gpt-4o"
+    assert len(upstream.received) == 1
+    assert len(upstream_b.received) == 1
+
+
+def test_a_us_ssn_in_a_function_output_is_refused_on_the_fallback_path(
+    gw: RunningGateway, upstream: DevUpstream, upstream_b: DevUpstream, upstream_us: DevUpstream
+) -> None:
+    grant(gw)
+    eu_down(upstream, upstream_b)
+    items = [*ITEMS[:3], {"type": "function_call_output", "call_id": "call_1", "output": f"SSN {SSN}"}]
+    with pytest.raises(openai.APIStatusError) as refused:
+        client(gw).responses.create(model="mistral-7b", user=SUBJECT, input=items)  # type: ignore[arg-type]
+    assert refused.value.status_code == 400
+    assert error_of(refused.value)["code"] == "pii.blocked"
+    assert SSN not in refused.value.response.text
+    assert upstream_us.received == []
+
+
+def test_without_consent_the_responses_api_gets_consent_required(
+    gw: RunningGateway, upstream: DevUpstream, upstream_b: DevUpstream, upstream_us: DevUpstream
+) -> None:
+    eu_down(upstream, upstream_b)
+    with pytest.raises(openai.APIStatusError) as refused:
+        client(gw).responses.create(model="mistral-7b", user="emp-0099", input=f"Call me at {PHONE}")
+    assert refused.value.status_code == 503
+    assert error_of(refused.value)["code"] == "consent.required"
+    assert upstream_us.received == []
