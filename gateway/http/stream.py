@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from gateway import metrics
 from gateway.chain import Pass
@@ -86,25 +86,13 @@ async def relay_stream(
                 # Once the client has the terminating [DONE], the answer is delivered: a hang-up after it is not
                 # an abort (the status stays 200), so the watcher stops before the upstream's own end is awaited.
                 # The records are queued just before [DONE] goes out.
-                if bridge is not None or chain.reads_response():
-                    events = chain.stream(parse(committed.chunks))
-                    async for event in events if bridge is None else bridge.translate(events):
-                        last = event.is_done or event.event in TERMINAL
-                        if last:
-                            await record()
-                        first_byte(ctx)
-                        await out(event.encode())
-                        if last:
-                            watcher.stop()
-                else:
-                    async for chunk in committed.chunks:
-                        done = _DONE in chunk
-                        if done:
-                            await record()
-                        first_byte(ctx)
-                        await out(chunk)
-                        if done:
-                            watcher.stop()
+                async for data, last in _frames(chain, committed.chunks, bridge):
+                    if last:
+                        await record()
+                    first_byte(ctx)
+                    await out(data)
+                    if last:
+                        watcher.stop()
                 finished = True
             except PolicyDenied as exc:
                 ctx.status = exc.status
@@ -155,6 +143,22 @@ async def relay_stream(
             await committed.response.release()
         else:
             committed.response.close()
+
+
+async def _frames(
+    chain: Pass, chunks: AsyncIterator[bytes], bridge: Events | None
+) -> AsyncIterator[tuple[bytes, bool]]:
+    """What goes to the client, write by write, each with whether it ends the answer: the upstream's bytes
+    untouched when no policy reads them, else the chain's events, or the bridge's (a batch per chat chunk)."""
+    if bridge is not None:
+        async for batch in bridge.translate(chain.stream(parse(chunks))):
+            yield b"".join(e.encode() for e in batch), batch[-1].event in TERMINAL
+    elif chain.reads_response():
+        async for event in chain.stream(parse(chunks)):
+            yield event.encode(), event.is_done
+    else:
+        async for chunk in chunks:
+            yield chunk, _DONE in chunk
 
 
 def first_byte(ctx: Context) -> None:

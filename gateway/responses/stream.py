@@ -65,15 +65,16 @@ class Events:
         error = orjson.loads(exc.body())["error"]
         return self.event("error", code=exc.code, message=exc.message, param=exc.param, error=error).encode()
 
-    async def translate(self, chunks: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    async def translate(self, chunks: AsyncIterator[Event]) -> AsyncIterator[list[Event]]:
+        """The Responses events, a batch per chat chunk that produced any (one write each)."""
         shape = self.shape
         started = shape.response("in_progress", [], None)
-        yield self.event("response.created", response=started)
-        yield self.event("response.in_progress", response=started)
+        batch = [
+            self.event("response.created", response=started),
+            self.event("response.in_progress", response=started),
+        ]
         async for chunk in chunks:
-            if chunk.is_done:
-                continue  # the chain's hooks run to the stream's end before the response completes
-            data = chunk.json
+            data = chunk.json  # None for [DONE]: the chain's hooks run to the stream's end
             if not isinstance(data, dict):
                 continue
             if isinstance(data.get("usage"), dict):
@@ -81,14 +82,15 @@ class Events:
             for choice in data.get("choices") or ():
                 if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                     continue
-                for ev in self._delta(choice.get("delta") or {}):
-                    yield ev
+                batch += self._delta(choice.get("delta") or {})
                 if choice.get("finish_reason"):
                     self.finish_reason = choice["finish_reason"]
-        for ev in self._close_all():
-            yield ev
+            if batch:
+                yield batch
+                batch = []
+        batch += self._close_all()
         final = shape.response("completed", self.output, self.usage, self.finish_reason)
-        yield self.event(f"response.{final['status']}", response=final)
+        yield [*batch, self.event(f"response.{final['status']}", response=final)]
 
     def _delta(self, delta: dict[str, Any]) -> list[Event]:
         out: list[Event] = []
