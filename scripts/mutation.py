@@ -104,6 +104,9 @@ TESTS: dict[str, list[str]] = {
     "gateway/subjects/receipt.py": ["test_subject_erasure"],
     "gateway/store/subject_keys.py": ["test_subject_erasure", "test_audit_chain", "test_accounting_policy"],
     "gateway/retention.py": ["test_retention"],
+    "gateway/responses/request.py": ["test_responses_bridge", "test_responses", "test_responses_shipped"],
+    "gateway/responses/answer.py": ["test_responses_bridge", "test_responses"],
+    "gateway/responses/stream.py": ["test_responses_bridge", "test_responses"],
     "gateway/policies/consent_fallback.py": [
         "test_routing_policies",
         "test_consent_cases",

@@ -101,7 +101,9 @@ class Events:
                 self.message = self._open(self.shape.message_item([], "in_progress"))
                 out.append(
                     self.event(
-                        "response.output_item.added", output_index=self.message.index, item=self.message.body
+                        "response.output_item.added",
+                        output_index=self.message.index,
+                        item=dict(self.message.body),
                     )
                 )
                 out.append(self._part("response.content_part.added", output_text("")))
