@@ -293,6 +293,33 @@ def test_ai_stream_tool_round_trip(gw: RunningGateway, echo: DevUpstream) -> Non
     assert_tool_round_trip(run(gw, "ai.stream_tool"), echo, streamed=True)
 
 
+def test_ai_multi_turn_with_store_false_sends_the_history_inline(
+    gw: RunningGateway, echo: DevUpstream
+) -> None:
+    result = run(gw, "ai.multi_turn")
+    assert result["refused"] is None
+    assert_restored(result["first"])
+    assert "Once more, please." in result["second"]
+    first, second = assert_redacted(echo, 2)
+    messages = second.body["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+    assert PLACEHOLDER in messages[1]["content"]  # the first answer went back redacted again
+    assert EMAIL not in dumped(first) + dumped(second)
+
+
+def test_ai_multi_turn_by_default_is_refused_as_stateless_naming_the_item(
+    gw: RunningGateway, echo: DevUpstream
+) -> None:
+    """The AI SDK assumes state at the provider unless `store: false`: earlier output goes back as an
+    `item_reference`, which a stateless gateway cannot resolve (docs/api.md says how to set it)."""
+    result = run(gw, "ai.multi_turn_default")
+    assert_restored(result["first"])
+    assert result["refused"]["status"] == 400
+    error = result["refused"]["error"]
+    assert (error["code"], error["param"]) == ("responses.stateless", "input[1]")
+    assert len(echo.received) == 1  # the second turn never left
+
+
 # --- the Vercel AI SDK on chat completions (openai.chat(model)) and embeddings -----------------------
 
 

@@ -242,6 +242,27 @@ async function aiStreamTool(model) {
   return toolReport(seen, await result.steps, await result.text, await result.finishReason, await result.totalUsage);
 }
 
+// Two turns on the Responses provider: the second sends the first answer back as history. `store`
+// undefined is the SDK's default (it assumes state at the provider and sends earlier output as
+// `item_reference`); `store: false` sends it inline. A refusal is reported, not thrown.
+async function aiMultiTurn(store) {
+  const model = provider()(chatModel());
+  const providerOptions = store === undefined ? undefined : { openai: { store } };
+  const first = await generateText({ model, prompt: PROMPT, providerOptions, maxRetries: 0 });
+  const messages = [
+    { role: "user", content: PROMPT },
+    ...first.response.messages,
+    { role: "user", content: "Once more, please." },
+  ];
+  try {
+    const second = await generateText({ model, messages, providerOptions, maxRetries: 0 });
+    return { first: first.text, second: second.text, refused: null };
+  } catch (error) {
+    const body = error?.responseBody ? JSON.parse(error.responseBody) : null;
+    return { first: first.text, second: null, refused: { status: error?.statusCode ?? null, error: body?.error ?? null } };
+  }
+}
+
 async function aiEmbedMany() {
   const { embeddings, usage } = await embedMany({
     model: provider().embedding(embedModel()),
@@ -272,6 +293,8 @@ const SCENARIOS = {
   "ai.chat_tool": () => aiTool(provider().chat(chatModel())),
   "ai.stream_tool": () => aiStreamTool(provider()(chatModel())),
   "ai.chat_stream_tool": () => aiStreamTool(provider().chat(chatModel())),
+  "ai.multi_turn": () => aiMultiTurn(false),
+  "ai.multi_turn_default": () => aiMultiTurn(undefined),
   "ai.embed_many": aiEmbedMany,
 };
 
