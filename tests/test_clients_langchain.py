@@ -302,3 +302,39 @@ def test_embeddings_token_ids_are_sent_as_redacted_text(
     assert documents[0] == pytest.approx(embed(REDACTED, dim), abs=1e-5)
     assert documents[1] == pytest.approx(embed(other, dim), abs=1e-5)
     assert query == pytest.approx(documents[0], abs=1e-9)
+
+
+# --- ChatOpenAI on the Responses API (use_responses_api=True) ------------------------------------
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["invoke", "stream"])
+def test_the_responses_api_with_a_tool_round_trip(
+    gw: RunningGateway, echo: DevUpstream, sent: Sent, streamed: bool
+) -> None:
+    """LangChain's Responses API mode (used for OpenAI's newer models) through the bridge: the request goes to
+    /v1/responses, the upstream gets chat completions, and the tool round trip works as on chat."""
+    echo.stream_tool_calls = streamed
+    model = chat(gw, sent, use_responses_api=True, stream_usage=True).bind_tools([find_contact])
+
+    def ask(messages: list[BaseMessage]) -> AIMessage:
+        reply = functools.reduce(operator.add, model.stream(messages)) if streamed else model.invoke(messages)
+        assert isinstance(reply, AIMessage)
+        return reply
+
+    messages: list[BaseMessage] = [HumanMessage(PROMPT)]
+    first = ask(messages)
+    [call] = first.tool_calls
+    assert call["name"] == "find_contact"
+    assert call["args"]["echo"] == PROMPT  # restored inside the streamed or whole arguments
+    result = find_contact.invoke(call)
+    assert isinstance(result, ToolMessage)
+    second = ask([*messages, first, result])
+    assert second.tool_calls == []
+    assert RESTORED in text_of(second)
+    assert second.usage_metadata is not None
+    assert second.usage_metadata["input_tokens"] > 0
+    assert [path for path, _ in sent.requests] == ["/v1/responses"] * 2
+    client_sent_the_address(sent, 2)
+    _, later = upstream_bodies(echo, "/v1/chat/completions", 2)
+    assert [m["role"] for m in later["messages"]] == ["user", "assistant", "tool"]
+    assert later["messages"][2]["content"] == f"Found the contact in: {REDACTED}"
