@@ -121,6 +121,29 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def launch(
+    env: dict[str, str], work: Path, up_port: int, *serve: str
+) -> tuple[str, subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """A bench API key, then the development upstream on ``up_port`` and ``gateway serve [serve...]``, both
+    run in ``work`` (the gateway logs to work/gateway.log)."""
+    key = subprocess.run(
+        [BIN / "gateway", "keys", "create", "--tenant", "bench", "--app", "bench"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=work,
+    ).stdout.strip()
+    upstream = subprocess.Popen(
+        [BIN / "gateway", "dev-upstream", "--port", str(up_port), "--chunk-delay-ms", "0"],
+        stdout=subprocess.DEVNULL,
+        env=env,
+    )
+    log = open(work / "gateway.log", "w")  # noqa: SIM115 - kept open for the process lifetime
+    gateway = subprocess.Popen([BIN / "gateway", "serve", *serve], env=env, stdout=log, stderr=log, cwd=work)
+    return key, upstream, gateway
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
@@ -186,20 +209,7 @@ storage:
         "GATEWAY_LOG_LEVEL": "INFO",
         "GATEWAY_SECRET": os.environ.get("GATEWAY_SECRET") or "bench-" + "x" * 40,
     }
-    key = subprocess.run(
-        [BIN / "gateway", "keys", "create", "--tenant", "bench", "--app", "bench"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    upstream = subprocess.Popen(
-        [BIN / "gateway", "dev-upstream", "--port", str(up_port), "--chunk-delay-ms", "0"],
-        stdout=subprocess.DEVNULL,
-        env=env,
-    )
-    log = open(work / "gateway.log", "w")  # noqa: SIM115 - kept open for the process lifetime
-    gateway = subprocess.Popen([BIN / "gateway", "serve"], env=env, stdout=log, stderr=log, cwd=work)
+    key, upstream, gateway = launch(env, work, up_port)
     try:
         wait_port(up_port)
         wait_port(gw_port)

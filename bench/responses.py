@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import BIN, free_port, rss_mb, stop, wait_port, wrk
+from overhead import BIN, free_port, launch, rss_mb, stop, wait_port, wrk
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "Write a two-line reply to jan.kowalski@example.pl about the contract renewal."
@@ -84,27 +84,7 @@ def main() -> None:
     raised["defaults"]["token_accounting"].update(LIMITS)
     bundle.write_text(yaml.safe_dump(raised, sort_keys=False))
     subprocess.run([BIN / "gateway", "db", "upgrade"], env=env, cwd=work, check=True, capture_output=True)
-    key = subprocess.run(
-        [BIN / "gateway", "keys", "create", "--tenant", "bench", "--app", "bench"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=work,
-    ).stdout.strip()
-    upstream = subprocess.Popen(
-        [BIN / "gateway", "dev-upstream", "--port", str(up_port), "--chunk-delay-ms", "0"],
-        stdout=subprocess.DEVNULL,
-        env=env,
-    )
-    log = open(work / "gateway.log", "w")  # noqa: SIM115 - kept open for the process lifetime
-    gateway = subprocess.Popen(
-        [BIN / "gateway", "serve", "--port", str(gw_port), "--workers", "1"],
-        env=env,
-        stdout=log,
-        stderr=log,
-        cwd=work,
-    )
+    key, upstream, gateway = launch(env, work, up_port, "--port", str(gw_port), "--workers", "1")
     urls = {
         "direct chat": f"{upstream_url}/chat/completions",
         "gateway chat": f"http://127.0.0.1:{gw_port}/v1/chat/completions",

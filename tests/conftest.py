@@ -140,6 +140,22 @@ def make_config(upstream: DevUpstream, **overrides: Any) -> Config:
     return Config.model_validate(base)
 
 
+def only_primary(upstream: DevUpstream, total_s: float, **deployment: Any) -> Config:
+    """A config whose mistral-7b has one EU deployment on ``upstream``, streams cut at ``total_s``."""
+    eu = {
+        "kind": "openai_compatible",
+        "base_url": upstream.url,
+        "model": "m",
+        "jurisdiction": "EU",
+        "region": "fr-par",
+        "timeouts": {"connect_s": 1, "read_s": 5, "total_s": total_s},
+        **deployment,
+    }
+    return make_config(
+        upstream, deployments={"eu-primary": eu}, models={"mistral-7b": {"deployments": ["eu-primary"]}}
+    )
+
+
 def with_secondary(
     upstream: DevUpstream, secondary: DevUpstream, name: str = "eu-secondary", **overrides: Any
 ) -> Config:

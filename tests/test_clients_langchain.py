@@ -27,6 +27,7 @@ import langsmith.utils
 import pytest
 import tiktoken
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.runnables import Runnable
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 from pydantic import BaseModel, SecretStr
@@ -202,21 +203,19 @@ def find_contact(echo: str, call: int = 0) -> str:
     return f"Found the contact in: {echo}"
 
 
+def ask(model: Runnable[Any, BaseMessage], messages: list[BaseMessage], streamed: bool) -> AIMessage:
+    """One turn: the whole answer, or the stream's chunks added up."""
+    reply = functools.reduce(operator.add, model.stream(messages)) if streamed else model.invoke(messages)
+    assert isinstance(reply, AIMessage)
+    return reply
+
+
 @pytest.mark.parametrize("streamed", [False, True], ids=["invoke", "stream"])
 def test_tool_call_round_trip(gw: RunningGateway, echo: DevUpstream, sent: Sent, streamed: bool) -> None:
     echo.stream_tool_calls = streamed
     model = chat(gw, sent).bind_tools([find_contact])
-
-    def ask(messages: list[BaseMessage]) -> AIMessage:
-        if not streamed:
-            reply = model.invoke(messages)
-        else:
-            reply = functools.reduce(operator.add, model.stream(messages))
-        assert isinstance(reply, AIMessage)
-        return reply
-
     messages: list[BaseMessage] = [HumanMessage(PROMPT)]
-    first = ask(messages)
+    first = ask(model, messages, streamed)
     [call] = first.tool_calls
     assert call["name"] == "find_contact"
     assert call["args"] == ({"call": 0, "echo": PROMPT} if streamed else {"echo": PROMPT})
@@ -225,7 +224,7 @@ def test_tool_call_round_trip(gw: RunningGateway, echo: DevUpstream, sent: Sent,
     assert result.tool_call_id == call["id"]
     messages += [first, result]
 
-    second = ask(messages)
+    second = ask(model, messages, streamed)
     assert second.tool_calls == []
     assert RESTORED in text_of(second)
     assert "It received 3 message(s) for mistral-7b-instruct: user, assistant, tool." in text_of(second)
@@ -315,20 +314,14 @@ def test_the_responses_api_with_a_tool_round_trip(
     /v1/responses, the upstream gets chat completions, and the tool round trip works as on chat."""
     echo.stream_tool_calls = streamed
     model = chat(gw, sent, use_responses_api=True, stream_usage=True).bind_tools([find_contact])
-
-    def ask(messages: list[BaseMessage]) -> AIMessage:
-        reply = functools.reduce(operator.add, model.stream(messages)) if streamed else model.invoke(messages)
-        assert isinstance(reply, AIMessage)
-        return reply
-
     messages: list[BaseMessage] = [HumanMessage(PROMPT)]
-    first = ask(messages)
+    first = ask(model, messages, streamed)
     [call] = first.tool_calls
     assert call["name"] == "find_contact"
     assert call["args"]["echo"] == PROMPT  # restored inside the streamed or whole arguments
     result = find_contact.invoke(call)
     assert isinstance(result, ToolMessage)
-    second = ask([*messages, first, result])
+    second = ask(model, [*messages, first, result], streamed)
     assert second.tool_calls == []
     assert RESTORED in text_of(second)
     assert second.usage_metadata is not None

@@ -22,7 +22,7 @@ from sqlmodel import Session, select
 from gateway.dev import DevUpstream
 from gateway.store.db import AuditRecord
 from tests.accounting_support import ledger
-from tests.conftest import RunningGateway, make_config
+from tests.conftest import RunningGateway, make_config, only_primary
 from tests.test_shipped_bundle import SHIPPED_POLICIES
 
 EMAIL = "maria.schneider@example.de"
@@ -343,18 +343,7 @@ def test_a_stream_that_runs_past_total_s_ends_with_an_error_event(
 ) -> None:
     slow = DevUpstream(chunks=40, chunk_delay_s=0.1).start()  # 4 s of stream
     try:
-        eu = {
-            "kind": "openai_compatible",
-            "base_url": slow.url,
-            "model": "m",
-            "jurisdiction": "EU",
-            "region": "fr-par",
-            "timeouts": {"connect_s": 1, "read_s": 5, "total_s": 1},
-        }
-        config = make_config(
-            slow, deployments={"eu-primary": eu}, models={"mistral-7b": {"deployments": ["eu-primary"]}}
-        )
-        gw = gateway_factory(config)
+        gw = gateway_factory(only_primary(slow, total_s=1))
         kinds: list[str] = []
         with (
             pytest.raises(openai.APIError) as failed,

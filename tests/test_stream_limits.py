@@ -15,7 +15,7 @@ import pytest
 
 from gateway import audit
 from gateway.dev import DevUpstream
-from tests.conftest import RunningGateway, make_config
+from tests.conftest import RunningGateway, make_config, only_primary
 
 _WORD = "x" * 99
 
@@ -150,19 +150,7 @@ def test_one_key_cannot_take_every_slot_of_a_deployment(
 def test_a_stream_ends_at_the_deployments_total_s(gateway_factory: Callable[..., RunningGateway]) -> None:
     slow = DevUpstream(chunks=40, chunk_delay_s=0.1).start()  # 4 s of stream
     try:
-        eu = {
-            "kind": "openai_compatible",
-            "base_url": slow.url,
-            "model": "m",
-            "jurisdiction": "EU",
-            "region": "fr-par",
-            "timeouts": {"connect_s": 1, "read_s": 5, "total_s": 1},
-        }
-        gw = gateway_factory(
-            make_config(
-                slow, deployments={"eu-primary": eu}, models={"mistral-7b": {"deployments": ["eu-primary"]}}
-            )
-        )
+        gw = gateway_factory(only_primary(slow, total_s=1))
         started = time.monotonic()
         with httpx.stream(
             "POST",
