@@ -8,8 +8,10 @@ status or count fails here.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
+from unittest.mock import ANY
 
 import orjson
 import pytest
@@ -188,6 +190,15 @@ def test_refusals_name_the_field(body: dict[str, Any], code: str, param: str) ->
     assert (refused.value.status, refused.value.code, refused.value.param) == (400, code, param)
 
 
+def test_the_stateless_refusal_says_what_to_do_instead() -> None:
+    with pytest.raises(GatewayError) as refused:
+        refuse({"model": "m", "input": "x", "previous_response_id": "resp_1"})
+    assert refused.value.message == (
+        "'previous_response_id' needs a response stored at the provider; this gateway is stateless "
+        "(store is treated as false). Send the whole conversation in 'input' instead."
+    )
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -262,10 +273,68 @@ def test_a_completion_becomes_a_response_with_the_request_echoed() -> None:
     }
 
 
+def test_a_minimal_request_gets_every_field_of_the_response_object() -> None:
+    out = orjson.loads(shape().answer(completion({"role": "assistant", "content": ""}, usage={})))
+    assert out == {
+        "id": "resp_rid",
+        "object": "response",
+        "created_at": out["created_at"],
+        "status": "completed",
+        "background": False,
+        "error": None,
+        "incomplete_details": None,
+        "model": "public",
+        "output": [],  # an empty answer has no message item
+        "previous_response_id": None,
+        "store": False,
+        "instructions": None,
+        "max_output_tokens": None,
+        "parallel_tool_calls": True,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "tool_choice": "auto",
+        "tools": [],
+        "truncation": "disabled",
+        "service_tier": "auto",
+        "user": None,
+        "safety_identifier": None,
+        "prompt_cache_key": None,
+        "text": {"format": {"type": "text"}},
+        "reasoning": {"effort": None, "summary": None},
+        "metadata": {},
+        "usage": {
+            "input_tokens": 0,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 0,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 0,
+        },
+    }
+    assert abs(out["created_at"] - time.time()) < 60
+    settings = {
+        "instructions": "I",
+        "max_output_tokens": 9,
+        "parallel_tool_calls": False,
+        "temperature": 0.0,
+        "top_p": 0.5,
+        "tool_choice": "none",
+        "truncation": "auto",
+        "service_tier": "flex",
+        "user": "u",
+        "safety_identifier": "s",
+        "prompt_cache_key": "k",
+        "text": {"format": {"type": "json_object"}, "verbosity": "low"},
+        "reasoning": {"effort": "high"},
+    }
+    echoed = orjson.loads(shape(**settings).answer(completion({"role": "assistant", "content": "x"})))
+    assert {k: echoed[k] for k in settings} == {**settings, "reasoning": {"effort": "high", "summary": None}}
+
+
 def test_tool_calls_and_refusals_become_output_items() -> None:
     calls = [
         {"id": "call_a", "type": "function", "function": {"name": "f", "arguments": '{"q": 1}'}},
         {"type": "function", "function": {"name": "g"}},
+        {"type": "function"},  # a malformed call still becomes an item, empty
     ]
     out = orjson.loads(
         shape().answer(completion({"role": "assistant", "refusal": "No", "tool_calls": calls}))
@@ -294,6 +363,14 @@ def test_tool_calls_and_refusals_become_output_items() -> None:
             "name": "g",
             "arguments": "",
         },
+        {
+            "id": "fc_rid_2",
+            "type": "function_call",
+            "status": "completed",
+            "call_id": "fc_rid_2",
+            "name": "",
+            "arguments": "",
+        },
     ]
     assert out["usage"] is None
 
@@ -312,6 +389,7 @@ def test_an_unusable_completion_is_a_502(raw: bytes) -> None:
     with pytest.raises(UpstreamError) as failed:
         shape().answer(raw)
     assert (failed.value.status, failed.value.code) == (502, "upstream_invalid_response")
+    assert failed.value.message == "The upstream returned no usable answer."
 
 
 def test_usage_without_totals_is_summed() -> None:
@@ -356,12 +434,27 @@ def flat(batches: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return [e for batch in batches for e in batch]
 
 
+MSG = {"item_id": "msg_rid_0", "output_index": 0, "content_index": 0}
+HELLO = {"type": "output_text", "text": "Hello", "annotations": [], "logprobs": []}
+MESSAGE_DONE = {
+    "id": "msg_rid_0",
+    "type": "message",
+    "status": "completed",
+    "role": "assistant",
+    "content": [HELLO],
+}
+
+
+def numbered(events: list[dict[str, Any]], start: int) -> list[dict[str, Any]]:
+    return [{"type": e["type"], "sequence_number": start + i, **e} for i, e in enumerate(events)]
+
+
 def test_a_text_stream_becomes_the_event_sequence_a_batch_per_chunk() -> None:
     batches = translate(
         [
             chunk({"role": "assistant", "content": ""}),
             chunk({"content": "Hel"}),
-            chunk({"content": "lo"}),
+            chunk({"refusal": "lo"}),  # a refusal streams as text
             chunk({}, "stop"),
             chunk(None, usage={"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}),
             Event(b"[DONE]"),
@@ -379,33 +472,37 @@ def test_a_text_stream_becomes_the_event_sequence_a_batch_per_chunk() -> None:
         ],
     ]
     events = flat(batches)
-    assert [e["sequence_number"] for e in events] == list(range(len(events)))
-    assert events[0]["response"]["status"] == "in_progress"
-    assert events[0]["response"]["output"] == []
-    assert events[2]["item"] == {
+    started = shape().response("in_progress", [], None)
+    assert events[:2] == [
+        {"type": "response.created", "sequence_number": 0, "response": {**started, "created_at": ANY}},
+        {"type": "response.in_progress", "sequence_number": 1, "response": {**started, "created_at": ANY}},
+    ]
+    message = {
         "id": "msg_rid_0",
         "type": "message",
         "status": "in_progress",
         "role": "assistant",
         "content": [],
     }
-    assert events[4] == {
-        "type": "response.output_text.delta",
-        "sequence_number": 4,
-        "item_id": "msg_rid_0",
-        "output_index": 0,
-        "content_index": 0,
-        "delta": "Hel",
-        "logprobs": [],
+    assert events[2:-1] == numbered(
+        [
+            {"type": "response.output_item.added", "output_index": 0, "item": message},
+            {"type": "response.content_part.added", **MSG, "part": {**HELLO, "text": ""}},
+            {"type": "response.output_text.delta", **MSG, "delta": "Hel", "logprobs": []},
+            {"type": "response.output_text.delta", **MSG, "delta": "lo", "logprobs": []},
+            {"type": "response.output_text.done", **MSG, "text": "Hello", "logprobs": []},
+            {"type": "response.content_part.done", **MSG, "part": HELLO},
+            {"type": "response.output_item.done", "output_index": 0, "item": MESSAGE_DONE},
+        ],
+        2,
+    )
+    final = events[-1]
+    assert (final["type"], final["sequence_number"]) == ("response.completed", 9)
+    assert final["response"] == {
+        **shape().response("completed", [MESSAGE_DONE], {"prompt_tokens": 4, "completion_tokens": 2}),
+        "created_at": ANY,
     }
-    assert events[6]["text"] == "Hello"
-    assert events[7]["part"]["text"] == "Hello"
-    assert events[8]["item"]["status"] == "completed"
-    final = events[-1]["response"]
-    assert final["status"] == "completed"
-    assert final["output"][0]["content"][0]["text"] == "Hello"
-    assert final["usage"]["input_tokens"] == 4
-    assert final["usage"]["output_tokens"] == 2
+    assert final["response"]["usage"]["total_tokens"] == 6
 
 
 def test_text_then_two_streamed_calls_close_each_item_before_the_next() -> None:
@@ -418,68 +515,80 @@ def test_text_then_two_streamed_calls_close_each_item_before_the_next() -> None:
                 ),
                 chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"q":'}}]}),
                 chunk({"tool_calls": [{"index": 0, "function": {"arguments": " 1}"}}]}),
-                chunk(
-                    {
-                        "tool_calls": [
-                            {"index": 1, "id": "call_b", "function": {"name": "g", "arguments": "{}"}}
-                        ]
-                    }
-                ),
+                chunk({"tool_calls": [{"index": 1, "function": {"name": "g", "arguments": "{}"}}]}),  # no id
+                Event.of({"choices": ["not a dict"]}),
+                chunk({"tool_calls": ["not a dict"]}),
                 chunk({}, "tool_calls"),
                 chunk({"content": "ignored"}, index=1),  # only the first choice is a response
             ]
         )
     )
-    kinds = [e["type"] for e in events]
-    assert kinds == [
-        "response.created",
-        "response.in_progress",
+    assert [e["type"] for e in events[2:8]] == [
         "response.output_item.added",
         "response.content_part.added",
         "response.output_text.delta",
         "response.output_text.done",
         "response.content_part.done",
         "response.output_item.done",
-        "response.output_item.added",
-        "response.function_call_arguments.delta",
-        "response.function_call_arguments.delta",
-        "response.function_call_arguments.done",
-        "response.output_item.done",
-        "response.output_item.added",
-        "response.function_call_arguments.delta",
-        "response.function_call_arguments.done",
-        "response.output_item.done",
-        "response.completed",
     ]
-    first = events[8]["item"]
-    assert first == {
-        "id": "fc_rid_0",
-        "type": "function_call",
-        "status": "in_progress",
-        "call_id": "call_a",
-        "name": "f",
-        "arguments": "",
-    }
-    assert events[8]["output_index"] == 1
-    assert events[9] == {
-        "type": "response.function_call_arguments.delta",
-        "sequence_number": 9,
-        "item_id": "fc_rid_0",
-        "output_index": 1,
-        "delta": '{"q":',
-    }
-    assert events[11]["arguments"] == '{"q": 1}'
-    assert events[11]["name"] == "f"
-    assert events[12]["item"]["status"] == "completed"
-    assert events[13]["item"]["call_id"] == "call_b"
-    assert events[13]["output_index"] == 2
-    output = events[-1]["response"]["output"]
-    assert [(o["type"], o.get("arguments")) for o in output] == [
-        ("message", None),
-        ("function_call", '{"q": 1}'),
-        ("function_call", "{}"),
-    ]
-    assert events[-1]["response"]["usage"] is None
+    a = {"id": "fc_rid_0", "type": "function_call", "call_id": "call_a", "name": "f"}
+    b = {"id": "fc_rid_1", "type": "function_call", "call_id": "fc_rid_1", "name": "g"}
+    a_done = {**a, "status": "completed", "arguments": '{"q": 1}'}
+    b_done = {**b, "status": "completed", "arguments": "{}"}
+    assert events[8:-1] == numbered(
+        [
+            {
+                "type": "response.output_item.added",
+                "output_index": 1,
+                "item": {**a, "status": "in_progress", "arguments": ""},
+            },
+            {
+                "type": "response.function_call_arguments.delta",
+                "item_id": "fc_rid_0",
+                "output_index": 1,
+                "delta": '{"q":',
+            },
+            {
+                "type": "response.function_call_arguments.delta",
+                "item_id": "fc_rid_0",
+                "output_index": 1,
+                "delta": " 1}",
+            },
+            {
+                "type": "response.function_call_arguments.done",
+                "item_id": "fc_rid_0",
+                "output_index": 1,
+                "name": "f",
+                "arguments": '{"q": 1}',
+            },
+            {"type": "response.output_item.done", "output_index": 1, "item": a_done},
+            {
+                "type": "response.output_item.added",
+                "output_index": 2,
+                "item": {**b, "status": "in_progress", "arguments": ""},
+            },
+            {
+                "type": "response.function_call_arguments.delta",
+                "item_id": "fc_rid_1",
+                "output_index": 2,
+                "delta": "{}",
+            },
+            {
+                "type": "response.function_call_arguments.done",
+                "item_id": "fc_rid_1",
+                "output_index": 2,
+                "name": "g",
+                "arguments": "{}",
+            },
+            {"type": "response.output_item.done", "output_index": 2, "item": b_done},
+        ],
+        8,
+    )
+    final = events[-1]["response"]
+    assert events[-1]["type"] == "response.completed"
+    checking = {**MESSAGE_DONE, "content": [{**HELLO, "text": "Checking."}]}
+    assert final["output"] == [checking, a_done, b_done]
+    assert final["usage"] is None
 
 
 def test_a_stream_cut_by_the_token_limit_ends_incomplete() -> None:
