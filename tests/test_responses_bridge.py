@@ -392,6 +392,12 @@ def test_an_unusable_completion_is_a_502(raw: bytes) -> None:
     assert failed.value.message == "The upstream returned no usable answer."
 
 
+def test_a_reported_total_is_kept() -> None:
+    usage = responses_usage({"prompt_tokens": 2, "completion_tokens": 5, "total_tokens": 9})
+    assert usage is not None
+    assert usage["total_tokens"] == 9
+
+
 def test_usage_without_totals_is_summed() -> None:
     assert responses_usage({"prompt_tokens": 2, "completion_tokens": 5}) == {
         "input_tokens": 2,
@@ -589,6 +595,51 @@ def test_text_then_two_streamed_calls_close_each_item_before_the_next() -> None:
     checking = {**MESSAGE_DONE, "content": [{**HELLO, "text": "Checking."}]}
     assert final["output"] == [checking, a_done, b_done]
     assert final["usage"] is None
+
+
+def test_odd_but_valid_chunk_shapes() -> None:
+    """Chunks real upstreams send now and then: junk between events, a choice without an index, a later
+    choice first, a call whose chunks omit the index, text and a call in one delta, a call then text."""
+    events = flat(
+        translate(
+            [
+                Event(b"not json"),  # skipped, not the end
+                Event.of(
+                    {"choices": [{"index": 1, "delta": {"content": "other"}}, {"delta": {"content": "A"}}]}
+                ),  # the second choice has no index: it is the first one
+                chunk({"content": "B", "refusal": "C"}),
+                chunk(
+                    {
+                        "content": "D",
+                        "tool_calls": [{"index": 0, "id": "call_x", "function": {"arguments": "{"}}],
+                    }
+                ),
+                chunk({"tool_calls": ["not a dict", {"function": {"arguments": "}"}}]}),  # no index: call 0
+                chunk({"content": "E"}),  # text after a call: a new message item
+            ]
+        )
+    )
+    texts = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
+    assert texts == ["A", "BC", "D", "E"]
+    calls = [
+        e for e in events if e["type"] == "response.output_item.done" and e["item"]["type"] == "function_call"
+    ]
+    assert [c["item"] for c in calls] == [
+        {
+            "id": "fc_rid_0",
+            "type": "function_call",
+            "status": "completed",
+            "call_id": "call_x",
+            "name": "",  # no name in the chunks
+            "arguments": "{}",
+        }
+    ]
+    final = events[-1]["response"]
+    assert [o["type"] for o in final["output"]] == ["message", "function_call", "message"]
+    assert final["output"][0]["content"][0]["text"] == "ABCD"
+    assert final["output"][2]["content"][0]["text"] == "E"
+    assert [o["id"] for o in final["output"]] == ["msg_rid_0", "fc_rid_0", "msg_rid_1"]
+    assert [e["type"] for e in events].count("response.output_item.done") == 3
 
 
 def test_a_stream_cut_by_the_token_limit_ends_incomplete() -> None:

@@ -55,8 +55,8 @@ class Shape:
         finish_reason: str | None = None,
     ) -> dict[str, Any]:
         """The Responses object; ``status`` becomes ``incomplete`` when the finish reason says so."""
-        reason = INCOMPLETE.get(finish_reason or "")
-        if status == "completed" and reason is not None:
+        reason = INCOMPLETE.get(finish_reason or "") if status == "completed" else None
+        if reason is not None:
             status = "incomplete"
         return {
             "id": self.id,
@@ -65,7 +65,7 @@ class Shape:
             "status": status,
             "background": False,
             "error": None,
-            "incomplete_details": {"reason": reason} if status == "incomplete" and reason else None,
+            "incomplete_details": {"reason": reason} if reason is not None else None,
             "model": self.model,
             "output": output,
             "previous_response_id": None,
@@ -73,9 +73,6 @@ class Shape:
             **self.echo,
             "usage": responses_usage(usage),
         }
-
-    def message_id(self, index: int = 0) -> str:
-        return f"msg_{self.request_id}_{index}"
 
     def call_id(self, index: int) -> str:
         return f"fc_{self.request_id}_{index}"
@@ -107,9 +104,10 @@ class Shape:
         usage = completion.get("usage")
         return orjson.dumps(self.response("completed", output, usage, choice.get("finish_reason")))
 
-    def message_item(self, content: list[dict[str, Any]], status: str) -> dict[str, Any]:
+    def message_item(self, content: list[dict[str, Any]], status: str, index: int = 0) -> dict[str, Any]:
+        """The ``index``-th message item (a stream can have text after a call: a second message)."""
         return {
-            "id": self.message_id(),
+            "id": f"msg_{self.request_id}_{index}",
             "type": "message",
             "status": status,
             "role": "assistant",

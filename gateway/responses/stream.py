@@ -98,7 +98,8 @@ class Events:
         if text:
             if self.message is None:
                 out += self._close_call()
-                self.message = self._open(self.shape.message_item([], "in_progress"))
+                messages = sum(1 for item in self.output if item["type"] == "message")
+                self.message = self._open(self.shape.message_item([], "in_progress", messages))
                 out.append(
                     self.event(
                         "response.output_item.added",
@@ -117,10 +118,10 @@ class Events:
             item = self.calls.get(k)
             if item is None:
                 out += self._close_message() + self._close_call()
+                call_id = call.get("id") or self.shape.call_id(k)
                 body = self.shape.call_item(
-                    len(self.calls), call.get("id") or self.shape.call_id(k), "", "in_progress"
+                    len(self.calls), call_id, function.get("name") or "", "in_progress"
                 )
-                body["name"] = function.get("name") or ""
                 item = self.calls[k] = self.open_call = self._open(body)
                 out.append(self.event("response.output_item.added", output_index=item.index, item=dict(body)))
             arguments = function.get("arguments")
