@@ -642,6 +642,23 @@ def test_odd_but_valid_chunk_shapes() -> None:
     assert [e["type"] for e in events].count("response.output_item.done") == 3
 
 
+def test_message_items_are_numbered_among_messages() -> None:
+    events = flat(
+        translate(
+            [
+                chunk(
+                    {"tool_calls": [{"index": 0, "id": "a", "function": {"name": "f", "arguments": "{}"}}]}
+                ),
+                chunk(
+                    {"tool_calls": [{"index": 1, "id": "b", "function": {"name": "g", "arguments": "{}"}}]}
+                ),
+                chunk({"content": "Done."}),
+            ]
+        )
+    )
+    assert [o["id"] for o in events[-1]["response"]["output"]] == ["fc_rid_0", "fc_rid_1", "msg_rid_0"]
+
+
 def test_a_stream_cut_by_the_token_limit_ends_incomplete() -> None:
     events = flat(translate([chunk({"content": "Hel"}), chunk({}, "length")]))
     assert events[-1]["type"] == "response.incomplete"
