@@ -72,6 +72,10 @@ class DevUpstream(Answers):
     _server: asyncio.base_events.Server | None = None
     _thread: threading.Thread | None = None
     _protocols: set[_Protocol] = field(default_factory=set)
+    _echo_at_start: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self._echo_at_start = self.echo  # reset() returns to it: a test's echo does not leak into the next
 
     # --- answers -----------------------------------------------------------------------------
 
@@ -136,7 +140,8 @@ class DevUpstream(Answers):
         self.fail_status = None
         self.fail_times = None
         self.delay_s = self.chunk_delay_s = 0.0
-        self.echo = self.stream_tool_calls = self.stream_choices = self.legacy_function_call = False
+        self.echo = self._echo_at_start
+        self.stream_tool_calls = self.stream_choices = self.legacy_function_call = False
         self.finish_reason = True
         self.tool_calls, self.arguments_chunk = 1, 5
         self.streams_started = self.streams_completed = self.streams_aborted = 0
