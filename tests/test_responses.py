@@ -367,3 +367,29 @@ def test_a_stream_that_runs_past_total_s_ends_with_an_error_event(
         assert "response.completed" not in text
     finally:
         slow.stop()
+
+
+def test_the_route_authenticates_before_reading_and_bounds_the_body(
+    gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream
+) -> None:
+    gw = gateway_factory(make_config(upstream, server={"max_body_bytes": 2048}), SHIPPED_POLICIES)
+    anonymous = httpx.post(
+        f"{gw.base_url}/responses", json={"model": "mistral-7b", "input": "hi"}, timeout=10
+    )
+    assert anonymous.status_code == 401
+    embeddings_only = gw.key(scopes=("embeddings",))
+    refused = httpx.post(
+        f"{gw.base_url}/responses",
+        headers={"Authorization": f"Bearer {embeddings_only}"},
+        json={"model": "mistral-7b", "input": "hi"},
+        timeout=10,
+    )
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "insufficient_scope")
+    big = post(gw, {"model": "mistral-7b", "input": "x" * 4096})
+    assert (big.status_code, big.json()["error"]["code"]) == (413, "request_too_large")
+    deep: Any = "x"
+    for _ in range(40):
+        deep = {"a": deep}
+    nested = post(gw, {"model": "mistral-7b", "input": "hi", "metadata": deep})
+    assert (nested.status_code, nested.json()["error"]["code"]) == (400, "invalid_request.too_deep")
+    assert upstream.received == []
