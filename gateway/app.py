@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway import metrics, retention
+from gateway import logs, metrics, retention
 from gateway.audit import Auditor
 from gateway.auth import KeyStore
 from gateway.bundle import Bundle, BundleHolder, watch
@@ -260,9 +261,16 @@ class Gateway:
 
 
 def create_app(config_path: str | None = None) -> Gateway:
-    """uvicorn factory: ``uvicorn --factory gateway.app:create_app``."""
+    """uvicorn factory: ``uvicorn --factory gateway.app:create_app``.
+
+    With ``server.workers`` > 1, uvicorn spawns each worker as a new process, which does not inherit the
+    logging that ``gateway serve`` set up: a worker whose root logger has no handler sets it up here, so
+    its access log and warnings are written too (one JSON line each, on stderr)."""
     from gateway.bundle import load_holder
     from gateway.config import load_config
+
+    if not logging.getLogger().handlers:
+        logs.setup(os.environ.get("GATEWAY_LOG_LEVEL", "INFO"))
 
     config = load_config(config_path)
     return Gateway(config, bundle=load_holder(config))
