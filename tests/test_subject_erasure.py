@@ -379,9 +379,31 @@ def test_admin_erasure_is_bounded_by_the_key_tenant(
     # Nothing changed by the refusals: both consents are there; the tenant admin erases its own.
     listed = httpx.get(f"{gw.url}/admin/consents", headers=_admin(gw), params={"subject_id": SUBJECT}).json()
     assert sorted(c["tenant"] for c in listed) == ["hr", "sales"]
-    own = httpx.post(url, headers=sales_admin, timeout=30)  # its own tenant by default
+    # The body forms keep the raw id out of the URL, under the same rules.
+    named = f"{gw.url}/admin/subjects"
+    body = {"subject_id": SUBJECT}
+    refused = httpx.post(f"{named}/erase", headers=sales_admin, json={**body, "tenant": "hr"}, timeout=30)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "admin.tenant_forbidden")
+    unnamed = httpx.post(f"{named}/export", headers=_admin(gw), json=body, timeout=30)
+    assert (unnamed.status_code, unnamed.json()["error"]["param"]) == (400, "tenant")
+    for bad in ({"subject_id": "x" * 300}, {"subject_id": ""}, {**body, "extra": 1}, {}):
+        assert httpx.post(f"{named}/erase", headers=sales_admin, json=bad, timeout=30).status_code == 400
+    assert httpx.post(f"{named}/erase", headers=chat_key, json=body, timeout=30).status_code == 403
+    nobody = httpx.post(
+        f"{named}/export", headers=sales_admin, json={"subject_id": "nobody-here"}, timeout=30
+    )
+    assert nobody.status_code == 404
+    exported = httpx.post(f"{named}/export", headers=sales_admin, json=body, timeout=30)
+    assert exported.status_code == 200
+    by_path = httpx.get(f"{gw.url}/admin/subjects/{SUBJECT}/export", headers=sales_admin).json()
+    assert {**exported.json(), "generated_at": None} == {**by_path, "generated_at": None}
+    assert exported.json()["consents"]
+    own = httpx.post(
+        f"{named}/erase", headers=sales_admin, json=body, timeout=30
+    )  # its own tenant by default
     assert own.status_code == 200, own.text
     assert own.json()["tenant"] == "sales"
+    assert SUBJECT not in own.request.url.path
     listed = httpx.get(f"{gw.url}/admin/consents", headers=_admin(gw), params={"subject_id": SUBJECT}).json()
     assert [c["tenant"] for c in listed] == ["hr"]
 

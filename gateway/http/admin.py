@@ -21,7 +21,15 @@ from gateway import audit, auth
 from gateway.audit import Auditor
 from gateway.config import Config
 from gateway.errors import GatewayError
-from gateway.http.admin_models import ConsentGrant, ConsentOut, KeyCreate, KeyCreated, KeyOut, key_out
+from gateway.http.admin_models import (
+    ConsentGrant,
+    ConsentOut,
+    KeyCreate,
+    KeyCreated,
+    KeyOut,
+    SubjectRequest,
+    key_out,
+)
 from gateway.store import consent
 from gateway.store.db import Consent
 from gateway.subjects.erase import Stores, erase
@@ -186,7 +194,7 @@ def admin_app(gw: Host) -> FastAPI:
             raise GatewayError(
                 400,
                 "invalid_request",
-                "A global admin key must name the tenant (?tenant=...).",
+                "A global admin key must name the tenant ('tenant').",
                 param="tenant",
             )
         return chosen
@@ -195,10 +203,7 @@ def admin_app(gw: Host) -> FastAPI:
         404, "subject_not_found", "Nothing is held about this subject in this tenant (never seen, or erased)."
     )
 
-    @app.post("/admin/subjects/{subject_id}/erase")
-    async def erase_subject(
-        subject_id: SubjectId, principal: Admin, tenant: QueryName = None
-    ) -> dict[str, object]:
+    async def erased(principal: auth.Principal, subject_id: str, tenant: str | None) -> dict[str, object]:
         chosen = subject_tenant(principal, tenant)
         receipt = await erase(
             gw.subject_stores(), tenant=chosen, subject_id=subject_id, actor=(principal.app, principal.key_id)
@@ -207,14 +212,33 @@ def admin_app(gw: Host) -> FastAPI:
             raise not_held
         return receipt
 
-    @app.get("/admin/subjects/{subject_id}/export")
-    async def export_subject(subject_id: SubjectId, principal: Admin, tenant: QueryName = None) -> Response:
+    async def exported(principal: auth.Principal, subject_id: str, tenant: str | None) -> Response:
         found = await export(
             gw.subject_stores(), tenant=subject_tenant(principal, tenant), subject_id=subject_id
         )
         if found is None:
             raise not_held
         return Response(orjson.dumps(found, default=str), media_type="application/json")
+
+    # The subject named in the body: the raw id stays out of URLs (and so out of proxies' access logs).
+    @app.post("/admin/subjects/erase")
+    async def erase_subject_named(request: SubjectRequest, principal: Admin) -> dict[str, object]:
+        return await erased(principal, request.subject_id, request.tenant)
+
+    @app.post("/admin/subjects/export")
+    async def export_subject_named(request: SubjectRequest, principal: Admin) -> Response:
+        return await exported(principal, request.subject_id, request.tenant)
+
+    # The same with the id in the path, kept for existing scripts (docs/compliance.md prefers the body).
+    @app.post("/admin/subjects/{subject_id}/erase")
+    async def erase_subject(
+        subject_id: SubjectId, principal: Admin, tenant: QueryName = None
+    ) -> dict[str, object]:
+        return await erased(principal, subject_id, tenant)
+
+    @app.get("/admin/subjects/{subject_id}/export")
+    async def export_subject(subject_id: SubjectId, principal: Admin, tenant: QueryName = None) -> Response:
+        return await exported(principal, subject_id, tenant)
 
     @app.get("/admin/audit/{request_id}")
     async def audit_record(request_id: str, principal: Admin) -> dict[str, object]:

@@ -4,7 +4,7 @@
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.store.db import ApiKey
 
@@ -50,17 +50,20 @@ def key_out(row: ApiKey) -> dict[str, object]:
     }
 
 
+SubjectIdField = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=256,
+        pattern=r"^[^\x00]+$",
+        description="Raw id; only its pseudonym is stored.",
+    ),
+]
+
+
 class ConsentGrant(BaseModel):
     tenant: Name
-    subject_id: Annotated[
-        str,
-        Field(
-            min_length=1,
-            max_length=256,
-            pattern=r"^[^\x00]+$",
-            description="Raw id; only its pseudonym is stored.",
-        ),
-    ]
+    subject_id: SubjectIdField
     purpose: Name
     evidence_ref: Annotated[
         str, Field(max_length=256, pattern=r"^[^\x00]*$", description="Where the proof of consent is kept.")
@@ -77,3 +80,13 @@ class ConsentOut(BaseModel):
     expires_at: datetime | None
     withdrawn_at: datetime | None
     evidence_ref: str
+
+
+class SubjectRequest(BaseModel):
+    """A data subject named in the body (``POST /admin/subjects/erase|export``), so that the raw id stays out
+    of URLs, which proxies and ingress controllers log."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject_id: SubjectIdField
+    tenant: Name | None = None
