@@ -335,3 +335,86 @@ def test_without_the_secret_checkpoints_are_used_but_their_signatures_not_checke
         f"chain {chain}: the checkpoint at seq 2 was modified",
         f"chain {chain}: records 1..2 are missing",
     ]
+
+
+def test_the_schedule_logs_each_round_and_tries_again_after_a_failure(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Round one fails (the database away), round two purges: both are logged, and the interval between
+    rounds is kept (shortened here below the configurable hour)."""
+    config = _config(engine, tmp_path, ledger="30d")
+    fast = config.retention.model_copy(update={"interval": timedelta(seconds=0.1)})
+    config = config.model_copy(update={"retention": fast})
+    rounds: list[int] = []
+
+    async def purge(cfg: Config, eng: Engine) -> dict[str, int]:
+        rounds.append(1)
+        if len(rounds) == 1:
+            raise ConnectionError("database away")
+        return {"ledger": 3}
+
+    monkeypatch.setattr(retention, "purge", purge)
+    monkeypatch.setattr(retention, "acquire", lambda *_: True)  # another test's worker may hold the lease
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(retention.schedule(config, engine, stop))
+        for _ in range(100):
+            if len(rounds) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    with caplog.at_level("INFO", logger="gateway"):
+        asyncio.run(run())
+    assert len(rounds) >= 2
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "gateway.retention"]
+    assert ("WARNING", "retention purge failed (ConnectionError)") in messages
+    done = [m for level, m in messages if level == "INFO" and m.startswith("retention purge: ")]
+    assert done
+    assert done[0].startswith("retention purge: {'ledger': 3} in ")
+    assert done[0].endswith(" s")
+
+
+def test_the_schedule_does_nothing_without_periods(engine: Engine, tmp_path: Path) -> None:
+    stop = asyncio.Event()  # never set: with no period the schedule returns at once
+    asyncio.run(asyncio.wait_for(retention.schedule(_config(engine, tmp_path), engine, stop), 5))
+
+
+def test_purges_count_every_batch_and_take_expired_consents(engine: Engine, tmp_path: Path) -> None:
+    tag = os.urandom(4).hex()
+    config = _config(engine, tmp_path, ledger="30d", consent_history="30d", spool="1d", rag_chunks="30d")
+    config = config.model_copy(update={"retention": config.retention.model_copy(update={"batch_size": 2})})
+    writer = DirectWriter(engine)
+    for i in range(5):
+        writer.put(_ledger_row(f"batch-{tag}-{i}", OLD))
+    expired, current = (
+        consent.grant(engine, tenant="acme", subject=f"{n}-{tag}", purpose="p").id for n in ("e1", "e2")
+    )
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE consents SET expires_at = :at WHERE id = :id"), {"at": utcnow() - OLD, "id": expired}
+        )
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "spilled-1.jsonl").write_text("{}\n")
+    os.utime(spool / "spilled-1.jsonl", (time.time() - 3 * 86400,) * 2)
+    counts = asyncio.run(retention.purge(config, engine))
+    assert counts["ledger"] >= 5  # 3 batches of at most 2, all counted
+    assert not any(r.startswith(f"batch-{tag}") for r in _ids(engine, "usage_ledger", "request_id"))
+    consents = _ids(engine, "consents", "id")
+    assert expired not in consents  # expired longer ago than the period, never withdrawn
+    assert current in consents
+    assert counts["spool"] == 1
+    assert not spool.joinpath("spilled-1.jsonl").exists()
+    assert counts["rag_chunks"] == 0  # no RAG index was ever made: nothing to count
+
+
+def test_leases_of_different_jobs_are_independent(engine: Engine) -> None:
+    one, other = f"test-{os.urandom(4).hex()}", f"test-{os.urandom(4).hex()}"
+    hour = timedelta(hours=1)
+    assert retention.acquire(engine, "a", hour, one)
+    assert retention.acquire(engine, "b", hour, other)  # another job's lease is free
+    assert not retention.acquire(engine, "b", hour, one)
+    assert not retention.acquire(engine, "a", hour, other)
