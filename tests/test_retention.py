@@ -418,3 +418,42 @@ def test_leases_of_different_jobs_are_independent(engine: Engine) -> None:
     assert retention.acquire(engine, "b", hour, other)  # another job's lease is free
     assert not retention.acquire(engine, "b", hour, one)
     assert not retention.acquire(engine, "a", hour, other)
+
+
+def test_a_chain_purged_twice_keeps_one_running_count_and_verifies(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config(engine, tmp_path, audit="30d", spool="1d")
+    day = timedelta(days=1)
+    chain = _chain(engine, monkeypatch, [OLD, OLD, day, day])
+    recent = _chain(engine, monkeypatch, [day])  # another chain's seq 1 is recent: it must not shield chain's
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    for name in ("spilled-1.jsonl", "spilled-2.jsonl", "rejected-1.bad"):
+        (spool / name).write_text("{}\n")
+        os.utime(spool / name, (time.time() - 3 * 86400,) * 2)
+
+    def seqs(chain_id: str) -> list[int]:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT seq FROM audit_records WHERE chain_id = :c ORDER BY seq"), {"c": chain_id}
+            )
+            return [r[0] for r in rows]
+
+    first = asyncio.run(retention.purge(config, engine))
+    assert seqs(chain.chain_id) == [3, 4]
+    assert seqs(recent.chain_id) == [1]
+    assert first["spool"] == 3
+    # Record 3 ages past the period: the second purge removes exactly one, and its checkpoint counts 3.
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE audit_records SET at = :at WHERE chain_id = :c AND seq = 3"),
+            {"at": utcnow() - OLD, "c": chain.chain_id},
+        )
+    asyncio.run(retention.purge(config, engine))
+    assert seqs(chain.chain_id) == [4]
+    with Session(engine) as s:
+        marks = s.exec(select(AuditCheckpoint).where(AuditCheckpoint.chain_id == chain.chain_id)).all()
+    assert sorted((m.seq, m.removed) for m in marks) == [(2, 2), (3, 3)]
+    _, problems = audit.verify(engine, SECRET)
+    assert [p for p in problems if chain.chain_id in p or recent.chain_id in p] == []
