@@ -74,13 +74,13 @@ class Pipeline:
         *,
         subject: str | None = None,
         data_class: str | None = None,
-        route: str | None = None,
+        route: str = "",
     ) -> Context:
         """The request's context: the model's deployments as candidates, the subject pseudonymised.
 
         Raises the client's error for an unknown, forbidden or wrong-endpoint model and for a subject id
         or data class that could not be recorded as sent. ``route`` is the API called when it is not
-        ``endpoint`` (the Responses API, bridged to chat)."""
+        ``endpoint`` (the Responses API, bridged to chat); the context defaults it to ``endpoint``."""
         model = body["model"]
         alias = self.config.models.get(model)
         if alias is None:
@@ -124,7 +124,7 @@ class Pipeline:
             ),
             data_class=data_class,
             bundle_hash=bundle.hash,
-            route=route or endpoint,
+            route=route,
         )
 
     def start(self, ctx: Context) -> Pass:

@@ -162,7 +162,7 @@ class OpenAIRoutes:
             # A subject the sign-in token names (auth.oidc claims.subject) is authenticated: it wins.
             subject=principal.subject or header(scope, b"x-subject-id") or body.get("user"),
             data_class=header(scope, b"x-data-class"),
-            route="responses" if bridge is not None else None,
+            route="responses" if bridge is not None else "",
         )
         shape = bridge(original, ctx.request_id) if bridge is not None else None
         # Our own request extension never reaches an upstream, whether or not a policy reads it.
