@@ -298,6 +298,8 @@ def test_what_the_bridge_does_not_serve_is_a_400_naming_the_field(
     error = resp.json()["error"]
     assert (error["code"], error["param"]) == (code, param)
     assert EMAIL not in resp.text
+    assert "web_search" not in resp.text  # the messages echo no value of the request
+    assert "computer_use" not in resp.text
     assert upstream.received == []
 
 

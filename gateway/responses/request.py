@@ -55,8 +55,8 @@ def refuse(body: dict[str, Any]) -> None:
             raise GatewayError(
                 400,
                 "responses.unsupported_tool",
-                f"The built-in tool '{kind[:64]}' is not available through this gateway; "
-                "only function tools are.",
+                "Built-in tools (web or file search, computer use...) are not available through this "
+                "gateway; only function tools are.",
                 param=f"tools[{i}].type",
             )
     choice = body.get("tool_choice")
@@ -76,7 +76,8 @@ def refuse(body: dict[str, Any]) -> None:
             raise GatewayError(
                 400,
                 "responses.unsupported_item",
-                f"Input items of type '{kind[:64]}' are not bridged to chat completions.",
+                "This type of input item is not bridged to chat completions; messages, function calls "
+                "and function call outputs are.",
                 param=f"input[{i}].type",
             )
 
