@@ -24,7 +24,7 @@ from gateway.pipeline import Pipeline
 from gateway.router import Router
 from gateway.services import Embed, Services
 from gateway.store.consent import ConsentRef
-from gateway.upstreams.base import Endpoint, Upstream, UpstreamFailure, UpstreamResponse
+from gateway.upstreams.base import Api, Upstream, UpstreamFailure, UpstreamResponse
 
 FailReason = Literal["connect_error", "timeout", "upstream_5xx", "rate_limited", "context_length"]
 _FAILURES: dict[str, tuple[int, str]] = {
@@ -107,7 +107,7 @@ class SimUpstream(Upstream):
         self.outcome = outcome
         self.fail = fail
 
-    async def send(self, endpoint: Endpoint, body: dict[str, Any], stream: bool) -> UpstreamResponse:  # noqa: ARG002 (Upstream.send)
+    async def send(self, endpoint: Api, body: dict[str, Any], stream: bool) -> UpstreamResponse:  # noqa: ARG002 (Upstream.send)
         self.outcome.sent[self.name] = body
         if self.fail:
             status, what = _FAILURES[self.fail]

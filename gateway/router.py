@@ -28,9 +28,12 @@ from gateway.chain import Chain, Pass
 from gateway.config import Config
 from gateway.errors import GatewayError, PolicyDenied, UpstreamError
 from gateway.policy import Context, Target
-from gateway.upstreams.base import Endpoint, Upstream, UpstreamFailure, UpstreamResponse
+from gateway.upstreams.base import Api, Endpoint, Upstream, UpstreamFailure, UpstreamResponse
+from gateway.upstreams.native import UNTRANSLATABLE
 
 _KEY_BUSY = "concurrency.exceeded"
+# Failures that say nothing about the deployment's health: its breaker does not count them.
+_NOT_ITS_FAULT = frozenset({_KEY_BUSY, UNTRANSLATABLE})
 
 
 class Breaker:
@@ -165,11 +168,12 @@ class Router:
                 continue
             began = time.perf_counter()
             try:
-                committed = await self._try(target, endpoint, body, ctx.stream, ctx.principal.key_id)
+                api = target.deployment.api(endpoint, ctx.route)
+                committed = await self._try(target, api, body, ctx.stream, ctx.principal.key_id)
             except UpstreamFailure as failure:
                 ctx.upstream_s += time.perf_counter() - began
                 ctx.attempts.append((target.name, failure.reason))
-                if failure.retryable and failure.reason != _KEY_BUSY:  # the key's fault, not the deployment's
+                if failure.retryable and failure.reason not in _NOT_ITS_FAULT:
                     self.breakers[target.name].failure()
                 last = failure
                 if not failure.retryable:
@@ -184,7 +188,7 @@ class Router:
             assert vetoed is not None
             raise vetoed
         refusal = vetoed or (ctx.withheld[0] if ctx.withheld else None)
-        if last.retryable and refusal is not None and last.reason != _KEY_BUSY:
+        if last.retryable and refusal is not None and last.reason not in _NOT_ITS_FAULT:
             # A fallback existed but policy did not allow it: say so, rather than look like an upstream failure.
             raise PolicyDenied(
                 refusal.status,
@@ -200,7 +204,7 @@ class Router:
         raise UpstreamError(last.status, last.reason, last.message, headers=headers)
 
     async def _try(
-        self, target: Target, endpoint: Endpoint, body: dict[str, Any], stream: bool, key_id: str
+        self, target: Target, api: Api, body: dict[str, Any], stream: bool, key_id: str
     ) -> Committed:
         foreign = self._foreign.get(target.name)
         if foreign and not foreign.isdisjoint(body):
@@ -216,7 +220,7 @@ class Router:
             )
         began = time.perf_counter()
         try:
-            response = await self.upstreams[target.name].send(endpoint, body, stream)
+            response = await self.upstreams[target.name].send(api, body, stream)
         except BaseException:
             self.slots.release(target.name, key_id)
             raise

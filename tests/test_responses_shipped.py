@@ -1,7 +1,9 @@
 """The Responses API on the shipped configuration's riskiest path: the consent-gated DPA fallback to the US.
 
 config.yaml and policies/ as shipped (``tests.test_shipped_bundle``'s fixtures): the EU deployments
-fail, the subject consented, and the request reaches GPT-4 in the US. Every string of the Responses
+fail, the subject consented, and the request reaches GPT-4 in the US, natively (the shipped
+``openai-gpt4`` lists ``supports: [chat, responses]``, so the EU hops get a bridged chat body and
+the US hop a Responses request). Every string of the Responses
 request (instructions, message parts, earlier function calls and their outputs) must arrive there
 without an identifier, streamed or not; a blocked type and a missing consent refuse as on chat.
 """
@@ -81,19 +83,21 @@ def test_consented_fallback_through_the_responses_api_sends_no_identifier_to_the
     [body] = sent(upstream_us)
     assert_no_identifier(body)
     assert SUBJECT not in body
-    chat = upstream_us.received[0].body
-    assert [m["role"] for m in chat["messages"]] == [
+    # OpenAI serves /responses itself (supports: [chat, responses] as shipped): the hop is native.
+    [native] = upstream_us.received
+    assert native.path == "/v1/responses"
+    assert [i.get("type", i.get("role")) for i in native.body["input"]] == [
         "system",
         "system",
         "user",
-        "assistant",
-        "tool",
+        "function_call",
+        "function_call_output",
         "assistant",
         "user",
     ]
-    assert chat["model"] == "gpt-4o"
-    assert len(upstream.received) == 1
-    assert len(upstream_b.received) == 1
+    assert native.body["model"] == "gpt-4o"
+    assert native.body["store"] is False
+    assert [r.path for r in (*upstream.received, *upstream_b.received)] == ["/v1/chat/completions"] * 2
 
 
 def test_a_us_ssn_in_a_function_output_is_refused_on_the_fallback_path(

@@ -5,7 +5,9 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Api = Literal["chat", "embeddings", "responses"]  # the upstream API a request takes (Deployment.api)
 
 
 class Strict(BaseModel):
@@ -91,6 +93,31 @@ class Deployment(Strict):
     litellm_model: str | None = Field(
         None, description="litellm model string, e.g. `bedrock/...` (litellm kind only; defaults to `model`)."
     )
+    supports: list[Literal["chat", "responses"]] = Field(
+        ["chat"],
+        min_length=1,
+        description=(
+            "The upstream APIs that carry chat requests here: `chat` (`/chat/completions`) and `responses` "
+            "(`/responses`, as OpenAI and Azure OpenAI serve it; not for the litellm kind). A request to "
+            "`/v1/responses` goes natively where `responses` is listed and is bridged to chat otherwise; a "
+            "chat request goes to `/chat/completions` where `chat` is listed, else to `/responses` (a "
+            "Responses-only model). Either way the policies see the same request (docs/api.md)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _native_needs_http(self) -> Deployment:
+        if self.kind == "litellm" and "responses" in self.supports:
+            raise ValueError("supports: the litellm kind speaks chat completions only")
+        return self
+
+    def api(self, endpoint: Literal["chat", "embeddings"], route: str) -> Api:
+        """The upstream API a request takes here: its own (``route``) if listed, else the other one."""
+        if endpoint != "chat":
+            return endpoint
+        if route == "responses" and "responses" in self.supports:
+            return "responses"
+        return "chat" if "chat" in self.supports else "responses"
 
 
 class Alias(Strict):

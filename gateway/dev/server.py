@@ -1,6 +1,6 @@
 """A DEVELOPMENT upstream that speaks the OpenAI wire format. Not a model.
 
-It answers ``/v1/chat/completions`` (JSON and SSE), ``/v1/embeddings`` and ``/v1/models``
+It answers ``/v1/chat/completions`` and ``/v1/responses`` (JSON and SSE), ``/v1/embeddings`` and ``/v1/models``
 with deterministic data, so the gateway can be tried without any API key, and tests and
 benchmarks get a real HTTP server on loopback. With ``echo`` (what ``gateway serve --dev`` and
 ``gateway dev-upstream`` run) a chat answer is a short report of what arrived: the model, the
@@ -28,6 +28,7 @@ from typing import Any
 import httptools
 import orjson
 
+from gateway.dev import native
 from gateway.dev.answers import Answers, report
 from gateway.dev.vectors import embed
 
@@ -231,6 +232,9 @@ class _Protocol(asyncio.Protocol):
             return _response(200, orjson.dumps(srv.embeddings(body)))
         if path.endswith("/chat/completions"):
             return _response(200, orjson.dumps(srv.completion(body)))
+        if path.endswith("/responses"):
+            refused = native.invalid(body)
+            return _response(400, refused) if refused else _response(200, native.response(srv, body))
         return _response(404, b'{"error": {"message": "not found"}}')
 
     async def _handle(self, path: str, method: bytes, body: dict[str, Any]) -> None:
@@ -243,7 +247,12 @@ class _Protocol(asyncio.Protocol):
             assert srv.fail_status is not None
             transport.write(_response(srv.fail_status, srv.fail_body))
             return
-        if not body.get("stream") or not path.endswith("/chat/completions"):
+        responses = path.endswith("/responses")
+        if (
+            not body.get("stream")
+            or not (responses or path.endswith("/chat/completions"))
+            or (responses and native.invalid(body))
+        ):
             transport.write(self._answer(path, method, body))
             return
         srv.streams_started += 1
@@ -252,7 +261,7 @@ class _Protocol(asyncio.Protocol):
             b"transfer-encoding: chunked\r\n\r\n"
         )
         try:
-            for event in srv.stream_events(body):
+            for event in await native.events(srv, body) if responses else srv.stream_events(body):
                 if self.closed:
                     raise asyncio.CancelledError
                 transport.write(b"%x\r\n%s\r\n" % (len(event), event))

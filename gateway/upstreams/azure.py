@@ -5,15 +5,18 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from gateway.upstreams.base import PATHS, Endpoint
+from gateway.upstreams.base import PATHS, Api
 from gateway.upstreams.openai_compatible import OpenAICompatible
 
 
 class AzureOpenAI(OpenAICompatible):
-    def url(self, endpoint: Endpoint) -> str:
+    def url(self, api: Api) -> str:
         d = self.deployment
+        if api == "responses":
+            # Azure serves the Responses API only on its v1 surface, naming the deployment in the body.
+            return f"{d.base_url.rstrip('/')}/openai/v1/{PATHS[api]}"
         return (
-            f"{d.base_url.rstrip('/')}/openai/deployments/{quote(d.model, safe='')}/{PATHS[endpoint]}"
+            f"{d.base_url.rstrip('/')}/openai/deployments/{quote(d.model, safe='')}/{PATHS[api]}"
             f"?api-version={quote(d.api_version, safe='')}"
         )
 
@@ -23,6 +26,8 @@ class AzureOpenAI(OpenAICompatible):
             h["api-key"] = self.deployment.api_key
         return h
 
-    def payload(self, body: dict[str, Any]) -> dict[str, Any]:
-        # Azure routes by the URL's deployment name; the body's model is ignored, so drop it.
+    def payload(self, api: Api, body: dict[str, Any]) -> dict[str, Any]:
+        if api == "responses":
+            return super().payload(api, body)
+        # Deployment URLs route by name; the body's model is ignored, so drop it.
         return {k: v for k, v in body.items() if k != "model"}

@@ -15,9 +15,10 @@ from typing import Any, Literal
 import orjson
 
 from gateway.config import Deployment
+from gateway.config.deployments import Api as Api  # re-exported for the adapters
 
 Endpoint = Literal["chat", "embeddings"]
-PATHS: dict[str, str] = {"chat": "chat/completions", "embeddings": "embeddings"}
+PATHS: dict[str, str] = {"chat": "chat/completions", "embeddings": "embeddings", "responses": "responses"}
 
 _URL = re.compile(r"\b(?:https?|wss?|grpc)://\S+", re.I)
 _SECRETish = re.compile(r"\b(?:sk|pk|rk|key|api[-_]?key|bearer)[-_: =]*[A-Za-z0-9._\-]{12,}", re.I)
@@ -83,7 +84,9 @@ class Upstream(ABC):
         """Close pools."""
 
     @abstractmethod
-    async def send(self, endpoint: Endpoint, body: dict[str, Any], stream: bool) -> UpstreamResponse: ...
+    async def send(self, api: Api, body: dict[str, Any], stream: bool) -> UpstreamResponse:
+        """Send ``body`` (chat- or embeddings-shaped, as the policies left it) over ``api``."""
+        ...
 
 
 def classify(status: int, body: bytes, retry_after: str | None) -> UpstreamFailure:

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from gateway.upstreams.base import Endpoint, Upstream, UpstreamFailure, UpstreamResponse, sanitize
+from gateway.upstreams.base import Api, Upstream, UpstreamFailure, UpstreamResponse, sanitize
 
 OFFLINE_ENV = {
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",
@@ -67,7 +67,7 @@ class LiteLLM(Upstream):
     async def start(self) -> None:
         self._litellm = import_litellm()
 
-    async def send(self, endpoint: Endpoint, body: dict[str, Any], stream: bool) -> UpstreamResponse:
+    async def send(self, endpoint: Api, body: dict[str, Any], stream: bool) -> UpstreamResponse:
         if self._litellm is None:
             await self.start()
         d = self.deployment

@@ -14,7 +14,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway.upstreams.base import PATHS, Endpoint, Upstream, UpstreamFailure, UpstreamResponse, classify
+from gateway.upstreams import native
+from gateway.upstreams.base import PATHS, Api, Upstream, UpstreamFailure, UpstreamResponse, classify
 
 
 class AiohttpResponse(UpstreamResponse):
@@ -43,8 +44,8 @@ class AiohttpResponse(UpstreamResponse):
 class OpenAICompatible(Upstream):
     session: aiohttp.ClientSession | None = None
 
-    def url(self, endpoint: Endpoint) -> str:
-        return f"{self.deployment.base_url.rstrip('/')}/{PATHS[endpoint]}"
+    def url(self, api: Api) -> str:
+        return f"{self.deployment.base_url.rstrip('/')}/{PATHS[api]}"
 
     def headers(self) -> dict[str, str]:
         h = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
@@ -52,7 +53,7 @@ class OpenAICompatible(Upstream):
             h["Authorization"] = f"Bearer {self.deployment.api_key}"
         return h
 
-    def payload(self, body: dict[str, Any]) -> dict[str, Any]:
+    def payload(self, api: Api, body: dict[str, Any]) -> dict[str, Any]:  # noqa: ARG002 (Azure's differs by api)
         return {**body, "model": self.deployment.model}
 
     async def start(self) -> None:
@@ -71,13 +72,15 @@ class OpenAICompatible(Upstream):
             await self.session.close()
             self.session = None
 
-    async def send(self, endpoint: Endpoint, body: dict[str, Any], stream: bool) -> UpstreamResponse:  # noqa: ARG002 (Upstream.send)
+    async def send(self, api: Api, body: dict[str, Any], stream: bool) -> UpstreamResponse:  # noqa: ARG002 (Upstream.send)
         if self.session is None:
             await self.start()
         assert self.session is not None
-        data = orjson.dumps(self.payload(body))
+        if api == "responses":
+            body = native.request(body, self.deployment.extra_fields)
+        data = orjson.dumps(self.payload(api, body))
         try:
-            resp = await self.session.post(self.url(endpoint), data=data, headers=self._headers)
+            resp = await self.session.post(self.url(api), data=data, headers=self._headers)
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamFailure("timeout", 504, message="The upstream model timed out.") from None
         except (aiohttp.ClientError, OSError):
@@ -92,4 +95,4 @@ class OpenAICompatible(Upstream):
             finally:
                 resp.release()
             raise classify(resp.status, raw, resp.headers.get("Retry-After"))
-        return AiohttpResponse(resp)
+        return native.NativeResponse(AiohttpResponse(resp)) if api == "responses" else AiohttpResponse(resp)
