@@ -77,7 +77,7 @@ def _items(message: dict[str, Any], where: str) -> list[dict[str, Any]]:
             {
                 "type": "function_call_output",
                 "call_id": message["tool_call_id"],
-                "output": _text(message["content"], f"{where}.content"),
+                "output": _output(message["content"], f"{where}.content"),
             }
         ]
     if role == "assistant":
@@ -124,6 +124,14 @@ def _text(content: Any, where: str) -> Any:
         if part.get("type") != "text":
             raise Untranslatable(f"{where}[{j}].type")
     return "".join(p["text"] for p in content)
+
+
+def _output(content: Any, where: str) -> Any:
+    """A tool result: a string, or its text parts as ``input_text`` parts."""
+    if not isinstance(content, list):
+        return content
+    _text(content, where)  # text parts only
+    return [{"type": "input_text", "text": p["text"]} for p in content]
 
 
 def _part(part: dict[str, Any], where: str, role: str) -> dict[str, Any]:
