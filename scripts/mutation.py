@@ -107,6 +107,13 @@ TESTS: dict[str, list[str]] = {
     "gateway/responses/request.py": ["test_responses_bridge", "test_responses", "test_responses_shipped"],
     "gateway/responses/answer.py": ["test_responses_bridge", "test_responses"],
     "gateway/responses/stream.py": ["test_responses_bridge", "test_responses"],
+    "gateway/responses/native_request.py": [
+        "test_responses_wire",
+        "test_responses_native",
+        "test_responses_shipped",
+    ],
+    "gateway/responses/native_answer.py": ["test_responses_wire", "test_responses_native"],
+    "gateway/upstreams/native.py": ["test_responses_wire", "test_responses_native"],
     "gateway/policies/consent_fallback.py": [
         "test_routing_policies",
         "test_consent_cases",
