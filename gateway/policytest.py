@@ -24,6 +24,7 @@ from gateway.pipeline import Pipeline
 from gateway.router import Router
 from gateway.services import Embed, Services
 from gateway.store.consent import ConsentRef
+from gateway.upstreams import native
 from gateway.upstreams.base import Api, Upstream, UpstreamFailure, UpstreamResponse
 
 FailReason = Literal["connect_error", "timeout", "upstream_5xx", "rate_limited", "context_length"]
@@ -108,7 +109,9 @@ class SimUpstream(Upstream):
         self.fail = fail
 
     async def send(self, endpoint: Api, body: dict[str, Any], stream: bool) -> UpstreamResponse:  # noqa: ARG002 (Upstream.send)
-        self.outcome.sent[self.name] = body
+        # What would go on the wire: a native hop's Responses request (or the field it cannot carry).
+        wire = native.request(body, self.deployment.extra_fields) if endpoint == "responses" else body
+        self.outcome.sent[self.name] = wire
         if self.fail:
             status, what = _FAILURES[self.fail]
             raise UpstreamFailure(self.fail, status, message=f"Simulated: upstream {what}.")

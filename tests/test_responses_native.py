@@ -7,6 +7,7 @@ Responses allow-list). The client is the OpenAI SDK, on both APIs.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
@@ -15,8 +16,10 @@ import openai
 import pytest
 from pydantic import ValidationError
 
+from gateway.bundle import load_bundle
 from gateway.config import Deployment
 from gateway.dev import DevUpstream
+from gateway.policytest import SimRequest, simulate
 from tests.accounting_support import ledger
 from tests.conftest import RunningGateway, make_config, only_primary
 from tests.test_shipped_bundle import SHIPPED_POLICIES
@@ -333,3 +336,17 @@ def test_supports_defaults_to_chat_and_is_checked() -> None:
     with pytest.raises(ValidationError, match="litellm kind speaks chat completions only"):
         Deployment.model_validate({**HOP, "kind": "litellm", "supports": ["chat", "responses"]})
     assert Deployment.model_validate({**HOP, "kind": "litellm"}).supports == ["chat"]
+
+
+def test_a_dry_run_shows_what_a_native_hop_would_be_sent(upstream: DevUpstream) -> None:
+    """``gateway policy explain`` / ``policy test``: a Responses-only hop's record is its wire body, so a case's
+    ``never_sees`` checks exactly what would leave."""
+    config = native(upstream, ["responses"])
+    request = SimRequest(tenant="hr", app="hr-chatbot", model="mistral-7b", message=PROMPT)
+    outcome = asyncio.run(simulate(config, load_bundle([SHIPPED_POLICIES]), request))
+    assert outcome.deployment == "eu-primary"
+    wire = outcome.sent["eu-primary"]
+    assert wire["store"] is False
+    assert "messages" not in wire
+    assert "<EMAIL_ADDRESS_1>" in json.dumps(wire["input"])
+    assert EMAIL not in json.dumps(wire)
