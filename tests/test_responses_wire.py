@@ -224,12 +224,20 @@ def test_what_the_responses_api_cannot_carry_is_named(chat: dict[str, Any], fiel
     with pytest.raises(Untranslatable) as refused:
         to_responses({"messages": [], **chat})
     assert refused.value.field == field
+    assert str(refused.value) == field
     with pytest.raises(UpstreamFailure) as failed:  # the hop fails; another one may serve the request
         request({"messages": [], **chat}, ())
     assert failed.value.reason == "deployment.unsupported_field"
     assert failed.value.status == 400
     assert failed.value.retryable
-    assert f"'{field}'" in failed.value.message
+    assert failed.value.message == (
+        f"'{field}' cannot be sent to this model's upstream, which speaks the Responses API; "
+        "remove it or use another model."
+    )
+
+
+def test_the_hop_passes_its_own_extensions() -> None:
+    assert request({"messages": [], "top_k": 5}, ("top_k",))["top_k"] == 5
 
 
 def test_the_chat_body_is_not_changed() -> None:
@@ -291,12 +299,12 @@ USAGE = {
     "input_tokens_details": {"cached_tokens": 1},
     "output_tokens": 4,
     "output_tokens_details": {"reasoning_tokens": 2},
-    "total_tokens": 7,
+    "total_tokens": 9,  # as reported, even when it is not the sum
 }
 CHAT_USAGE = {
     "prompt_tokens": 3,
     "completion_tokens": 4,
-    "total_tokens": 7,
+    "total_tokens": 9,
     "prompt_tokens_details": {"cached_tokens": 1},
     "completion_tokens_details": {"reasoning_tokens": 2},
 }
@@ -354,26 +362,48 @@ def test_the_finish_reason(extra: dict[str, Any], finish: str) -> None:
     assert chat["usage"] is None
 
 
+UNUSABLE = "The upstream returned no usable response."
+FAILED = "The upstream's response failed."
+
+
 @pytest.mark.parametrize(
-    "raw",
+    ("raw", "message"),
     [
-        b"not json",
-        b"{}",
-        b"[]",
-        b'{"output": {}}',
-        response([], status="failed"),
-        response([], error={"code": "server_error", "message": "m"}),
+        (b"not json", UNUSABLE),
+        (b"{}", UNUSABLE),
+        (b"[]", UNUSABLE),
+        (b'{"output": {}}', UNUSABLE),
+        (response([], status="failed"), FAILED),
+        (response([], error={"code": "server_error", "message": "m"}), FAILED),
     ],
 )
-def test_a_failed_or_unusable_response_raises(raw: bytes) -> None:
-    with pytest.raises(NativeFailed):
+def test_a_failed_or_unusable_response_raises(raw: bytes, message: str) -> None:
+    with pytest.raises(NativeFailed) as failed:
         completion(raw)
+    assert str(failed.value) == message  # what the client reads in the 502
 
 
-def test_odd_items_are_skipped() -> None:
+def test_odd_items_are_skipped_and_missing_values_are_empty() -> None:
     raw = response(["x", {"type": "message", "content": [None, {"type": "output_text"}]}])
     message = orjson.loads(completion(raw))["choices"][0]["message"]
     assert message == {"role": "assistant", "content": ""}
+    raw = response(
+        [
+            text_item(
+                {"type": "refusal", "refusal": "a"}, {"type": "refusal"}, {"type": "refusal", "refusal": "b"}
+            ),
+            {"type": "function_call"},
+        ]
+    )
+    message = orjson.loads(completion(raw))["choices"][0]["message"]
+    assert message == {
+        "role": "assistant",
+        "content": None,
+        "refusal": "ab",
+        "tool_calls": [{"id": "", "type": "function", "function": {"name": "", "arguments": ""}}],
+    }
+    bare = orjson.loads(completion(b'{"output": []}'))
+    assert (bare["id"], bare["created"], bare["model"]) == ("chatcmpl-", 0, "")
     assert orjson.loads(completion(response([])))["choices"][0]["message"] == {
         "role": "assistant",
         "content": None,
@@ -528,6 +558,47 @@ def test_a_final_event_without_its_blank_line_still_ends_the_stream() -> None:
     assert chunks_of(out) == [delta({"role": "assistant"}, "stop"), delta(None, usage=None), "[DONE]"]
 
 
+def test_missing_values_in_a_stream_are_empty() -> None:
+    t = Chunks()  # no response.created: the default head
+    out = t.feed(
+        sse(
+            {"type": "response.output_text.delta"},
+            {"type": "response.refusal.delta"},
+            {"type": "response.output_item.added", "item": {"type": "function_call"}},  # no output_index
+            {"type": "response.function_call_arguments.delta", "delta": "{}"},  # nor here: the same call
+            {"type": "response.function_call_arguments.delta"},
+            {"type": "response.completed", "response": "not an object"},
+        )
+    )
+    blank = {"id": "chatcmpl-", "created": 0, "model": "", "object": "chat.completion.chunk"}
+    call = {"index": 0, "id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+    assert chunks_of(out + t.close()) == [
+        {**blank, "choices": [{"index": 0, "delta": d, "finish_reason": f}]}
+        for d, f in (
+            ({"role": "assistant", "content": ""}, None),
+            ({"refusal": ""}, None),
+            ({"tool_calls": [call]}, None),
+            ({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}, None),
+            ({"tool_calls": [{"index": 0, "function": {"arguments": ""}}]}, None),
+            ({}, "tool_calls"),
+        )
+    ] + [{**blank, "choices": [], "usage": None}, "[DONE]"]
+    t = Chunks()
+    t.feed(sse({"type": "response.created", "response": {}}))
+    assert (
+        chunks_of(t.feed(sse({"type": "response.output_text.delta", "delta": "a"})))[0]["id"] == "chatcmpl-"
+    )
+
+
+def test_nothing_follows_the_end() -> None:
+    t = Chunks()
+    out = t.feed(sse({"type": "response.completed", "response": {}}))
+    assert out.endswith(b"data: [DONE]\n\n")
+    assert t.feed(sse({"type": "response.output_text.delta", "delta": "late"})) == b""
+    assert t.feed(b"data: not json\n\n") == b""
+    assert t.close() == b""
+
+
 @pytest.mark.parametrize(
     "events",
     [
@@ -536,8 +607,9 @@ def test_a_final_event_without_its_blank_line_still_ends_the_stream() -> None:
     ],
 )
 def test_a_failed_stream_raises(events: list[dict[str, Any]]) -> None:
-    with pytest.raises(NativeFailed):
+    with pytest.raises(NativeFailed) as failed:
         Chunks().feed(sse(*events))
+    assert str(failed.value) == FAILED
 
 
 def test_a_stream_that_ends_before_its_terminal_event_raises() -> None:
@@ -545,8 +617,9 @@ def test_a_stream_that_ends_before_its_terminal_event_raises() -> None:
     assert chunks_of(
         t.feed(sse(CREATED, {"type": "response.output_text.delta", "delta": "a"}) + b"data: junk\n\n")
     ) == [delta({"role": "assistant", "content": "a"})]
-    with pytest.raises(NativeFailed):
+    with pytest.raises(NativeFailed) as failed:
         t.close()
+    assert str(failed.value) == "The upstream stream ended before its response completed."
 
 
 def test_a_chat_stream_survives_the_native_round_trip() -> None:
@@ -624,6 +697,7 @@ def test_the_wrapper_reads_chat_and_fails_as_the_gateway_does() -> None:
     with pytest.raises(UpstreamError) as failed:
         asyncio.run(NativeResponse(Canned(response([], status="failed"))).read())
     assert (failed.value.status, failed.value.code) == (502, "upstream_invalid_response")
+    assert failed.value.message == FAILED
 
 
 def test_the_wrapper_streams_chat_and_a_failure_is_an_upstream_failure() -> None:
@@ -638,7 +712,10 @@ def test_the_wrapper_streams_chat_and_a_failure_is_an_upstream_failure() -> None
     got = asyncio.run(collect([stream[:10], stream[10:]]))
     assert all(got)  # nothing empty is passed on
     assert chunks_of(b"".join(got))[-1] == "[DONE]"
-    for broken in ([sse(CREATED, {"type": "error"})], [sse(CREATED)]):
+    for broken, message in (
+        ([sse(CREATED, {"type": "error"})], FAILED),
+        ([sse(CREATED)], "The upstream stream ended before its response completed."),
+    ):
         with pytest.raises(UpstreamFailure) as failed:
             asyncio.run(collect(broken))
         assert (failed.value.reason, failed.value.status, failed.value.retryable) == (
@@ -646,6 +723,7 @@ def test_the_wrapper_streams_chat_and_a_failure_is_an_upstream_failure() -> None
             502,
             True,
         )
+        assert failed.value.message == message
 
 
 def test_the_wrapper_hands_close_and_release_down() -> None:
