@@ -84,8 +84,8 @@ def test_every_chat_field_lands_in_its_responses_field() -> None:
         "max_output_tokens": 100,
         "stream": True,
         "tools": [
-            {"type": "function", "name": "a", "strict": False},  # chat's default, said out loud
-            {"type": "function", "name": "b", "strict": True, "description": "d", "parameters": schema},
+            {"type": "function", "name": "a", "strict": False, "parameters": None},  # chat's defaults, said
+            {"type": "function", "name": "b", "strict": True, "parameters": schema, "description": "d"},
         ],
         "tool_choice": {"type": "function", "name": "b"},
         "text": {
@@ -588,6 +588,14 @@ def test_missing_values_in_a_stream_are_empty() -> None:
     assert (
         chunks_of(t.feed(sse({"type": "response.output_text.delta", "delta": "a"})))[0]["id"] == "chatcmpl-"
     )
+
+
+def test_arguments_an_added_call_already_has_are_kept() -> None:
+    t = Chunks()
+    item = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": '{"a":'}
+    out = t.feed(sse({"type": "response.output_item.added", "output_index": 0, "item": item}))
+    [chunk] = chunks_of(out)
+    assert chunk["choices"][0]["delta"]["tool_calls"][0]["function"] == {"name": "f", "arguments": '{"a":'}
 
 
 def test_nothing_follows_the_end() -> None:

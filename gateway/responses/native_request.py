@@ -151,9 +151,16 @@ def _tool(tool: dict[str, Any], where: str) -> dict[str, Any]:
     if tool.get("type") != "function":
         raise Untranslatable(f"{where}.type")
     function = tool["function"]
-    # The Responses API makes function tools strict unless told; chat's default is not strict.
-    out = {"type": "function", "name": function["name"], "strict": bool(function.get("strict"))}
-    out.update({k: function[k] for k in ("description", "parameters") if function.get(k) is not None})
+    # The Responses API makes function tools strict unless told (chat's default is not strict), and it
+    # requires `parameters`, which chat may leave out.
+    out = {
+        "type": "function",
+        "name": function["name"],
+        "strict": bool(function.get("strict")),
+        "parameters": function.get("parameters"),
+    }
+    if function.get("description") is not None:
+        out["description"] = function["description"]
     return out
 
 
