@@ -183,6 +183,42 @@ def test_messages_become_items() -> None:
     ]
 
 
+def test_assistant_history_as_clients_send_it_back() -> None:
+    """SDKs append the assistant message they got, with its empty fields as None and refusal parts."""
+    items = to_responses(
+        {
+            "messages": [
+                {"role": "assistant", "content": "a", "function_call": None, "audio": None, "refusal": None},
+                {
+                    "role": "assistant",
+                    "content": [{"type": "text", "text": "b"}, {"type": "refusal", "refusal": "r"}],
+                    "refusal": "s",
+                },
+                {"role": "assistant", "content": [{"type": "refusal", "refusal": "r"}]},
+                {"role": "user", "content": "c", "name": None},
+            ]
+        }
+    )["input"]
+    assert items == [
+        {"role": "assistant", "content": "a"},
+        {
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "b"}, {"type": "refusal", "refusal": "rs"}],
+        },
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "r"}]},
+        {"role": "user", "content": "c"},
+    ]
+    with pytest.raises(Untranslatable) as refused:
+        to_responses(
+            {
+                "messages": [
+                    {"role": "assistant", "content": [{"type": "refusal", "refusal": "r"}, {"type": "x"}]}
+                ]
+            }
+        )
+    assert refused.value.field == "messages[0].content[1].type"
+
+
 @pytest.mark.parametrize(
     ("chat", "field"),
     [

@@ -69,8 +69,8 @@ def to_responses(chat: dict[str, Any], extensions: Collection[str] = ()) -> dict
 def _items(message: dict[str, Any], where: str) -> list[dict[str, Any]]:
     """One chat message as Responses input items (an assistant turn with calls gives several)."""
     role = message["role"]
-    for key in message:
-        if key not in _MESSAGE_KEYS.get(role, ()):
+    for key, value in message.items():
+        if value is not None and key not in _MESSAGE_KEYS.get(role, ()):  # None: as good as absent
             raise Untranslatable(f"{where}.{key}" if role in _MESSAGE_KEYS else f"{where}.role")
     if role == "tool":
         return [
@@ -82,7 +82,7 @@ def _items(message: dict[str, Any], where: str) -> list[dict[str, Any]]:
         ]
     if role == "assistant":
         items: list[dict[str, Any]] = []
-        text, refusal = _text(message.get("content"), f"{where}.content"), message.get("refusal")
+        text, refusal = _assistant(message, f"{where}.content")
         if refusal is not None:
             parts = [{"type": "output_text", "text": text}] if text else []
             items.append({"role": "assistant", "content": [*parts, {"type": "refusal", "refusal": refusal}]})
@@ -116,21 +116,29 @@ _MESSAGE_KEYS = {
 }
 
 
-def _text(content: Any, where: str) -> Any:
-    """A content string, or text parts joined (tool results and assistant history are plain text)."""
+def _assistant(message: dict[str, Any], where: str) -> tuple[str | None, str | None]:
+    """An assistant turn's text and refusal: its content (a string, or text and refusal parts) and ``refusal``."""
+    content, refusal = message.get("content"), message.get("refusal")
     if not isinstance(content, list):
-        return content
+        return content, refusal
+    text: list[str] = []
+    refusals: list[str] = []
     for j, part in enumerate(content):
-        if part.get("type") != "text":
+        if part.get("type") not in ("text", "refusal"):
             raise Untranslatable(f"{where}[{j}].type")
-    return "".join(p["text"] for p in content)
+        (text if part["type"] == "text" else refusals).append(part[part["type"]])
+    if refusals or refusal is not None:
+        refusal = "".join([*refusals, refusal or ""])
+    return "".join(text), refusal
 
 
 def _output(content: Any, where: str) -> Any:
     """A tool result: a string, or its text parts as ``input_text`` parts."""
     if not isinstance(content, list):
         return content
-    _text(content, where)  # text parts only
+    for j, part in enumerate(content):
+        if part.get("type") != "text":
+            raise Untranslatable(f"{where}[{j}].type")
     return [{"type": "input_text", "text": p["text"]} for p in content]
 
 
