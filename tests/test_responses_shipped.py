@@ -100,6 +100,38 @@ def test_consented_fallback_through_the_responses_api_sends_no_identifier_to_the
     assert [r.path for r in (*upstream.received, *upstream_b.received)] == ["/v1/chat/completions"] * 2
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_gpt4o_in_sweden_serves_the_responses_api_natively_with_identifiers_redacted(
+    gw: RunningGateway, upstream: DevUpstream, upstream_b: DevUpstream, upstream_us: DevUpstream, stream: bool
+) -> None:
+    """The shipped gpt-4o (Azure, Sweden Central, supports: [chat, responses]): Azure's own Responses API, the
+    EU rules for what an EU hop may see, the deployment named in the body and the key in api-key."""
+    upstream_b.echo = True
+    raw = client(gw).responses.with_raw_response.create(
+        model="gpt-4o", user=SUBJECT, input=f"Write to {EMAIL} or call {PHONE}.", stream=stream
+    )
+    assert raw.headers["x-gateway-deployment"] == "azure-gpt4o-swedencentral"
+    assert raw.headers["x-gateway-jurisdiction"] == "EU"
+    answer = raw.parse()
+    text = (
+        "".join(e.delta for e in answer if e.type == "response.output_text.delta")
+        if isinstance(answer, openai.Stream)
+        else answer.output_text
+    )
+    assert EMAIL in text  # the echo, restored
+    [native] = upstream_b.received
+    assert native.path == "/openai/v1/responses"
+    assert native.headers["api-key"] == "sk-test-azure"
+    assert native.body["model"] == "gpt-4o"
+    assert native.body["store"] is False
+    [body] = sent(upstream_b)
+    for value in (EMAIL, PHONE, SUBJECT):
+        assert value not in body
+    assert "<EMAIL_ADDRESS_1>" in body
+    assert upstream.received == []
+    assert upstream_us.received == []
+
+
 def test_a_us_ssn_in_a_function_output_is_refused_on_the_fallback_path(
     gw: RunningGateway, upstream: DevUpstream, upstream_b: DevUpstream, upstream_us: DevUpstream
 ) -> None:

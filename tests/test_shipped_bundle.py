@@ -104,6 +104,8 @@ def shipped_config_fixture(
     monkeypatch.setenv("MISTRAL_7B_URL", upstream.url)
     monkeypatch.setenv("MISTRAL_API_URL", upstream_b.url)
     monkeypatch.setenv("OPENAI_BASE_URL", upstream_us.url)
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", upstream_b.base)  # gpt-4o in Sweden Central
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "sk-test-azure")
     monkeypatch.setenv("MISTRAL_7B_API_KEY", "sk-test-selfhosted")
     monkeypatch.setenv("MISTRAL_API_KEY", "sk-test-mistral")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-openai")
@@ -115,6 +117,7 @@ def shipped_config_fixture(
     assert deployments["mistral-7b-selfhosted"].base_url == upstream.url
     assert deployments["mistral-api"].base_url == upstream_b.url
     assert deployments["openai-gpt4"].base_url == upstream_us.url
+    assert deployments["azure-gpt4o-swedencentral"].base_url == upstream_b.base
     assert deployments["openai-gpt4"].jurisdiction == "US"
     assert config.models["mistral-7b"].deployments == ["mistral-7b-selfhosted", "mistral-api"]
     storage = Storage(
