@@ -147,6 +147,22 @@ def test_the_sequence_numbers_count_up_and_each_event_names_its_type(gw: Running
     assert events[-1]["type"] == "response.completed"
 
 
+def answered(call: Any, output: str) -> Any:
+    """The second turn of a tool round trip: the prompt, the model's call, and the tool's output."""
+    return [
+        {"role": "user", "content": PROMPT},
+        {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": output},
+    ]
+
+
+def output_text(answer: Any) -> str:
+    """The text of a Responses answer, streamed (the deltas) or not."""
+    if isinstance(answer, openai.Stream):
+        return "".join(e.delta for e in answer if e.type == "response.output_text.delta")
+    return str(answer.output_text)
+
+
 def test_a_function_tool_round_trip(gw: RunningGateway, upstream: DevUpstream) -> None:
     api = client(gw)
     first = api.responses.create(model="mistral-7b", input=PROMPT, tools=[TOOL])
@@ -167,20 +183,7 @@ def test_a_function_tool_round_trip(gw: RunningGateway, upstream: DevUpstream) -
     second = api.responses.create(
         model="mistral-7b",
         tools=[TOOL],
-        input=[
-            {"role": "user", "content": PROMPT},
-            {
-                "type": "function_call",
-                "call_id": call.call_id,
-                "name": call.name,
-                "arguments": call.arguments,
-            },
-            {
-                "type": "function_call_output",
-                "call_id": call.call_id,
-                "output": f"Found {EMAIL}: customer 7.",
-            },
-        ],
+        input=answered(call, f"Found {EMAIL}: customer 7."),
     )
     assert second.output[0].type == "message"
     assert EMAIL in second.output_text

@@ -22,6 +22,7 @@ from gateway.dev import DevUpstream
 from gateway.policytest import SimRequest, simulate
 from tests.accounting_support import ledger
 from tests.conftest import RunningGateway, make_config, only_primary
+from tests.test_responses import answered, output_text
 from tests.test_shipped_bundle import SHIPPED_POLICIES
 
 EMAIL = "maria.schneider@example.de"
@@ -126,16 +127,7 @@ def test_a_function_tool_round_trip_natively(both: RunningGateway, upstream: Dev
     second = api.responses.create(
         model="mistral-7b",
         tools=[TOOL],
-        input=[
-            {"role": "user", "content": PROMPT},
-            {
-                "type": "function_call",
-                "call_id": call.call_id,
-                "name": call.name,
-                "arguments": call.arguments,
-            },
-            {"type": "function_call_output", "call_id": call.call_id, "output": f"Found {EMAIL}."},
-        ],
+        input=answered(call, f"Found {EMAIL}."),
     )
     assert EMAIL in second.output_text
     items = upstream.received[1].body["input"]
@@ -239,13 +231,7 @@ def test_a_native_hop_that_fails_falls_back_to_a_bridged_one(
     gw = gateway_factory(mixed(upstream, upstream_b, ["responses"], ["chat"]), SHIPPED_POLICIES)
     raw = client(gw).responses.with_raw_response.create(model="mistral-7b", input=PROMPT, stream=stream)
     assert raw.headers["x-gateway-deployment"] == "eu-secondary"
-    answer = raw.parse()
-    text = (
-        "".join(e.delta for e in answer if e.type == "response.output_text.delta")
-        if isinstance(answer, openai.Stream)
-        else answer.output_text
-    )
-    assert EMAIL in text
+    assert EMAIL in output_text(raw.parse())
     assert [r.path for r in upstream.received] == ["/v1/responses"]
     assert [r.path for r in upstream_b.received] == ["/v1/chat/completions"]
     assert EMAIL not in sent(upstream) + sent(upstream_b)

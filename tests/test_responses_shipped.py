@@ -18,6 +18,7 @@ import pytest
 
 from gateway.dev import DevUpstream
 from tests.conftest import RunningGateway
+from tests.test_responses import output_text
 from tests.test_shipped_bundle import (  # noqa: F401  (the shipped configuration's fixtures)
     EMAIL,
     FULL_PROMPT,
@@ -112,13 +113,7 @@ def test_gpt4o_in_sweden_serves_the_responses_api_natively_with_identifiers_reda
     )
     assert raw.headers["x-gateway-deployment"] == "azure-gpt4o-swedencentral"
     assert raw.headers["x-gateway-jurisdiction"] == "EU"
-    answer = raw.parse()
-    text = (
-        "".join(e.delta for e in answer if e.type == "response.output_text.delta")
-        if isinstance(answer, openai.Stream)
-        else answer.output_text
-    )
-    assert EMAIL in text  # the echo, restored
+    assert EMAIL in output_text(raw.parse())  # the echo, restored
     [native] = upstream_b.received
     assert native.path == "/openai/v1/responses"
     assert native.headers["api-key"] == "sk-test-azure"
