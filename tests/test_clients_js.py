@@ -53,6 +53,27 @@ def gw(gateway_factory: Callable[..., RunningGateway], echo: DevUpstream) -> Run
     return gateway_factory(make_config(echo), SHIPPED_POLICIES)
 
 
+@pytest.fixture(params=["chat", "responses"], ids=["bridged", "native"])
+def api(request: pytest.FixtureRequest) -> str:
+    """The upstream API a /v1/responses request takes: bridged to chat, or native (supports: [chat, responses])."""
+    return str(request.param)
+
+
+@pytest.fixture
+def rgw(gateway_factory: Callable[..., RunningGateway], echo: DevUpstream, api: str) -> RunningGateway:
+    config = make_config(echo)
+    if api == "responses":
+        eu = {**config.deployments["eu-primary"].model_dump(), "supports": ["chat", "responses"]}
+        config = make_config(echo, deployments={"eu-primary": eu})
+    return gateway_factory(config, SHIPPED_POLICIES)
+
+
+def assert_api(upstream: DevUpstream, api: str) -> None:
+    """Every request reached the upstream on ``api``'s path."""
+    path = "/v1/responses" if api == "responses" else "/v1/chat/completions"
+    assert [r.path for r in upstream.received] == [path] * len(upstream.received)
+
+
 def run(gw: RunningGateway, scenario: str) -> dict[str, Any]:
     """Run one scenario of clients.mjs against ``gw``; its JSON line, or the test fails with its error."""
     if not all((CLIENTS / "node_modules" / name).is_dir() for name in ("openai", "ai", "@ai-sdk/openai")):
@@ -218,8 +239,8 @@ def test_openai_embeddings(gw: RunningGateway, echo: DevUpstream) -> None:
     assert_positive(result["usage"], "prompt_tokens", "total_tokens")
 
 
-def test_openai_responses(gw: RunningGateway, echo: DevUpstream) -> None:
-    result = run(gw, "openai.responses")
+def test_openai_responses(rgw: RunningGateway, echo: DevUpstream, api: str) -> None:
+    result = run(rgw, "openai.responses")
     assert_restored(result["text"])  # output_text: the SDK joins the message items' output_text parts
     assert result["object"] == "response"
     assert result["status"] == "completed"
@@ -229,10 +250,11 @@ def test_openai_responses(gw: RunningGateway, echo: DevUpstream) -> None:
     assert_positive(usage, "input_tokens", "output_tokens", "total_tokens")
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
     assert_redacted(echo, 1)
+    assert_api(echo, api)
 
 
-def test_openai_responses_stream(gw: RunningGateway, echo: DevUpstream) -> None:
-    result = run(gw, "openai.responses_stream")
+def test_openai_responses_stream(rgw: RunningGateway, echo: DevUpstream, api: str) -> None:
+    result = run(rgw, "openai.responses_stream")
     assert_restored(result["text"])
     events: list[str] = result["events"]
     assert events[0] == "response.created"
@@ -248,11 +270,12 @@ def test_openai_responses_stream(gw: RunningGateway, echo: DevUpstream) -> None:
     assert_positive(usage, "input_tokens", "output_tokens", "total_tokens")
     [sent] = assert_redacted(echo, 1)
     assert sent.body.get("stream") is True
+    assert_api(echo, api)
 
 
-def test_openai_responses_stream_helper(gw: RunningGateway, echo: DevUpstream) -> None:
+def test_openai_responses_stream_helper(rgw: RunningGateway, echo: DevUpstream, api: str) -> None:
     # responses.stream() rebuilds the response from the events: each must apply to its snapshot.
-    result = run(gw, "openai.responses_helper")
+    result = run(rgw, "openai.responses_helper")
     assert_restored(result["text"])
     assert result["final_text"] == result["text"]
     assert result["events"][0] == "response.created"
@@ -260,51 +283,57 @@ def test_openai_responses_stream_helper(gw: RunningGateway, echo: DevUpstream) -
     assert result["status"] == "completed"
     assert_positive(result["usage"], "input_tokens", "output_tokens", "total_tokens")
     assert_redacted(echo, 1)
+    assert_api(echo, api)
 
 
 # --- the Vercel AI SDK: the default provider speaks the Responses API -------------------------------
 
 
-def test_ai_generate_text(gw: RunningGateway, echo: DevUpstream) -> None:
-    result = run(gw, "ai.generate")
+def test_ai_generate_text(rgw: RunningGateway, echo: DevUpstream, api: str) -> None:
+    result = run(rgw, "ai.generate")
     assert_restored(result["text"])
     assert result["finish_reason"] == "stop"
     assert_positive(result["usage"], "inputTokens", "outputTokens", "totalTokens")
     assert result["response_id"]
     assert_redacted(echo, 1)
+    assert_api(echo, api)
 
 
-def test_ai_stream_text(gw: RunningGateway, echo: DevUpstream) -> None:
-    result = run(gw, "ai.stream")
+def test_ai_stream_text(rgw: RunningGateway, echo: DevUpstream, api: str) -> None:
+    result = run(rgw, "ai.stream")
     assert_restored(result["text"])
     assert result["finish_reason"] == "stop"
     assert {"text-start", "text-delta", "text-end"} <= set(result["parts"])
     assert_positive(result["usage"], "inputTokens", "outputTokens", "totalTokens")
     [sent] = assert_redacted(echo, 1)
     assert sent.body.get("stream") is True
+    assert_api(echo, api)
 
 
-def test_ai_tool_round_trip(gw: RunningGateway, echo: DevUpstream) -> None:
-    assert_tool_round_trip(run(gw, "ai.tool"), echo, streamed=False)
+def test_ai_tool_round_trip(rgw: RunningGateway, echo: DevUpstream, api: str) -> None:
+    assert_tool_round_trip(run(rgw, "ai.tool"), echo, streamed=False)
+    assert_api(echo, api)
 
 
-def test_ai_stream_tool_round_trip(gw: RunningGateway, echo: DevUpstream) -> None:
+def test_ai_stream_tool_round_trip(rgw: RunningGateway, echo: DevUpstream, api: str) -> None:
     echo.stream_tool_calls = True
-    assert_tool_round_trip(run(gw, "ai.stream_tool"), echo, streamed=True)
+    assert_tool_round_trip(run(rgw, "ai.stream_tool"), echo, streamed=True)
+    assert_api(echo, api)
 
 
 def test_ai_multi_turn_with_store_false_sends_the_history_inline(
-    gw: RunningGateway, echo: DevUpstream
+    rgw: RunningGateway, echo: DevUpstream, api: str
 ) -> None:
-    result = run(gw, "ai.multi_turn")
+    result = run(rgw, "ai.multi_turn")
     assert result["refused"] is None
     assert_restored(result["first"])
     assert "Once more, please." in result["second"]
     first, second = assert_redacted(echo, 2)
-    messages = second.body["messages"]
+    messages = second.body["messages" if api == "chat" else "input"]  # chat messages, or Responses items
     assert [m["role"] for m in messages] == ["user", "assistant", "user"]
     assert PLACEHOLDER in messages[1]["content"]  # the first answer went back redacted again
     assert EMAIL not in dumped(first) + dumped(second)
+    assert_api(echo, api)
 
 
 def test_ai_multi_turn_by_default_is_refused_as_stateless_naming_the_item(
