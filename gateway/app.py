@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway import logs, metrics, retention
+from gateway import logs, metrics, retention, tokenids
 from gateway.audit import Auditor
 from gateway.auth import KeyStore
 from gateway.bundle import Bundle, BundleHolder, watch
@@ -114,6 +114,8 @@ class Gateway:
         self._watch: asyncio.Task[None] | None = None
         if policies.is_dir():  # noqa: ASYNC240 (once, at start-up)
             self._watch = asyncio.create_task(watch(self.bundle, policies, self._stop_watch))
+        if any(alias.type == "embeddings" for alias in self.config.models.values()):
+            await asyncio.to_thread(tokenids.warm, self.config.embeddings)
         await self.writer.start()
         self.auditor.start()
         self._subjects = asyncio.create_task(self.subjects.watch(self._stop_watch))

@@ -36,6 +36,13 @@ def _encoding(name: str) -> Any:
     return tiktoken.get_encoding(name)
 
 
+def warm(settings: Embeddings) -> None:
+    """Load the decoding encoding now (about 0.2 s), so that the first token-id request does not block the
+    event loop for it. The app calls it in a thread at start-up when it serves embeddings with ``decode``."""
+    if settings.token_input == "decode":
+        _encoding(settings.token_input_encoding)
+
+
 def decode_token_input(body: dict[str, Any], settings: Embeddings) -> None:
     """Replace token-id ``input`` in an embeddings request body by its text (in place)."""
     value: Any = body.get("input")

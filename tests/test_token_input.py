@@ -80,3 +80,14 @@ def test_token_input_reject_refuses_ids_and_still_takes_text(
     assert resp.json()["error"]["code"] == "embeddings.token_input_rejected"
     assert upstream.received == []
     assert _embed(gw, "plain text").status_code == 200
+
+
+@pytest.mark.parametrize(("token_input", "loaded"), [("decode", True), ("reject", False)])
+def test_the_encoding_is_loaded_at_start_up_not_on_the_first_request(
+    gateway_factory: Callable[..., RunningGateway], upstream: DevUpstream, token_input: str, loaded: bool
+) -> None:
+    """Loading cl100k takes about 0.2 s: at start-up, in a thread, and not in the event loop on the first
+    LangChain embeddings request (which would stall every request in flight)."""
+    _encoding.cache_clear()
+    gateway_factory(make_config(upstream, embeddings={"token_input": token_input}), SHIPPED_POLICIES)
+    assert (_encoding.cache_info().currsize == 1) is loaded
