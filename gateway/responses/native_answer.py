@@ -65,9 +65,10 @@ def completion(raw: bytes) -> bytes:
     try:
         response = orjson.loads(raw)
         output = response["output"]
-        assert isinstance(output, list)
-    except (orjson.JSONDecodeError, KeyError, TypeError, AssertionError):
-        raise NativeFailed("The upstream returned no usable response.") from None
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        output = None
+    if not isinstance(output, list):
+        raise NativeFailed("The upstream returned no usable response.")
     if response.get("status") == "failed" or response.get("error"):
         raise NativeFailed("The upstream's response failed.")
     text: list[str] = []
