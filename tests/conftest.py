@@ -140,6 +140,12 @@ def make_config(upstream: DevUpstream, **overrides: Any) -> Config:
     return Config.model_validate(base)
 
 
+def with_supports(upstream: DevUpstream, supports: list[str]) -> Config:
+    """make_config with its chat deployment (eu-primary) serving the upstream APIs ``supports`` names."""
+    eu = {**make_config(upstream).deployments["eu-primary"].model_dump(), "supports": supports}
+    return make_config(upstream, deployments={"eu-primary": eu})
+
+
 def only_primary(upstream: DevUpstream, total_s: float, **deployment: Any) -> Config:
     """A config whose mistral-7b has one EU deployment on ``upstream``, streams cut at ``total_s``."""
     eu = {

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from gateway.dev import DevUpstream, Received, embed
-from tests.conftest import RunningGateway, make_config
+from tests.conftest import RunningGateway, make_config, with_supports
 from tests.test_shipped_bundle import SHIPPED_POLICIES
 
 CLIENTS = Path(__file__).resolve().parent / "clients"
@@ -61,11 +61,7 @@ def api(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def rgw(gateway_factory: Callable[..., RunningGateway], echo: DevUpstream, api: str) -> RunningGateway:
-    config = make_config(echo)
-    if api == "responses":
-        eu = {**config.deployments["eu-primary"].model_dump(), "supports": ["chat", "responses"]}
-        config = make_config(echo, deployments={"eu-primary": eu})
-    return gateway_factory(config, SHIPPED_POLICIES)
+    return gateway_factory(with_supports(echo, ["chat", api]), SHIPPED_POLICIES)
 
 
 def assert_api(upstream: DevUpstream, api: str) -> None:

@@ -34,7 +34,7 @@ from pydantic import BaseModel, SecretStr
 
 from gateway.dev import DevUpstream, embed
 from gateway.tokens import bundled_tiktoken_dir
-from tests.conftest import RunningGateway, make_config
+from tests.conftest import RunningGateway, make_config, with_supports
 from tests.test_shipped_bundle import SHIPPED_POLICIES
 
 EMAIL = "maria.schneider@example.de"
@@ -306,12 +306,15 @@ def test_embeddings_token_ids_are_sent_as_redacted_text(
 # --- ChatOpenAI on the Responses API (use_responses_api=True) ------------------------------------
 
 
+@pytest.mark.parametrize("api", ["chat", "responses"], ids=["bridged", "native"])
 @pytest.mark.parametrize("streamed", [False, True], ids=["invoke", "stream"])
 def test_the_responses_api_with_a_tool_round_trip(
-    gw: RunningGateway, echo: DevUpstream, sent: Sent, streamed: bool
+    gateway_factory: Callable[..., RunningGateway], echo: DevUpstream, sent: Sent, streamed: bool, api: str
 ) -> None:
-    """LangChain's Responses API mode (used for OpenAI's newer models) through the bridge: the request goes to
-    /v1/responses, the upstream gets chat completions, and the tool round trip works as on chat."""
+    """LangChain's Responses API mode (used for OpenAI's newer models): the request goes to /v1/responses, the
+    upstream gets chat completions through the bridge, or a Responses request on a native deployment, and the
+    tool round trip works as on chat."""
+    gw = gateway_factory(with_supports(echo, ["chat", api]), SHIPPED_POLICIES)
     echo.stream_tool_calls = streamed
     model = chat(gw, sent, use_responses_api=True, stream_usage=True).bind_tools([find_contact])
     messages: list[BaseMessage] = [HumanMessage(PROMPT)]
@@ -328,6 +331,16 @@ def test_the_responses_api_with_a_tool_round_trip(
     assert second.usage_metadata["input_tokens"] > 0
     assert [path for path, _ in sent.requests] == ["/v1/responses"] * 2
     client_sent_the_address(sent, 2)
-    _, later = upstream_bodies(echo, "/v1/chat/completions", 2)
-    assert [m["role"] for m in later["messages"]] == ["user", "assistant", "tool"]
-    assert later["messages"][2]["content"] == f"Found the contact in: {REDACTED}"
+    if api == "chat":
+        _, later = upstream_bodies(echo, "/v1/chat/completions", 2)
+        assert [m["role"] for m in later["messages"]] == ["user", "assistant", "tool"]
+        assert later["messages"][2]["content"] == f"Found the contact in: {REDACTED}"
+    else:
+        _, later = upstream_bodies(echo, "/v1/responses", 2)
+        items = later["input"]
+        assert [i.get("type", i.get("role")) for i in items] == [
+            "user",
+            "function_call",
+            "function_call_output",
+        ]
+        assert items[2]["output"] == f"Found the contact in: {REDACTED}"
