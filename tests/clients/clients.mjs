@@ -211,30 +211,27 @@ function toolReport(seen, steps, text, finishReason, usage) {
   };
 }
 
-async function aiTool(model) {
-  const seen = { executed: [], raw_inputs: [], repaired: 0 };
-  const result = await generateText({
+// The options both tool scenarios share: the prompt, the lookup tool, and room for a second step.
+function toolCall(model, seen) {
+  return {
     model,
     prompt: PROMPT,
     tools: lookupTools(seen),
     stopWhen: stepCountIs(3),
     experimental_repairToolCall: repairer(seen),
     maxRetries: 0,
-  });
+  };
+}
+
+async function aiTool(model) {
+  const seen = { executed: [], raw_inputs: [], repaired: 0 };
+  const result = await generateText(toolCall(model, seen));
   return toolReport(seen, result.steps, result.text, result.finishReason, result.totalUsage);
 }
 
 async function aiStreamTool(model) {
   const seen = { executed: [], raw_inputs: [], repaired: 0 };
-  const result = streamText({
-    model,
-    prompt: PROMPT,
-    tools: lookupTools(seen),
-    stopWhen: stepCountIs(3),
-    experimental_repairToolCall: repairer(seen),
-    maxRetries: 0,
-    onError: () => {},
-  });
+  const result = streamText({ ...toolCall(model, seen), onError: () => {} });
   for await (const part of result.fullStream) {
     if (part.type === "error") throw part.error instanceof Error ? part.error : new Error(JSON.stringify(part.error));
     if (part.type === "tool-error") throw part.error instanceof Error ? part.error : new Error(String(part.error));
