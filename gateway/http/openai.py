@@ -44,8 +44,8 @@ log = logging.getLogger("gateway")
 
 
 class OpenAIRoutes:
-    """``POST /v1/chat/completions``, ``POST /v1/embeddings``, ``POST /v1/responses`` (bridged to chat),
-    ``GET /v1/models[/{id}]``."""
+    """``POST /v1/chat/completions``, ``POST /v1/embeddings``, ``POST /v1/responses`` (through the chat
+    pipeline), ``GET /v1/models[/{id}]``."""
 
     def __init__(
         self, config: Config, keys: KeyStore, pipeline: Pipeline, pseudonym: Callable[[str], str]
@@ -114,7 +114,8 @@ class OpenAIRoutes:
         await self._proxy(scope, receive, send, "embeddings", self._embeddings_body)
 
     async def responses(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The Responses API, bridged: the chat completion it translates to runs the chat pipeline, and the
+        """The Responses API: the chat completion it translates to runs the chat pipeline (a hop whose
+        deployment serves /responses gets it back as a Responses request, ``gateway.upstreams.native``), and the
         answer (or stream) is translated back (``gateway.responses``). Needs the 'chat' scope."""
         await self._proxy(scope, receive, send, "chat", self._responses_body, Shape)
 
